@@ -1,0 +1,207 @@
+/*
+ * sersync.h - the whole contract between the SER module (C) and the
+ * sersync engine (Rust staticlib).
+ *
+ * build.rs runs bindgen over this file; tests/abi.c pins sizes and offsets
+ * from the C side. Change both sides together.
+ *
+ * Strings cross as (pointer, length) pairs and are never NUL-terminated
+ * unless stated. A struct sersync_str with len 0 is the empty string; s may
+ * then be NULL.
+ *
+ * Process rules (Kamailio forks its workers after mod_init):
+ *  - sersync_shared_create() is called once in mod_init, before any fork;
+ *    it maps the cross-process queue and status area and starts no thread.
+ *  - sersync_publish() is called from SIP worker processes (usrloc
+ *    callbacks). It never blocks, never allocates in SER's pkg/shm memory,
+ *    does no I/O beyond one eventfd write, and returns in microseconds.
+ *  - sersync_engine_run() is called once, in the process the module forks
+ *    for sersync; it starts all Rust threads there and does not return
+ *    while the engine runs.
+ *  - sersync_status_read() and sersync_apply_decode() may be called from
+ *    any process (RPC handlers); they start no thread.
+ * Every function catches Rust panics and reports SERSYNC_E_PANIC.
+ */
+
+#ifndef SERSYNC_H
+#define SERSYNC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Return codes. Numbers are part of the contract and never reused. */
+enum sersync_rc {
+	SERSYNC_OK = 0,
+	SERSYNC_E_NULL = 1,       /* a required pointer argument was NULL */
+	SERSYNC_E_PANIC = 2,      /* an internal fault was caught at the boundary */
+	SERSYNC_E_QUEUE_FULL = 3, /* the worker->engine queue is full */
+	SERSYNC_E_TOO_LARGE = 4,  /* the record does not fit one queue slot */
+	SERSYNC_E_CONFIG = 5,     /* bad configuration; see the error text */
+	SERSYNC_E_DECODE = 6,     /* malformed payload */
+	SERSYNC_E_IO = 7,         /* an operating-system call failed */
+	SERSYNC_E_JOURNAL = 8,    /* the journal cannot be opened or written */
+	SERSYNC_E_CALLBACK = 9    /* an apply callback reported a failure */
+};
+
+struct sersync_str {
+	const char *s;
+	size_t len;
+};
+
+/* What a contact record does at the receiver. */
+enum sersync_op {
+	SERSYNC_OP_UPSERT = 1, /* insert the contact or update it in place */
+	SERSYNC_OP_DELETE = 2  /* remove the contact (domain, aor, contact) */
+};
+
+/*
+ * One usrloc contact, every field save() stores. The key is
+ * (domain, aor, contact). For SERSYNC_OP_DELETE only the key, callid and
+ * ruid are meaningful.
+ */
+struct sersync_contact {
+	int32_t op;                  /* enum sersync_op */
+	int32_t q;                   /* qvalue: -1 unset, else 0..1000 */
+	struct sersync_str domain;   /* usrloc table name, e.g. "location" */
+	struct sersync_str aor;
+	struct sersync_str contact;
+	struct sersync_str ruid;
+	struct sersync_str received; /* NAT source URI, may be empty */
+	struct sersync_str path;
+	struct sersync_str callid;
+	struct sersync_str user_agent;
+	struct sersync_str socket;   /* origin's "proto:ip:port", may be empty */
+	struct sersync_str instance; /* +sip.instance, may be empty */
+	int64_t expires;             /* absolute unix time; 0 = permanent */
+	int64_t last_modified;       /* unix time */
+	int32_t cseq;
+	uint32_t flags;              /* ucontact flags (FL_EXPCLB masked off) */
+	uint32_t cflags;             /* branch flags */
+	uint32_t methods;
+	uint32_t reg_id;
+	int32_t server_id;           /* server_id of the origin node */
+};
+
+/* Configuration as the modparams give it. */
+struct sersync_config {
+	struct sersync_str node_id;  /* unique per node */
+	struct sersync_str listen;   /* "tcp:ip:port" */
+	const struct sersync_str *peers; /* "tcp:ip:port" each */
+	size_t npeers;
+	struct sersync_str secret;   /* shared by the whole cluster */
+	struct sersync_str journal;  /* path of the SQLite journal */
+	struct sersync_str fifo;     /* SER's RPC door: FIFO or unix socket */
+	struct sersync_str db_url;   /* SER's database, "sqlite:///path" */
+	struct sersync_str fifo_reply_dir; /* jsonrpcs fifo_reply_dir; empty:
+	                                    * "/tmp/" (jsonrpcs' default) */
+};
+
+/* Log levels passed to the logger callback. */
+enum sersync_log_level {
+	SERSYNC_LOG_ERR = 1,
+	SERSYNC_LOG_WARN = 2,
+	SERSYNC_LOG_INFO = 3,
+	SERSYNC_LOG_DBG = 4
+};
+
+/*
+ * Logger callback. Called from Rust threads of the sersync process, one
+ * call at a time. It must not call pkg_malloc and must not block. msg is
+ * not NUL-terminated.
+ */
+typedef void (*sersync_log_fn)(int level, const char *msg, size_t len);
+
+/* Opaque: the shared-memory region (queue and status) mapped before fork. */
+struct sersync_shared;
+
+#define SERSYNC_MAX_PEERS 32
+#define SERSYNC_ID_MAX 64
+#define SERSYNC_ADDR_MAX 96
+#define SERSYNC_ERR_MAX 160
+
+enum sersync_peer_state {
+	SERSYNC_PEER_DOWN = 0,        /* not connected; retrying with backoff */
+	SERSYNC_PEER_CONNECTING = 1,  /* TCP or handshake in progress */
+	SERSYNC_PEER_UP = 2,          /* authenticated, streaming */
+	SERSYNC_PEER_REFUSED = 3      /* handshake refused (secret, id clash) */
+};
+
+/* All strings below are NUL-terminated (truncated to fit). */
+struct sersync_peer_status {
+	char node_id[SERSYNC_ID_MAX];   /* empty until the first handshake */
+	char address[SERSYNC_ADDR_MAX];
+	char last_error[SERSYNC_ERR_MAX];
+	int32_t state;                  /* enum sersync_peer_state */
+	int32_t _pad;
+	uint64_t sent;      /* records sent on this link since start */
+	uint64_t acked;     /* highest local sequence the peer acknowledged */
+	uint64_t pending;   /* local records the peer has not acknowledged */
+	uint64_t lag_ms;    /* age of the oldest unacknowledged record */
+	uint64_t received;  /* records received from this peer since start */
+};
+
+struct sersync_status {
+	char node_id[SERSYNC_ID_MAX];
+	char last_error[SERSYNC_ERR_MAX];
+	int32_t running;          /* 1 once the engine serves */
+	uint32_t npeers;
+	uint64_t queue_depth;     /* records waiting in the worker queue */
+	uint64_t queue_dropped;   /* records the queue could not take */
+	uint64_t journaled;       /* local records journaled since start */
+	uint64_t last_seq;        /* highest local journal sequence */
+	uint64_t applied;         /* remote records applied since start */
+	uint64_t apply_pending;   /* remote records staged, not yet applied */
+	uint64_t apply_failures;  /* apply attempts that failed (retried) */
+	uint64_t applied_via_db;  /* remote records written to SER's database */
+	struct sersync_peer_status peers[SERSYNC_MAX_PEERS];
+};
+
+/* Registers the logger. May be called in any process, before or after
+ * fork; the callback is per process. NULL disables logging. */
+int sersync_set_logger(sersync_log_fn fn);
+
+/* Validates cfg without side effects. On error writes a NUL-terminated
+ * message (truncated to errlen) into err and returns SERSYNC_E_CONFIG. */
+int sersync_config_check(const struct sersync_config *cfg, char *err,
+		size_t errlen);
+
+/* Maps the shared region: a queue of queue_slots slots (rounded up to a
+ * power of two, at least 64) and the status area. Call before fork. */
+int sersync_shared_create(uint32_t queue_slots, struct sersync_shared **out);
+
+/* Hands one contact change to the engine. Called in SIP workers. Copies
+ * every field; c may be freed when it returns. Returns SERSYNC_OK,
+ * SERSYNC_E_QUEUE_FULL or SERSYNC_E_TOO_LARGE (both counted in
+ * queue_dropped). */
+int sersync_publish(struct sersync_shared *sh, const struct sersync_contact *c);
+
+/* Runs the engine in the calling process: journal, network, applier.
+ * Copies cfg. Does not return while the engine runs; returns an error code
+ * if cfg is invalid or the engine cannot start at all. */
+int sersync_engine_run(struct sersync_shared *sh,
+		const struct sersync_config *cfg);
+
+/* Copies a consistent snapshot of the engine's status into out. */
+int sersync_status_read(struct sersync_shared *sh, struct sersync_status *out);
+
+/* Apply callback: ctx as given; c and its strings are valid only during
+ * the call. Returns 0 on success, negative on failure. */
+typedef int (*sersync_apply_fn)(void *ctx, const struct sersync_contact *c);
+
+/* Decodes a sersync.apply payload (the text the engine sends through SER's
+ * RPC door) and calls fn once per record, in order. Stops at the first
+ * callback failure and returns SERSYNC_E_CALLBACK; a malformed payload
+ * returns SERSYNC_E_DECODE before any callback runs. If count is not NULL
+ * it receives the number of records applied. */
+int sersync_apply_decode(const char *payload, size_t len, sersync_apply_fn fn,
+		void *ctx, uint32_t *count);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SERSYNC_H */

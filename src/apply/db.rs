@@ -1,0 +1,202 @@
+//! The database path: writes changes straight into SER's SQLite database
+//! (usrloc's table per domain, in the schema Kamailio 5.6 ships), used when
+//! SER's RPC door does not answer. usrloc reads these rows when SER next
+//! loads the table (db_mode 1, 2 or 3); with db_mode 3 they are live at once.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection};
+
+use super::Sink;
+use crate::error::ApplyError;
+use crate::record::{Contact, Op, Record};
+
+pub struct Database {
+    path: PathBuf,
+    conn: Option<Connection>,
+}
+
+/// Kamailio's DATETIME columns hold local time as "YYYY-MM-DD HH:MM:SS".
+fn datetime(t: i64) -> String {
+    // SAFETY: localtime_r writes into our tm only.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let tt = t as libc::time_t;
+    unsafe { libc::localtime_r(&tt, &mut tm) };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A usrloc table name must be a plain SQL identifier.
+fn table_name(domain: &[u8]) -> Result<&str, String> {
+    let s = std::str::from_utf8(domain).map_err(|_| "table name is not UTF-8".to_string())?;
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(format!("\"{s}\" is not a table name"));
+    }
+    Ok(s)
+}
+
+/// usrloc keeps "user@domain" split when use_domain is on; without the
+/// module's setting at hand, split when the AOR has a domain.
+fn split_aor(aor: &[u8]) -> (String, Option<String>) {
+    let s = text(aor);
+    match s.split_once('@') {
+        Some((u, d)) => (u.to_string(), Some(d.to_string())),
+        None => (s, None),
+    }
+}
+
+impl Database {
+    pub fn new(path: &Path) -> Database {
+        Database { path: path.to_path_buf(), conn: None }
+    }
+
+    fn err(&self, detail: impl std::fmt::Display) -> ApplyError {
+        ApplyError::Database { url: format!("sqlite://{}", self.path.display()), detail: detail.to_string() }
+    }
+
+    fn write(tx: &rusqlite::Transaction, op: Op, c: &Contact) -> Result<(), String> {
+        let table = table_name(&c.domain)?;
+        let (user, domain) = split_aor(&c.aor);
+        let contact = text(&c.contact);
+        let ruid = text(&c.ruid);
+        tx.execute(
+            &format!(
+                "DELETE FROM {table} WHERE (username = ?1 AND coalesce(domain, '') = coalesce(?2, '') AND contact = ?3)
+                    OR (?4 <> '' AND ruid = ?4)"
+            ),
+            params![user, domain, contact, ruid],
+        )
+        .map_err(|e| e.to_string())?;
+        if op == Op::Delete {
+            return Ok(());
+        }
+        let q = if c.q < 0 { -1.0 } else { c.q as f64 / 1000.0 };
+        tx.execute(
+            &format!(
+                "INSERT INTO {table} (ruid, username, domain, contact, received, path, expires, q, callid,
+                    cseq, last_modified, flags, cflags, user_agent, socket, methods, instance, reg_id,
+                    server_id, connection_id, keepalive, partition)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+                    ?19, -1, 0, 0)"
+            ),
+            params![
+                ruid,
+                user,
+                domain,
+                contact,
+                (!c.received.is_empty()).then(|| text(&c.received)),
+                (!c.path.is_empty()).then(|| text(&c.path)),
+                datetime(c.expires),
+                q,
+                text(&c.callid),
+                c.cseq,
+                datetime(c.last_modified),
+                c.flags,
+                c.cflags,
+                text(&c.user_agent),
+                (!c.socket.is_empty()).then(|| text(&c.socket)),
+                c.methods,
+                (!c.instance.is_empty()).then(|| text(&c.instance)),
+                c.reg_id,
+                c.server_id,
+            ],
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+impl Sink for Database {
+    fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
+        if self.conn.is_none() {
+            let conn = Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+                .map_err(|e| self.err(e))?;
+            conn.busy_timeout(Duration::from_secs(5)).map_err(|e| self.err(e))?;
+            self.conn = Some(conn);
+        }
+        let conn = self.conn.as_mut().expect("opened above");
+        let result = (|| {
+            let tx = conn.transaction().map_err(|e| e.to_string())?;
+            for r in records {
+                match r {
+                    Record::Contact { op, contact } => Self::write(&tx, *op, contact)?,
+                }
+            }
+            tx.commit().map_err(|e| e.to_string())
+        })();
+        result.map_err(|e| {
+            self.conn = None;
+            self.err(e)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = "CREATE TABLE location (id INTEGER PRIMARY KEY NOT NULL, ruid VARCHAR(64) DEFAULT '' NOT NULL,
+        username VARCHAR(64) DEFAULT '' NOT NULL, domain VARCHAR(64) DEFAULT NULL,
+        contact VARCHAR(512) DEFAULT '' NOT NULL, received VARCHAR(128) DEFAULT NULL,
+        path VARCHAR(512) DEFAULT NULL, expires TIMESTAMP WITHOUT TIME ZONE DEFAULT '2030-05-28 21:32:15' NOT NULL,
+        q REAL DEFAULT 1.0 NOT NULL, callid VARCHAR(255) DEFAULT 'Default-Call-ID' NOT NULL,
+        cseq INTEGER DEFAULT 1 NOT NULL, last_modified TIMESTAMP WITHOUT TIME ZONE DEFAULT '2000-01-01 00:00:01' NOT NULL,
+        flags INTEGER DEFAULT 0 NOT NULL, cflags INTEGER DEFAULT 0 NOT NULL,
+        user_agent VARCHAR(255) DEFAULT '' NOT NULL, socket VARCHAR(64) DEFAULT NULL,
+        methods INTEGER DEFAULT NULL, instance VARCHAR(255) DEFAULT NULL, reg_id INTEGER DEFAULT 0 NOT NULL,
+        server_id INTEGER DEFAULT 0 NOT NULL, connection_id INTEGER DEFAULT 0 NOT NULL,
+        keepalive INTEGER DEFAULT 0 NOT NULL, partition INTEGER DEFAULT 0 NOT NULL,
+        CONSTRAINT location_ruid_idx UNIQUE (ruid));";
+
+    fn contact(op: Op, cseq: i32) -> Record {
+        Record::Contact {
+            op,
+            contact: Contact {
+                domain: b"location".to_vec(),
+                aor: b"alice".to_vec(),
+                contact: b"sip:alice@10.1.1.1:5060".to_vec(),
+                ruid: b"uloc-1".to_vec(),
+                callid: b"cid".to_vec(),
+                cseq,
+                q: 500,
+                expires: 2_000_000_000,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn upsert_replaces_and_delete_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        Connection::open(&path).unwrap().execute_batch(SCHEMA).unwrap();
+        let mut db = Database::new(&path);
+        db.apply(&[contact(Op::Upsert, 1)]).unwrap();
+        db.apply(&[contact(Op::Upsert, 2)]).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let (n, cseq, q): (i64, i64, f64) =
+            conn.query_row("SELECT count(*), max(cseq), max(q) FROM location", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+        assert_eq!((n, cseq, q), (1, 2, 0.5));
+        db.apply(&[contact(Op::Delete, 3)]).unwrap();
+        let n: i64 = conn.query_row("SELECT count(*) FROM location", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn unwritable_database_is_an_error() {
+        let mut db = Database::new(Path::new("/nonexistent/dir/k.db"));
+        assert!(db.apply(&[contact(Op::Upsert, 1)]).is_err());
+    }
+}

@@ -1,0 +1,228 @@
+//! SER's RPC door, as Kamailio's jsonrpcs module opens it: a FIFO (text
+//! JSON, one request at most 8 KiB, reply through a FIFO we create) or a
+//! unix datagram socket (one request per datagram, at most ~64 KiB, reply
+//! to our bound socket). The `fifo` modparam names either; the kind is
+//! read from the file itself. The datagram socket carries eight times as
+//! much per request, so it is the faster door.
+//!
+//! Each request calls `sersync.apply` with one payload ([`super::payload`]);
+//! the module applies it into usrloc inside SER, marked as replaying so
+//! the usrloc callbacks do not send it back out.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::payload;
+use super::Sink;
+use crate::error::ApplyError;
+use crate::record::Record;
+
+/// jsonrpcs reads FIFO requests into an 8 KiB buffer; writes above
+/// PIPE_BUF (4 KiB) may interleave with another client's, so stay below.
+const FIFO_REQUEST_MAX: usize = 4000;
+/// jsonrpcs' datagram buffer is 65456 bytes.
+const DGRAM_REQUEST_MAX: usize = 65000;
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+enum Kind {
+    Fifo,
+    Dgram(UnixDatagram),
+}
+
+pub struct Door {
+    path: PathBuf,
+    reply_dir: PathBuf,
+    reply_name: String,
+    kind: Option<Kind>,
+    next_id: u64,
+}
+
+impl Door {
+    pub fn new(path: &Path, reply_dir: &Path) -> Door {
+        Door {
+            path: path.to_path_buf(),
+            reply_dir: reply_dir.to_path_buf(),
+            // jsonrpcs forbids '.' and '/' in reply names.
+            reply_name: format!("sersync_apply_{}", std::process::id()),
+            kind: None,
+            next_id: 1,
+        }
+    }
+
+    fn err(&self, detail: impl Into<String>) -> ApplyError {
+        ApplyError::Door { path: self.path.display().to_string(), detail: detail.into() }
+    }
+
+    fn kind(&mut self) -> Result<&Kind, ApplyError> {
+        if self.kind.is_none() {
+            let meta = std::fs::metadata(&self.path).map_err(|e| self.err(e.to_string()))?;
+            let ft = meta.file_type();
+            let kind = if ft.is_fifo() {
+                Kind::Fifo
+            } else if ft.is_socket() {
+                let local = self.reply_dir.join(format!("{}_sock", self.reply_name));
+                let _ = std::fs::remove_file(&local);
+                let sock = UnixDatagram::bind(&local).map_err(|e| self.err(format!("bind {}: {e}", local.display())))?;
+                sock.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(|e| self.err(e.to_string()))?;
+                Kind::Dgram(sock)
+            } else {
+                return Err(self.err("neither a FIFO nor a unix socket: point modparam fifo at jsonrpcs' fifo_name or dgram socket"));
+            };
+            self.kind = Some(kind);
+        }
+        Ok(self.kind.as_ref().expect("set above"))
+    }
+
+    fn request_max(&mut self) -> Result<usize, ApplyError> {
+        Ok(match self.kind()? {
+            Kind::Fifo => FIFO_REQUEST_MAX,
+            Kind::Dgram(_) => DGRAM_REQUEST_MAX,
+        })
+    }
+
+    /// One `sersync.apply` call; returns the count SER reports applied.
+    fn call(&mut self, records: &[Record]) -> Result<u64, ApplyError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut req = serde_json::json!({
+            "jsonrpc": "2.0",
+            "method": "sersync.apply",
+            "params": [payload::encode(records)],
+            "id": id,
+        });
+        let reply_name = self.reply_name.clone();
+        let is_fifo = matches!(self.kind()?, Kind::Fifo);
+        if is_fifo {
+            req["reply_name"] = Value::String(reply_name.clone());
+        }
+        let body = serde_json::to_vec(&req).expect("JSON of strings and numbers");
+        let reply = if is_fifo { self.call_fifo(&body, &reply_name)? } else { self.call_dgram(&body, id)? };
+        let v: Value = serde_json::from_slice(&reply).map_err(|e| self.err(format!("unreadable reply: {e}")))?;
+        if let Some(err) = v.get("error") {
+            let msg = err.get("message").and_then(Value::as_str).unwrap_or("unknown error");
+            return Err(ApplyError::Rejected(msg.to_string()));
+        }
+        Ok(v.get("result").and_then(Value::as_u64).unwrap_or(0))
+    }
+
+    fn call_fifo(&mut self, body: &[u8], reply_name: &str) -> Result<Vec<u8>, ApplyError> {
+        let reply_path = self.reply_dir.join(reply_name);
+        let _ = std::fs::remove_file(&reply_path);
+        let cpath = std::ffi::CString::new(reply_path.as_os_str().as_encoded_bytes())
+            .map_err(|_| self.err("reply path contains NUL"))?;
+        // SAFETY: valid C string; mkfifo has no other preconditions.
+        if unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) } != 0 {
+            return Err(self.err(format!("mkfifo {}: {}", reply_path.display(), std::io::Error::last_os_error())));
+        }
+        let result = (|| {
+            // Open our read end first (non-blocking) so SER's writer finds
+            // a reader.
+            let mut reply = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&reply_path)
+                .map_err(|e| self.err(format!("open reply FIFO: {e}")))?;
+            let mut door = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&self.path)
+                .map_err(|e| self.err(format!("SER is not reading it ({e})")))?;
+            let mut line = body.to_vec();
+            line.push(b'\n');
+            door.write_all(&line).map_err(|e| self.err(format!("write: {e}")))?;
+            read_until_eof(&mut reply, REPLY_TIMEOUT).map_err(|e| self.err(format!("reply: {e}")))
+        })();
+        let _ = std::fs::remove_file(&reply_path);
+        result
+    }
+
+    fn call_dgram(&mut self, body: &[u8], id: u64) -> Result<Vec<u8>, ApplyError> {
+        let path = self.path.clone();
+        let Some(Kind::Dgram(sock)) = &self.kind else { unreachable!("checked by caller") };
+        sock.send_to(body, &path).map_err(|e| ApplyError::Door {
+            path: path.display().to_string(),
+            detail: format!("send: {e}"),
+        })?;
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = sock.recv(&mut buf).map_err(|e| ApplyError::Door {
+                path: path.display().to_string(),
+                detail: format!("no reply: {e}"),
+            })?;
+            // A late reply to an earlier, timed-out request is skipped.
+            let v: Value = serde_json::from_slice(&buf[..n]).unwrap_or(Value::Null);
+            if v.get("id").and_then(Value::as_u64) == Some(id) {
+                return Ok(buf[..n].to_vec());
+            }
+            if Instant::now() >= deadline {
+                return Err(ApplyError::Door { path: path.display().to_string(), detail: "no reply".into() });
+            }
+        }
+    }
+}
+
+fn read_until_eof(f: &mut std::fs::File, timeout: Duration) -> std::io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut got_writer = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"));
+        }
+        let mut pfd = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
+        match f.read(&mut buf) {
+            Ok(0) if got_writer || !out.is_empty() => return Ok(out),
+            // No writer yet: Linux reports EOF before the first writer.
+            Ok(0) => std::thread::sleep(Duration::from_millis(1)),
+            Ok(n) => {
+                got_writer = true;
+                out.extend_from_slice(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => got_writer = true,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl Sink for Door {
+    fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
+        let max = self.request_max()?;
+        // JSON wrapper, id and reply name stay well under this.
+        let budget = max - 200;
+        let mut start = 0;
+        while start < records.len() {
+            let mut end = start;
+            let mut size = 8;
+            while end < records.len() {
+                let n = payload::encoded_len(&records[end]);
+                if end > start && size + n > budget {
+                    break;
+                }
+                size += n;
+                end += 1;
+            }
+            if size > budget {
+                return Err(self.err(format!("a record of {size} bytes exceeds the door's {max}-byte requests")));
+            }
+            let n = self.call(&records[start..end])?;
+            if n != (end - start) as u64 {
+                return Err(ApplyError::Rejected(format!("applied {n} of {}", end - start)));
+            }
+            start = end;
+        }
+        Ok(())
+    }
+}

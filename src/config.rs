@@ -1,0 +1,177 @@
+//! Engine configuration, parsed and checked from the module's modparams.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use crate::error::ConfigError;
+
+/// Longest node id; it must fit the status area (`SERSYNC_ID_MAX` - 1).
+pub const NODE_ID_MAX: usize = 63;
+
+#[derive(Clone, Debug)]
+pub struct PeerAddr {
+    /// As the operator wrote it, for logs and status.
+    pub text: String,
+    pub addr: SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_id: String,
+    pub listen: SocketAddr,
+    pub peers: Vec<PeerAddr>,
+    pub secret: Vec<u8>,
+    pub journal: PathBuf,
+    /// SER's RPC door (jsonrpcs FIFO or datagram socket); None in engine
+    /// tests, where an in-process applier stands in for SER.
+    pub door: Option<PathBuf>,
+    pub fifo_reply_dir: PathBuf,
+    /// SER's SQLite database for the fallback path.
+    pub database: Option<PathBuf>,
+}
+
+/// The raw modparam strings.
+#[derive(Clone, Debug, Default)]
+pub struct RawConfig {
+    pub node_id: String,
+    pub listen: String,
+    pub peers: Vec<String>,
+    pub secret: Vec<u8>,
+    pub journal: String,
+    pub fifo: String,
+    pub db_url: String,
+    pub fifo_reply_dir: String,
+}
+
+/// Parses "tcp:ip:port" (the "tcp:" prefix may be omitted).
+pub fn parse_endpoint(param: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    let rest = match text.split_once(':') {
+        Some((proto, rest)) if proto.eq_ignore_ascii_case("tcp") => rest,
+        Some((proto, _)) if proto.chars().all(|c| c.is_ascii_alphabetic()) && !proto.is_empty() => {
+            return Err(ConfigError::invalid(param, format!("\"{text}\": only tcp is supported, not {proto}")))
+        }
+        _ => text,
+    };
+    let mut addrs = rest
+        .to_socket_addrs()
+        .map_err(|e| ConfigError::invalid(param, format!("\"{text}\" is not tcp:host:port ({e})")))?;
+    addrs.next().ok_or_else(|| ConfigError::invalid(param, format!("\"{text}\" resolves to no address")))
+}
+
+/// "sqlite:////abs/path" (SER's own form: four slashes for an absolute
+/// path) → "/abs/path".
+pub fn parse_db_url(url: &str) -> Result<PathBuf, ConfigError> {
+    let Some(rest) = url.strip_prefix("sqlite://") else {
+        let scheme = url.split("://").next().unwrap_or(url);
+        return Err(ConfigError::invalid(
+            "db_url",
+            format!("\"{scheme}\": the database fallback writes SQLite only (sqlite:////path/to/db); leave db_url empty to disable it"),
+        ));
+    };
+    let path = rest.strip_prefix('/').unwrap_or(rest);
+    if path.is_empty() {
+        return Err(ConfigError::invalid("db_url", "no database file after sqlite://"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+impl RawConfig {
+    pub fn check(&self) -> Result<Config, ConfigError> {
+        let node_id = self.node_id.trim().to_string();
+        if node_id.is_empty() {
+            return Err(ConfigError::invalid("node_id", "required: a name unique in the cluster, e.g. \"sip1\""));
+        }
+        if node_id.len() > NODE_ID_MAX || !node_id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::invalid(
+                "node_id",
+                format!("\"{node_id}\": at most {NODE_ID_MAX} printable ASCII characters, no spaces"),
+            ));
+        }
+        if self.listen.is_empty() {
+            return Err(ConfigError::invalid("listen", "required, e.g. \"tcp:10.0.0.1:5999\""));
+        }
+        let listen = parse_endpoint("listen", &self.listen)?;
+        if self.peers.len() > crate::status::MAX_PEERS {
+            return Err(ConfigError::invalid("peer", format!("at most {} peers", crate::status::MAX_PEERS)));
+        }
+        let mut peers = Vec::with_capacity(self.peers.len());
+        for p in &self.peers {
+            let addr = parse_endpoint("peer", p)?;
+            if addr == listen {
+                return Err(ConfigError::invalid("peer", format!("\"{p}\" is this node's own listen address")));
+            }
+            if peers.iter().any(|q: &PeerAddr| q.addr == addr) {
+                return Err(ConfigError::invalid("peer", format!("\"{p}\" is listed twice")));
+            }
+            peers.push(PeerAddr { text: p.clone(), addr });
+        }
+        if self.secret.is_empty() {
+            return Err(ConfigError::invalid("secret", "required: the same secret on every node of the cluster"));
+        }
+        if self.secret.len() < 8 {
+            return Err(ConfigError::invalid("secret", "shorter than 8 bytes; use a long random string"));
+        }
+        if self.journal.is_empty() {
+            return Err(ConfigError::invalid("journal", "required: path of the SQLite journal file"));
+        }
+        let door = if self.fifo.is_empty() { None } else { Some(PathBuf::from(&self.fifo)) };
+        let database = if self.db_url.is_empty() { None } else { Some(parse_db_url(&self.db_url)?) };
+        let fifo_reply_dir =
+            PathBuf::from(if self.fifo_reply_dir.is_empty() { "/tmp/" } else { &self.fifo_reply_dir });
+        Ok(Config {
+            node_id,
+            listen,
+            peers,
+            secret: self.secret.clone(),
+            journal: PathBuf::from(&self.journal),
+            door,
+            fifo_reply_dir,
+            database,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> RawConfig {
+        RawConfig {
+            node_id: "sip1".into(),
+            listen: "tcp:127.0.0.1:5999".into(),
+            peers: vec!["tcp:127.0.0.2:5999".into()],
+            secret: b"0123456789".to_vec(),
+            journal: "/tmp/j.db".into(),
+            fifo: "/run/kamailio/kamailio_rpc.fifo".into(),
+            db_url: "sqlite:////var/lib/kamailio/kamailio.db".into(),
+            fifo_reply_dir: String::new(),
+        }
+    }
+
+    #[test]
+    fn accepts_the_documented_form() {
+        let c = good().check().unwrap();
+        assert_eq!(c.listen, "127.0.0.1:5999".parse().unwrap());
+        assert_eq!(c.database.unwrap(), PathBuf::from("/var/lib/kamailio/kamailio.db"));
+        assert_eq!(c.fifo_reply_dir, PathBuf::from("/tmp/"));
+    }
+
+    #[test]
+    fn names_the_bad_parameter() {
+        let mut c = good();
+        c.listen = "udp:1.2.3.4:5".into();
+        assert!(c.check().unwrap_err().to_string().contains("\"listen\""));
+        let mut c = good();
+        c.peers.push("tcp:127.0.0.1:5999".into());
+        assert!(c.check().unwrap_err().to_string().contains("own listen"));
+        let mut c = good();
+        c.secret.clear();
+        assert!(c.check().unwrap_err().to_string().contains("secret"));
+        let mut c = good();
+        c.db_url = "mysql://u:p@localhost/kamailio".into();
+        assert!(c.check().unwrap_err().to_string().contains("SQLite only"));
+        let mut c = good();
+        c.node_id = "has space".into();
+        assert!(c.check().is_err());
+    }
+}

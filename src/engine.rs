@@ -1,0 +1,215 @@
+//! Wires the stages together in the sersync process: the ingest thread
+//! (worker queue → journal), the network thread ([`crate::net`]) and the
+//! applier ([`crate::apply`]).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use mio::Waker;
+
+use crate::apply::{db::Database, door::Door, Applier, Sink};
+use crate::config::Config;
+use crate::error::JournalError;
+use crate::hlc::Hlc;
+use crate::journal::Journal;
+use crate::log::{self, RateLimit};
+use crate::net::Net;
+use crate::queue::Shared;
+use crate::record::Record;
+use crate::status::{Snapshot, Status};
+use crate::wire::codec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("cannot start the network thread: {0}")]
+    Net(std::io::Error),
+}
+
+pub struct Engine {
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    wake_apply: crossbeam_channel::Sender<()>,
+    status: Arc<Status>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Records taken from the worker queue per journal transaction.
+const INGEST_BATCH: usize = 4096;
+static INGEST_ERR: RateLimit = RateLimit::new(1000);
+
+impl Engine {
+    /// Starts the engine. `sink` replaces SER as the primary apply path
+    /// (tests); None uses the configured RPC door and database.
+    pub fn start(cfg: Config, shared: Arc<Shared>, sink: Option<Box<dyn Sink>>) -> Result<Engine, EngineError> {
+        let cfg = Arc::new(cfg);
+        let status = Arc::new(Status::new(&cfg.node_id));
+        let open = || Journal::open(&cfg.journal);
+        let ingest_journal = open()?;
+        let net_journal = open()?;
+        let apply_journal = open()?;
+        let last = ingest_journal.last_seq()?;
+        status.counters.last_seq.store(last, Ordering::Relaxed);
+        status.counters.apply_pending.store(apply_journal.inbox_len()?, Ordering::Relaxed);
+
+        let hlc = Arc::new(Mutex::new(Hlc::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (wake_apply, wake_rx) = crossbeam_channel::bounded(1);
+        let (net, waker) = Net::new(
+            cfg.clone(),
+            status.clone(),
+            hlc.clone(),
+            net_journal,
+            wake_apply.clone(),
+            Some(shared.clone()),
+        )
+        .map_err(EngineError::Net)?;
+
+        let (primary, fallback): (Box<dyn Sink>, Option<Box<dyn Sink>>) = match sink {
+            Some(s) => (s, None),
+            None => {
+                let door: Box<dyn Sink> = match &cfg.door {
+                    Some(p) => Box::new(Door::new(p, &cfg.fifo_reply_dir)),
+                    None => Box::new(NoDoor),
+                };
+                (door, cfg.database.as_ref().map(|p| Box::new(Database::new(p)) as Box<dyn Sink>))
+            }
+        };
+        let applier = Applier { journal: apply_journal, primary, fallback, status: status.clone(), wake: wake_rx };
+
+        let mut threads = Vec::new();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name.into()).spawn(f).map_err(EngineError::Net)
+        };
+        {
+            let stop = stop.clone();
+            threads.push(spawn("sersync-net", Box::new(move || net.run(&stop)))?);
+        }
+        {
+            let stop = stop.clone();
+            threads.push(spawn("sersync-apply", Box::new(move || applier.run(&stop)))?);
+        }
+        {
+            let ingest = Ingest {
+                journal: ingest_journal,
+                shared,
+                status: status.clone(),
+                hlc,
+                waker: waker.clone(),
+                node_id: cfg.node_id.clone(),
+            };
+            let stop = stop.clone();
+            threads.push(spawn("sersync-ingest", Box::new(move || ingest.run(&stop)))?);
+        }
+        status.running.store(true, Ordering::Relaxed);
+        log::info(format_args!(
+            "node {} started: journal {} at sequence {last}, {} peers",
+            cfg.node_id,
+            cfg.journal.display(),
+            cfg.peers.len()
+        ));
+        Ok(Engine { stop, waker, wake_apply, status, threads })
+    }
+
+    pub fn status(&self) -> Snapshot {
+        self.status.snapshot()
+    }
+
+    /// Stops every thread and waits for them.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+        let _ = self.wake_apply.try_send(());
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Blocks the calling thread for as long as the engine runs.
+    pub fn wait(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Stands in when no RPC door is configured: always a temporary failure.
+struct NoDoor;
+
+impl Sink for NoDoor {
+    fn apply(&mut self, _: &[Record]) -> Result<(), crate::error::ApplyError> {
+        Err(crate::error::ApplyError::Door { path: "(none)".into(), detail: "no RPC door configured".into() })
+    }
+}
+
+/// Moves records from the worker queue into the journal.
+struct Ingest {
+    journal: Journal,
+    shared: Arc<Shared>,
+    status: Arc<Status>,
+    hlc: Arc<Mutex<Hlc>>,
+    waker: Arc<Waker>,
+    node_id: String,
+}
+
+impl Ingest {
+    fn run(mut self, stop: &AtomicBool) {
+        let mut pending: Vec<(u64, Record)> = Vec::new();
+        let mut buf = Vec::with_capacity(crate::queue::SLOT_SIZE);
+        let mut retry = Duration::from_millis(100);
+        while !stop.load(Ordering::Acquire) {
+            while pending.len() < INGEST_BATCH && self.shared.pop(&mut buf) {
+                if buf.is_empty() {
+                    continue; // a slot whose record did not fit; counted by the producer
+                }
+                match codec::decode::<Record>(&buf) {
+                    Ok(rec) => {
+                        let stamp = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).now();
+                        pending.push((stamp, rec));
+                    }
+                    Err(e) => log::error(format_args!("undecodable record in the worker queue: {e}")),
+                }
+            }
+            if pending.is_empty() {
+                self.shared.wait(Duration::from_millis(100));
+                continue;
+            }
+            match self.journal.append_local(&self.node_id, &pending) {
+                Ok(last) => {
+                    let c = &self.status.counters;
+                    c.journaled.fetch_add(pending.len() as u64, Ordering::Relaxed);
+                    c.last_seq.store(last, Ordering::Release);
+                    pending.clear();
+                    retry = Duration::from_millis(100);
+                    let _ = self.waker.wake();
+                }
+                Err(e) => {
+                    // Kept in memory; the worker queue absorbs new changes
+                    // (and counts what it cannot take) until the disk heals.
+                    if let Some(n) = INGEST_ERR.allow() {
+                        log::error(format_args!(
+                            "cannot journal {} changes, retrying: {e} ({n} similar suppressed)",
+                            pending.len()
+                        ));
+                    }
+                    self.status.set_error(&e.to_string());
+                    std::thread::sleep(retry);
+                    retry = (retry * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}

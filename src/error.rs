@@ -1,0 +1,67 @@
+//! Errors per subsystem, and their one mapping onto the C return codes.
+
+use crate::ffi::sys::sersync_rc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("modparam \"{param}\": {reason}")]
+    Invalid { param: &'static str, reason: String },
+}
+
+impl ConfigError {
+    pub fn invalid(param: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid { param, reason: reason.into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Sqlite { path: String, source: rusqlite::Error },
+    #[error("journal {path} is corrupt ({detail}); it was moved aside to {moved_to}: replication starts from an empty journal")]
+    CorruptMovedAside { path: String, detail: String, moved_to: String },
+    #[error("journal {path} has schema version {found}, newer than this sersync understands ({supported}); upgrade sersync or move the file aside")]
+    TooNew { path: String, found: i64, supported: i64 },
+    #[error("journal {path}: stored record {seq} does not decode: {detail}")]
+    BadRecord { path: String, seq: i64, detail: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("RPC door {path}: {detail}")]
+    Door { path: String, detail: String },
+    #[error("SER answered sersync.apply with an error: {0}")]
+    Rejected(String),
+    #[error("database {url}: {detail}")]
+    Database { url: String, detail: String },
+    #[error("malformed apply payload: {0}")]
+    Decode(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue full")]
+    Full,
+    #[error("record of {len} bytes does not fit a queue slot ({max} bytes)")]
+    TooLarge { len: usize, max: usize },
+    #[error("cannot map shared memory: {0}")]
+    Map(std::io::Error),
+}
+
+impl From<&QueueError> for sersync_rc {
+    fn from(e: &QueueError) -> Self {
+        match e {
+            QueueError::Full => sersync_rc::SERSYNC_E_QUEUE_FULL,
+            QueueError::TooLarge { .. } => sersync_rc::SERSYNC_E_TOO_LARGE,
+            QueueError::Map(_) => sersync_rc::SERSYNC_E_IO,
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The SQLite journal: local changes with their sequence numbers, each
+//! peer's acknowledged position, remote changes staged for applying, and
+//! the last-writer-wins state per key.
+//!
+//! Durability: the journal runs in WAL mode with `synchronous=FULL`. A
+//! method that returns `Ok` has committed its transaction and the WAL has
+//! been fsync'ed: the change survives a crash of the process and of the
+//! machine. Nothing is durable before that return.
+//!
+//! Each thread of the engine opens its own [`Journal`] on the same file;
+//! SQLite serialises writers (busy timeout) and WAL lets readers run
+//! alongside a writer.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use crate::error::JournalError;
+use crate::record::{Change, Record};
+use crate::wire::codec;
+
+/// Schema version this code writes (PRAGMA user_version).
+const SCHEMA_VERSION: i64 = 1;
+
+pub struct Journal {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// A remote change staged for applying.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub id: i64,
+    pub origin: String,
+    pub hlc: u64,
+    pub record: Record,
+}
+
+/// What staging a batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StageOutcome {
+    /// Highest origin sequence now held (the acknowledgement to send).
+    pub upto: u64,
+    /// Changes new to this node.
+    pub fresh: usize,
+    /// Of those, older than the state already held (last writer wins).
+    pub superseded: usize,
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) | Some(rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+impl Journal {
+    /// Opens (creating if absent) the journal at `path` and brings its
+    /// schema up to date. A corrupt file is moved aside, never deleted, and
+    /// reported as [`JournalError::CorruptMovedAside`]; the caller may then
+    /// open again to start afresh.
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        let p = path.display().to_string();
+        let sq = |source| JournalError::Sqlite { path: p.clone(), source };
+        match Self::open_inner(path) {
+            Ok(j) => Ok(j),
+            Err(e) if is_corruption(&e) => {
+                let moved = Self::move_aside(path);
+                Err(JournalError::CorruptMovedAside { path: p.clone(), detail: e.to_string(), moved_to: moved })
+            }
+            Err(rusqlite::Error::SqliteFailure(f, Some(msg))) if msg.starts_with("sersync-too-new:") => {
+                let found = msg["sersync-too-new:".len()..].parse().unwrap_or(-1);
+                let _ = f;
+                Err(JournalError::TooNew { path: p, found, supported: SCHEMA_VERSION })
+            }
+            Err(e) => Err(sq(e)),
+        }
+    }
+
+    fn move_aside(path: &Path) -> String {
+        let stamp = crate::hlc::wall_ms();
+        let target = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
+        let _ = std::fs::rename(path, &target);
+        for ext in ["-wal", "-shm"] {
+            let side = PathBuf::from(format!("{}{ext}", path.display()));
+            let _ = std::fs::rename(&side, format!("{}{ext}", target.display()));
+        }
+        target.display().to_string()
+    }
+
+    fn open_inner(path: &Path) -> Result<Journal, rusqlite::Error> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
+        let mut j = Journal { conn, path: path.to_path_buf() };
+        j.migrate()?;
+        // A cheap read of every table catches a file that is not ours or
+        // is damaged in its schema pages.
+        j.conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
+        Ok(j)
+    }
+
+    fn migrate(&mut self) -> Result<(), rusqlite::Error> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+                Some(format!("sersync-too-new:{version}")),
+            ));
+        }
+        if version < 1 {
+            tx.execute_batch(
+                "CREATE TABLE log (
+                     seq INTEGER PRIMARY KEY,
+                     hlc INTEGER NOT NULL,
+                     body BLOB NOT NULL);
+                 CREATE TABLE peer_acked (
+                     node_id TEXT PRIMARY KEY,
+                     acked INTEGER NOT NULL);
+                 CREATE TABLE received (
+                     origin TEXT PRIMARY KEY,
+                     seq INTEGER NOT NULL);
+                 CREATE TABLE inbox (
+                     id INTEGER PRIMARY KEY,
+                     origin TEXT NOT NULL,
+                     hlc INTEGER NOT NULL,
+                     body BLOB NOT NULL);
+                 CREATE TABLE state (
+                     key BLOB PRIMARY KEY,
+                     hlc INTEGER NOT NULL,
+                     origin TEXT NOT NULL,
+                     body BLOB NOT NULL);
+                 PRAGMA user_version = 1;",
+            )?;
+        }
+        tx.commit()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, source: rusqlite::Error) -> JournalError {
+        JournalError::Sqlite { path: self.path.display().to_string(), source }
+    }
+
+    /// Appends local changes in one transaction and returns the sequence
+    /// of the last one (0 if `records` is empty). Durable on return.
+    pub fn append_local(&mut self, node_id: &str, records: &[(u64, Record)]) -> Result<u64, JournalError> {
+        if records.is_empty() {
+            return self.last_seq();
+        }
+        let path = self.path.display().to_string();
+        let sq = |source| JournalError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
+        let mut last = 0;
+        {
+            let mut ins = tx.prepare_cached("INSERT INTO log (hlc, body) VALUES (?1, ?2)").map_err(sq)?;
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO state (key, hlc, origin, body) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(key) DO UPDATE SET hlc = excluded.hlc, origin = excluded.origin,
+                        body = excluded.body
+                     WHERE excluded.hlc > state.hlc
+                        OR (excluded.hlc = state.hlc AND excluded.origin > state.origin)",
+                )
+                .map_err(sq)?;
+            let mut body = Vec::with_capacity(512);
+            for (hlc, rec) in records {
+                body.clear();
+                codec::encode_into(rec, &mut body).expect("encoding into a Vec cannot fail");
+                ins.execute(params![*hlc as i64, body]).map_err(sq)?;
+                last = tx.last_insert_rowid() as u64;
+                st.execute(params![rec.key(), *hlc as i64, node_id, body]).map_err(sq)?;
+            }
+        }
+        tx.commit().map_err(sq)?;
+        Ok(last)
+    }
+
+    pub fn last_seq(&self) -> Result<u64, JournalError> {
+        self.conn
+            .query_row("SELECT coalesce(max(seq), 0) FROM log", [], |r| r.get::<_, i64>(0))
+            .map(|v| v as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Local changes after `after`, at most `limit`, in sequence order.
+    pub fn read_log(&self, after: u64, limit: usize) -> Result<Vec<Change>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, hlc, body FROM log WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![after as i64, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, hlc, body) = row.map_err(|e| self.err(e))?;
+            let record = codec::decode(&body).map_err(|detail| JournalError::BadRecord {
+                path: self.path.display().to_string(),
+                seq,
+                detail,
+            })?;
+            out.push(Change { seq: seq as u64, hlc: hlc as u64, record });
+        }
+        Ok(out)
+    }
+
+    /// The journal time (HLC) of local change `seq`, if still held.
+    pub fn hlc_of(&self, seq: u64) -> Result<Option<u64>, JournalError> {
+        self.conn
+            .query_row("SELECT hlc FROM log WHERE seq = ?1", [seq as i64], |r| r.get::<_, i64>(0))
+            .optional()
+            .map(|v| v.map(|h| h as u64))
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn acked(&self, peer: &str) -> Result<u64, JournalError> {
+        self.conn
+            .query_row("SELECT acked FROM peer_acked WHERE node_id = ?1", [peer], |r| r.get::<_, i64>(0))
+            .optional()
+            .map(|v| v.unwrap_or(0) as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records that `peer` holds every local change up to `upto`.
+    pub fn set_acked(&mut self, peer: &str, upto: u64) -> Result<(), JournalError> {
+        self.conn
+            .execute(
+                "INSERT INTO peer_acked (node_id, acked) VALUES (?1, ?2)
+                 ON CONFLICT(node_id) DO UPDATE SET acked = max(acked, excluded.acked)",
+                params![peer, upto as i64],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Highest sequence of `origin` this node holds.
+    pub fn received_upto(&self, origin: &str) -> Result<u64, JournalError> {
+        self.conn
+            .query_row("SELECT seq FROM received WHERE origin = ?1", [origin], |r| r.get::<_, i64>(0))
+            .optional()
+            .map(|v| v.unwrap_or(0) as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Stages a batch from `origin` in one transaction: changes at or below
+    /// the position already held are duplicates (a resend) and skipped;
+    /// the others enter the inbox unless the state holds a newer version of
+    /// their key (last writer wins on (hlc, origin)). Durable on return:
+    /// only then may the batch be acknowledged.
+    pub fn stage_remote(&mut self, origin: &str, changes: &[Change]) -> Result<StageOutcome, JournalError> {
+        let path = self.path.display().to_string();
+        let sq = |source| JournalError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
+        let held: u64 = tx
+            .query_row("SELECT seq FROM received WHERE origin = ?1", [origin], |r| r.get::<_, i64>(0))
+            .optional()
+            .map_err(sq)?
+            .unwrap_or(0) as u64;
+        let mut out = StageOutcome { upto: held, ..Default::default() };
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO state (key, hlc, origin, body) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(key) DO UPDATE SET hlc = excluded.hlc, origin = excluded.origin,
+                        body = excluded.body
+                     WHERE excluded.hlc > state.hlc
+                        OR (excluded.hlc = state.hlc AND excluded.origin > state.origin)",
+                )
+                .map_err(sq)?;
+            let mut ins =
+                tx.prepare_cached("INSERT INTO inbox (origin, hlc, body) VALUES (?1, ?2, ?3)").map_err(sq)?;
+            let mut body = Vec::with_capacity(512);
+            for ch in changes {
+                if ch.seq <= out.upto {
+                    continue;
+                }
+                out.upto = ch.seq;
+                out.fresh += 1;
+                body.clear();
+                codec::encode_into(&ch.record, &mut body).expect("encoding into a Vec cannot fail");
+                let won = st.execute(params![ch.record.key(), ch.hlc as i64, origin, body]).map_err(sq)?;
+                if won == 0 {
+                    out.superseded += 1;
+                    continue;
+                }
+                ins.execute(params![origin, ch.hlc as i64, body]).map_err(sq)?;
+            }
+        }
+        if out.upto > held {
+            tx.execute(
+                "INSERT INTO received (origin, seq) VALUES (?1, ?2)
+                 ON CONFLICT(origin) DO UPDATE SET seq = excluded.seq",
+                params![origin, out.upto as i64],
+            )
+            .map_err(sq)?;
+        }
+        tx.commit().map_err(sq)?;
+        Ok(out)
+    }
+
+    /// The oldest staged changes, at most `limit`.
+    pub fn inbox_peek(&self, limit: usize) -> Result<Vec<Staged>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, origin, hlc, body FROM inbox ORDER BY id LIMIT ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, Vec<u8>>(3)?))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, origin, hlc, body) = row.map_err(|e| self.err(e))?;
+            let record = codec::decode(&body).map_err(|detail| JournalError::BadRecord {
+                path: self.path.display().to_string(),
+                seq: id,
+                detail,
+            })?;
+            out.push(Staged { id, origin, hlc: hlc as u64, record });
+        }
+        Ok(out)
+    }
+
+    /// Removes staged changes up to and including `id`: they are applied.
+    pub fn inbox_done(&mut self, upto_id: i64) -> Result<(), JournalError> {
+        self.conn.execute("DELETE FROM inbox WHERE id <= ?1", [upto_id]).map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    pub fn inbox_len(&self) -> Result<u64, JournalError> {
+        self.conn
+            .query_row("SELECT count(*) FROM inbox", [], |r| r.get::<_, i64>(0))
+            .map(|v| v as u64)
+            .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Contact, Op};
+
+    fn rec(aor: &str, cseq: i32) -> Record {
+        Record::Contact {
+            op: Op::Upsert,
+            contact: Contact {
+                domain: b"location".to_vec(),
+                aor: aor.as_bytes().to_vec(),
+                contact: format!("sip:{aor}@10.0.0.9").into_bytes(),
+                cseq,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn append_reopen_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        {
+            let mut j = Journal::open(&path).unwrap();
+            let last = j.append_local("n1", &[(10, rec("a", 1)), (11, rec("b", 1))]).unwrap();
+            assert_eq!(last, 2);
+            j.set_acked("n2", 1).unwrap();
+        }
+        let mut j = Journal::open(&path).unwrap();
+        assert_eq!(j.last_seq().unwrap(), 2);
+        assert_eq!(j.acked("n2").unwrap(), 1);
+        let pending = j.read_log(j.acked("n2").unwrap(), 100).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].seq, 2);
+        assert_eq!(pending[0].record, rec("b", 1));
+        assert_eq!(j.append_local("n1", &[(12, rec("c", 1))]).unwrap(), 3);
+    }
+
+    #[test]
+    fn staging_skips_resends_and_older_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let batch = vec![
+            Change { seq: 1, hlc: 100, record: rec("a", 1) },
+            Change { seq: 2, hlc: 101, record: rec("b", 1) },
+        ];
+        let out = j.stage_remote("n2", &batch).unwrap();
+        assert_eq!(out, StageOutcome { upto: 2, fresh: 2, superseded: 0 });
+        // Resend after a lost ack: nothing new.
+        let out = j.stage_remote("n2", &batch).unwrap();
+        assert_eq!(out, StageOutcome { upto: 2, fresh: 0, superseded: 0 });
+        // A local change newer than what n3 sends for the same key wins.
+        j.append_local("n1", &[(500, rec("c", 2))]).unwrap();
+        let out = j.stage_remote("n3", &[Change { seq: 1, hlc: 400, record: rec("c", 1) }]).unwrap();
+        assert_eq!(out.superseded, 1);
+        let staged = j.inbox_peek(10).unwrap();
+        assert_eq!(staged.len(), 2);
+        j.inbox_done(staged[0].id).unwrap();
+        assert_eq!(j.inbox_len().unwrap(), 1);
+        assert_eq!(j.received_upto("n2").unwrap(), 2);
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside_not_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        match Journal::open(&path) {
+            Err(JournalError::CorruptMovedAside { moved_to, .. }) => {
+                assert!(std::path::Path::new(&moved_to).exists());
+                assert!(!path.exists());
+            }
+            other => panic!("expected corruption error, got {:?}", other.err()),
+        }
+        assert!(Journal::open(&path).is_ok());
+    }
+}

@@ -1,0 +1,20 @@
+//! sersync: keeps SER's user and alias locations identical on every node.
+//!
+//! Pipeline (one sersync process per node, forked by the SER module):
+//! worker queue ([`queue`]) → ingest → [`journal`] → [`net`] peers;
+//! received records → [`journal`] inbox → [`apply`] → SER's RPC door or DB.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod apply;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod ffi;
+pub mod hlc;
+pub mod journal;
+pub mod log;
+pub mod net;
+pub mod queue;
+pub mod record;
+pub mod status;
+pub mod wire;

@@ -1,0 +1,720 @@
+//! The network thread: one mio loop owning every peer connection.
+//!
+//! Dialed connections carry this node's journal to a peer (this side
+//! sends `Batch`es, the peer acknowledges); accepted connections carry a
+//! peer's changes here (this side stages them durably in the journal, then
+//! acknowledges). See [`crate::wire`] for the protocol.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+
+use crate::config::Config;
+use crate::hlc::Hlc;
+use crate::journal::Journal;
+use crate::log::{self, RateLimit};
+use crate::status::{PeerState, Status};
+use crate::wire::auth::{self, Nonce, Role, Transcript};
+use crate::wire::{Frame, FrameReader, MAGIC, VERSION};
+
+const WAKER: Token = Token(0);
+const LISTENER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// Records per batch frame.
+const BATCH_RECORDS: usize = 1000;
+/// Records a dialer may have in flight (sent, not acknowledged).
+const WINDOW_RECORDS: u64 = 20_000;
+/// Output buffered per connection before we stop producing.
+const MAX_OUTBUF: usize = 8 << 20;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// An accepted connection that sends nothing for this long is dropped.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const TICK: Duration = Duration::from_millis(100);
+
+enum Phase {
+    /// Dialer: TCP connect in progress.
+    Connecting,
+    /// Dialer: waiting for the acceptor's challenge.
+    AwaitChallenge,
+    /// Dialer: hello sent, waiting for welcome.
+    AwaitWelcome { nonce_a: Nonce, nonce_d: Nonce },
+    /// Acceptor: challenge sent, waiting for hello.
+    AwaitHello { nonce_a: Nonce },
+    Streaming,
+}
+
+enum Side {
+    Dial { peer: usize },
+    Accept,
+}
+
+struct Conn {
+    sock: TcpStream,
+    side: Side,
+    phase: Phase,
+    reader: FrameReader,
+    out: Vec<u8>,
+    out_pos: usize,
+    remote_id: String,
+    deadline: Option<Instant>,
+    last_rx: Instant,
+    // Dialer streaming state: next_send is the last sequence sent.
+    next_send: u64,
+    acked: u64,
+    interest_writable: bool,
+}
+
+/// What a handler decides about its connection.
+enum Verdict {
+    Continue,
+    Close(String),
+    /// Refused: a state worth showing in status and not retrying fast.
+    Refused(String),
+}
+
+struct Peer {
+    text: String,
+    addr: std::net::SocketAddr,
+    conn: Option<Token>,
+    backoff: Duration,
+    retry_at: Instant,
+    resend_at: Option<Instant>,
+    node_id: String,
+}
+
+pub struct Net {
+    cfg: Arc<Config>,
+    status: Arc<Status>,
+    hlc: Arc<Mutex<Hlc>>,
+    journal: Journal,
+    apply_notify: Sender<()>,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    listen_retry_at: Instant,
+    peers: Vec<Peer>,
+    conns: HashMap<Token, Conn>,
+    next_token: usize,
+    shared: Option<Arc<crate::queue::Shared>>,
+    last_status: Instant,
+}
+
+static STAGE_ERR: RateLimit = RateLimit::new(1000);
+
+impl Net {
+    pub fn new(
+        cfg: Arc<Config>,
+        status: Arc<Status>,
+        hlc: Arc<Mutex<Hlc>>,
+        journal: Journal,
+        apply_notify: Sender<()>,
+        shared: Option<Arc<crate::queue::Shared>>,
+    ) -> io::Result<(Net, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let now = Instant::now();
+        let peers = cfg
+            .peers
+            .iter()
+            .map(|p| Peer {
+                text: p.text.clone(),
+                addr: p.addr,
+                conn: None,
+                backoff: BACKOFF_MIN,
+                retry_at: now,
+                resend_at: None,
+                node_id: String::new(),
+            })
+            .collect();
+        {
+            let mut ps = status.peers.lock().unwrap_or_else(|p| p.into_inner());
+            *ps = cfg.peers.iter().map(|p| crate::status::PeerStatus::new(&p.text)).collect();
+        }
+        let net = Net {
+            cfg,
+            status,
+            hlc,
+            journal,
+            apply_notify,
+            poll,
+            listener: None,
+            listen_retry_at: now,
+            peers,
+            conns: HashMap::new(),
+            next_token: FIRST_CONN,
+            shared,
+            last_status: now - TICK,
+        };
+        Ok((net, waker))
+    }
+
+    /// Runs until `stop` is set (and the waker woken).
+    pub fn run(mut self, stop: &AtomicBool) {
+        let mut events = Events::with_capacity(256);
+        while !stop.load(Ordering::Acquire) {
+            self.ensure_listener();
+            if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error(format_args!("poll failed: {e}"));
+                    std::thread::sleep(TICK);
+                }
+                continue;
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => {}
+                    LISTENER => self.accept_all(),
+                    t => self.conn_event(t, ev.is_readable(), ev.is_writable() || ev.is_write_closed()),
+                }
+            }
+            self.timers();
+            self.pump_all();
+            self.publish_status(false);
+        }
+        for t in self.conns.keys().copied().collect::<Vec<_>>() {
+            self.close(t, Verdict::Close("engine stopping".into()));
+        }
+        self.publish_status(true);
+    }
+
+    fn ensure_listener(&mut self) {
+        if self.listener.is_some() || Instant::now() < self.listen_retry_at {
+            return;
+        }
+        match TcpListener::bind(self.cfg.listen) {
+            Ok(mut l) => match self.poll.registry().register(&mut l, LISTENER, Interest::READABLE) {
+                Ok(()) => {
+                    log::info(format_args!("listening on tcp:{}", self.cfg.listen));
+                    self.listener = Some(l);
+                }
+                Err(e) => log::error(format_args!("cannot register listener: {e}")),
+            },
+            Err(e) => {
+                let msg = format!("cannot listen on tcp:{}: {e}; retrying", self.cfg.listen);
+                log::error(format_args!("{msg}"));
+                self.status.set_error(&msg);
+                self.listen_retry_at = Instant::now() + BACKOFF_MAX;
+            }
+        }
+    }
+
+    fn token(&mut self) -> Token {
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        t
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let Some(l) = self.listener.as_ref() else { return };
+            match l.accept() {
+                Ok((mut sock, addr)) => {
+                    let _ = sock.set_nodelay(true);
+                    let t = self.token();
+                    if let Err(e) = self.poll.registry().register(&mut sock, t, Interest::READABLE) {
+                        log::error(format_args!("cannot register connection from {addr}: {e}"));
+                        continue;
+                    }
+                    let nonce_a = auth::fresh_nonce();
+                    let mut c = Conn::new(sock, Side::Accept, Phase::AwaitHello { nonce_a });
+                    c.send(&Frame::Challenge {
+                        magic: MAGIC,
+                        version: VERSION,
+                        node_id: self.cfg.node_id.clone(),
+                        nonce: nonce_a,
+                    });
+                    log::debug(format_args!("accepted connection from {addr}"));
+                    self.conns.insert(t, c);
+                    self.flush(t);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn(format_args!("accept failed: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn dial(&mut self, idx: usize) {
+        let addr = self.peers[idx].addr;
+        match TcpStream::connect(addr) {
+            Ok(mut sock) => {
+                let t = self.token();
+                if let Err(e) =
+                    self.poll.registry().register(&mut sock, t, Interest::READABLE | Interest::WRITABLE)
+                {
+                    log::error(format_args!("cannot register connection to {addr}: {e}"));
+                    self.schedule_retry(idx);
+                    return;
+                }
+                let mut c = Conn::new(sock, Side::Dial { peer: idx }, Phase::Connecting);
+                c.interest_writable = true;
+                self.conns.insert(t, c);
+                self.peers[idx].conn = Some(t);
+                self.status.with_peer(idx, |p| p.state = PeerState::Connecting);
+            }
+            Err(e) => {
+                self.status.with_peer(idx, |p| p.last_error = format!("connect: {e}"));
+                self.schedule_retry(idx);
+            }
+        }
+    }
+
+    fn schedule_retry(&mut self, idx: usize) {
+        let p = &mut self.peers[idx];
+        p.retry_at = Instant::now() + p.backoff;
+        p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    fn timers(&mut self) {
+        let now = Instant::now();
+        for idx in 0..self.peers.len() {
+            if self.peers[idx].conn.is_none() && now >= self.peers[idx].retry_at {
+                self.dial(idx);
+            }
+        }
+        let expired: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.deadline.is_some_and(|d| now >= d)
+                    || (matches!(c.side, Side::Accept) && now.duration_since(c.last_rx) > IDLE_TIMEOUT)
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for t in expired {
+            self.close(t, Verdict::Close("timed out".into()));
+        }
+    }
+
+    fn conn_event(&mut self, t: Token, readable: bool, writable: bool) {
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        if matches!(c.phase, Phase::Connecting) && (writable || readable) {
+            if let Ok(Some(e)) | Err(e) = c.sock.take_error() {
+                return self.close(t, Verdict::Close(format!("connect: {e}")));
+            }
+            match c.sock.peer_addr() {
+                Ok(_) => {
+                    c.phase = Phase::AwaitChallenge;
+                    c.deadline = Some(Instant::now() + HANDSHAKE_TIMEOUT);
+                    let _ = c.sock.set_nodelay(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => return self.close(t, Verdict::Close(format!("connect: {e}"))),
+            }
+        }
+        if readable {
+            let mut buf = [0u8; 64 * 1024];
+            loop {
+                let Some(c) = self.conns.get_mut(&t) else { return };
+                match c.sock.read(&mut buf) {
+                    Ok(0) => return self.close(t, Verdict::Close("closed by peer".into())),
+                    Ok(n) => {
+                        c.last_rx = Instant::now();
+                        c.reader.extend(&buf[..n]);
+                        if let Verdict::Close(_) | Verdict::Refused(_) = self.drain_frames(t) {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return self.close(t, Verdict::Close(format!("read: {e}"))),
+                }
+            }
+        }
+        self.flush(t);
+    }
+
+    /// Handles every complete frame buffered on `t`.
+    fn drain_frames(&mut self, t: Token) -> Verdict {
+        loop {
+            let Some(c) = self.conns.get_mut(&t) else { return Verdict::Close(String::new()) };
+            let frame = match c.reader.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Verdict::Continue,
+                Err(e) => {
+                    let v = Verdict::Close(format!("protocol error: {e}"));
+                    self.close(t, Verdict::Close(format!("protocol error: {e}")));
+                    return v;
+                }
+            };
+            match self.handle(t, frame) {
+                Verdict::Continue => {}
+                v => {
+                    let copy = match &v {
+                        Verdict::Close(s) => Verdict::Close(s.clone()),
+                        Verdict::Refused(s) => Verdict::Refused(s.clone()),
+                        Verdict::Continue => Verdict::Continue,
+                    };
+                    self.close(t, v);
+                    return copy;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, t: Token, frame: Frame) -> Verdict {
+        let me = self.cfg.node_id.clone();
+        let c = self.conns.get_mut(&t).expect("caller checked");
+        match (&c.side, &c.phase, frame) {
+            (Side::Dial { .. }, Phase::AwaitChallenge, Frame::Challenge { magic, version, node_id, nonce }) => {
+                if magic != MAGIC || version != VERSION {
+                    return Verdict::Refused(format!("peer speaks protocol {magic:?} v{version}, we speak v{VERSION}"));
+                }
+                if node_id == me {
+                    return Verdict::Refused(format!("peer has our own node id \"{me}\": node ids must be unique"));
+                }
+                let nonce_d = auth::fresh_nonce();
+                let tag = auth::tag(
+                    &self.cfg.secret,
+                    Role::Dialer,
+                    &Transcript { nonce_a: &nonce, nonce_d: &nonce_d, dialer: &me, acceptor: &node_id },
+                );
+                c.remote_id = node_id;
+                c.send(&Frame::Hello { magic: MAGIC, version: VERSION, node_id: me, nonce: nonce_d, tag });
+                c.phase = Phase::AwaitWelcome { nonce_a: nonce, nonce_d };
+                Verdict::Continue
+            }
+            (Side::Dial { peer }, Phase::AwaitWelcome { nonce_a, nonce_d }, Frame::Welcome { tag, resume_after }) => {
+                let peer = *peer;
+                let tr = Transcript { nonce_a, nonce_d, dialer: &me, acceptor: &c.remote_id };
+                if !auth::verify(&self.cfg.secret, Role::Acceptor, &tr, &tag) {
+                    return Verdict::Refused("peer failed authentication: different secret?".into());
+                }
+                c.phase = Phase::Streaming;
+                c.deadline = None;
+                c.next_send = resume_after;
+                c.acked = resume_after;
+                let remote = c.remote_id.clone();
+                let last = self.status.counters.last_seq.load(Ordering::Relaxed);
+                if resume_after > last {
+                    log::error(format_args!(
+                        "peer {remote} holds our changes up to {resume_after} but our journal ends at {last}: was this node's journal replaced?"
+                    ));
+                }
+                if let Err(e) = self.journal.set_acked(&remote, resume_after) {
+                    log::error(format_args!("{e}"));
+                }
+                let p = &mut self.peers[peer];
+                p.backoff = BACKOFF_MIN;
+                p.resend_at = None;
+                p.node_id = remote.clone();
+                self.status.with_peer(peer, |s| {
+                    s.state = PeerState::Up;
+                    s.node_id = remote.clone();
+                    s.acked = resume_after;
+                    s.last_error.clear();
+                });
+                log::info(format_args!("connected to peer {remote} at {}, resuming after {resume_after}", p.text));
+                Verdict::Continue
+            }
+            (Side::Dial { .. }, _, Frame::Refuse { reason }) => Verdict::Refused(format!("peer refused: {reason}")),
+            (Side::Dial { peer }, Phase::Streaming, Frame::Ack { upto }) => {
+                let peer = *peer;
+                if upto > c.next_send {
+                    return Verdict::Close(format!("peer acknowledged {upto}, beyond {} sent", c.next_send));
+                }
+                c.acked = c.acked.max(upto);
+                let (remote, acked) = (c.remote_id.clone(), c.acked);
+                if let Err(e) = self.journal.set_acked(&remote, acked) {
+                    log::error(format_args!("{e}"));
+                }
+                self.status.with_peer(peer, |s| s.acked = acked);
+                Verdict::Continue
+            }
+            (Side::Dial { peer }, Phase::Streaming, Frame::TempFail { upto, reason }) => {
+                let peer = *peer;
+                log::warn(format_args!("peer {} reports a temporary failure: {reason}; resending after {upto}", c.remote_id));
+                c.acked = c.acked.max(upto);
+                c.next_send = c.acked;
+                let p = &mut self.peers[peer];
+                p.resend_at = Some(Instant::now() + p.backoff);
+                p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
+                self.status.with_peer(peer, |s| s.last_error = format!("peer temporary failure: {reason}"));
+                Verdict::Continue
+            }
+            (Side::Accept, Phase::AwaitHello { nonce_a }, Frame::Hello { magic, version, node_id, nonce, tag }) => {
+                if magic != MAGIC || version != VERSION {
+                    c.send(&Frame::Refuse { reason: format!("protocol v{VERSION} only") });
+                    let _ = c.write_now();
+                    return Verdict::Refused(format!("peer {node_id} speaks protocol {magic:?} v{version}"));
+                }
+                if node_id == me {
+                    c.send(&Frame::Refuse { reason: format!("node id \"{me}\" is already taken by the node you dialed") });
+                    let _ = c.write_now();
+                    return Verdict::Refused(format!("a peer connected with our own node id \"{me}\": node ids must be unique"));
+                }
+                let tr = Transcript { nonce_a, nonce_d: &nonce, dialer: &node_id, acceptor: &me };
+                if !auth::verify(&self.cfg.secret, Role::Dialer, &tr, &tag) {
+                    c.send(&Frame::Refuse { reason: "authentication failed".into() });
+                    let _ = c.write_now();
+                    return Verdict::Refused(format!("peer claiming to be {node_id} failed authentication: different secret?"));
+                }
+                let resume_after = match self.journal.received_upto(&node_id) {
+                    Ok(v) => v,
+                    Err(e) => return Verdict::Close(format!("journal: {e}")),
+                };
+                let mine = Role::Acceptor;
+                let reply = auth::tag(&self.cfg.secret, mine, &tr);
+                c.remote_id = node_id.clone();
+                c.phase = Phase::Streaming;
+                c.deadline = None;
+                c.send(&Frame::Welcome { tag: reply, resume_after });
+                // A newer connection from the same node replaces an old one
+                // (the peer reconnected before we noticed the old one died).
+                let stale: Vec<Token> = self
+                    .conns
+                    .iter()
+                    .filter(|(ot, oc)| **ot != t && matches!(oc.side, Side::Accept) && oc.remote_id == node_id)
+                    .map(|(ot, _)| *ot)
+                    .collect();
+                for ot in stale {
+                    self.close(ot, Verdict::Close("replaced by a newer connection".into()));
+                }
+                log::info(format_args!("peer {node_id} connected, resuming after {resume_after}"));
+                Verdict::Continue
+            }
+            (Side::Accept, Phase::Streaming, Frame::Batch { changes }) => {
+                let origin = c.remote_id.clone();
+                self.receive_batch(t, &origin, changes)
+            }
+            (_, _, f) => Verdict::Close(format!("unexpected {} frame", frame_name(&f))),
+        }
+    }
+
+    fn receive_batch(&mut self, t: Token, origin: &str, changes: Vec<crate::record::Change>) -> Verdict {
+        if let Some(max) = changes.iter().map(|c| c.hlc).max() {
+            self.hlc.lock().unwrap_or_else(|p| p.into_inner()).observe(max);
+        }
+        let n = changes.len() as u64;
+        let reply = match self.journal.stage_remote(origin, &changes) {
+            Ok(out) => {
+                if out.fresh > out.superseded {
+                    self.status.counters.apply_pending.fetch_add((out.fresh - out.superseded) as u64, Ordering::Relaxed);
+                    let _ = self.apply_notify.try_send(());
+                }
+                Frame::Ack { upto: out.upto }
+            }
+            Err(e) => {
+                if let Some(skipped) = STAGE_ERR.allow() {
+                    log::error(format_args!("cannot stage changes from {origin}: {e} ({skipped} similar suppressed)"));
+                }
+                self.status.set_error(&format!("staging: {e}"));
+                let upto = self.journal.received_upto(origin).unwrap_or(0);
+                Frame::TempFail { upto, reason: "journal write failed on receiver".into() }
+            }
+        };
+        if let Some(idx) = self.peers.iter().position(|p| p.node_id == origin) {
+            self.status.with_peer(idx, |s| s.received += n);
+        }
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.send(&reply);
+        }
+        Verdict::Continue
+    }
+
+    /// Fills every streaming dialer's window from the journal.
+    fn pump_all(&mut self) {
+        let last = self.status.counters.last_seq.load(Ordering::Relaxed);
+        let now = Instant::now();
+        for idx in 0..self.peers.len() {
+            let Some(t) = self.peers[idx].conn else { continue };
+            if self.peers[idx].resend_at.is_some_and(|r| now < r) {
+                continue;
+            }
+            self.peers[idx].resend_at = None;
+            loop {
+                let Some(c) = self.conns.get_mut(&t) else { break };
+                if !matches!(c.phase, Phase::Streaming)
+                    || c.next_send >= last
+                    || c.next_send - c.acked >= WINDOW_RECORDS
+                    || c.out.len() - c.out_pos >= MAX_OUTBUF
+                {
+                    break;
+                }
+                let room = (WINDOW_RECORDS - (c.next_send - c.acked)).min(BATCH_RECORDS as u64) as usize;
+                let changes = match self.journal.read_log(c.next_send, room) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        log::error(format_args!("reading journal for {}: {e}", c.remote_id));
+                        break;
+                    }
+                };
+                let Some(lastc) = changes.last() else { break };
+                c.next_send = lastc.seq;
+                let n = changes.len() as u64;
+                c.send(&Frame::Batch { changes });
+                self.status.with_peer(idx, |s| s.sent += n);
+            }
+            self.flush(t);
+        }
+    }
+
+    fn flush(&mut self, t: Token) {
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        if matches!(c.phase, Phase::Connecting) {
+            return;
+        }
+        if let Err(e) = c.write_now() {
+            return self.close(t, Verdict::Close(format!("write: {e}")));
+        }
+        let want_w = c.out_pos < c.out.len();
+        if want_w != c.interest_writable {
+            let interest = if want_w { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            if let Err(e) = self.poll.registry().reregister(&mut c.sock, t, interest) {
+                return self.close(t, Verdict::Close(format!("reregister: {e}")));
+            }
+            c.interest_writable = want_w;
+        }
+    }
+
+    fn close(&mut self, t: Token, why: Verdict) {
+        let Some(mut c) = self.conns.remove(&t) else { return };
+        let _ = deregister(self.poll.registry(), &mut c.sock);
+        let (reason, refused) = match why {
+            Verdict::Close(r) => (r, false),
+            Verdict::Refused(r) => (r, true),
+            Verdict::Continue => (String::new(), false),
+        };
+        match c.side {
+            Side::Dial { peer } => {
+                self.peers[peer].conn = None;
+                self.schedule_retry(peer);
+                if refused {
+                    // Misconfiguration does not heal in milliseconds.
+                    self.peers[peer].retry_at = Instant::now() + BACKOFF_MAX;
+                }
+                let was_up = matches!(c.phase, Phase::Streaming);
+                self.status.with_peer(peer, |s| {
+                    s.state = if refused { PeerState::Refused } else { PeerState::Down };
+                    if !reason.is_empty() {
+                        s.last_error = reason.clone();
+                    }
+                });
+                if refused {
+                    log::error(format_args!("peer {}: {reason}", self.peers[peer].text));
+                } else if was_up {
+                    log::warn(format_args!("lost peer {} ({}): {reason}", c.remote_id, self.peers[peer].text));
+                } else {
+                    log::debug(format_args!("peer {}: {reason}", self.peers[peer].text));
+                }
+            }
+            Side::Accept => {
+                if refused {
+                    log::error(format_args!("refused incoming connection: {reason}"));
+                } else if !c.remote_id.is_empty() {
+                    log::debug(format_args!("incoming connection from {} closed: {reason}", c.remote_id));
+                }
+            }
+        }
+    }
+
+    fn publish_status(&mut self, force: bool) {
+        let now = Instant::now();
+        if !force && now.duration_since(self.last_status) < Duration::from_millis(200) {
+            return;
+        }
+        self.last_status = now;
+        let last = self.status.counters.last_seq.load(Ordering::Relaxed);
+        let wall = crate::hlc::wall_ms();
+        for idx in 0..self.peers.len() {
+            let acked = self
+                .peers[idx]
+                .conn
+                .and_then(|t| self.conns.get(&t))
+                .filter(|c| matches!(c.phase, Phase::Streaming))
+                .map(|c| c.acked)
+                .or_else(|| {
+                    let id = &self.peers[idx].node_id;
+                    (!id.is_empty()).then(|| self.journal.acked(id).unwrap_or(0))
+                })
+                .unwrap_or(0);
+            let pending = last.saturating_sub(acked);
+            let lag_ms = if pending > 0 {
+                self.journal.hlc_of(acked + 1).ok().flatten().map_or(0, |h| wall.saturating_sub(Hlc::millis(h)))
+            } else {
+                0
+            };
+            self.status.with_peer(idx, |s| {
+                s.acked = acked;
+                s.pending = pending;
+                s.lag_ms = lag_ms;
+            });
+        }
+        if let Some(sh) = &self.shared {
+            sh.write_status(&self.status.to_c());
+        }
+    }
+}
+
+fn deregister(r: &Registry, s: &mut TcpStream) -> io::Result<()> {
+    r.deregister(s)
+}
+
+fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Challenge { .. } => "challenge",
+        Frame::Hello { .. } => "hello",
+        Frame::Welcome { .. } => "welcome",
+        Frame::Refuse { .. } => "refuse",
+        Frame::Batch { .. } => "batch",
+        Frame::Ack { .. } => "ack",
+        Frame::TempFail { .. } => "temporary-failure",
+    }
+}
+
+impl Conn {
+    fn new(sock: TcpStream, side: Side, phase: Phase) -> Conn {
+        let now = Instant::now();
+        Conn {
+            sock,
+            side,
+            phase,
+            reader: FrameReader::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            remote_id: String::new(),
+            deadline: Some(now + HANDSHAKE_TIMEOUT),
+            last_rx: now,
+            next_send: 0,
+            acked: 0,
+            interest_writable: false,
+        }
+    }
+
+    fn send(&mut self, f: &Frame) {
+        if let Err(e) = f.write_to(&mut self.out) {
+            log::error(format_args!("cannot encode {} frame: {e}", frame_name(f)));
+        }
+    }
+
+    /// Writes buffered output until the socket would block.
+    fn write_now(&mut self) -> io::Result<()> {
+        while self.out_pos < self.out.len() {
+            match self.sock.write(&self.out[self.out_pos..]) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "socket closed")),
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        } else if self.out_pos > (1 << 20) {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        Ok(())
+    }
+}

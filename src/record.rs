@@ -1,0 +1,153 @@
+//! What replicates: contact changes (usrloc) — the unit every stage moves.
+
+use serde::{Deserialize, Serialize};
+
+/// What a contact change does at the receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Upsert,
+    Delete,
+}
+
+/// One usrloc contact with every field `save()` stores. Byte strings, not
+/// `String`: SER does not promise UTF-8 (user agents, paths).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    #[serde(with = "serde_bytes")]
+    pub domain: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub aor: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub contact: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub ruid: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub received: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub path: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub callid: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub user_agent: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub socket: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub instance: Vec<u8>,
+    /// Absolute unix time; 0 = permanent.
+    pub expires: i64,
+    pub last_modified: i64,
+    pub q: i32,
+    pub cseq: i32,
+    pub flags: u32,
+    pub cflags: u32,
+    pub methods: u32,
+    pub reg_id: u32,
+    pub server_id: i32,
+}
+
+/// The same layout as [`Contact`], borrowing its strings: what a SIP worker
+/// serialises straight from SER's memory without allocating.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ContactRef<'a> {
+    #[serde(with = "serde_bytes")]
+    pub domain: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    pub aor: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    pub contact: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    pub ruid: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    pub received: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    pub path: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    pub callid: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    pub user_agent: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    pub socket: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    pub instance: &'a [u8],
+    pub expires: i64,
+    pub last_modified: i64,
+    pub q: i32,
+    pub cseq: i32,
+    pub flags: u32,
+    pub cflags: u32,
+    pub methods: u32,
+    pub reg_id: u32,
+    pub server_id: i32,
+}
+
+impl Contact {
+    pub fn as_ref(&self) -> ContactRef<'_> {
+        ContactRef {
+            domain: &self.domain,
+            aor: &self.aor,
+            contact: &self.contact,
+            ruid: &self.ruid,
+            received: &self.received,
+            path: &self.path,
+            callid: &self.callid,
+            user_agent: &self.user_agent,
+            socket: &self.socket,
+            instance: &self.instance,
+            expires: self.expires,
+            last_modified: self.last_modified,
+            q: self.q,
+            cseq: self.cseq,
+            flags: self.flags,
+            cflags: self.cflags,
+            methods: self.methods,
+            reg_id: self.reg_id,
+            server_id: self.server_id,
+        }
+    }
+}
+
+/// A replicated change. New kinds (aliases) are added as new variants at
+/// the end, so existing encodings keep their meaning.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    Contact { op: Op, contact: Contact },
+}
+
+/// Borrowed twin of [`Record`] with the same encoding.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub enum RecordRef<'a> {
+    Contact { op: Op, contact: ContactRef<'a> },
+}
+
+impl Record {
+    /// The identity two changes must share to be versions of one thing:
+    /// usrloc keys a contact by table, AOR and contact URI.
+    pub fn key(&self) -> Vec<u8> {
+        match self {
+            Record::Contact { contact: c, .. } => {
+                let mut k = Vec::with_capacity(
+                    c.domain.len() + c.aor.len() + c.contact.len() + 13,
+                );
+                k.push(b'c');
+                for part in [&c.domain, &c.aor, &c.contact] {
+                    k.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                    k.extend_from_slice(part);
+                }
+                k
+            }
+        }
+    }
+
+    pub fn is_delete(&self) -> bool {
+        matches!(self, Record::Contact { op: Op::Delete, .. })
+    }
+}
+
+/// A record as journaled by its origin: `seq` is the origin's journal
+/// sequence (dense, increasing), `hlc` its hybrid logical clock stamp.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub seq: u64,
+    pub hlc: u64,
+    pub record: Record,
+}

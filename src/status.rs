@@ -1,0 +1,151 @@
+//! What the engine reports: kept in a mutex inside the sersync process and
+//! copied into the shared status area (read by the `sersync.status` RPC in
+//! whichever SER process serves it).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::ffi::sys::{sersync_peer_state, sersync_peer_status, sersync_status, SERSYNC_MAX_PEERS};
+
+pub const MAX_PEERS: usize = SERSYNC_MAX_PEERS as usize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    Down,
+    Connecting,
+    Up,
+    Refused,
+}
+
+#[derive(Clone, Debug)]
+pub struct PeerStatus {
+    pub node_id: String,
+    pub address: String,
+    pub last_error: String,
+    pub state: PeerState,
+    pub sent: u64,
+    pub acked: u64,
+    pub pending: u64,
+    pub lag_ms: u64,
+    pub received: u64,
+}
+
+impl PeerStatus {
+    pub fn new(address: &str) -> Self {
+        PeerStatus {
+            node_id: String::new(),
+            address: address.to_string(),
+            last_error: String::new(),
+            state: PeerState::Down,
+            sent: 0,
+            acked: 0,
+            pending: 0,
+            lag_ms: 0,
+            received: 0,
+        }
+    }
+}
+
+/// Counters bumped from several threads without a lock.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub journaled: AtomicU64,
+    pub last_seq: AtomicU64,
+    pub applied: AtomicU64,
+    pub apply_pending: AtomicU64,
+    pub apply_failures: AtomicU64,
+    pub applied_via_db: AtomicU64,
+}
+
+#[derive(Default, Debug)]
+pub struct Status {
+    pub node_id: String,
+    pub counters: Counters,
+    pub running: std::sync::atomic::AtomicBool,
+    pub last_error: Mutex<String>,
+    pub peers: Mutex<Vec<PeerStatus>>,
+}
+
+/// A plain copy for tests and logs.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub journaled: u64,
+    pub last_seq: u64,
+    pub applied: u64,
+    pub apply_pending: u64,
+    pub apply_failures: u64,
+    pub applied_via_db: u64,
+    pub peers: Vec<PeerStatus>,
+}
+
+fn copy_cstr(dst: &mut [std::os::raw::c_char], src: &str) {
+    let n = src.len().min(dst.len().saturating_sub(1));
+    for (d, s) in dst.iter_mut().zip(src.as_bytes()[..n].iter()) {
+        *d = *s as std::os::raw::c_char;
+    }
+    if let Some(end) = dst.get_mut(n) {
+        *end = 0;
+    }
+}
+
+impl Status {
+    pub fn new(node_id: &str) -> Self {
+        Status { node_id: node_id.to_string(), ..Default::default() }
+    }
+
+    pub fn set_error(&self, msg: &str) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = msg.to_string();
+    }
+
+    pub fn with_peer<R>(&self, idx: usize, f: impl FnOnce(&mut PeerStatus) -> R) -> Option<R> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.get_mut(idx).map(f)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let c = &self.counters;
+        Snapshot {
+            journaled: c.journaled.load(Ordering::Relaxed),
+            last_seq: c.last_seq.load(Ordering::Relaxed),
+            applied: c.applied.load(Ordering::Relaxed),
+            apply_pending: c.apply_pending.load(Ordering::Relaxed),
+            apply_failures: c.apply_failures.load(Ordering::Relaxed),
+            applied_via_db: c.applied_via_db.load(Ordering::Relaxed),
+            peers: self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    /// The C view, as the shared status area holds it.
+    pub fn to_c(&self) -> sersync_status {
+        let snap = self.snapshot();
+        let mut st = sersync_status::default();
+        copy_cstr(&mut st.node_id, &self.node_id);
+        copy_cstr(&mut st.last_error, &self.last_error.lock().unwrap_or_else(|p| p.into_inner()));
+        st.running = self.running.load(Ordering::Relaxed) as i32;
+        st.journaled = snap.journaled;
+        st.last_seq = snap.last_seq;
+        st.applied = snap.applied;
+        st.apply_pending = snap.apply_pending;
+        st.apply_failures = snap.apply_failures;
+        st.applied_via_db = snap.applied_via_db;
+        st.npeers = snap.peers.len().min(MAX_PEERS) as u32;
+        for (dst, p) in st.peers.iter_mut().zip(snap.peers.iter()) {
+            *dst = sersync_peer_status::default();
+            copy_cstr(&mut dst.node_id, &p.node_id);
+            copy_cstr(&mut dst.address, &p.address);
+            copy_cstr(&mut dst.last_error, &p.last_error);
+            dst.state = match p.state {
+                PeerState::Down => sersync_peer_state::SERSYNC_PEER_DOWN,
+                PeerState::Connecting => sersync_peer_state::SERSYNC_PEER_CONNECTING,
+                PeerState::Up => sersync_peer_state::SERSYNC_PEER_UP,
+                PeerState::Refused => sersync_peer_state::SERSYNC_PEER_REFUSED,
+            } as i32;
+            dst.sent = p.sent;
+            dst.acked = p.acked;
+            dst.pending = p.pending;
+            dst.lag_ms = p.lag_ms;
+            dst.received = p.received;
+        }
+        st
+    }
+}

@@ -1,0 +1,22 @@
+//! The peer protocol: length-prefixed bincode frames over TCP.
+//!
+//! A connection is one-way for data: the node that dials sends its own
+//! journal's changes; the node that accepts stages them and acknowledges.
+//! Each pair of nodes thus holds two connections, one per direction.
+//!
+//! Handshake (nothing about state moves before it completes):
+//! 1. acceptor → `Challenge { node_id, nonce_a }`
+//! 2. dialer → `Hello { node_id, nonce_d, mac }`, mac = HMAC(secret, dialer
+//!    role, both nonces, both ids)
+//! 3. acceptor → `Welcome { mac, resume_after }` proving it knows the secret
+//!    too and naming the last sequence it holds from this dialer, or
+//!    `Refuse { reason }`.
+//!
+//! Then dialer → `Batch`; acceptor → `Ack { upto }` once the batch is
+//! durably staged, or `TempFail { upto, reason }`: resend after `upto`.
+
+pub mod auth;
+pub mod codec;
+pub mod frame;
+
+pub use frame::{Frame, FrameReader, MAGIC, MAX_FRAME, VERSION};
