@@ -428,7 +428,11 @@ impl Net {
                 if let Err(e) = self.journal.set_acked(&remote, acked) {
                     log::error(format_args!("{e}"));
                 }
-                self.status.with_peer(peer, |s| s.acked = acked);
+                let last = self.status.counters.last_seq.load(Ordering::Relaxed);
+                self.status.with_peer(peer, |s| {
+                    s.acked = acked;
+                    s.pending = last.saturating_sub(acked);
+                });
                 Verdict::Continue
             }
             (Side::Dial { peer }, Phase::Streaming, Frame::TempFail { upto, reason }) => {

@@ -1,0 +1,246 @@
+//! Engines in one process over loopback TCP: changes published on any node
+//! reach every other node, in every direction, exactly once, also across a
+//! peer restart. SER is replaced by an in-memory sink (the end-to-end tests
+//! use real Kamailio); journals are real SQLite files.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sersync::apply::Sink;
+use sersync::config::RawConfig;
+use sersync::engine::Engine;
+use sersync::error::ApplyError;
+use sersync::queue::Shared;
+use sersync::record::{Contact, Op, Record, RecordRef};
+
+type Table = Arc<Mutex<BTreeMap<(Vec<u8>, Vec<u8>), Contact>>>;
+
+/// Stands in for SER's usrloc: applies upserts and deletes to a map.
+struct MemorySink(Table);
+
+impl Sink for MemorySink {
+    fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
+        let mut t = self.0.lock().unwrap();
+        for r in records {
+            let Record::Contact { op, contact } = r;
+            let key = (contact.aor.clone(), contact.contact.clone());
+            match op {
+                Op::Upsert => {
+                    t.insert(key, contact.clone());
+                }
+                Op::Delete => {
+                    t.remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Node {
+    id: String,
+    port: u16,
+    peers: Vec<u16>,
+    dir: tempfile::TempDir,
+    shared: Arc<Shared>,
+    engine: Option<Engine>,
+    /// What this node's "SER" holds: local changes are written here
+    /// directly (as save() would), remote ones by the engine's applier.
+    table: Table,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn config(id: &str, port: u16, peers: &[u16], dir: &Path) -> sersync::config::Config {
+    RawConfig {
+        node_id: id.into(),
+        listen: format!("tcp:127.0.0.1:{port}"),
+        peers: peers.iter().map(|p| format!("tcp:127.0.0.1:{p}")).collect(),
+        secret: b"loopback-test-secret".to_vec(),
+        journal: dir.join("journal.db").display().to_string(),
+        ..Default::default()
+    }
+    .check()
+    .unwrap()
+}
+
+impl Node {
+    fn start(&mut self) {
+        let cfg = config(&self.id, self.port, &self.peers, self.dir.path());
+        let sink = Box::new(MemorySink(self.table.clone()));
+        self.engine = Some(Engine::start(cfg, self.shared.clone(), Some(sink)).unwrap());
+    }
+
+    fn stop(&mut self) {
+        if let Some(e) = self.engine.take() {
+            e.stop();
+        }
+    }
+
+    /// A local registration: into the local table and the worker queue.
+    fn register(&self, user: u32, cseq: i32) {
+        let c = contact(&self.id, user, cseq);
+        self.table.lock().unwrap().insert((c.aor.clone(), c.contact.clone()), c.clone());
+        self.shared.publish(&RecordRef::Contact { op: Op::Upsert, contact: c.as_ref() }).unwrap();
+    }
+
+    fn unregister(&self, user: u32) {
+        let c = contact(&self.id, user, 0);
+        self.table.lock().unwrap().remove(&(c.aor.clone(), c.contact.clone()));
+        self.shared.publish(&RecordRef::Contact { op: Op::Delete, contact: c.as_ref() }).unwrap();
+    }
+}
+
+fn contact(origin: &str, user: u32, cseq: i32) -> Contact {
+    Contact {
+        domain: b"location".to_vec(),
+        aor: format!("{origin}-user{user}").into_bytes(),
+        contact: format!("sip:{origin}-user{user}@192.0.2.{}:5060", user % 250).into_bytes(),
+        ruid: format!("uloc-{origin}-{user}").into_bytes(),
+        received: format!("sip:198.51.100.7:{}", 1024 + user).into_bytes(),
+        path: b"<sip:edge.example.net;lr>".to_vec(),
+        callid: format!("call-{user}").into_bytes(),
+        user_agent: b"loopback/1.0".to_vec(),
+        instance: b"<urn:uuid:00000000-0000-0000-0000-000000000001>".to_vec(),
+        expires: 2_000_000_000,
+        last_modified: 1_700_000_000,
+        q: 1000,
+        cseq,
+        flags: 0,
+        cflags: 64,
+        methods: 0x1fff,
+        reg_id: 1,
+        server_id: 7,
+        ..Default::default()
+    }
+}
+
+fn cluster(n: usize) -> Vec<Node> {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let mut nodes: Vec<Node> = (0..n)
+        .map(|i| Node {
+            id: format!("n{}", i + 1),
+            port: ports[i],
+            peers: ports.iter().copied().filter(|p| *p != ports[i]).collect(),
+            dir: tempfile::tempdir().unwrap(),
+            shared: Arc::new(Shared::create(1 << 14).unwrap()),
+            engine: None,
+            table: Arc::default(),
+        })
+        .collect();
+    for node in &mut nodes {
+        node.start();
+    }
+    nodes
+}
+
+fn wait_converged(nodes: &[Node], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let first = nodes[0].table.lock().unwrap().clone();
+        let all_same = nodes[1..].iter().all(|n| *n.table.lock().unwrap() == first);
+        if all_same {
+            return;
+        }
+        if Instant::now() > deadline {
+            for n in nodes {
+                eprintln!("{}: {} contacts, status {:?}", n.id, n.table.lock().unwrap().len(), n.engine.as_ref().map(|e| e.status()));
+            }
+            panic!("nodes did not converge within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn two_engines_exchange_in_both_directions() {
+    let nodes = cluster(2);
+    for u in 0..500 {
+        nodes[0].register(u, 1);
+        nodes[1].register(u, 1);
+    }
+    for u in 0..100 {
+        nodes[0].unregister(u);
+    }
+    wait_converged(&nodes, Duration::from_secs(20));
+    assert_eq!(nodes[0].table.lock().unwrap().len(), 900);
+    // Every field survived, not just the key.
+    let got = nodes[1].table.lock().unwrap()[&(b"n1-user400".to_vec(), b"sip:n1-user400@192.0.2.150:5060".to_vec())].clone();
+    assert_eq!(got, contact("n1", 400, 1));
+    // Each change crossed the link once; nothing echoed back.
+    let s0 = nodes[0].engine.as_ref().unwrap().status();
+    let s1 = nodes[1].engine.as_ref().unwrap().status();
+    assert_eq!(s0.journaled, 600);
+    assert_eq!(s1.journaled, 500);
+    assert_eq!(s0.peers[0].sent, 600);
+    assert_eq!(s1.peers[0].sent, 500);
+    assert_eq!(s1.applied, 600);
+    assert_eq!(s0.applied, 500);
+}
+
+#[test]
+fn three_engines_with_a_peer_restarted_mid_stream() {
+    let mut nodes = cluster(3);
+    for u in 0..300 {
+        for n in &nodes {
+            n.register(u, 1);
+        }
+    }
+    // Stop node 3 while the stream is in flight; the others keep changing.
+    nodes[2].stop();
+    for u in 300..1300 {
+        nodes[0].register(u, 1);
+        nodes[1].register(u, 1);
+    }
+    for u in 0..50 {
+        nodes[1].unregister(u);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    nodes[2].start();
+    for u in 300..400 {
+        nodes[2].register(u, 1);
+    }
+    wait_converged(&nodes, Duration::from_secs(30));
+    assert_eq!(nodes[2].table.lock().unwrap().len(), 3 * 300 + 2 * 1000 - 50 + 100);
+    // Node 3 holds nothing twice: every origin sequence applied exactly once.
+    let s1 = nodes[0].engine.as_ref().unwrap().status();
+    assert_eq!(s1.journaled, 1300);
+    for p in &s1.peers {
+        assert_eq!(p.acked, 1300, "peer {} acknowledged everything", p.node_id);
+        assert_eq!(p.pending, 0);
+    }
+}
+
+#[test]
+fn a_node_with_another_secret_gets_nothing() {
+    let mut nodes = cluster(2);
+    let intruder_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut raw = RawConfig {
+        node_id: "intruder".into(),
+        listen: format!("tcp:127.0.0.1:{port}"),
+        peers: vec![format!("tcp:127.0.0.1:{}", nodes[0].port)],
+        secret: b"not-the-cluster-secret".to_vec(),
+        journal: intruder_dir.path().join("j.db").display().to_string(),
+        ..Default::default()
+    };
+    let table: Table = Arc::default();
+    let shared = Arc::new(Shared::create(64).unwrap());
+    let intruder = Engine::start(raw.clone().check().unwrap(), shared.clone(), Some(Box::new(MemorySink(table.clone())))).unwrap();
+    let c = contact("intruder", 1, 1);
+    shared.publish(&RecordRef::Contact { op: Op::Upsert, contact: c.as_ref() }).unwrap();
+    nodes[0].register(1, 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(table.lock().unwrap().is_empty(), "no state reaches a node without the secret");
+    assert!(!nodes[0].table.lock().unwrap().contains_key(&(c.aor.clone(), c.contact.clone())));
+    let st = intruder.status();
+    assert_eq!(st.peers[0].state, sersync::status::PeerState::Refused, "{:?}", st.peers[0]);
+    intruder.stop();
+    raw.secret.clear();
+    nodes[0].stop();
+    nodes[1].stop();
+}
