@@ -536,8 +536,7 @@ impl Net {
                 continue;
             }
             self.peers[idx].resend_at = None;
-            loop {
-                let Some(c) = self.conns.get_mut(&t) else { break };
+            while let Some(c) = self.conns.get_mut(&t) {
                 if !matches!(c.phase, Phase::Streaming)
                     || c.next_send >= last
                     || c.next_send - c.acked >= WINDOW_RECORDS

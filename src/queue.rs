@@ -92,21 +92,19 @@ impl Shared {
             return Err(QueueError::Map(e));
         }
         let shared = Shared { base: base.cast(), len, mask: slots - 1 };
-        // The mapping is zero-filled: only non-zero fields need writing.
-        let h = shared.header_mut();
-        h.magic = MAGIC;
-        h.slots = slots;
-        h.eventfd.store(efd, Ordering::Relaxed);
+        // The mapping is zero-filled: only non-zero fields need writing,
+        // and nothing else sees it yet.
+        let h = shared.base as *mut Header;
+        // SAFETY: the header lies at the start of our fresh mapping.
+        unsafe {
+            (*h).magic = MAGIC;
+            (*h).slots = slots;
+        }
+        shared.header().eventfd.store(efd, Ordering::Relaxed);
         for i in 0..slots {
             shared.slot(i).seq.store(i, Ordering::Relaxed);
         }
         Ok(shared)
-    }
-
-    fn header_mut(&self) -> &mut Header {
-        // SAFETY: the header sits at the start of the mapping; fields other
-        // than magic/slots (set before sharing) are atomics or seqlocked.
-        unsafe { &mut *(self.base as *mut Header) }
     }
 
     fn header(&self) -> &Header {
@@ -236,12 +234,13 @@ impl Shared {
 
     /// Writer side of the status seqlock (one writer: the engine).
     pub fn write_status(&self, st: &sersync_status) {
-        let h = self.header_mut();
+        let h = self.header();
         let seq = h.status_seq.load(Ordering::Relaxed);
         h.status_seq.store(seq + 1, Ordering::Relaxed);
         fence(Ordering::Release);
-        // SAFETY: readers retry while the sequence is odd or changed.
-        unsafe { ptr::write_volatile(ptr::addr_of_mut!(h.status), *st) };
+        // SAFETY: the status area is only written here (one writer);
+        // readers retry while the sequence is odd or changed.
+        unsafe { ptr::write_volatile(ptr::addr_of_mut!((*(self.base as *mut Header)).status), *st) };
         fence(Ordering::Release);
         h.status_seq.store(seq + 2, Ordering::Release);
     }
