@@ -1,0 +1,258 @@
+/*
+ * sersync - replication of usrloc between SER (Kamailio) nodes
+ *
+ * usrloc binding and the contact callback. The callback runs in SIP
+ * workers (and in usrloc's timer and RPC processes): it copies the
+ * contact out, hands it to the engine's shared queue and returns. O(1),
+ * no I/O but one eventfd write, never blocks.
+ *
+ * This file is part of sersync, released under the GNU GPL v2 or later.
+ */
+
+#include <string.h>
+#include <time.h>
+
+#include "../../core/sr_module.h"
+#include "../../core/dprint.h"
+#include "../../core/ip_addr.h"
+#include "../../core/mem/mem.h"
+#include "../usrloc/ucontact.h"
+
+#include "sersync_mod.h"
+
+/*
+ * Set while sersync.apply writes remote records into usrloc in this
+ * process, so that the callbacks they fire are not sent back out (echo
+ * suppression, as dmq_usrloc does).
+ */
+int _sersync_replaying = 0;
+
+usrloc_api_t _sersync_ul;
+
+/*
+ * Marks a contact that usrloc deleted (callback DELETE) but, in write-back
+ * mode, keeps in memory with expires == UL_EXPIRED_TIME until its timer
+ * fires EXPIRE. That EXPIRE is then not a new deletion: the DELETE was
+ * already published, or came from a peer and must not be echoed. A later
+ * update of the contact overwrites flags and clears the mark. Bit chosen
+ * above the flags usrloc and registrar use (0..2).
+ */
+#define SERSYNC_FL_DELETED (1U << 24)
+
+/* usrloc tables to replicate, from the "domains" param (NUL-terminated) */
+static str *_sersync_domain_list = NULL;
+static int _sersync_ndomains = 0;
+
+/* publish failures in this process, logged at most once per second */
+static unsigned long _sersync_publish_failed = 0;
+static time_t _sersync_publish_failed_logged = 0;
+
+static void sersync_ul_cb(ucontact_t *c, int type, void *param);
+
+static int sersync_domains_parse(void)
+{
+	char *p;
+	char *end;
+	char *b;
+	char *e;
+	int n;
+
+	n = 1;
+	for(p = _sersync_domains.s; p < _sersync_domains.s + _sersync_domains.len;
+			p++) {
+		if(*p == ',')
+			n++;
+	}
+	_sersync_domain_list = pkg_malloc(n * sizeof(str));
+	if(_sersync_domain_list == NULL) {
+		PKG_MEM_ERROR;
+		return -1;
+	}
+	_sersync_ndomains = 0;
+	p = _sersync_domains.s;
+	end = _sersync_domains.s + _sersync_domains.len;
+	while(p <= end) {
+		b = p;
+		while(p < end && *p != ',')
+			p++;
+		e = p;
+		while(b < e && (*b == ' ' || *b == '\t'))
+			b++;
+		while(e > b && (e[-1] == ' ' || e[-1] == '\t'))
+			e--;
+		if(e > b) {
+			str *d = &_sersync_domain_list[_sersync_ndomains];
+			d->len = (int)(e - b);
+			d->s = pkg_malloc(d->len + 1);
+			if(d->s == NULL) {
+				PKG_MEM_ERROR;
+				return -1;
+			}
+			memcpy(d->s, b, d->len);
+			d->s[d->len] = '\0';
+			_sersync_ndomains++;
+		}
+		p++;
+	}
+	if(_sersync_ndomains == 0) {
+		LM_ERR("modparam(\"sersync\", \"domains\", ...) names no usrloc"
+			   " table\n");
+		return -1;
+	}
+	return 0;
+}
+
+int sersync_ul_init(void)
+{
+	bind_usrloc_t bind_usrloc;
+	int types;
+
+	if(sersync_domains_parse() < 0)
+		return -1;
+
+	bind_usrloc = (bind_usrloc_t)find_export("ul_bind_usrloc", 1, 0);
+	if(bind_usrloc == NULL) {
+		LM_ERR("usrloc is not loaded: add loadmodule \"usrloc.so\" before"
+			   " sersync\n");
+		return -1;
+	}
+	if(bind_usrloc(&_sersync_ul) < 0) {
+		LM_ERR("cannot bind the usrloc API\n");
+		return -1;
+	}
+	types = UL_CONTACT_INSERT | UL_CONTACT_UPDATE | UL_CONTACT_DELETE
+			| UL_CONTACT_EXPIRE;
+	if(_sersync_ul.register_ulcb(types, sersync_ul_cb, 0) < 0) {
+		LM_ERR("cannot register the usrloc contact callback\n");
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Registers the replicated tables with usrloc (a no-op for those save()
+ * or lookup() already registered), so that sersync.apply finds them even
+ * on a node whose script never touches them. Runs in the main process
+ * after every mod_init and fixup, before any fork.
+ */
+int sersync_ul_register_domains(void)
+{
+	udomain_t *d;
+	int i;
+
+	for(i = 0; i < _sersync_ndomains; i++) {
+		if(_sersync_ul.register_udomain(_sersync_domain_list[i].s, &d) < 0) {
+			LM_ERR("cannot register usrloc table '%s'\n",
+					_sersync_domain_list[i].s);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int sersync_domain_wanted(const str *d)
+{
+	int i;
+
+	if(d == NULL || d->s == NULL)
+		return 0;
+	for(i = 0; i < _sersync_ndomains; i++) {
+		if(_sersync_domain_list[i].len == d->len
+				&& memcmp(_sersync_domain_list[i].s, d->s, d->len) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+static void sersync_str_from(struct sersync_str *dst, const str *src)
+{
+	if(src != NULL && src->s != NULL && src->len > 0) {
+		dst->s = src->s;
+		dst->len = (size_t)src->len;
+	} else {
+		dst->s = NULL;
+		dst->len = 0;
+	}
+}
+
+/* copies every field save() stores; the strings stay usrloc's until
+ * sersync_publish() returns, which copies them into the queue */
+static void sersync_contact_fill(
+		struct sersync_contact *sc, const ucontact_t *c, int op)
+{
+	memset(sc, 0, sizeof(*sc));
+	sc->op = op;
+	sc->q = (int32_t)c->q;
+	sersync_str_from(&sc->domain, c->domain);
+	sersync_str_from(&sc->aor, c->aor);
+	sersync_str_from(&sc->contact, &c->c);
+	sersync_str_from(&sc->ruid, &c->ruid);
+	sersync_str_from(&sc->received, &c->received);
+	sersync_str_from(&sc->path, &c->path);
+	sersync_str_from(&sc->callid, &c->callid);
+	sersync_str_from(&sc->user_agent, &c->user_agent);
+	sersync_str_from(&sc->socket, c->sock ? &c->sock->sock_str : NULL);
+	sersync_str_from(&sc->instance, &c->instance);
+	sc->expires = (int64_t)c->expires;
+	sc->last_modified = (int64_t)c->last_modified;
+	sc->cseq = (int32_t)c->cseq;
+	sc->flags =
+			(uint32_t)c->flags & ~(uint32_t)(FL_EXPCLB | SERSYNC_FL_DELETED);
+	sc->cflags = (uint32_t)c->cflags;
+	sc->methods = (uint32_t)c->methods;
+	sc->reg_id = (uint32_t)c->reg_id;
+	sc->server_id = (int32_t)c->server_id;
+}
+
+static void sersync_publish_error(int rc, const struct sersync_contact *sc)
+{
+	time_t now;
+
+	_sersync_publish_failed++;
+	now = time(NULL);
+	if(now == _sersync_publish_failed_logged)
+		return;
+	_sersync_publish_failed_logged = now;
+	LM_ERR("%lu change(s) not handed to the sersync engine from this process"
+		   " (last: rc %d, %.*s %.*s); dropped changes are counted in"
+		   " sersync.status queue_dropped\n",
+			_sersync_publish_failed, rc, (int)sc->aor.len,
+			sc->aor.s ? sc->aor.s : "", (int)sc->contact.len,
+			sc->contact.s ? sc->contact.s : "");
+	_sersync_publish_failed = 0;
+}
+
+static void sersync_ul_cb(ucontact_t *c, int type, void *param)
+{
+	struct sersync_contact sc;
+	int op;
+	int rc;
+
+	if(c == NULL)
+		return;
+	if(type & UL_CONTACT_DELETE)
+		c->flags |= SERSYNC_FL_DELETED;
+	if(_sersync_replaying)
+		return;
+	if(!sersync_domain_wanted(c->domain))
+		return;
+
+	if(type & (UL_CONTACT_INSERT | UL_CONTACT_UPDATE)) {
+		op = SERSYNC_OP_UPSERT;
+	} else if(type & UL_CONTACT_DELETE) {
+		op = SERSYNC_OP_DELETE;
+	} else if(type & UL_CONTACT_EXPIRE) {
+		/* natural expiry happens on every node by itself; an early one
+		 * (lost TCP connection, ul.rm in write-back mode) is a deletion */
+		if(c->expires != UL_EXPIRED_TIME || (c->flags & SERSYNC_FL_DELETED))
+			return;
+		op = SERSYNC_OP_DELETE;
+	} else {
+		return;
+	}
+
+	sersync_contact_fill(&sc, c, op);
+	rc = sersync_publish(_sersync_shared, &sc);
+	if(rc != SERSYNC_OK)
+		sersync_publish_error(rc, &sc);
+}

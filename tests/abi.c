@@ -1,0 +1,166 @@
+/*
+ * tests/abi.c - pins the C side of the sersync.h contract (x86_64).
+ *
+ * build.rs runs bindgen over include/sersync.h with layout tests, which
+ * pins the Rust side. This file pins the C side: struct sizes and field
+ * offsets, the numbers of the enums and constants, and (by taking their
+ * addresses, linked against libsersync.a) that every declared function
+ * is exported with the declared signature. A layout change must update
+ * both this file and the engine.
+ *
+ * Build: cc -std=c11 -I include tests/abi.c target/release/libsersync.a \
+ *        -lsqlite3 -lpthread -ldl -lm
+ */
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include "sersync.h"
+
+#define SIZE(t, n) _Static_assert(sizeof(t) == (n), "sizeof " #t)
+#define OFF(t, f, n) \
+	_Static_assert(offsetof(t, f) == (n), "offsetof " #t "." #f)
+#define VAL(e, n) _Static_assert((e) == (n), #e)
+
+_Static_assert(sizeof(void *) == 8, "these values are for 64-bit targets");
+
+/* enum sersync_rc: numbers are part of the contract, never reused */
+SIZE(enum sersync_rc, 4);
+VAL(SERSYNC_OK, 0);
+VAL(SERSYNC_E_NULL, 1);
+VAL(SERSYNC_E_PANIC, 2);
+VAL(SERSYNC_E_QUEUE_FULL, 3);
+VAL(SERSYNC_E_TOO_LARGE, 4);
+VAL(SERSYNC_E_CONFIG, 5);
+VAL(SERSYNC_E_DECODE, 6);
+VAL(SERSYNC_E_IO, 7);
+VAL(SERSYNC_E_JOURNAL, 8);
+VAL(SERSYNC_E_CALLBACK, 9);
+
+VAL(SERSYNC_OP_UPSERT, 1);
+VAL(SERSYNC_OP_DELETE, 2);
+
+VAL(SERSYNC_LOG_ERR, 1);
+VAL(SERSYNC_LOG_WARN, 2);
+VAL(SERSYNC_LOG_INFO, 3);
+VAL(SERSYNC_LOG_DBG, 4);
+
+VAL(SERSYNC_PEER_DOWN, 0);
+VAL(SERSYNC_PEER_CONNECTING, 1);
+VAL(SERSYNC_PEER_UP, 2);
+VAL(SERSYNC_PEER_REFUSED, 3);
+
+VAL(SERSYNC_MAX_PEERS, 32);
+VAL(SERSYNC_ID_MAX, 64);
+VAL(SERSYNC_ADDR_MAX, 96);
+VAL(SERSYNC_ERR_MAX, 160);
+
+/* struct sersync_str */
+SIZE(struct sersync_str, 16);
+OFF(struct sersync_str, s, 0);
+OFF(struct sersync_str, len, 8);
+
+/* struct sersync_contact */
+SIZE(struct sersync_contact, 208);
+OFF(struct sersync_contact, op, 0);
+OFF(struct sersync_contact, q, 4);
+OFF(struct sersync_contact, domain, 8);
+OFF(struct sersync_contact, aor, 24);
+OFF(struct sersync_contact, contact, 40);
+OFF(struct sersync_contact, ruid, 56);
+OFF(struct sersync_contact, received, 72);
+OFF(struct sersync_contact, path, 88);
+OFF(struct sersync_contact, callid, 104);
+OFF(struct sersync_contact, user_agent, 120);
+OFF(struct sersync_contact, socket, 136);
+OFF(struct sersync_contact, instance, 152);
+OFF(struct sersync_contact, expires, 168);
+OFF(struct sersync_contact, last_modified, 176);
+OFF(struct sersync_contact, cseq, 184);
+OFF(struct sersync_contact, flags, 188);
+OFF(struct sersync_contact, cflags, 192);
+OFF(struct sersync_contact, methods, 196);
+OFF(struct sersync_contact, reg_id, 200);
+OFF(struct sersync_contact, server_id, 204);
+
+/* struct sersync_config */
+SIZE(struct sersync_config, 128);
+OFF(struct sersync_config, node_id, 0);
+OFF(struct sersync_config, listen, 16);
+OFF(struct sersync_config, peers, 32);
+OFF(struct sersync_config, npeers, 40);
+OFF(struct sersync_config, secret, 48);
+OFF(struct sersync_config, journal, 64);
+OFF(struct sersync_config, fifo, 80);
+OFF(struct sersync_config, db_url, 96);
+OFF(struct sersync_config, fifo_reply_dir, 112);
+
+/* struct sersync_peer_status */
+SIZE(struct sersync_peer_status, 368);
+OFF(struct sersync_peer_status, node_id, 0);
+OFF(struct sersync_peer_status, address, 64);
+OFF(struct sersync_peer_status, last_error, 160);
+OFF(struct sersync_peer_status, state, 320);
+OFF(struct sersync_peer_status, _pad, 324);
+OFF(struct sersync_peer_status, sent, 328);
+OFF(struct sersync_peer_status, acked, 336);
+OFF(struct sersync_peer_status, pending, 344);
+OFF(struct sersync_peer_status, lag_ms, 352);
+OFF(struct sersync_peer_status, received, 360);
+
+/* struct sersync_status */
+SIZE(struct sersync_status, 12072);
+OFF(struct sersync_status, node_id, 0);
+OFF(struct sersync_status, last_error, 64);
+OFF(struct sersync_status, running, 224);
+OFF(struct sersync_status, npeers, 228);
+OFF(struct sersync_status, queue_depth, 232);
+OFF(struct sersync_status, queue_dropped, 240);
+OFF(struct sersync_status, journaled, 248);
+OFF(struct sersync_status, last_seq, 256);
+OFF(struct sersync_status, applied, 264);
+OFF(struct sersync_status, apply_pending, 272);
+OFF(struct sersync_status, apply_failures, 280);
+OFF(struct sersync_status, applied_via_db, 288);
+OFF(struct sersync_status, peers, 296);
+
+/* every exported function, typed as declared: a signature change in the
+ * header breaks this initializer, a missing export breaks the link */
+static int (*const fn_set_logger)(sersync_log_fn) = sersync_set_logger;
+static int (*const fn_config_check)(const struct sersync_config *, char *,
+		size_t) = sersync_config_check;
+static int (*const fn_shared_create)(uint32_t, struct sersync_shared **) =
+		sersync_shared_create;
+static int (*const fn_publish)(struct sersync_shared *,
+		const struct sersync_contact *) = sersync_publish;
+static int (*const fn_engine_run)(struct sersync_shared *,
+		const struct sersync_config *) = sersync_engine_run;
+static int (*const fn_status_read)(struct sersync_shared *,
+		struct sersync_status *) = sersync_status_read;
+static int (*const fn_apply_decode)(const char *, size_t, sersync_apply_fn,
+		void *, uint32_t *) = sersync_apply_decode;
+
+int main(void)
+{
+	const void *fns[] = {
+			(const void *)fn_set_logger,
+			(const void *)fn_config_check,
+			(const void *)fn_shared_create,
+			(const void *)fn_publish,
+			(const void *)fn_engine_run,
+			(const void *)fn_status_read,
+			(const void *)fn_apply_decode,
+	};
+	size_t i;
+
+	for(i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
+		if(fns[i] == NULL) {
+			printf("abi: export %zu is NULL\n0 passed, 1 failed\n", i);
+			return 1;
+		}
+	}
+	printf("abi: layout of sersync.h and %zu exports checked\n",
+			sizeof(fns) / sizeof(fns[0]));
+	printf("1 passed, 0 failed\n");
+	return 0;
+}
