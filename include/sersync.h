@@ -52,10 +52,16 @@ struct sersync_str {
 	size_t len;
 };
 
-/* What a contact record does at the receiver. */
+/* What a record does at the receiver. */
 enum sersync_op {
-	SERSYNC_OP_UPSERT = 1, /* insert the contact or update it in place */
-	SERSYNC_OP_DELETE = 2  /* remove the contact (domain, aor, contact) */
+	SERSYNC_OP_UPSERT = 1,     /* insert the record or update it in place */
+	SERSYNC_OP_DELETE = 2,     /* remove the record (by its key) */
+	/* Alias table scans (sersync_publish_alias only): SCAN_BEGIN, then one
+	 * UPSERT per row the table holds, then SCAN_END. The engine journals
+	 * only rows that changed, and a DELETE for every alias it knew in that
+	 * table that the scan did not report. Only the table field is read. */
+	SERSYNC_OP_SCAN_BEGIN = 3,
+	SERSYNC_OP_SCAN_END = 4
 };
 
 /*
@@ -84,6 +90,21 @@ struct sersync_contact {
 	uint32_t methods;
 	uint32_t reg_id;
 	int32_t server_id;           /* server_id of the origin node */
+};
+
+/*
+ * One alias mapping as alias_db keeps it: alias_username@alias_domain ->
+ * username@domain. The key is all five strings: an alias may map to
+ * several targets (alias_db appends branches).
+ */
+struct sersync_alias {
+	int32_t op;                      /* enum sersync_op */
+	int32_t _pad;
+	struct sersync_str table;        /* alias_db's table, e.g. "dbaliases" */
+	struct sersync_str alias_username;
+	struct sersync_str alias_domain;
+	struct sersync_str username;
+	struct sersync_str domain;
 };
 
 /* Configuration as the modparams give it. */
@@ -179,6 +200,11 @@ int sersync_shared_create(uint32_t queue_slots, struct sersync_shared **out);
  * queue_dropped). */
 int sersync_publish(struct sersync_shared *sh, const struct sersync_contact *c);
 
+/* Hands one alias change (or a scan marker) to the engine. Same rules
+ * and return codes as sersync_publish(). Called in any SER process. */
+int sersync_publish_alias(struct sersync_shared *sh,
+		const struct sersync_alias *a);
+
 /* Runs the engine in the calling process: journal, network, applier.
  * Copies cfg. Does not return while the engine runs; returns an error code
  * if cfg is invalid or the engine cannot start at all. */
@@ -188,17 +214,25 @@ int sersync_engine_run(struct sersync_shared *sh,
 /* Copies a consistent snapshot of the engine's status into out. */
 int sersync_status_read(struct sersync_shared *sh, struct sersync_status *out);
 
-/* Apply callback: ctx as given; c and its strings are valid only during
- * the call. Returns 0 on success, negative on failure. */
+/* Apply callbacks: ctx as given; the record and its strings are valid only
+ * during the call. Return 0 on success, negative on failure. */
 typedef int (*sersync_apply_fn)(void *ctx, const struct sersync_contact *c);
+typedef int (*sersync_apply_alias_fn)(void *ctx, const struct sersync_alias *a);
+
+struct sersync_apply_ops {
+	sersync_apply_fn contact;     /* required */
+	sersync_apply_alias_fn alias; /* required */
+	void *ctx;
+};
 
 /* Decodes a sersync.apply payload (the text the engine sends through SER's
- * RPC door) and calls fn once per record, in order. Stops at the first
- * callback failure and returns SERSYNC_E_CALLBACK; a malformed payload
- * returns SERSYNC_E_DECODE before any callback runs. If count is not NULL
- * it receives the number of records applied. */
-int sersync_apply_decode(const char *payload, size_t len, sersync_apply_fn fn,
-		void *ctx, uint32_t *count);
+ * RPC door) and calls the matching callback once per record, in order
+ * (aliases only with SERSYNC_OP_UPSERT or SERSYNC_OP_DELETE). Stops at the
+ * first callback failure and returns SERSYNC_E_CALLBACK; a malformed
+ * payload returns SERSYNC_E_DECODE before any callback runs. If count is
+ * not NULL it receives the number of records applied. */
+int sersync_apply_decode(const char *payload, size_t len,
+		const struct sersync_apply_ops *ops, uint32_t *count);
 
 #ifdef __cplusplus
 }

@@ -331,6 +331,16 @@ static const char *sersync_apply_doc[2] = {
 		" records applied. Used by the engine itself.",
 		0};
 
+/* sersync_apply_alias_fn: alias replication is not wired in yet */
+static int sersync_apply_alias(void *ctx, const struct sersync_alias *a)
+{
+	LM_ERR("alias records are not supported by this module build\n");
+	return -1;
+}
+
+static const struct sersync_apply_ops sersync_apply_ops = {
+		.contact = sersync_apply_one, .alias = sersync_apply_alias, .ctx = NULL};
+
 static void sersync_rpc_apply(rpc_t *rpc, void *ctx)
 {
 	str payload = STR_NULL;
@@ -354,7 +364,7 @@ static void sersync_rpc_apply(rpc_t *rpc, void *ctx)
 	count = 0;
 	_sersync_replaying = 1;
 	rc = sersync_apply_decode(
-			payload.s, (size_t)payload.len, sersync_apply_one, NULL, &count);
+			payload.s, (size_t)payload.len, &sersync_apply_ops, &count);
 	_sersync_replaying = 0;
 
 	switch(rc) {

@@ -17,7 +17,8 @@ use crate::journal::Journal;
 use crate::log::{self, RateLimit};
 use crate::net::Net;
 use crate::queue::Shared;
-use crate::record::Record;
+use crate::record::{Op, Record};
+use std::collections::HashSet;
 use crate::status::{Snapshot, Status};
 use crate::wire::codec;
 
@@ -100,6 +101,7 @@ impl Engine {
                 hlc,
                 waker: waker.clone(),
                 node_id: cfg.node_id.clone(),
+                scan: None,
             };
             let stop = stop.clone();
             threads.push(spawn("sersync-ingest", Box::new(move || ingest.run(&stop)))?);
@@ -163,9 +165,49 @@ struct Ingest {
     hlc: Arc<Mutex<Hlc>>,
     waker: Arc<Waker>,
     node_id: String,
+    /// An alias table scan in progress: its table and the keys reported.
+    scan: Option<(Vec<u8>, HashSet<Vec<u8>>)>,
 }
 
 impl Ingest {
+    /// Ends a scan of an alias table: every alias the state holds for it
+    /// that the scan did not report was deleted behind SER's back.
+    fn finish_scan(&mut self, table: &[u8], pending: &mut Vec<(u64, Record)>) {
+        let Some((scanning, seen)) = self.scan.take() else {
+            log::warn(format_args!("alias scan end without a start; ignored"));
+            return;
+        };
+        if scanning != table {
+            log::warn(format_args!("alias scan of one table ended by another; ignored"));
+            return;
+        }
+        // Changes still pending are not in the state yet.
+        let pending_keys: HashSet<Vec<u8>> = pending.iter().map(|(_, r)| r.key()).collect();
+        let live = match self.journal.live_alias_keys(table) {
+            Ok(k) => k,
+            Err(e) => {
+                log::error(format_args!("alias scan: {e}"));
+                return;
+            }
+        };
+        let mut removed = 0;
+        for key in live {
+            if seen.contains(&key) || pending_keys.contains(&key) {
+                continue;
+            }
+            if let Ok(Some(Record::Alias { alias, .. })) = self.journal.state_of(&key) {
+                let stamp = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).now();
+                pending.push((stamp, Record::Alias { op: Op::Delete, alias }));
+                removed += 1;
+            }
+        }
+        log::info(format_args!(
+            "alias scan of {}: {} aliases present, {removed} removed",
+            String::from_utf8_lossy(table),
+            seen.len()
+        ));
+    }
+
     fn run(mut self, stop: &AtomicBool) {
         let mut pending: Vec<(u64, Record)> = Vec::new();
         let mut buf = Vec::with_capacity(crate::queue::SLOT_SIZE);
@@ -176,7 +218,16 @@ impl Ingest {
                     continue; // a slot whose record did not fit; counted by the producer
                 }
                 match codec::decode::<Record>(&buf) {
+                    Ok(Record::AliasScan { table, end: false }) => {
+                        self.scan = Some((table, HashSet::new()));
+                    }
+                    Ok(Record::AliasScan { table, end: true }) => self.finish_scan(&table, &mut pending),
                     Ok(rec) => {
+                        if let (Some((table, seen)), Record::Alias { op: Op::Upsert, alias }) = (&mut self.scan, &rec) {
+                            if *table == alias.table {
+                                seen.insert(rec.key());
+                            }
+                        }
                         let stamp = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).now();
                         pending.push((stamp, rec));
                     }
@@ -188,9 +239,9 @@ impl Ingest {
                 continue;
             }
             match self.journal.append_local(&self.node_id, &pending) {
-                Ok(last) => {
+                Ok((last, appended)) => {
                     let c = &self.status.counters;
-                    c.journaled.fetch_add(pending.len() as u64, Ordering::Relaxed);
+                    c.journaled.fetch_add(appended as u64, Ordering::Relaxed);
                     c.last_seq.store(last, Ordering::Release);
                     pending.clear();
                     retry = Duration::from_millis(100);

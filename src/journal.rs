@@ -151,17 +151,21 @@ impl Journal {
         JournalError::Sqlite { path: self.path.display().to_string(), source }
     }
 
-    /// Appends local changes in one transaction and returns the sequence
-    /// of the last one (0 if `records` is empty). Durable on return.
-    pub fn append_local(&mut self, node_id: &str, records: &[(u64, Record)]) -> Result<u64, JournalError> {
+    /// Appends local changes in one transaction. A change identical to
+    /// the state already held for its key (a rescan reporting an unchanged
+    /// alias, a repeated deletion) is not journaled: every peer has it or
+    /// will get it from the entry that set that state. Returns the last
+    /// sequence and how many changes were journaled. Durable on return.
+    pub fn append_local(&mut self, node_id: &str, records: &[(u64, Record)]) -> Result<(u64, usize), JournalError> {
         if records.is_empty() {
-            return self.last_seq();
+            return Ok((self.last_seq()?, 0));
         }
         let path = self.path.display().to_string();
         let sq = |source| JournalError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
-        let mut last = 0;
+        let mut appended = 0;
         {
+            let mut same = tx.prepare_cached("SELECT body = ?2 FROM state WHERE key = ?1").map_err(sq)?;
             let mut ins = tx.prepare_cached("INSERT INTO log (hlc, body) VALUES (?1, ?2)").map_err(sq)?;
             let mut st = tx
                 .prepare_cached(
@@ -176,13 +180,52 @@ impl Journal {
             for (hlc, rec) in records {
                 body.clear();
                 codec::encode_into(rec, &mut body).expect("encoding into a Vec cannot fail");
+                let key = rec.key();
+                let unchanged: bool =
+                    same.query_row(params![key, body], |r| r.get(0)).optional().map_err(sq)?.unwrap_or(false);
+                if unchanged {
+                    continue;
+                }
                 ins.execute(params![*hlc as i64, body]).map_err(sq)?;
-                last = tx.last_insert_rowid() as u64;
-                st.execute(params![rec.key(), *hlc as i64, node_id, body]).map_err(sq)?;
+                st.execute(params![key, *hlc as i64, node_id, body]).map_err(sq)?;
+                appended += 1;
             }
         }
+        let last: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM log", [], |r| r.get(0)).map_err(sq)?;
         tx.commit().map_err(sq)?;
-        Ok(last)
+        Ok((last as u64, appended))
+    }
+
+    /// Keys of the aliases of `table` that the state holds as present.
+    pub fn live_alias_keys(&self, table: &[u8]) -> Result<Vec<Vec<u8>>, JournalError> {
+        let lo = crate::record::alias_table_prefix(table);
+        let mut hi = lo.clone();
+        hi.push(0xff);
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, body FROM state WHERE key > ?1 AND key < ?2")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![lo, hi], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, body) = row.map_err(|e| self.err(e))?;
+            if let Ok(Record::Alias { op: crate::record::Op::Upsert, .. }) = codec::decode::<Record>(&body) {
+                out.push(key);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The record the state holds for `key`, if any.
+    pub fn state_of(&self, key: &[u8]) -> Result<Option<Record>, JournalError> {
+        let body: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT body FROM state WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(body.and_then(|b| codec::decode(&b).ok()))
     }
 
     pub fn last_seq(&self) -> Result<u64, JournalError> {
@@ -371,8 +414,10 @@ mod tests {
         let path = dir.path().join("j.db");
         {
             let mut j = Journal::open(&path).unwrap();
-            let last = j.append_local("n1", &[(10, rec("a", 1)), (11, rec("b", 1))]).unwrap();
-            assert_eq!(last, 2);
+            let (last, n) = j.append_local("n1", &[(10, rec("a", 1)), (11, rec("b", 1))]).unwrap();
+            assert_eq!((last, n), (2, 2));
+            // The same state again is not journaled twice.
+            assert_eq!(j.append_local("n1", &[(12, rec("b", 1))]).unwrap(), (2, 0));
             j.set_acked("n2", 1).unwrap();
         }
         let mut j = Journal::open(&path).unwrap();
@@ -382,7 +427,7 @@ mod tests {
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].seq, 2);
         assert_eq!(pending[0].record, rec("b", 1));
-        assert_eq!(j.append_local("n1", &[(12, rec("c", 1))]).unwrap(), 3);
+        assert_eq!(j.append_local("n1", &[(12, rec("c", 1))]).unwrap(), (3, 1));
     }
 
     #[test]

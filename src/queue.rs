@@ -295,9 +295,7 @@ mod tests {
     }
 
     fn as_ref(r: &Record) -> RecordRef<'_> {
-        match r {
-            Record::Contact { op, contact } => RecordRef::Contact { op: *op, contact: contact.as_ref() },
-        }
+        r.as_ref()
     }
 
     #[test]
@@ -324,7 +322,7 @@ mod tests {
     fn oversize_record_is_refused_and_skipped() {
         let q = Shared::create(64).unwrap();
         let mut big = rec(1);
-        let Record::Contact { contact, .. } = &mut big;
+        let Record::Contact { contact, .. } = &mut big else { unreachable!() };
         contact.path = vec![b'x'; SLOT_SIZE * 2];
         assert!(matches!(q.publish(&as_ref(&big)), Err(QueueError::TooLarge { .. })));
         q.publish(&as_ref(&rec(2))).unwrap();
@@ -354,7 +352,7 @@ mod tests {
         let mut buf = Vec::new();
         while seen.len() < 3000 {
             if q.pop(&mut buf) {
-                let Record::Contact { contact, .. } = codec::decode::<Record>(&buf).unwrap();
+                let Record::Contact { contact, .. } = codec::decode::<Record>(&buf).unwrap() else { unreachable!() };
                 assert!(seen.insert(contact.aor));
             } else {
                 q.wait(Duration::from_millis(50));

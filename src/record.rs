@@ -106,40 +106,124 @@ impl Contact {
     }
 }
 
-/// A replicated change. New kinds (aliases) are added as new variants at
-/// the end, so existing encodings keep their meaning.
+/// One alias_db mapping: alias_username@alias_domain → username@domain.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alias {
+    #[serde(with = "serde_bytes")]
+    pub table: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub alias_username: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub alias_domain: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub username: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub domain: Vec<u8>,
+}
+
+/// Borrowed twin of [`Alias`] with the same encoding.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct AliasRef<'a> {
+    #[serde(with = "serde_bytes")]
+    pub table: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    pub alias_username: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    pub alias_domain: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    pub username: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    pub domain: &'a [u8],
+}
+
+impl Alias {
+    pub fn as_ref(&self) -> AliasRef<'_> {
+        AliasRef {
+            table: &self.table,
+            alias_username: &self.alias_username,
+            alias_domain: &self.alias_domain,
+            username: &self.username,
+            domain: &self.domain,
+        }
+    }
+}
+
+/// A replicated change. New kinds are added as new variants at the end, so
+/// existing encodings keep their meaning.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
     Contact { op: Op, contact: Contact },
+    Alias { op: Op, alias: Alias },
+    /// Marks the start or end of a full scan of an alias table. Only ever
+    /// in the worker queue: the ingest turns a scan into changes.
+    AliasScan {
+        #[serde(with = "serde_bytes")]
+        table: Vec<u8>,
+        end: bool,
+    },
 }
 
 /// Borrowed twin of [`Record`] with the same encoding.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub enum RecordRef<'a> {
     Contact { op: Op, contact: ContactRef<'a> },
+    Alias { op: Op, alias: AliasRef<'a> },
+    AliasScan {
+        #[serde(with = "serde_bytes")]
+        table: &'a [u8],
+        end: bool,
+    },
+}
+
+fn push_parts(k: &mut Vec<u8>, parts: &[&[u8]]) {
+    for part in parts {
+        k.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        k.extend_from_slice(part);
+    }
+}
+
+/// The key prefix shared by every alias of `table`.
+pub fn alias_table_prefix(table: &[u8]) -> Vec<u8> {
+    let mut k = vec![b'a'];
+    push_parts(&mut k, &[table]);
+    k
 }
 
 impl Record {
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        match self {
+            Record::Contact { op, contact } => RecordRef::Contact { op: *op, contact: contact.as_ref() },
+            Record::Alias { op, alias } => RecordRef::Alias { op: *op, alias: alias.as_ref() },
+            Record::AliasScan { table, end } => RecordRef::AliasScan { table, end: *end },
+        }
+    }
+
     /// The identity two changes must share to be versions of one thing:
     /// usrloc keys a contact by table, AOR and contact URI.
+    /// Aliases: every field, since one alias may have several targets.
     pub fn key(&self) -> Vec<u8> {
         match self {
             Record::Contact { contact: c, .. } => {
-                let mut k = Vec::with_capacity(
-                    c.domain.len() + c.aor.len() + c.contact.len() + 13,
-                );
+                let mut k = Vec::with_capacity(c.domain.len() + c.aor.len() + c.contact.len() + 13);
                 k.push(b'c');
-                for part in [&c.domain, &c.aor, &c.contact] {
-                    k.extend_from_slice(&(part.len() as u32).to_be_bytes());
-                    k.extend_from_slice(part);
-                }
+                push_parts(&mut k, &[&c.domain, &c.aor, &c.contact]);
+                k
+            }
+            Record::Alias { alias: a, .. } => {
+                let mut k = alias_table_prefix(&a.table);
+                push_parts(&mut k, &[&a.alias_username, &a.alias_domain, &a.username, &a.domain]);
+                k
+            }
+            Record::AliasScan { table, .. } => {
+                let mut k = vec![b's'];
+                push_parts(&mut k, &[table]);
                 k
             }
         }
     }
 
     pub fn is_delete(&self) -> bool {
-        matches!(self, Record::Contact { op: Op::Delete, .. })
+        matches!(self, Record::Contact { op: Op::Delete, .. } | Record::Alias { op: Op::Delete, .. })
     }
 }
 

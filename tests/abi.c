@@ -39,6 +39,23 @@ VAL(SERSYNC_E_CALLBACK, 9);
 
 VAL(SERSYNC_OP_UPSERT, 1);
 VAL(SERSYNC_OP_DELETE, 2);
+VAL(SERSYNC_OP_SCAN_BEGIN, 3);
+VAL(SERSYNC_OP_SCAN_END, 4);
+
+/* struct sersync_alias */
+SIZE(struct sersync_alias, 88);
+OFF(struct sersync_alias, op, 0);
+OFF(struct sersync_alias, table, 8);
+OFF(struct sersync_alias, alias_username, 24);
+OFF(struct sersync_alias, alias_domain, 40);
+OFF(struct sersync_alias, username, 56);
+OFF(struct sersync_alias, domain, 72);
+
+/* struct sersync_apply_ops */
+SIZE(struct sersync_apply_ops, 24);
+OFF(struct sersync_apply_ops, contact, 0);
+OFF(struct sersync_apply_ops, alias, 8);
+OFF(struct sersync_apply_ops, ctx, 16);
 
 VAL(SERSYNC_LOG_ERR, 1);
 VAL(SERSYNC_LOG_WARN, 2);
@@ -137,8 +154,10 @@ static int (*const fn_engine_run)(struct sersync_shared *,
 		const struct sersync_config *) = sersync_engine_run;
 static int (*const fn_status_read)(struct sersync_shared *,
 		struct sersync_status *) = sersync_status_read;
-static int (*const fn_apply_decode)(const char *, size_t, sersync_apply_fn,
-		void *, uint32_t *) = sersync_apply_decode;
+static int (*const fn_publish_alias)(struct sersync_shared *,
+		const struct sersync_alias *) = sersync_publish_alias;
+static int (*const fn_apply_decode)(const char *, size_t,
+		const struct sersync_apply_ops *, uint32_t *) = sersync_apply_decode;
 
 int main(void)
 {
@@ -149,6 +168,7 @@ int main(void)
 			(const void *)fn_publish,
 			(const void *)fn_engine_run,
 			(const void *)fn_status_read,
+			(const void *)fn_publish_alias,
 			(const void *)fn_apply_decode,
 	};
 	size_t i;

@@ -17,18 +17,26 @@ use sersync::record::{Contact, Op, Record, RecordRef};
 
 type Table = Arc<Mutex<BTreeMap<(Vec<u8>, Vec<u8>), Contact>>>;
 
-/// Stands in for SER's usrloc: applies upserts and deletes to a map.
+/// Stands in for SER's usrloc (and alias table): applies upserts and
+/// deletes to a map keyed by the record's key.
 struct MemorySink(Table);
 
 impl Sink for MemorySink {
     fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
         let mut t = self.0.lock().unwrap();
         for r in records {
-            let Record::Contact { op, contact } = r;
+            let (op, contact) = match r {
+                Record::Contact { op, contact } => (op, contact.clone()),
+                Record::Alias { op, alias } => (
+                    op,
+                    Contact { aor: alias.alias_username.clone(), contact: alias.username.clone(), ..Default::default() },
+                ),
+                Record::AliasScan { .. } => panic!("scan markers are never sent"),
+            };
             let key = (contact.aor.clone(), contact.contact.clone());
             match op {
                 Op::Upsert => {
-                    t.insert(key, contact.clone());
+                    t.insert(key, contact);
                 }
                 Op::Delete => {
                     t.remove(&key);
@@ -243,4 +251,48 @@ fn a_node_with_another_secret_gets_nothing() {
     raw.secret.clear();
     nodes[0].stop();
     nodes[1].stop();
+}
+
+fn alias(a: &str, target: &str) -> sersync::record::Alias {
+    sersync::record::Alias {
+        table: b"dbaliases".to_vec(),
+        alias_username: a.as_bytes().to_vec(),
+        alias_domain: b"example.org".to_vec(),
+        username: target.as_bytes().to_vec(),
+        domain: b"example.org".to_vec(),
+    }
+}
+
+fn scan(shared: &Shared, rows: &[(&str, &str)]) {
+    let table: &[u8] = b"dbaliases";
+    shared.publish(&RecordRef::AliasScan { table, end: false }).unwrap();
+    for (a, t) in rows {
+        let al = alias(a, t);
+        shared.publish(&RecordRef::Alias { op: Op::Upsert, alias: al.as_ref() }).unwrap();
+    }
+    shared.publish(&RecordRef::AliasScan { table, end: true }).unwrap();
+}
+
+#[test]
+fn alias_scans_journal_changes_only_and_find_deletions() {
+    let nodes = cluster(2);
+    scan(&nodes[0].shared, &[("sales", "alice"), ("support", "bob"), ("support", "carol")]);
+    let key = |a: &str, t: &str| (a.as_bytes().to_vec(), t.as_bytes().to_vec());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes[1].table.lock().unwrap().len() < 3 {
+        assert!(Instant::now() < deadline, "aliases did not arrive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A second scan: "support → bob" was deleted straight from the table.
+    scan(&nodes[0].shared, &[("sales", "alice"), ("support", "carol")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes[1].table.lock().unwrap().contains_key(&key("support", "bob")) {
+        assert!(Instant::now() < deadline, "deletion found by the scan did not arrive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = nodes[1].table.lock().unwrap().clone();
+    assert!(t.contains_key(&key("sales", "alice")) && t.contains_key(&key("support", "carol")));
+    // Unchanged rows were not journaled again: 3 adds + 1 deletion.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(nodes[0].engine.as_ref().unwrap().status().journaled, 4);
 }

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection};
 
 use super::Sink;
 use crate::error::ApplyError;
-use crate::record::{Contact, Op, Record};
+use crate::record::{Alias, Contact, Op, Record};
 
 pub struct Database {
     path: PathBuf,
@@ -118,6 +118,31 @@ impl Database {
     }
 }
 
+impl Database {
+    /// alias_db's table: one row per mapping; no unique key, so delete
+    /// first to keep upserts idempotent.
+    fn write_alias(tx: &rusqlite::Transaction, op: Op, a: &Alias) -> Result<(), String> {
+        let table = table_name(&a.table)?;
+        let row = params![text(&a.alias_username), text(&a.alias_domain), text(&a.username), text(&a.domain)];
+        tx.execute(
+            &format!(
+                "DELETE FROM {table} WHERE alias_username = ?1 AND alias_domain = ?2
+                    AND username = ?3 AND domain = ?4"
+            ),
+            row,
+        )
+        .map_err(|e| e.to_string())?;
+        if op == Op::Upsert {
+            tx.execute(
+                &format!("INSERT INTO {table} (alias_username, alias_domain, username, domain) VALUES (?1, ?2, ?3, ?4)"),
+                row,
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
 impl Sink for Database {
     fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
         if self.conn.is_none() {
@@ -132,6 +157,8 @@ impl Sink for Database {
             for r in records {
                 match r {
                     Record::Contact { op, contact } => Self::write(&tx, *op, contact)?,
+                    Record::Alias { op, alias } => Self::write_alias(&tx, *op, alias)?,
+                    Record::AliasScan { .. } => {}
                 }
             }
             tx.commit().map_err(|e| e.to_string())

@@ -4,18 +4,21 @@
 
 pub mod sys;
 
-use std::os::raw::{c_char, c_int, c_void};
+use std::os::raw::{c_char, c_int};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use sys::{sersync_apply_fn, sersync_config, sersync_contact, sersync_log_fn, sersync_rc, sersync_shared, sersync_status, sersync_str};
+use sys::{
+    sersync_alias, sersync_apply_ops, sersync_config, sersync_contact, sersync_log_fn, sersync_rc, sersync_shared,
+    sersync_status, sersync_str,
+};
 
 use crate::config::RawConfig;
 use crate::engine::Engine;
 use crate::error::JournalError;
 use crate::log;
 use crate::queue::Shared;
-use crate::record::{Contact, ContactRef, Op, Record, RecordRef};
+use crate::record::{Alias, AliasRef, Contact, ContactRef, Op, Record, RecordRef};
 
 fn boundary(f: impl FnOnce() -> sersync_rc) -> c_int {
     match catch_unwind(AssertUnwindSafe(f)) {
@@ -80,10 +83,7 @@ unsafe fn contact_ref<'a>(c: &'a sersync_contact) -> Option<RecordRef<'a>> {
 
 fn contact_view(op: Op, c: &Contact) -> sersync_contact {
     sersync_contact {
-        op: match op {
-            Op::Upsert => sys::sersync_op::SERSYNC_OP_UPSERT,
-            Op::Delete => sys::sersync_op::SERSYNC_OP_DELETE,
-        } as i32,
+        op: op_code(op),
         q: c.q,
         domain: c_str(&c.domain),
         aor: c_str(&c.aor),
@@ -103,6 +103,50 @@ fn contact_view(op: Op, c: &Contact) -> sersync_contact {
         methods: c.methods,
         reg_id: c.reg_id,
         server_id: c.server_id,
+    }
+}
+
+fn op_code(op: Op) -> i32 {
+    (match op {
+        Op::Upsert => sys::sersync_op::SERSYNC_OP_UPSERT,
+        Op::Delete => sys::sersync_op::SERSYNC_OP_DELETE,
+    }) as i32
+}
+
+/// # Safety
+/// `a` must be a valid sersync_alias whose strings live for `'a`.
+unsafe fn alias_ref<'a>(a: &'a sersync_alias) -> Option<RecordRef<'a>> {
+    // SAFETY: per the function contract, for each field.
+    let table = unsafe { bytes(&a.table)? };
+    let op = match a.op {
+        x if x == sys::sersync_op::SERSYNC_OP_SCAN_BEGIN as i32 => return Some(RecordRef::AliasScan { table, end: false }),
+        x if x == sys::sersync_op::SERSYNC_OP_SCAN_END as i32 => return Some(RecordRef::AliasScan { table, end: true }),
+        x if x == sys::sersync_op::SERSYNC_OP_UPSERT as i32 => Op::Upsert,
+        x if x == sys::sersync_op::SERSYNC_OP_DELETE as i32 => Op::Delete,
+        _ => return None,
+    };
+    // SAFETY: as above.
+    let alias = unsafe {
+        AliasRef {
+            table,
+            alias_username: bytes(&a.alias_username)?,
+            alias_domain: bytes(&a.alias_domain)?,
+            username: bytes(&a.username)?,
+            domain: bytes(&a.domain)?,
+        }
+    };
+    Some(RecordRef::Alias { op, alias })
+}
+
+fn alias_view(op: Op, a: &Alias) -> sersync_alias {
+    sersync_alias {
+        op: op_code(op),
+        _pad: 0,
+        table: c_str(&a.table),
+        alias_username: c_str(&a.alias_username),
+        alias_domain: c_str(&a.alias_domain),
+        username: c_str(&a.username),
+        domain: c_str(&a.domain),
     }
 }
 
@@ -231,6 +275,24 @@ pub unsafe extern "C" fn sersync_publish(sh: *mut sersync_shared, c: *const sers
 /// # Safety
 /// See sersync.h.
 #[no_mangle]
+pub unsafe extern "C" fn sersync_publish_alias(sh: *mut sersync_shared, a: *const sersync_alias) -> c_int {
+    boundary(|| {
+        // SAFETY: NULL checked; validity per sersync.h.
+        let (Some(sh), Some(a)) = (unsafe { shared(sh) }, unsafe { a.as_ref() }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
+        // SAFETY: the alias' strings are valid for this call.
+        let Some(rec) = (unsafe { alias_ref(a) }) else { return sersync_rc::SERSYNC_E_NULL };
+        match sh.publish(&rec) {
+            Ok(()) => sersync_rc::SERSYNC_OK,
+            Err(e) => (&e).into(),
+        }
+    })
+}
+
+/// # Safety
+/// See sersync.h.
+#[no_mangle]
 pub unsafe extern "C" fn sersync_engine_run(sh: *mut sersync_shared, cfg: *const sersync_config) -> c_int {
     boundary(|| {
         if sh.is_null() || cfg.is_null() {
@@ -308,12 +370,15 @@ pub unsafe extern "C" fn sersync_status_read(sh: *mut sersync_shared, out: *mut 
 pub unsafe extern "C" fn sersync_apply_decode(
     payload: *const c_char,
     len: usize,
-    f: sersync_apply_fn,
-    ctx: *mut c_void,
+    ops: *const sersync_apply_ops,
     count: *mut u32,
 ) -> c_int {
     boundary(|| {
-        let Some(f) = f else { return sersync_rc::SERSYNC_E_NULL };
+        // SAFETY: NULL checked; validity per sersync.h.
+        let Some(ops) = (unsafe { ops.as_ref() }) else { return sersync_rc::SERSYNC_E_NULL };
+        let (Some(on_contact), Some(on_alias)) = (ops.contact, ops.alias) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
         // SAFETY: payload has len bytes per sersync.h.
         let Some(text) = (unsafe { bytes(&sersync_str { s: payload, len }) }) else {
             return sersync_rc::SERSYNC_E_NULL;
@@ -328,10 +393,14 @@ pub unsafe extern "C" fn sersync_apply_decode(
         let mut applied = 0u32;
         let mut rc = sersync_rc::SERSYNC_OK;
         for r in &records {
-            let Record::Contact { op, contact } = r;
-            let view = contact_view(*op, contact);
-            // SAFETY: view borrows `contact`, alive across the call.
-            if unsafe { f(ctx, &view) } < 0 {
+            // SAFETY: each view borrows `r`, alive across its call.
+            let ok = match r {
+                Record::Contact { op, contact } => (unsafe { on_contact(ops.ctx, &contact_view(*op, contact)) }) >= 0,
+                Record::Alias { op, alias } => (unsafe { on_alias(ops.ctx, &alias_view(*op, alias)) }) >= 0,
+                // Never journaled, so never sent; nothing to apply.
+                Record::AliasScan { .. } => true,
+            };
+            if !ok {
                 rc = sersync_rc::SERSYNC_E_CALLBACK;
                 break;
             }
@@ -360,6 +429,8 @@ const _SIGNATURES: () = {
         [sys::sersync_engine_run, sersync_engine_run];
     let _: [unsafe extern "C" fn(*mut sersync_shared, *mut sersync_status) -> c_int; 2] =
         [sys::sersync_status_read, sersync_status_read];
-    let _: [unsafe extern "C" fn(*const c_char, usize, sersync_apply_fn, *mut c_void, *mut u32) -> c_int; 2] =
+    let _: [unsafe extern "C" fn(*mut sersync_shared, *const sersync_alias) -> c_int; 2] =
+        [sys::sersync_publish_alias, sersync_publish_alias];
+    let _: [unsafe extern "C" fn(*const c_char, usize, *const sersync_apply_ops, *mut u32) -> c_int; 2] =
         [sys::sersync_apply_decode, sersync_apply_decode];
 };
