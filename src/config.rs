@@ -28,7 +28,16 @@ pub struct Config {
     pub fifo_reply_dir: PathBuf,
     /// SER's SQLite database for the fallback path.
     pub database: Option<PathBuf>,
+    /// Journal entries older than this are dropped even if a peer has not
+    /// acknowledged them; such a peer gets a snapshot.
+    pub retention_ms: u64,
+    /// At most this many entries are kept (0 = no limit).
+    pub retention_records: u64,
 }
+
+/// Defaults for retention: a day, or a million changes.
+pub const RETENTION_MS: u64 = 24 * 3600 * 1000;
+pub const RETENTION_RECORDS: u64 = 1_000_000;
 
 /// The raw modparam strings.
 #[derive(Clone, Debug, Default)]
@@ -127,6 +136,8 @@ impl RawConfig {
             door,
             fifo_reply_dir,
             database,
+            retention_ms: RETENTION_MS,
+            retention_records: RETENTION_RECORDS,
         })
     }
 }

@@ -21,11 +21,25 @@ use crate::record::{Change, Record};
 use crate::wire::codec;
 
 /// Schema version this code writes (PRAGMA user_version).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 pub struct Journal {
     conn: Connection,
     path: PathBuf,
+}
+
+/// Keeps the newer of two versions of a key: last writer wins on
+/// (hlc, origin). Executes to 0 rows when the held version is newer.
+const STATE_LWW: &str = "INSERT INTO state (key, hlc, origin, body) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT(key) DO UPDATE SET hlc = excluded.hlc, origin = excluded.origin, body = excluded.body
+     WHERE excluded.hlc > state.hlc OR (excluded.hlc = state.hlc AND excluded.origin > state.origin)";
+
+/// One row of a snapshot: a key's latest version and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapRow {
+    pub origin: String,
+    pub hlc: u64,
+    pub record: Record,
 }
 
 /// A remote change staged for applying.
@@ -140,6 +154,19 @@ impl Journal {
                  PRAGMA user_version = 1;",
             )?;
         }
+        if version < 2 {
+            // meta.seq_floor: the highest sequence ever trimmed, so the
+            // sequence never restarts when the log is emptied.
+            // snapshot_in: progress of a snapshot being received.
+            tx.execute_batch(
+                "CREATE TABLE meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+                 CREATE TABLE snapshot_in (
+                     origin TEXT PRIMARY KEY,
+                     upto INTEGER NOT NULL,
+                     after_key BLOB NOT NULL);
+                 PRAGMA user_version = 2;",
+            )?;
+        }
         tx.commit()
     }
 
@@ -164,18 +191,11 @@ impl Journal {
         let sq = |source| JournalError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
         let mut appended = 0;
+        let mut seq = Self::last_seq_in(&tx).map_err(sq)?;
         {
             let mut same = tx.prepare_cached("SELECT body = ?2 FROM state WHERE key = ?1").map_err(sq)?;
-            let mut ins = tx.prepare_cached("INSERT INTO log (hlc, body) VALUES (?1, ?2)").map_err(sq)?;
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT INTO state (key, hlc, origin, body) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT(key) DO UPDATE SET hlc = excluded.hlc, origin = excluded.origin,
-                        body = excluded.body
-                     WHERE excluded.hlc > state.hlc
-                        OR (excluded.hlc = state.hlc AND excluded.origin > state.origin)",
-                )
-                .map_err(sq)?;
+            let mut ins = tx.prepare_cached("INSERT INTO log (seq, hlc, body) VALUES (?1, ?2, ?3)").map_err(sq)?;
+            let mut st = tx.prepare_cached(STATE_LWW).map_err(sq)?;
             let mut body = Vec::with_capacity(512);
             for (hlc, rec) in records {
                 body.clear();
@@ -186,14 +206,14 @@ impl Journal {
                 if unchanged {
                     continue;
                 }
-                ins.execute(params![*hlc as i64, body]).map_err(sq)?;
+                seq += 1;
+                ins.execute(params![seq as i64, *hlc as i64, body]).map_err(sq)?;
                 st.execute(params![key, *hlc as i64, node_id, body]).map_err(sq)?;
                 appended += 1;
             }
         }
-        let last: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM log", [], |r| r.get(0)).map_err(sq)?;
         tx.commit().map_err(sq)?;
-        Ok((last as u64, appended))
+        Ok((seq, appended))
     }
 
     /// Keys of the aliases of `table` that the state holds as present.
@@ -228,11 +248,168 @@ impl Journal {
         Ok(body.and_then(|b| codec::decode(&b).ok()))
     }
 
+    fn last_seq_in(conn: &Connection) -> Result<u64, rusqlite::Error> {
+        conn.query_row(
+            "SELECT max(coalesce((SELECT max(seq) FROM log), 0),
+                        coalesce((SELECT v FROM meta WHERE k = 'seq_floor'), 0))",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|v| v as u64)
+    }
+
+    /// The highest local sequence ever issued (trimmed or not).
     pub fn last_seq(&self) -> Result<u64, JournalError> {
+        Self::last_seq_in(&self.conn).map_err(|e| self.err(e))
+    }
+
+    /// The lowest local sequence still in the log; `last_seq + 1` if the
+    /// log is empty. A peer that needs anything below it gets a snapshot.
+    pub fn first_available(&self) -> Result<u64, JournalError> {
+        let min: Option<i64> =
+            self.conn.query_row("SELECT min(seq) FROM log", [], |r| r.get(0)).map_err(|e| self.err(e))?;
+        match min {
+            Some(m) => Ok(m as u64),
+            None => Ok(self.last_seq()? + 1),
+        }
+    }
+
+    /// Removes log entries up to `upto` (every peer has them, or retention
+    /// ended for them). The state table keeps the latest version of every
+    /// key, which is what a snapshot sends. Returns entries removed.
+    pub fn trim(&mut self, upto: u64) -> Result<usize, JournalError> {
+        let path = self.path.display().to_string();
+        let sq = |source| JournalError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
+        let n = tx.execute("DELETE FROM log WHERE seq <= ?1", [upto as i64]).map_err(sq)?;
+        if n > 0 {
+            tx.execute(
+                "INSERT INTO meta (k, v) VALUES ('seq_floor', ?1)
+                 ON CONFLICT(k) DO UPDATE SET v = max(v, excluded.v)",
+                [upto as i64],
+            )
+            .map_err(sq)?;
+        }
+        tx.commit().map_err(sq)?;
+        Ok(n)
+    }
+
+    /// Highest sequence among entries older than `hlc` (for age-based
+    /// retention).
+    pub fn last_seq_before(&self, hlc: u64) -> Result<u64, JournalError> {
         self.conn
-            .query_row("SELECT coalesce(max(seq), 0) FROM log", [], |r| r.get::<_, i64>(0))
+            .query_row("SELECT coalesce(max(seq), 0) FROM log WHERE hlc < ?1", [hlc as i64], |r| r.get::<_, i64>(0))
             .map(|v| v as u64)
             .map_err(|e| self.err(e))
+    }
+
+    pub fn log_len(&self) -> Result<u64, JournalError> {
+        self.conn
+            .query_row("SELECT count(*) FROM log", [], |r| r.get::<_, i64>(0))
+            .map(|v| v as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn state_len(&self) -> Result<u64, JournalError> {
+        self.conn
+            .query_row("SELECT count(*) FROM state", [], |r| r.get::<_, i64>(0))
+            .map(|v| v as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// The lowest acknowledged position among every peer ever seen.
+    pub fn min_acked(&self) -> Result<Option<u64>, JournalError> {
+        self.conn
+            .query_row("SELECT min(acked) FROM peer_acked", [], |r| r.get::<_, Option<i64>>(0))
+            .map(|v| v.map(|a| a as u64))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Forgets a peer's position (it no longer holds back trimming).
+    pub fn forget_peer(&mut self, peer: &str) -> Result<(), JournalError> {
+        self.conn.execute("DELETE FROM peer_acked WHERE node_id = ?1", [peer]).map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    /// State rows with keys after `after_key`, in key order, at most
+    /// `limit`: one chunk of a snapshot.
+    pub fn state_chunk(&self, after_key: &[u8], limit: usize) -> Result<Vec<SnapRow>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, hlc, origin, body FROM state WHERE key > ?1 ORDER BY key LIMIT ?2")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![after_key, limit as i64], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, Vec<u8>>(3)?))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, hlc, origin, body) = row.map_err(|e| self.err(e))?;
+            let record = codec::decode(&body).map_err(|detail| JournalError::BadRecord {
+                path: self.path.display().to_string(),
+                seq: -1,
+                detail: format!("state key {key:?}: {detail}"),
+            })?;
+            out.push(SnapRow { origin, hlc: hlc as u64, record });
+        }
+        Ok(out)
+    }
+
+    /// Where a snapshot from `origin` stopped, if one is in progress:
+    /// (the sender's sequence it is consistent with, last key received).
+    pub fn snapshot_progress(&self, origin: &str) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
+        self.conn
+            .query_row("SELECT upto, after_key FROM snapshot_in WHERE origin = ?1", [origin], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+            })
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Stages one snapshot chunk from `origin` in one transaction: each
+    /// row enters the inbox unless the state holds a newer version (last
+    /// writer wins on (hlc, origin of the row)). Records the progress; the
+    /// last chunk sets the position held from `origin` to `upto`, so the
+    /// live stream continues after it. Durable on return.
+    pub fn stage_snapshot(&mut self, origin: &str, upto: u64, rows: &[SnapRow], last: bool) -> Result<StageOutcome, JournalError> {
+        let path = self.path.display().to_string();
+        let sq = |source| JournalError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
+        let mut out = StageOutcome { upto, ..Default::default() };
+        {
+            let mut st = tx.prepare_cached(STATE_LWW).map_err(sq)?;
+            let mut ins =
+                tx.prepare_cached("INSERT INTO inbox (origin, hlc, body) VALUES (?1, ?2, ?3)").map_err(sq)?;
+            let mut body = Vec::with_capacity(512);
+            for row in rows {
+                out.fresh += 1;
+                body.clear();
+                codec::encode_into(&row.record, &mut body).expect("encoding into a Vec cannot fail");
+                if st.execute(params![row.record.key(), row.hlc as i64, row.origin, body]).map_err(sq)? == 0 {
+                    out.superseded += 1;
+                    continue;
+                }
+                ins.execute(params![row.origin, row.hlc as i64, body]).map_err(sq)?;
+            }
+        }
+        if last {
+            tx.execute("DELETE FROM snapshot_in WHERE origin = ?1", [origin]).map_err(sq)?;
+            tx.execute(
+                "INSERT INTO received (origin, seq) VALUES (?1, ?2)
+                 ON CONFLICT(origin) DO UPDATE SET seq = max(seq, excluded.seq)",
+                params![origin, upto as i64],
+            )
+            .map_err(sq)?;
+        } else if let Some(lastrow) = rows.last() {
+            tx.execute(
+                "INSERT INTO snapshot_in (origin, upto, after_key) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(origin) DO UPDATE SET upto = excluded.upto, after_key = excluded.after_key",
+                params![origin, upto as i64, lastrow.record.key()],
+            )
+            .map_err(sq)?;
+        }
+        tx.commit().map_err(sq)?;
+        Ok(out)
     }
 
     /// Local changes after `after`, at most `limit`, in sequence order.
@@ -313,15 +490,7 @@ impl Journal {
             .unwrap_or(0) as u64;
         let mut out = StageOutcome { upto: held, ..Default::default() };
         {
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT INTO state (key, hlc, origin, body) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT(key) DO UPDATE SET hlc = excluded.hlc, origin = excluded.origin,
-                        body = excluded.body
-                     WHERE excluded.hlc > state.hlc
-                        OR (excluded.hlc = state.hlc AND excluded.origin > state.origin)",
-                )
-                .map_err(sq)?;
+            let mut st = tx.prepare_cached(STATE_LWW).map_err(sq)?;
             let mut ins =
                 tx.prepare_cached("INSERT INTO inbox (origin, hlc, body) VALUES (?1, ?2, ?3)").map_err(sq)?;
             let mut body = Vec::with_capacity(512);

@@ -21,7 +21,7 @@ use crate::journal::Journal;
 use crate::log::{self, RateLimit};
 use crate::status::{PeerState, Status};
 use crate::wire::auth::{self, Nonce, Role, Transcript};
-use crate::wire::{Frame, FrameReader, MAGIC, VERSION};
+use crate::wire::{Frame, FrameReader, SnapshotResume, MAGIC, VERSION};
 
 const WAKER: Token = Token(0);
 const LISTENER: Token = Token(1);
@@ -39,6 +39,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(100);
+/// Rows per snapshot chunk, and chunks in flight.
+const SNAPSHOT_ROWS: usize = 2000;
+const SNAPSHOT_WINDOW: u64 = 4;
+const TRIM_EVERY: Duration = Duration::from_secs(5);
 
 enum Phase {
     /// Dialer: TCP connect in progress.
@@ -71,6 +75,24 @@ struct Conn {
     next_send: u64,
     acked: u64,
     interest_writable: bool,
+    /// Dialer: a snapshot being sent before the journal stream.
+    snap: Option<SnapSend>,
+}
+
+/// Sender side of a snapshot in progress.
+struct SnapSend {
+    /// The journal position the snapshot is consistent with: the stream
+    /// continues after it.
+    upto: u64,
+    /// Last key read from the state table.
+    cursor: Vec<u8>,
+    next_chunk: u64,
+    /// Chunks sent and not yet acknowledged.
+    inflight: u64,
+    /// The chunk flagged last has been sent.
+    all_sent: bool,
+    rows_sent: u64,
+    rows_total: u64,
 }
 
 /// What a handler decides about its connection.
@@ -105,6 +127,7 @@ pub struct Net {
     next_token: usize,
     shared: Option<Arc<crate::queue::Shared>>,
     last_status: Instant,
+    last_trim: Instant,
 }
 
 static STAGE_ERR: RateLimit = RateLimit::new(1000);
@@ -152,6 +175,7 @@ impl Net {
             next_token: FIRST_CONN,
             shared,
             last_status: now - TICK,
+            last_trim: now,
         };
         Ok((net, waker))
     }
@@ -177,6 +201,7 @@ impl Net {
             }
             self.timers();
             self.pump_all();
+            self.trim();
             self.publish_status(false);
         }
         for t in self.conns.keys().copied().collect::<Vec<_>>() {
@@ -384,7 +409,7 @@ impl Net {
                 c.phase = Phase::AwaitWelcome { nonce_a: nonce, nonce_d };
                 Verdict::Continue
             }
-            (Side::Dial { peer }, Phase::AwaitWelcome { nonce_a, nonce_d }, Frame::Welcome { tag, resume_after }) => {
+            (Side::Dial { peer }, Phase::AwaitWelcome { nonce_a, nonce_d }, Frame::Welcome { tag, resume_after, snapshot }) => {
                 let peer = *peer;
                 let tr = Transcript { nonce_a, nonce_d, dialer: &me, acceptor: &c.remote_id };
                 if !auth::verify(&self.cfg.secret, Role::Acceptor, &tr, &tag) {
@@ -403,6 +428,20 @@ impl Net {
                 }
                 if let Err(e) = self.journal.set_acked(&remote, resume_after) {
                     log::error(format_args!("{e}"));
+                }
+                match self.plan_snapshot(resume_after, snapshot) {
+                    Ok(Some(snap)) => {
+                        log::info(format_args!(
+                            "peer {remote} needs changes before our journal's start: sending a snapshot of {} keys consistent with sequence {}{}",
+                            snap.rows_total,
+                            snap.upto,
+                            if snap.cursor.is_empty() { "" } else { " (resuming an interrupted one)" }
+                        ));
+                        let c = self.conns.get_mut(&t).expect("still open");
+                        c.snap = Some(snap);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Verdict::Close(format!("journal: {e}")),
                 }
                 let p = &mut self.peers[peer];
                 p.backoff = BACKOFF_MIN;
@@ -463,16 +502,17 @@ impl Net {
                     let _ = c.write_now();
                     return Verdict::Refused(format!("peer claiming to be {node_id} failed authentication: different secret?"));
                 }
-                let resume_after = match self.journal.received_upto(&node_id) {
-                    Ok(v) => v,
-                    Err(e) => return Verdict::Close(format!("journal: {e}")),
-                };
+                let (resume_after, snapshot) =
+                    match (self.journal.received_upto(&node_id), self.journal.snapshot_progress(&node_id)) {
+                        (Ok(v), Ok(p)) => (v, p.map(|(upto, after_key)| SnapshotResume { upto, after_key })),
+                        (Err(e), _) | (_, Err(e)) => return Verdict::Close(format!("journal: {e}")),
+                    };
                 let mine = Role::Acceptor;
                 let reply = auth::tag(&self.cfg.secret, mine, &tr);
                 c.remote_id = node_id.clone();
                 c.phase = Phase::Streaming;
                 c.deadline = None;
-                c.send(&Frame::Welcome { tag: reply, resume_after });
+                c.send(&Frame::Welcome { tag: reply, resume_after, snapshot });
                 // A newer connection from the same node replaces an old one
                 // (the peer reconnected before we noticed the old one died).
                 let stale: Vec<Token> = self
@@ -490,6 +530,49 @@ impl Net {
             (Side::Accept, Phase::Streaming, Frame::Batch { changes }) => {
                 let origin = c.remote_id.clone();
                 self.receive_batch(t, &origin, changes)
+            }
+            (Side::Accept, Phase::Streaming, Frame::SnapshotChunk { upto, chunk, rows, last }) => {
+                let origin = c.remote_id.clone();
+                if let Some(max) = rows.iter().map(|r| r.hlc).max() {
+                    self.hlc.lock().unwrap_or_else(|p| p.into_inner()).observe(max);
+                }
+                match self.journal.stage_snapshot(&origin, upto, &rows, last) {
+                    Ok(out) => {
+                        if out.fresh > out.superseded {
+                            let n = (out.fresh - out.superseded) as u64;
+                            self.status.counters.apply_pending.fetch_add(n, Ordering::Relaxed);
+                            let _ = self.apply_notify.try_send(());
+                        }
+                        if last {
+                            log::info(format_args!("snapshot from {origin} complete at its sequence {upto}"));
+                        } else if chunk % 50 == 0 {
+                            log::info(format_args!("snapshot from {origin}: {} chunks staged", chunk + 1));
+                        }
+                        let c = self.conns.get_mut(&t).expect("still open");
+                        c.send(&Frame::SnapshotAck { chunk });
+                        Verdict::Continue
+                    }
+                    // The sender resumes after the last chunk staged.
+                    Err(e) => Verdict::Close(format!("cannot stage snapshot from {origin}: {e}")),
+                }
+            }
+            (Side::Dial { peer }, Phase::Streaming, Frame::SnapshotAck { .. }) if c.snap.is_some() => {
+                let peer = *peer;
+                let snap = c.snap.as_mut().expect("guarded");
+                snap.inflight = snap.inflight.saturating_sub(1);
+                if snap.all_sent && snap.inflight == 0 {
+                    let upto = snap.upto;
+                    log::info(format_args!("snapshot to {} complete ({} rows)", c.remote_id, snap.rows_sent));
+                    c.snap = None;
+                    c.next_send = upto;
+                    c.acked = upto;
+                    let remote = c.remote_id.clone();
+                    if let Err(e) = self.journal.set_acked(&remote, upto) {
+                        log::error(format_args!("{e}"));
+                    }
+                    self.status.with_peer(peer, |s| s.acked = upto);
+                }
+                Verdict::Continue
             }
             (_, _, f) => Verdict::Close(format!("unexpected {} frame", frame_name(&f))),
         }
@@ -536,7 +619,33 @@ impl Net {
                 continue;
             }
             self.peers[idx].resend_at = None;
+            self.pump_snapshot(idx, t);
+            // Retention may have trimmed entries this peer still needs.
+            if let Some(c) = self.conns.get(&t) {
+                if matches!(c.phase, Phase::Streaming) && c.snap.is_none() {
+                    let first = self.journal.first_available().unwrap_or(0);
+                    if c.next_send + 1 < first {
+                        let next = c.next_send;
+                        match self.plan_snapshot(next, None) {
+                            Ok(snap) => {
+                                let c = self.conns.get_mut(&t).expect("checked");
+                                log::warn(format_args!(
+                                    "peer {} fell behind the journal's retention: switching to a snapshot",
+                                    c.remote_id
+                                ));
+                                c.acked = c.acked.min(next);
+                                c.snap = snap;
+                            }
+                            Err(e) => log::error(format_args!("{e}")),
+                        }
+                        continue;
+                    }
+                }
+            }
             while let Some(c) = self.conns.get_mut(&t) {
+                if c.snap.is_some() {
+                    break;
+                }
                 if !matches!(c.phase, Phase::Streaming)
                     || c.next_send >= last
                     || c.next_send - c.acked >= WINDOW_RECORDS
@@ -559,6 +668,80 @@ impl Net {
                 self.status.with_peer(idx, |s| s.sent += n);
             }
             self.flush(t);
+        }
+    }
+
+    /// Whether a peer positioned after `resume_after` needs a snapshot,
+    /// and which: an interrupted one continues when the journal still
+    /// holds every change since its sequence.
+    fn plan_snapshot(&self, resume_after: u64, resume: Option<SnapshotResume>) -> Result<Option<SnapSend>, crate::error::JournalError> {
+        let first = self.journal.first_available()?;
+        let last = self.journal.last_seq()?;
+        if resume_after + 1 >= first || resume_after >= last {
+            return Ok(None);
+        }
+        let rows_total = self.journal.state_len()?;
+        let (upto, cursor) = match resume {
+            Some(r) if r.upto + 1 >= first && r.upto <= last => (r.upto, r.after_key),
+            _ => (last, Vec::new()),
+        };
+        Ok(Some(SnapSend { upto, cursor, next_chunk: 0, inflight: 0, all_sent: false, rows_sent: 0, rows_total }))
+    }
+
+    /// Sends snapshot chunks while the window allows.
+    fn pump_snapshot(&mut self, idx: usize, t: Token) {
+        while let Some(c) = self.conns.get_mut(&t) {
+            let Some(snap) = c.snap.as_mut() else { return };
+            if snap.all_sent || snap.inflight >= SNAPSHOT_WINDOW || c.out.len() - c.out_pos >= MAX_OUTBUF {
+                return;
+            }
+            let rows = match self.journal.state_chunk(&snap.cursor, SNAPSHOT_ROWS) {
+                Ok(r) => r,
+                Err(e) => {
+                    log::error(format_args!("reading state for a snapshot: {e}"));
+                    return;
+                }
+            };
+            let last = rows.len() < SNAPSHOT_ROWS;
+            if let Some(r) = rows.last() {
+                snap.cursor = r.record.key();
+            }
+            snap.rows_sent += rows.len() as u64;
+            snap.all_sent = last;
+            snap.inflight += 1;
+            let chunk = snap.next_chunk;
+            snap.next_chunk += 1;
+            let upto = snap.upto;
+            let n = rows.len() as u64;
+            c.send(&Frame::SnapshotChunk { upto, chunk, rows, last });
+            self.status.with_peer(idx, |s| s.sent += n);
+        }
+    }
+
+    /// Drops journal entries every peer holds, and those past retention.
+    fn trim(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.last_trim) < TRIM_EVERY {
+            return;
+        }
+        self.last_trim = now;
+        let result = (|| -> Result<usize, crate::error::JournalError> {
+            let last = self.journal.last_seq()?;
+            let mut upto = self.journal.min_acked()?.unwrap_or(0).min(last);
+            let cutoff = crate::hlc::wall_ms().saturating_sub(self.cfg.retention_ms) << 16;
+            upto = upto.max(self.journal.last_seq_before(cutoff)?);
+            if self.cfg.retention_records > 0 {
+                upto = upto.max(last.saturating_sub(self.cfg.retention_records));
+            }
+            if upto < self.journal.first_available()? {
+                return Ok(0);
+            }
+            self.journal.trim(upto)
+        })();
+        match result {
+            Ok(0) => {}
+            Ok(n) => log::debug(format_args!("journal: trimmed {n} entries")),
+            Err(e) => log::error(format_args!("journal trim: {e}")),
         }
     }
 
@@ -672,6 +855,8 @@ fn frame_name(f: &Frame) -> &'static str {
         Frame::Batch { .. } => "batch",
         Frame::Ack { .. } => "ack",
         Frame::TempFail { .. } => "temporary-failure",
+        Frame::SnapshotChunk { .. } => "snapshot-chunk",
+        Frame::SnapshotAck { .. } => "snapshot-ack",
     }
 }
 
@@ -691,6 +876,7 @@ impl Conn {
             next_send: 0,
             acked: 0,
             interest_writable: false,
+            snap: None,
         }
     }
 

@@ -57,6 +57,7 @@ struct Node {
     /// What this node's "SER" holds: local changes are written here
     /// directly (as save() would), remote ones by the engine's applier.
     table: Table,
+    retention_records: Option<u64>,
 }
 
 fn free_port() -> u16 {
@@ -78,7 +79,10 @@ fn config(id: &str, port: u16, peers: &[u16], dir: &Path) -> sersync::config::Co
 
 impl Node {
     fn start(&mut self) {
-        let cfg = config(&self.id, self.port, &self.peers, self.dir.path());
+        let mut cfg = config(&self.id, self.port, &self.peers, self.dir.path());
+        if let Some(n) = self.retention_records {
+            cfg.retention_records = n;
+        }
         let sink = Box::new(MemorySink(self.table.clone()));
         self.engine = Some(Engine::start(cfg, self.shared.clone(), Some(sink)).unwrap());
     }
@@ -138,6 +142,7 @@ fn cluster(n: usize) -> Vec<Node> {
             shared: Arc::new(Shared::create(1 << 14).unwrap()),
             engine: None,
             table: Arc::default(),
+            retention_records: None,
         })
         .collect();
     for node in &mut nodes {
@@ -295,4 +300,50 @@ fn alias_scans_journal_changes_only_and_find_deletions() {
     // Unchanged rows were not journaled again: 3 adds + 1 deletion.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(nodes[0].engine.as_ref().unwrap().status().journaled, 4);
+}
+
+fn journal_len(node: &Node) -> (u64, u64) {
+    let j = sersync::journal::Journal::open(&node.dir.path().join("journal.db")).unwrap();
+    (j.log_len().unwrap(), j.last_seq().unwrap())
+}
+
+#[test]
+fn a_peer_beyond_retention_gets_a_snapshot_and_the_journal_stays_bounded() {
+    let mut nodes = cluster(2);
+    nodes[1].stop();
+    nodes[0].stop();
+    nodes[0].retention_records = Some(100);
+    nodes[0].start();
+    // 3000 changes while node 2 is down: far beyond the 100 kept.
+    for u in 0..2500 {
+        nodes[0].register(u, 1);
+    }
+    for u in 0..500 {
+        nodes[0].unregister(u);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while journal_len(&nodes[0]).1 < 3000 || journal_len(&nodes[0]).0 > 100 {
+        assert!(Instant::now() < deadline, "journal not trimmed to retention: {:?}", journal_len(&nodes[0]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Node 2 comes back with its journal; the changes it missed are gone
+    // from node 1's journal, so it gets node 1's state as a snapshot.
+    nodes[1].start();
+    wait_converged(&nodes, Duration::from_secs(30));
+    assert_eq!(nodes[1].table.lock().unwrap().len(), 2000);
+    // Changes after the snapshot stream as usual.
+    nodes[0].register(9999, 1);
+    nodes[1].register(9999, 1);
+    wait_converged(&nodes, Duration::from_secs(10));
+    // With every peer caught up, the journal trims to nothing while the
+    // sequence goes on.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while journal_len(&nodes[0]).0 > 0 {
+        assert!(Instant::now() < deadline, "acknowledged entries not trimmed: {:?}", journal_len(&nodes[0]));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(journal_len(&nodes[0]).1, 3001);
+    nodes[0].register(10000, 1);
+    wait_converged(&nodes, Duration::from_secs(10));
+    assert_eq!(journal_len(&nodes[0]).1, 3002);
 }

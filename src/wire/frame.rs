@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::{Nonce, Tag};
 use super::codec;
 use crate::error::WireError;
+use crate::journal::SnapRow;
 use crate::record::Change;
 
 pub const MAGIC: [u8; 4] = *b"SSYN";
@@ -18,11 +19,25 @@ pub const MAX_FRAME: usize = 16 << 20;
 pub enum Frame {
     Challenge { magic: [u8; 4], version: u16, node_id: String, nonce: Nonce },
     Hello { magic: [u8; 4], version: u16, node_id: String, nonce: Nonce, tag: Tag },
-    Welcome { tag: Tag, resume_after: u64 },
+    /// `snapshot`: a snapshot from this dialer was interrupted; the
+    /// acceptor holds it up to this key, consistent with that sequence.
+    Welcome { tag: Tag, resume_after: u64, snapshot: Option<SnapshotResume> },
     Refuse { reason: String },
     Batch { changes: Vec<Change> },
     Ack { upto: u64 },
     TempFail { upto: u64, reason: String },
+    /// Part of a snapshot of the sender's state, consistent with (and to
+    /// be followed by) its journal after `upto`. Rows come in key order.
+    SnapshotChunk { upto: u64, chunk: u64, rows: Vec<SnapRow>, last: bool },
+    /// The chunk is durably staged.
+    SnapshotAck { chunk: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotResume {
+    pub upto: u64,
+    #[serde(with = "serde_bytes")]
+    pub after_key: Vec<u8>,
 }
 
 impl Frame {

@@ -14,9 +14,15 @@
 //!
 //! Then dialer → `Batch`; acceptor → `Ack { upto }` once the batch is
 //! durably staged, or `TempFail { upto, reason }`: resend after `upto`.
+//!
+//! When the acceptor needs changes the dialer's journal no longer holds
+//! (a new node, or one down longer than the retention), the dialer first
+//! sends its whole state as `SnapshotChunk`s (acknowledged one by one with
+//! `SnapshotAck`), then its journal after the snapshot's sequence. An
+//! interrupted snapshot resumes after the last key the acceptor staged.
 
 pub mod auth;
 pub mod codec;
 pub mod frame;
 
-pub use frame::{Frame, FrameReader, MAGIC, MAX_FRAME, VERSION};
+pub use frame::{Frame, FrameReader, SnapshotResume, MAGIC, MAX_FRAME, VERSION};
