@@ -238,6 +238,19 @@ impl Journal {
         Ok(out)
     }
 
+    /// Whether the state still holds the version (hlc, origin) of `key`.
+    pub fn is_current(&self, key: &[u8], hlc: u64, origin: &str) -> Result<bool, JournalError> {
+        self.conn
+            .query_row(
+                "SELECT hlc = ?2 AND origin = ?3 FROM state WHERE key = ?1",
+                params![key, hlc as i64, origin],
+                |r| r.get::<_, bool>(0),
+            )
+            .optional()
+            .map(|v| v.unwrap_or(true))
+            .map_err(|e| self.err(e))
+    }
+
     /// The record the state holds for `key`, if any.
     pub fn state_of(&self, key: &[u8]) -> Result<Option<Record>, JournalError> {
         let body: Option<Vec<u8>> = self

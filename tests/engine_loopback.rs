@@ -347,3 +347,32 @@ fn a_peer_beyond_retention_gets_a_snapshot_and_the_journal_stays_bounded() {
     wait_converged(&nodes, Duration::from_secs(10));
     assert_eq!(journal_len(&nodes[0]).1, 3002);
 }
+
+#[test]
+fn concurrent_changes_to_one_contact_converge_on_the_last_writer() {
+    let nodes = cluster(3);
+    // The same contact (same AOR and URI) changed on all three nodes at
+    // once, with different fields, several rounds.
+    for round in 0..20 {
+        for (i, n) in nodes.iter().enumerate() {
+            let mut c = contact("shared", 1, round * 10 + i as i32);
+            c.user_agent = format!("{}-round{round}", n.id).into_bytes();
+            n.table.lock().unwrap().insert((c.aor.clone(), c.contact.clone()), c.clone());
+            n.shared.publish(&RecordRef::Contact { op: Op::Upsert, contact: c.as_ref() }).unwrap();
+        }
+    }
+    // De-registered on one node while refreshed on another.
+    let gone = contact("shared", 2, 1);
+    for n in &nodes {
+        n.table.lock().unwrap().insert((gone.aor.clone(), gone.contact.clone()), gone.clone());
+        n.shared.publish(&RecordRef::Contact { op: Op::Upsert, contact: gone.as_ref() }).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    nodes[0].table.lock().unwrap().remove(&(gone.aor.clone(), gone.contact.clone()));
+    nodes[0].shared.publish(&RecordRef::Contact { op: Op::Delete, contact: gone.as_ref() }).unwrap();
+    wait_converged(&nodes, Duration::from_secs(20));
+    let t = nodes[0].table.lock().unwrap();
+    let winner = &t[&(b"shared-user1".to_vec(), b"sip:shared-user1@192.0.2.1:5060".to_vec())];
+    assert!(String::from_utf8_lossy(&winner.user_agent).ends_with("round19"), "{winner:?}");
+    assert!(!t.contains_key(&(gone.aor.clone(), gone.contact.clone())), "the later deletion wins");
+}

@@ -66,7 +66,20 @@ impl Applier {
                 continue;
             };
             let last_id = last.id;
-            let records: Vec<Record> = staged.into_iter().map(|s| s.record).collect();
+            // A change staged as the newest version of its key may have
+            // been overtaken since (a local change, or another peer's):
+            // applying it now would put an older version back.
+            let records: Vec<Record> = staged
+                .into_iter()
+                .filter(|s| self.journal.is_current(&s.record.key(), s.hlc, &s.origin).unwrap_or(true))
+                .map(|s| s.record)
+                .collect();
+            if records.is_empty() {
+                if let Err(e) = self.journal.inbox_done(last_id) {
+                    log::error(format_args!("{e}"));
+                }
+                continue;
+            }
             let outcome = match self.primary.apply(&records) {
                 Ok(()) => {
                     door_failing_since = None;
