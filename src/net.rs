@@ -753,6 +753,11 @@ impl Net {
         if let Err(e) = c.write_now() {
             return self.close(t, Verdict::Close(format!("write: {e}")));
         }
+        // Output only grows this far when the peer stops reading (we stop
+        // producing batches at MAX_OUTBUF): bound the memory it can cost.
+        if c.out.len() - c.out_pos > 2 * MAX_OUTBUF {
+            return self.close(t, Verdict::Close("peer is not reading".into()));
+        }
         let want_w = c.out_pos < c.out.len();
         if want_w != c.interest_writable {
             let interest = if want_w { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
