@@ -44,7 +44,8 @@ enum sersync_rc {
 	SERSYNC_E_DECODE = 6,     /* malformed payload */
 	SERSYNC_E_IO = 7,         /* an operating-system call failed */
 	SERSYNC_E_JOURNAL = 8,    /* the journal cannot be opened or written */
-	SERSYNC_E_CALLBACK = 9    /* an apply callback reported a failure */
+	SERSYNC_E_CALLBACK = 9,   /* an apply callback reported a failure */
+	SERSYNC_E_TIMEOUT = 10    /* not journaled within the time allowed */
 };
 
 struct sersync_str {
@@ -204,6 +205,15 @@ int sersync_publish(struct sersync_shared *sh, const struct sersync_contact *c);
  * and return codes as sersync_publish(). Called in any SER process. */
 int sersync_publish_alias(struct sersync_shared *sh,
 		const struct sersync_alias *a);
+
+/* Waits until every record this process has published so far is durably
+ * in the journal (the engine committed it), at most timeout_ms. For
+ * modparam durability "journal": called after sersync_publish() so that
+ * save() returns only once the change survives a crash. Returns
+ * SERSYNC_OK, or SERSYNC_E_TIMEOUT (the record stays queued and is
+ * journaled later, unless the engine is down). Sleeps in slices of at
+ * most 100 us; never takes a lock. */
+int sersync_journal_wait(struct sersync_shared *sh, uint32_t timeout_ms);
 
 /* Runs the engine in the calling process: journal, network, applier.
  * Copies cfg. Does not return while the engine runs; returns an error code

@@ -235,6 +235,8 @@ impl Ingest {
                 }
             }
             if pending.is_empty() {
+                // Skipped slots and scan markers are settled too.
+                self.shared.mark_durable();
                 self.shared.wait(Duration::from_millis(100));
                 continue;
             }
@@ -244,6 +246,7 @@ impl Ingest {
                     c.journaled.fetch_add(appended as u64, Ordering::Relaxed);
                     c.last_seq.store(last, Ordering::Release);
                     pending.clear();
+                    self.shared.mark_durable();
                     retry = Duration::from_millis(100);
                     let _ = self.waker.wake();
                 }

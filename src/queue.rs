@@ -37,6 +37,8 @@ struct Header {
     tail: Padded,
     head: Padded,
     dropped: Padded,
+    /// Queue positions below this are durably journaled (or were skipped).
+    durable: Padded,
     sleeping: AtomicU32,
     eventfd: AtomicI32,
     status_seq: AtomicU64,
@@ -50,6 +52,9 @@ struct Slot {
     _pad: u32,
     data: [u8; SLOT_DATA],
 }
+
+/// Highest queue position + 1 this process published.
+static LAST_PUBLISHED: AtomicU64 = AtomicU64::new(0);
 
 /// The shared region: queue header, status area and slots.
 pub struct Shared {
@@ -143,7 +148,11 @@ impl Shared {
     /// Producer side: encodes `rec` into a free slot. Never blocks.
     pub fn publish(&self, rec: &RecordRef) -> Result<(), QueueError> {
         let h = self.header();
-        let result = self.try_publish(rec);
+        let result = self.try_publish(rec).map(|pos| {
+            // One SIP worker is one single-threaded process: a process-wide
+            // high-water mark is exactly "what this worker published".
+            LAST_PUBLISHED.fetch_max(pos + 1, Ordering::Relaxed);
+        });
         match &result {
             Ok(()) => {
                 fence(Ordering::SeqCst);
@@ -161,7 +170,7 @@ impl Shared {
         result
     }
 
-    fn try_publish(&self, rec: &RecordRef) -> Result<(), QueueError> {
+    fn try_publish(&self, rec: &RecordRef) -> Result<u64, QueueError> {
         let h = self.header();
         let mut pos = h.tail.0.load(Ordering::Relaxed);
         loop {
@@ -191,7 +200,36 @@ impl Shared {
         };
         slot.len.store(len, Ordering::Relaxed);
         slot.seq.store(pos + 1, Ordering::Release);
-        out
+        out.map(|()| pos)
+    }
+
+    /// Consumer side: every record popped so far is durable.
+    pub fn mark_durable(&self) {
+        let h = self.header();
+        h.durable.0.store(h.head.0.load(Ordering::Relaxed), Ordering::Release);
+    }
+
+    /// Producer side: waits until all this process published is durable.
+    pub fn wait_durable(&self, timeout: Duration) -> bool {
+        let want = LAST_PUBLISHED.load(Ordering::Relaxed);
+        let durable = &self.header().durable.0;
+        if durable.load(Ordering::Acquire) >= want {
+            return true;
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        let mut spins = 0u32;
+        while durable.load(Ordering::Acquire) < want {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            if spins < 200 {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        true
     }
 
     /// Consumer side: copies the next record's bytes into `out`. Returns

@@ -36,6 +36,7 @@ VAL(SERSYNC_E_DECODE, 6);
 VAL(SERSYNC_E_IO, 7);
 VAL(SERSYNC_E_JOURNAL, 8);
 VAL(SERSYNC_E_CALLBACK, 9);
+VAL(SERSYNC_E_TIMEOUT, 10);
 
 VAL(SERSYNC_OP_UPSERT, 1);
 VAL(SERSYNC_OP_DELETE, 2);
@@ -150,6 +151,8 @@ static int (*const fn_shared_create)(uint32_t, struct sersync_shared **) =
 		sersync_shared_create;
 static int (*const fn_publish)(struct sersync_shared *,
 		const struct sersync_contact *) = sersync_publish;
+static int (*const fn_journal_wait)(struct sersync_shared *, uint32_t) =
+		sersync_journal_wait;
 static int (*const fn_engine_run)(struct sersync_shared *,
 		const struct sersync_config *) = sersync_engine_run;
 static int (*const fn_status_read)(struct sersync_shared *,
@@ -166,6 +169,7 @@ int main(void)
 			(const void *)fn_config_check,
 			(const void *)fn_shared_create,
 			(const void *)fn_publish,
+			(const void *)fn_journal_wait,
 			(const void *)fn_engine_run,
 			(const void *)fn_status_read,
 			(const void *)fn_publish_alias,

@@ -376,3 +376,18 @@ fn concurrent_changes_to_one_contact_converge_on_the_last_writer() {
     assert!(String::from_utf8_lossy(&winner.user_agent).ends_with("round19"), "{winner:?}");
     assert!(!t.contains_key(&(gone.aor.clone(), gone.contact.clone())), "the later deletion wins");
 }
+
+#[test]
+fn journal_wait_returns_once_the_change_is_durable() {
+    let mut nodes = cluster(1);
+    nodes[0].stop();
+    // Engine down: nothing becomes durable, the wait times out.
+    nodes[0].register(1, 1);
+    assert!(!nodes[0].shared.wait_durable(Duration::from_millis(50)));
+    nodes[0].start();
+    assert!(nodes[0].shared.wait_durable(Duration::from_secs(5)));
+    nodes[0].register(2, 1);
+    assert!(nodes[0].shared.wait_durable(Duration::from_secs(5)));
+    // Durable means: in the journal file, readable by anyone who opens it.
+    assert_eq!(journal_len(&nodes[0]), (2, 2));
+}

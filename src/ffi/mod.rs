@@ -293,6 +293,21 @@ pub unsafe extern "C" fn sersync_publish_alias(sh: *mut sersync_shared, a: *cons
 /// # Safety
 /// See sersync.h.
 #[no_mangle]
+pub unsafe extern "C" fn sersync_journal_wait(sh: *mut sersync_shared, timeout_ms: u32) -> c_int {
+    boundary(|| {
+        // SAFETY: NULL checked; validity per sersync.h.
+        let Some(sh) = (unsafe { shared(sh) }) else { return sersync_rc::SERSYNC_E_NULL };
+        if sh.wait_durable(std::time::Duration::from_millis(timeout_ms as u64)) {
+            sersync_rc::SERSYNC_OK
+        } else {
+            sersync_rc::SERSYNC_E_TIMEOUT
+        }
+    })
+}
+
+/// # Safety
+/// See sersync.h.
+#[no_mangle]
 pub unsafe extern "C" fn sersync_engine_run(sh: *mut sersync_shared, cfg: *const sersync_config) -> c_int {
     boundary(|| {
         if sh.is_null() || cfg.is_null() {
@@ -425,6 +440,8 @@ const _SIGNATURES: () = {
         [sys::sersync_shared_create, sersync_shared_create];
     let _: [unsafe extern "C" fn(*mut sersync_shared, *const sersync_contact) -> c_int; 2] =
         [sys::sersync_publish, sersync_publish];
+    let _: [unsafe extern "C" fn(*mut sersync_shared, u32) -> c_int; 2] =
+        [sys::sersync_journal_wait, sersync_journal_wait];
     let _: [unsafe extern "C" fn(*mut sersync_shared, *const sersync_config) -> c_int; 2] =
         [sys::sersync_engine_run, sersync_engine_run];
     let _: [unsafe extern "C" fn(*mut sersync_shared, *mut sersync_status) -> c_int; 2] =
