@@ -164,6 +164,9 @@ struct sersync_peer_status {
 	uint64_t pending;   /* local records the peer has not acknowledged */
 	uint64_t lag_ms;    /* age of the oldest unacknowledged record */
 	uint64_t received;  /* records received from this peer since start */
+	uint64_t snapshot_sent;     /* rows of the snapshot being sent to it */
+	uint64_t snapshot_total;    /* rows in it (sent == total: complete) */
+	uint64_t snapshot_received; /* rows of snapshots received from it */
 };
 
 struct sersync_status {
@@ -179,6 +182,7 @@ struct sersync_status {
 	uint64_t apply_pending;   /* remote records staged, not yet applied */
 	uint64_t apply_failures;  /* apply attempts that failed (retried) */
 	uint64_t applied_via_db;  /* remote records written to SER's database */
+	uint64_t journal_entries; /* entries in the journal's log now */
 	struct sersync_peer_status peers[SERSYNC_MAX_PEERS];
 };
 

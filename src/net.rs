@@ -536,8 +536,12 @@ impl Net {
                 if let Some(max) = rows.iter().map(|r| r.hlc).max() {
                     self.hlc.lock().unwrap_or_else(|p| p.into_inner()).observe(max);
                 }
+                let nrows = rows.len() as u64;
                 match self.journal.stage_snapshot(&origin, upto, &rows, last) {
                     Ok(out) => {
+                        if let Some(idx) = self.peers.iter().position(|p| p.node_id == origin) {
+                            self.status.with_peer(idx, |s| s.snapshot_received += nrows);
+                        }
                         if out.fresh > out.superseded {
                             let n = (out.fresh - out.superseded) as u64;
                             self.status.counters.apply_pending.fetch_add(n, Ordering::Relaxed);
@@ -713,8 +717,13 @@ impl Net {
             snap.next_chunk += 1;
             let upto = snap.upto;
             let n = rows.len() as u64;
+            let (sent, total) = (snap.rows_sent, snap.rows_total.max(snap.rows_sent));
             c.send(&Frame::SnapshotChunk { upto, chunk, rows, last });
-            self.status.with_peer(idx, |s| s.sent += n);
+            self.status.with_peer(idx, |s| {
+                s.sent += n;
+                s.snapshot_sent = sent;
+                s.snapshot_total = total;
+            });
         }
     }
 
@@ -742,6 +751,9 @@ impl Net {
             Ok(0) => {}
             Ok(n) => log::debug(format_args!("journal: trimmed {n} entries")),
             Err(e) => log::error(format_args!("journal trim: {e}")),
+        }
+        if let Ok(n) = self.journal.log_len() {
+            self.status.counters.journal_entries.store(n, Ordering::Relaxed);
         }
     }
 

@@ -28,6 +28,9 @@ pub struct PeerStatus {
     pub pending: u64,
     pub lag_ms: u64,
     pub received: u64,
+    pub snapshot_sent: u64,
+    pub snapshot_total: u64,
+    pub snapshot_received: u64,
 }
 
 impl PeerStatus {
@@ -42,6 +45,9 @@ impl PeerStatus {
             pending: 0,
             lag_ms: 0,
             received: 0,
+            snapshot_sent: 0,
+            snapshot_total: 0,
+            snapshot_received: 0,
         }
     }
 }
@@ -55,6 +61,7 @@ pub struct Counters {
     pub apply_pending: AtomicU64,
     pub apply_failures: AtomicU64,
     pub applied_via_db: AtomicU64,
+    pub journal_entries: AtomicU64,
 }
 
 #[derive(Default, Debug)]
@@ -75,6 +82,7 @@ pub struct Snapshot {
     pub apply_pending: u64,
     pub apply_failures: u64,
     pub applied_via_db: u64,
+    pub journal_entries: u64,
     pub peers: Vec<PeerStatus>,
 }
 
@@ -111,6 +119,7 @@ impl Status {
             apply_pending: c.apply_pending.load(Ordering::Relaxed),
             apply_failures: c.apply_failures.load(Ordering::Relaxed),
             applied_via_db: c.applied_via_db.load(Ordering::Relaxed),
+            journal_entries: c.journal_entries.load(Ordering::Relaxed),
             peers: self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
@@ -128,6 +137,7 @@ impl Status {
         st.apply_pending = snap.apply_pending;
         st.apply_failures = snap.apply_failures;
         st.applied_via_db = snap.applied_via_db;
+        st.journal_entries = snap.journal_entries;
         st.npeers = snap.peers.len().min(MAX_PEERS) as u32;
         for (dst, p) in st.peers.iter_mut().zip(snap.peers.iter()) {
             *dst = sersync_peer_status::default();
@@ -145,6 +155,9 @@ impl Status {
             dst.pending = p.pending;
             dst.lag_ms = p.lag_ms;
             dst.received = p.received;
+            dst.snapshot_sent = p.snapshot_sent;
+            dst.snapshot_total = p.snapshot_total;
+            dst.snapshot_received = p.snapshot_received;
         }
         st
     }

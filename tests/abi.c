@@ -114,7 +114,7 @@ OFF(struct sersync_config, db_url, 96);
 OFF(struct sersync_config, fifo_reply_dir, 112);
 
 /* struct sersync_peer_status */
-SIZE(struct sersync_peer_status, 368);
+SIZE(struct sersync_peer_status, 392);
 OFF(struct sersync_peer_status, node_id, 0);
 OFF(struct sersync_peer_status, address, 64);
 OFF(struct sersync_peer_status, last_error, 160);
@@ -125,9 +125,12 @@ OFF(struct sersync_peer_status, acked, 336);
 OFF(struct sersync_peer_status, pending, 344);
 OFF(struct sersync_peer_status, lag_ms, 352);
 OFF(struct sersync_peer_status, received, 360);
+OFF(struct sersync_peer_status, snapshot_sent, 368);
+OFF(struct sersync_peer_status, snapshot_total, 376);
+OFF(struct sersync_peer_status, snapshot_received, 384);
 
 /* struct sersync_status */
-SIZE(struct sersync_status, 12072);
+SIZE(struct sersync_status, 12848);
 OFF(struct sersync_status, node_id, 0);
 OFF(struct sersync_status, last_error, 64);
 OFF(struct sersync_status, running, 224);
@@ -140,7 +143,8 @@ OFF(struct sersync_status, applied, 264);
 OFF(struct sersync_status, apply_pending, 272);
 OFF(struct sersync_status, apply_failures, 280);
 OFF(struct sersync_status, applied_via_db, 288);
-OFF(struct sersync_status, peers, 296);
+OFF(struct sersync_status, journal_entries, 296);
+OFF(struct sersync_status, peers, 304);
 
 /* every exported function, typed as declared: a signature change in the
  * header breaks this initializer, a missing export breaks the link */
