@@ -128,6 +128,10 @@ pub struct Net {
     shared: Option<Arc<crate::queue::Shared>>,
     last_status: Instant,
     last_trim: Instant,
+    /// Per origin node id: (records, snapshot rows) received. Keyed by id:
+    /// a peer's inbound connection may authenticate before our outbound
+    /// one tells us which configured address it is.
+    received_from: HashMap<String, (u64, u64)>,
 }
 
 static STAGE_ERR: RateLimit = RateLimit::new(1000);
@@ -176,6 +180,7 @@ impl Net {
             shared,
             last_status: now - TICK,
             last_trim: now,
+            received_from: HashMap::new(),
         };
         Ok((net, waker))
     }
@@ -539,9 +544,7 @@ impl Net {
                 let nrows = rows.len() as u64;
                 match self.journal.stage_snapshot(&origin, upto, &rows, last) {
                     Ok(out) => {
-                        if let Some(idx) = self.peers.iter().position(|p| p.node_id == origin) {
-                            self.status.with_peer(idx, |s| s.snapshot_received += nrows);
-                        }
+                        self.received_from.entry(origin.clone()).or_default().1 += nrows;
                         if out.fresh > out.superseded {
                             let n = (out.fresh - out.superseded) as u64;
                             self.status.counters.apply_pending.fetch_add(n, Ordering::Relaxed);
@@ -604,9 +607,7 @@ impl Net {
                 Frame::TempFail { upto, reason: "journal write failed on receiver".into() }
             }
         };
-        if let Some(idx) = self.peers.iter().position(|p| p.node_id == origin) {
-            self.status.with_peer(idx, |s| s.received += n);
-        }
+        self.received_from.entry(origin.to_string()).or_default().0 += n;
         if let Some(c) = self.conns.get_mut(&t) {
             c.send(&reply);
         }
@@ -847,10 +848,14 @@ impl Net {
             } else {
                 0
             };
+            let (received, snap_received) =
+                self.received_from.get(&self.peers[idx].node_id).copied().unwrap_or_default();
             self.status.with_peer(idx, |s| {
                 s.acked = acked;
                 s.pending = pending;
                 s.lag_ms = lag_ms;
+                s.received = received;
+                s.snapshot_received = snap_received;
             });
         }
         if let Some(sh) = &self.shared {

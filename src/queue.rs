@@ -53,8 +53,10 @@ struct Slot {
     data: [u8; SLOT_DATA],
 }
 
-/// Highest queue position + 1 this process published.
-static LAST_PUBLISHED: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    /// (queue, its position + 1) of the last record this thread published.
+    static LAST_PUBLISHED: std::cell::Cell<(usize, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
 
 /// The shared region: queue header, status area and slots.
 pub struct Shared {
@@ -149,9 +151,9 @@ impl Shared {
     pub fn publish(&self, rec: &RecordRef) -> Result<(), QueueError> {
         let h = self.header();
         let result = self.try_publish(rec).map(|pos| {
-            // One SIP worker is one single-threaded process: a process-wide
-            // high-water mark is exactly "what this worker published".
-            LAST_PUBLISHED.fetch_max(pos + 1, Ordering::Relaxed);
+            // A SIP worker is one single-threaded process; per thread and
+            // queue is exactly "what this worker published".
+            LAST_PUBLISHED.with(|l| l.set((self.base as usize, pos + 1)));
         });
         match &result {
             Ok(()) => {
@@ -211,7 +213,10 @@ impl Shared {
 
     /// Producer side: waits until all this process published is durable.
     pub fn wait_durable(&self, timeout: Duration) -> bool {
-        let want = LAST_PUBLISHED.load(Ordering::Relaxed);
+        let want = match LAST_PUBLISHED.with(|l| l.get()) {
+            (base, pos) if base == self.base as usize => pos,
+            _ => return true,
+        };
         let durable = &self.header().durable.0;
         if durable.load(Ordering::Acquire) >= want {
             return true;
