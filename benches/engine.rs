@@ -1,0 +1,106 @@
+//! Engine throughput: records published on one engine, journaled durably
+//! and delivered to a second engine over loopback TCP, for bursts of 1 to
+//! 1,000 records (a burst is published, then awaited as durable, as a
+//! worker with durability "journal" would). Prints records/s journaled
+//! and delivered, median and min–max over 3 runs.
+//! Run: cargo bench --bench engine
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sersync::apply::Sink;
+use sersync::config::RawConfig;
+use sersync::engine::Engine;
+use sersync::error::ApplyError;
+use sersync::queue::Shared;
+use sersync::record::{Contact, Op, Record, RecordRef};
+
+struct Counter(Arc<AtomicU64>);
+
+impl Sink for Counter {
+    fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
+        self.0.fetch_add(records.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn run(burst: usize, total: usize) -> (f64, f64) {
+    let (p1, p2) = (free_port(), free_port());
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let cfg = |id: &str, me: u16, peer: u16, dir: &std::path::Path| {
+        RawConfig {
+            node_id: id.into(),
+            listen: format!("tcp:127.0.0.1:{me}"),
+            peers: vec![format!("tcp:127.0.0.1:{peer}")],
+            secret: b"bench-secret-123".to_vec(),
+            journal: dir.join("j.db").display().to_string(),
+            ..Default::default()
+        }
+        .check()
+        .unwrap()
+    };
+    let q1 = Arc::new(Shared::create(1 << 15).unwrap());
+    let delivered = Arc::new(AtomicU64::new(0));
+    let e1 = Engine::start(cfg("n1", p1, p2, dirs[0].path()), q1.clone(), Some(Box::new(Counter(Arc::default())))).unwrap();
+    let e2 = Engine::start(
+        cfg("n2", p2, p1, dirs[1].path()),
+        Arc::new(Shared::create(64).unwrap()),
+        Some(Box::new(Counter(delivered.clone()))),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = Contact {
+        domain: b"location".to_vec(),
+        callid: b"bench-call-id@192.0.2.1".to_vec(),
+        user_agent: b"bench/1.0".to_vec(),
+        ruid: b"uloc-bench".to_vec(),
+        expires: 1_800_000_000,
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let mut i = 0;
+    while i < total {
+        for _ in 0..burst.min(total - i) {
+            c.aor = format!("user{i}").into_bytes();
+            c.contact = format!("sip:user{i}@192.0.2.1:5060").into_bytes();
+            while q1.publish(&RecordRef::Contact { op: Op::Upsert, contact: c.as_ref() }).is_err() {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            i += 1;
+        }
+        assert!(q1.wait_durable(Duration::from_secs(30)), "not journaled");
+    }
+    let journaled = t0.elapsed();
+    while delivered.load(Ordering::Relaxed) < total as u64 {
+        assert!(t0.elapsed() < Duration::from_secs(300), "not delivered");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let done = t0.elapsed();
+    e1.stop();
+    e2.stop();
+    (total as f64 / journaled.as_secs_f64(), total as f64 / done.as_secs_f64())
+}
+
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn main() {
+    println!("engine: publish → durable journal → delivered to a second engine (loopback), 3 runs each");
+    println!("{:>6} {:>9} {:>26} {:>26}", "burst", "records", "journaled rec/s (min–max)", "delivered rec/s (min–max)");
+    for (burst, total) in [(1usize, 2_000usize), (10, 20_000), (100, 100_000), (1000, 200_000)] {
+        let runs: Vec<(f64, f64)> = (0..3).map(|_| run(burst, total)).collect();
+        let (jm, jl, jh) = stats(runs.iter().map(|r| r.0).collect());
+        let (dm, dl, dh) = stats(runs.iter().map(|r| r.1).collect());
+        println!(
+            "{burst:>6} {total:>9} {:>9.0} ({:>6.0}–{:>6.0}) {:>9.0} ({:>6.0}–{:>6.0})",
+            jm, jl, jh, dm, dl, dh
+        );
+    }
+}
