@@ -219,6 +219,13 @@ int sersync_publish_alias(struct sersync_shared *sh,
  * most 100 us; never takes a lock. */
 int sersync_journal_wait(struct sersync_shared *sh, uint32_t timeout_ms);
 
+/* Removes the member node_id from the cluster for good (sersync.forget):
+ * the engine stops dialing it, releases the journal entries kept for it,
+ * refuses it from then on, and tells every other member, which do the
+ * same. A node that is merely down must not be forgotten: it is caught up
+ * when it returns. Called in any SER process; queued like a change. */
+int sersync_forget(struct sersync_shared *sh, const char *node_id, size_t len);
+
 /* Runs the engine in the calling process: journal, network, applier.
  * Copies cfg. Does not return while the engine runs; returns an error code
  * if cfg is invalid or the engine cannot start at all. */

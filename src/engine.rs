@@ -59,6 +59,7 @@ impl Engine {
         let hlc = Arc::new(Mutex::new(Hlc::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (wake_apply, wake_rx) = crossbeam_channel::bounded(1);
+        let (net_cmd, net_cmds) = crossbeam_channel::unbounded();
         let (net, waker) = Net::new(
             cfg.clone(),
             status.clone(),
@@ -66,6 +67,7 @@ impl Engine {
             net_journal,
             wake_apply.clone(),
             Some(shared.clone()),
+            net_cmds,
         )
         .map_err(EngineError::Net)?;
 
@@ -102,6 +104,7 @@ impl Engine {
                 waker: waker.clone(),
                 node_id: cfg.node_id.clone(),
                 scan: None,
+                net_cmd,
             };
             let stop = stop.clone();
             threads.push(spawn("sersync-ingest", Box::new(move || ingest.run(&stop)))?);
@@ -167,6 +170,7 @@ struct Ingest {
     node_id: String,
     /// An alias table scan in progress: its table and the keys reported.
     scan: Option<(Vec<u8>, HashSet<Vec<u8>>)>,
+    net_cmd: crossbeam_channel::Sender<crate::net::NetCmd>,
 }
 
 impl Ingest {
@@ -222,6 +226,10 @@ impl Ingest {
                         self.scan = Some((table, HashSet::new()));
                     }
                     Ok(Record::AliasScan { table, end: true }) => self.finish_scan(&table, &mut pending),
+                    Ok(Record::Forget { node_id }) => {
+                        let _ = self.net_cmd.send(crate::net::NetCmd::Forget(node_id));
+                        let _ = self.waker.wake();
+                    }
                     Ok(rec) => {
                         if let (Some((table, seen)), Record::Alias { op: Op::Upsert, alias }) = (&mut self.scan, &rec) {
                             if *table == alias.table {

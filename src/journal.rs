@@ -21,7 +21,7 @@ use crate::record::{Change, Record};
 use crate::wire::codec;
 
 /// Schema version this code writes (PRAGMA user_version).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 pub struct Journal {
     conn: Connection,
@@ -165,6 +165,18 @@ impl Journal {
                      upto INTEGER NOT NULL,
                      after_key BLOB NOT NULL);
                  PRAGMA user_version = 2;",
+            )?;
+        }
+        if version < 3 {
+            // Cluster members learned from peers, so a restart finds them
+            // even when the configured seeds are down. forgotten = 1 keeps
+            // a removed member from coming back through gossip.
+            tx.execute_batch(
+                "CREATE TABLE members (
+                     node_id TEXT PRIMARY KEY,
+                     address TEXT NOT NULL,
+                     forgotten INTEGER NOT NULL DEFAULT 0);
+                 PRAGMA user_version = 3;",
             )?;
         }
         tx.commit()
@@ -338,9 +350,55 @@ impl Journal {
             .map_err(|e| self.err(e))
     }
 
-    /// Forgets a peer's position (it no longer holds back trimming).
-    pub fn forget_peer(&mut self, peer: &str) -> Result<(), JournalError> {
-        self.conn.execute("DELETE FROM peer_acked WHERE node_id = ?1", [peer]).map(|_| ()).map_err(|e| self.err(e))
+    /// Every member ever learned: (node id, address, forgotten).
+    pub fn members(&self) -> Result<Vec<(String, String, bool)>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT node_id, address, forgotten FROM members ORDER BY node_id")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Records a live member at `address` (not one that was forgotten).
+    pub fn save_member(&mut self, node_id: &str, address: &str) -> Result<(), JournalError> {
+        self.conn
+            .execute(
+                "INSERT INTO members (node_id, address) VALUES (?1, ?2)
+                 ON CONFLICT(node_id) DO UPDATE SET address = excluded.address WHERE forgotten = 0",
+                params![node_id, address],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Removes a member for good: it no longer holds back trimming, no
+    /// snapshot or position is kept for it, and gossip cannot bring it back.
+    pub fn forget_member(&mut self, node_id: &str) -> Result<(), JournalError> {
+        let path = self.path.display().to_string();
+        let sq = |source| JournalError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
+        tx.execute(
+            "INSERT INTO members (node_id, address, forgotten) VALUES (?1, '', 1)
+             ON CONFLICT(node_id) DO UPDATE SET forgotten = 1",
+            [node_id],
+        )
+        .map_err(sq)?;
+        for table in ["peer_acked", "snapshot_in"] {
+            let col = if table == "peer_acked" { "node_id" } else { "origin" };
+            tx.execute(&format!("DELETE FROM {table} WHERE {col} = ?1"), [node_id]).map_err(sq)?;
+        }
+        tx.commit().map_err(sq)
+    }
+
+    pub fn is_forgotten(&self, node_id: &str) -> Result<bool, JournalError> {
+        self.conn
+            .query_row("SELECT forgotten FROM members WHERE node_id = ?1", [node_id], |r| r.get::<_, i64>(0))
+            .optional()
+            .map(|v| v == Some(1))
+            .map_err(|e| self.err(e))
     }
 
     /// State rows with keys after `after_key`, in key order, at most

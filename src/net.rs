@@ -111,6 +111,14 @@ struct Peer {
     retry_at: Instant,
     resend_at: Option<Instant>,
     node_id: String,
+    /// Removed with sersync.forget: never dialed again. Kept as an entry
+    /// because connections refer to peers by index.
+    forgotten: bool,
+}
+
+/// Requests from other threads of the engine.
+pub enum NetCmd {
+    Forget(String),
 }
 
 pub struct Net {
@@ -132,6 +140,11 @@ pub struct Net {
     /// a peer's inbound connection may authenticate before our outbound
     /// one tells us which configured address it is.
     received_from: HashMap<String, (u64, u64)>,
+    /// Node ids removed from the cluster for good.
+    forgotten: std::collections::HashSet<String>,
+    /// The member list changed: tell every connected peer.
+    members_dirty: bool,
+    cmds: crossbeam_channel::Receiver<NetCmd>,
 }
 
 static STAGE_ERR: RateLimit = RateLimit::new(1000);
@@ -144,26 +157,53 @@ impl Net {
         journal: Journal,
         apply_notify: Sender<()>,
         shared: Option<Arc<crate::queue::Shared>>,
+        cmds: crossbeam_channel::Receiver<NetCmd>,
     ) -> io::Result<(Net, Arc<Waker>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let now = Instant::now();
-        let peers = cfg
-            .peers
-            .iter()
-            .map(|p| Peer {
-                text: p.text.clone(),
-                addr: p.addr,
-                conn: None,
-                backoff: BACKOFF_MIN,
-                retry_at: now,
-                resend_at: None,
-                node_id: String::new(),
-            })
-            .collect();
+        let new_peer = |text: &str, addr, node_id: &str| Peer {
+            text: text.to_string(),
+            addr,
+            conn: None,
+            backoff: BACKOFF_MIN,
+            retry_at: now,
+            resend_at: None,
+            node_id: node_id.to_string(),
+            forgotten: false,
+        };
+        let mut peers: Vec<Peer> = cfg.peers.iter().map(|p| new_peer(&p.text, p.addr, "")).collect();
+        // Members learned before a restart: reachable even if every
+        // configured seed is down now.
+        let mut forgotten = std::collections::HashSet::new();
+        match journal.members() {
+            Ok(members) => {
+                for (id, address, gone) in members {
+                    if gone {
+                        forgotten.insert(id);
+                        continue;
+                    }
+                    let Ok(addr) = crate::config::parse_endpoint("member", &address) else { continue };
+                    let room = peers.len() < crate::status::MAX_PEERS;
+                    match peers.iter_mut().find(|p| p.addr == addr) {
+                        Some(p) => p.node_id = id,
+                        None if room && id != cfg.node_id => peers.push(new_peer(&address, addr, &id)),
+                        None => {}
+                    }
+                }
+            }
+            Err(e) => log::error(format_args!("cannot read the member list: {e}")),
+        }
         {
             let mut ps = status.peers.lock().unwrap_or_else(|p| p.into_inner());
-            *ps = cfg.peers.iter().map(|p| crate::status::PeerStatus::new(&p.text)).collect();
+            *ps = peers
+                .iter()
+                .map(|p| {
+                    let mut st = crate::status::PeerStatus::new(&p.text);
+                    st.node_id = p.node_id.clone();
+                    st
+                })
+                .collect();
         }
         let net = Net {
             cfg,
@@ -181,6 +221,9 @@ impl Net {
             last_status: now - TICK,
             last_trim: now,
             received_from: HashMap::new(),
+            forgotten,
+            members_dirty: false,
+            cmds,
         };
         Ok((net, waker))
     }
@@ -204,9 +247,17 @@ impl Net {
                     t => self.conn_event(t, ev.is_readable(), ev.is_writable() || ev.is_write_closed()),
                 }
             }
+            while let Ok(cmd) = self.cmds.try_recv() {
+                match cmd {
+                    NetCmd::Forget(id) => self.forget(&id),
+                }
+            }
             self.timers();
             self.pump_all();
             self.trim();
+            if std::mem::take(&mut self.members_dirty) {
+                self.broadcast_members();
+            }
             self.publish_status(false);
         }
         for t in self.conns.keys().copied().collect::<Vec<_>>() {
@@ -308,7 +359,7 @@ impl Net {
     fn timers(&mut self) {
         let now = Instant::now();
         for idx in 0..self.peers.len() {
-            if self.peers[idx].conn.is_none() && now >= self.peers[idx].retry_at {
+            if self.peers[idx].conn.is_none() && !self.peers[idx].forgotten && now >= self.peers[idx].retry_at {
                 self.dial(idx);
             }
         }
@@ -403,6 +454,9 @@ impl Net {
                 if node_id == me {
                     return Verdict::Refused(format!("peer has our own node id \"{me}\": node ids must be unique"));
                 }
+                if self.forgotten.contains(&node_id) {
+                    return Verdict::Refused(format!("peer is {node_id}, removed from the cluster with sersync.forget"));
+                }
                 let nonce_d = auth::fresh_nonce();
                 let tag = auth::tag(
                     &self.cfg.secret,
@@ -410,7 +464,8 @@ impl Net {
                     &Transcript { nonce_a: &nonce, nonce_d: &nonce_d, dialer: &me, acceptor: &node_id },
                 );
                 c.remote_id = node_id;
-                c.send(&Frame::Hello { magic: MAGIC, version: VERSION, node_id: me, nonce: nonce_d, tag });
+                let listen = format!("tcp:{}", self.cfg.listen);
+                c.send(&Frame::Hello { magic: MAGIC, version: VERSION, node_id: me, listen, nonce: nonce_d, tag });
                 c.phase = Phase::AwaitWelcome { nonce_a: nonce, nonce_d };
                 Verdict::Continue
             }
@@ -458,7 +513,13 @@ impl Net {
                     s.acked = resume_after;
                     s.last_error.clear();
                 });
-                log::info(format_args!("connected to peer {remote} at {}, resuming after {resume_after}", p.text));
+                let text = p.text.clone();
+                log::info(format_args!("connected to peer {remote} at {text}, resuming after {resume_after}"));
+                self.learn(&remote, &text);
+                let members = self.member_list();
+                if let Some(c) = self.conns.get_mut(&t) {
+                    c.send(&Frame::Members { members });
+                }
                 Verdict::Continue
             }
             (Side::Dial { .. }, _, Frame::Refuse { reason }) => Verdict::Refused(format!("peer refused: {reason}")),
@@ -490,7 +551,7 @@ impl Net {
                 self.status.with_peer(peer, |s| s.last_error = format!("peer temporary failure: {reason}"));
                 Verdict::Continue
             }
-            (Side::Accept, Phase::AwaitHello { nonce_a }, Frame::Hello { magic, version, node_id, nonce, tag }) => {
+            (Side::Accept, Phase::AwaitHello { nonce_a }, Frame::Hello { magic, version, node_id, listen, nonce, tag }) => {
                 if magic != MAGIC || version != VERSION {
                     c.send(&Frame::Refuse { reason: format!("protocol v{VERSION} only") });
                     let _ = c.write_now();
@@ -502,6 +563,13 @@ impl Net {
                     return Verdict::Refused(format!("a peer connected with our own node id \"{me}\": node ids must be unique"));
                 }
                 let tr = Transcript { nonce_a, nonce_d: &nonce, dialer: &node_id, acceptor: &me };
+                if self.forgotten.contains(&node_id) {
+                    c.send(&Frame::Refuse {
+                        reason: format!("node id \"{node_id}\" was removed from the cluster with sersync.forget; rejoin under a new node id"),
+                    });
+                    let _ = c.write_now();
+                    return Verdict::Refused(format!("refused {node_id}: removed from the cluster with sersync.forget"));
+                }
                 if !auth::verify(&self.cfg.secret, Role::Dialer, &tr, &tag) {
                     c.send(&Frame::Refuse { reason: "authentication failed".into() });
                     let _ = c.write_now();
@@ -530,6 +598,11 @@ impl Net {
                     self.close(ot, Verdict::Close("replaced by a newer connection".into()));
                 }
                 log::info(format_args!("peer {node_id} connected, resuming after {resume_after}"));
+                self.learn(&node_id, &listen);
+                let members = self.member_list();
+                if let Some(c) = self.conns.get_mut(&t) {
+                    c.send(&Frame::Members { members });
+                }
                 Verdict::Continue
             }
             (Side::Accept, Phase::Streaming, Frame::Batch { changes }) => {
@@ -578,6 +651,29 @@ impl Net {
                         log::error(format_args!("{e}"));
                     }
                     self.status.with_peer(peer, |s| s.acked = upto);
+                }
+                Verdict::Continue
+            }
+            (_, Phase::Streaming, Frame::Members { members }) => {
+                let from = c.remote_id.clone();
+                for m in members {
+                    if m.node_id == me {
+                        if m.forgotten {
+                            log::error(format_args!(
+                                "peer {from} says this node ({me}) was removed with sersync.forget; restart it under a new node id to rejoin"
+                            ));
+                        }
+                    } else if m.forgotten {
+                        if !self.forgotten.contains(&m.node_id) {
+                            log::info(format_args!("peer {from}: member {} was removed from the cluster", m.node_id));
+                            self.forget(&m.node_id);
+                        }
+                    } else {
+                        self.learn(&m.node_id, &m.address);
+                    }
+                }
+                if self.forgotten.contains(&from) {
+                    return Verdict::Refused(format!("{from} was removed from the cluster"));
                 }
                 Verdict::Continue
             }
@@ -671,6 +767,137 @@ impl Net {
                 let n = changes.len() as u64;
                 c.send(&Frame::Batch { changes });
                 self.status.with_peer(idx, |s| s.sent += n);
+            }
+            self.flush(t);
+        }
+    }
+
+    /// Takes in a member (node id, "tcp:ip:port"): a new one is dialed and
+    /// remembered in the journal; a known one may have a new address.
+    fn learn(&mut self, node_id: &str, address: &str) {
+        if node_id == self.cfg.node_id || self.forgotten.contains(node_id) || node_id.is_empty() {
+            return;
+        }
+        let addr = match crate::config::parse_endpoint("member", address) {
+            Ok(a) => a,
+            Err(e) => {
+                log::warn(format_args!("member {node_id} advertises an unusable address: {e}"));
+                return;
+            }
+        };
+        if addr == self.cfg.listen {
+            return;
+        }
+        let known = self.peers.iter().position(|p| !p.forgotten && (p.node_id == node_id || (p.node_id.is_empty() && p.addr == addr)));
+        match known {
+            Some(idx) => {
+                let p = &mut self.peers[idx];
+                if p.node_id.is_empty() {
+                    p.node_id = node_id.to_string();
+                }
+                if p.addr == addr {
+                    if let Err(e) = self.journal.save_member(node_id, &p.text) {
+                        log::error(format_args!("{e}"));
+                    }
+                    return;
+                }
+                if p.conn.is_none() {
+                    log::info(format_args!("member {node_id} moved to {address}"));
+                    p.addr = addr;
+                    p.text = address.to_string();
+                    self.status.with_peer(idx, |s| s.address = address.to_string());
+                }
+            }
+            None => {
+                if self.peers.len() >= crate::status::MAX_PEERS {
+                    log::error(format_args!(
+                        "cannot add member {node_id}: at most {} peers",
+                        crate::status::MAX_PEERS
+                    ));
+                    return;
+                }
+                log::info(format_args!("new member {node_id} at {address}"));
+                self.peers.push(Peer {
+                    text: address.to_string(),
+                    addr,
+                    conn: None,
+                    backoff: BACKOFF_MIN,
+                    retry_at: Instant::now(),
+                    resend_at: None,
+                    node_id: node_id.to_string(),
+                    forgotten: false,
+                });
+                let mut st = crate::status::PeerStatus::new(address);
+                st.node_id = node_id.to_string();
+                self.status.peers.lock().unwrap_or_else(|p| p.into_inner()).push(st);
+            }
+        }
+        if let Err(e) = self.journal.save_member(node_id, address) {
+            log::error(format_args!("{e}"));
+        }
+        self.members_dirty = true;
+    }
+
+    /// Removes a member for good and tells the others.
+    fn forget(&mut self, node_id: &str) {
+        if node_id == self.cfg.node_id {
+            log::error(format_args!("sersync.forget names this node ({node_id}); ignored"));
+            return;
+        }
+        if let Err(e) = self.journal.forget_member(node_id) {
+            log::error(format_args!("cannot forget {node_id}: {e}"));
+            return;
+        }
+        self.forgotten.insert(node_id.to_string());
+        for idx in 0..self.peers.len() {
+            if self.peers[idx].node_id != node_id {
+                continue;
+            }
+            self.peers[idx].forgotten = true;
+            self.status.with_peer(idx, |s| s.forgotten = true);
+            if let Some(t) = self.peers[idx].conn.take() {
+                self.close(t, Verdict::Close("member forgotten".into()));
+                self.peers[idx].conn = None;
+            }
+        }
+        let inbound: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.side, Side::Accept) && c.remote_id == node_id)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in inbound {
+            self.close(t, Verdict::Close("member forgotten".into()));
+        }
+        self.received_from.remove(node_id);
+        log::info(format_args!("member {node_id} forgotten: its journal positions are released"));
+        self.members_dirty = true;
+    }
+
+    fn member_list(&self) -> Vec<crate::wire::Member> {
+        let mut out = vec![crate::wire::Member {
+            node_id: self.cfg.node_id.clone(),
+            address: format!("tcp:{}", self.cfg.listen),
+            forgotten: false,
+        }];
+        for p in &self.peers {
+            if !p.forgotten && !p.node_id.is_empty() {
+                out.push(crate::wire::Member { node_id: p.node_id.clone(), address: p.text.clone(), forgotten: false });
+            }
+        }
+        for id in &self.forgotten {
+            out.push(crate::wire::Member { node_id: id.clone(), address: String::new(), forgotten: true });
+        }
+        out
+    }
+
+    fn broadcast_members(&mut self) {
+        let members = self.member_list();
+        let tokens: Vec<Token> =
+            self.conns.iter().filter(|(_, c)| matches!(c.phase, Phase::Streaming)).map(|(t, _)| *t).collect();
+        for t in tokens {
+            if let Some(c) = self.conns.get_mut(&t) {
+                c.send(&Frame::Members { members: members.clone() });
             }
             self.flush(t);
         }
@@ -879,6 +1106,7 @@ fn frame_name(f: &Frame) -> &'static str {
         Frame::TempFail { .. } => "temporary-failure",
         Frame::SnapshotChunk { .. } => "snapshot-chunk",
         Frame::SnapshotAck { .. } => "snapshot-ack",
+        Frame::Members { .. } => "members",
     }
 }
 

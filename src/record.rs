@@ -161,6 +161,9 @@ pub enum Record {
         table: Vec<u8>,
         end: bool,
     },
+    /// `sersync.forget`: remove a member for good. Only ever in the worker
+    /// queue; the members learn it by gossip.
+    Forget { node_id: String },
 }
 
 /// Borrowed twin of [`Record`] with the same encoding.
@@ -173,6 +176,7 @@ pub enum RecordRef<'a> {
         table: &'a [u8],
         end: bool,
     },
+    Forget { node_id: &'a str },
 }
 
 fn push_parts(k: &mut Vec<u8>, parts: &[&[u8]]) {
@@ -195,6 +199,7 @@ impl Record {
             Record::Contact { op, contact } => RecordRef::Contact { op: *op, contact: contact.as_ref() },
             Record::Alias { op, alias } => RecordRef::Alias { op: *op, alias: alias.as_ref() },
             Record::AliasScan { table, end } => RecordRef::AliasScan { table, end: *end },
+            Record::Forget { node_id } => RecordRef::Forget { node_id },
         }
     }
 
@@ -217,6 +222,11 @@ impl Record {
             Record::AliasScan { table, .. } => {
                 let mut k = vec![b's'];
                 push_parts(&mut k, &[table]);
+                k
+            }
+            Record::Forget { node_id } => {
+                let mut k = vec![b'f'];
+                push_parts(&mut k, &[node_id.as_bytes()]);
                 k
             }
         }

@@ -31,6 +31,8 @@ pub struct PeerStatus {
     pub snapshot_sent: u64,
     pub snapshot_total: u64,
     pub snapshot_received: u64,
+    /// Removed with sersync.forget: no longer reported.
+    pub forgotten: bool,
 }
 
 impl PeerStatus {
@@ -48,6 +50,7 @@ impl PeerStatus {
             snapshot_sent: 0,
             snapshot_total: 0,
             snapshot_received: 0,
+            forgotten: false,
         }
     }
 }
@@ -120,7 +123,7 @@ impl Status {
             apply_failures: c.apply_failures.load(Ordering::Relaxed),
             applied_via_db: c.applied_via_db.load(Ordering::Relaxed),
             journal_entries: c.journal_entries.load(Ordering::Relaxed),
-            peers: self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            peers: self.peers.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|p| !p.forgotten).cloned().collect(),
         }
     }
 

@@ -155,6 +155,8 @@ static int (*const fn_shared_create)(uint32_t, struct sersync_shared **) =
 		sersync_shared_create;
 static int (*const fn_publish)(struct sersync_shared *,
 		const struct sersync_contact *) = sersync_publish;
+static int (*const fn_forget)(struct sersync_shared *, const char *, size_t) =
+		sersync_forget;
 static int (*const fn_journal_wait)(struct sersync_shared *, uint32_t) =
 		sersync_journal_wait;
 static int (*const fn_engine_run)(struct sersync_shared *,
@@ -173,6 +175,7 @@ int main(void)
 			(const void *)fn_config_check,
 			(const void *)fn_shared_create,
 			(const void *)fn_publish,
+			(const void *)fn_forget,
 			(const void *)fn_journal_wait,
 			(const void *)fn_engine_run,
 			(const void *)fn_status_read,

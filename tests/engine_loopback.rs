@@ -31,7 +31,7 @@ impl Sink for MemorySink {
                     op,
                     Contact { aor: alias.alias_username.clone(), contact: alias.username.clone(), ..Default::default() },
                 ),
-                Record::AliasScan { .. } => panic!("scan markers are never sent"),
+                Record::AliasScan { .. } | Record::Forget { .. } => panic!("queue-only records are never sent"),
             };
             let key = (contact.aor.clone(), contact.contact.clone());
             match op {
@@ -396,4 +396,94 @@ fn journal_wait_returns_once_the_change_is_durable() {
     assert!(nodes[0].shared.wait_durable(Duration::from_secs(5)));
     // Durable means: in the journal file, readable by anyone who opens it.
     assert_eq!(journal_len(&nodes[0]), (2, 2));
+}
+
+fn peer_ids(node: &Node) -> Vec<String> {
+    let mut ids: Vec<String> = node
+        .engine
+        .as_ref()
+        .unwrap()
+        .status()
+        .peers
+        .iter()
+        .filter(|p| p.state == sersync::status::PeerState::Up)
+        .map(|p| p.node_id.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_new_node_joins_through_one_seed_and_is_forgotten_for_good() {
+    let mut nodes = cluster(3);
+    for u in 0..200 {
+        nodes[0].register(u, 1);
+        nodes[1].register(u, 1);
+    }
+    // A fourth node that knows only node 1.
+    let port = free_port();
+    let mut n4 = Node {
+        id: "n4".into(),
+        port,
+        peers: vec![nodes[0].port],
+        dir: tempfile::tempdir().unwrap(),
+        shared: Arc::new(Shared::create(1 << 12).unwrap()),
+        engine: None,
+        table: Arc::default(),
+        retention_records: None,
+    };
+    n4.start();
+    nodes.push(n4);
+    wait_for("every node to connect to every other", Duration::from_secs(20), || {
+        (0..4).all(|i| peer_ids(&nodes[i]).len() == 3)
+    });
+    for u in 0..50 {
+        nodes[3].register(u, 1);
+    }
+    wait_converged(&nodes, Duration::from_secs(20));
+    assert_eq!(nodes[3].table.lock().unwrap().len(), 450);
+
+    // Restarted while its only seed is down, it still reaches the members
+    // it learned (kept in its journal).
+    nodes[0].stop();
+    nodes[3].stop();
+    nodes[3].start();
+    wait_for("n4 to reconnect to n2 and n3 without its seed", Duration::from_secs(20), || {
+        peer_ids(&nodes[3]) == ["n2", "n3"]
+    });
+    nodes[3].register(100, 1);
+    wait_for("n4's change to reach n2 and n3", Duration::from_secs(10), || {
+        [1, 2].iter().all(|&i| nodes[i].table.lock().unwrap().len() == 451)
+    });
+    nodes[0].start();
+
+    // Killed and forgotten: it leaves every member list, and no journal
+    // holds anything back for it.
+    nodes[3].stop();
+    let forget = sersync::record::RecordRef::Forget { node_id: "n4" };
+    nodes[1].shared.publish(&forget).unwrap();
+    wait_for("n4 to disappear from every member list", Duration::from_secs(20), || {
+        (0..3).all(|i| {
+            nodes[i].engine.as_ref().unwrap().status().peers.iter().all(|p| p.node_id != "n4")
+        })
+    });
+    for n in &nodes[0..3] {
+        let j = sersync::journal::Journal::open(&n.dir.path().join("journal.db")).unwrap();
+        assert!(j.is_forgotten("n4").unwrap(), "{} remembers that n4 is gone", n.id);
+        assert_eq!(j.acked("n4").unwrap(), 0, "no acknowledged position is kept for n4");
+        let held: Vec<_> = j.members().unwrap().into_iter().filter(|m| m.0 == "n4" && !m.2).collect();
+        assert!(held.is_empty());
+    }
+    // It cannot come back under the same id.
+    nodes[3].start();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(peer_ids(&nodes[3]).is_empty(), "a forgotten node is refused: {:?}", peer_ids(&nodes[3]));
 }

@@ -32,7 +32,17 @@ fn batch() -> Frame {
 fn every_frame_kind_round_trips_even_byte_by_byte() {
     let frames = vec![
         Frame::Challenge { magic: MAGIC, version: VERSION, node_id: "sip1".into(), nonce: [7; 32] },
-        Frame::Hello { magic: MAGIC, version: VERSION, node_id: "sip2".into(), nonce: [8; 32], tag: [9; 32] },
+        Frame::Hello {
+            magic: MAGIC,
+            version: VERSION,
+            node_id: "sip2".into(),
+            listen: "tcp:127.0.0.2:5999".into(),
+            nonce: [8; 32],
+            tag: [9; 32],
+        },
+        Frame::Members {
+            members: vec![sersync::wire::Member { node_id: "sip3".into(), address: String::new(), forgotten: true }],
+        },
         Frame::Welcome { tag: [1; 32], resume_after: u64::MAX, snapshot: None },
         Frame::SnapshotAck { chunk: 3 },
         Frame::Refuse { reason: "no".into() },

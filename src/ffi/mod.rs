@@ -293,6 +293,28 @@ pub unsafe extern "C" fn sersync_publish_alias(sh: *mut sersync_shared, a: *cons
 /// # Safety
 /// See sersync.h.
 #[no_mangle]
+pub unsafe extern "C" fn sersync_forget(sh: *mut sersync_shared, node_id: *const c_char, len: usize) -> c_int {
+    boundary(|| {
+        // SAFETY: NULL checked; validity per sersync.h.
+        let Some(sh) = (unsafe { shared(sh) }) else { return sersync_rc::SERSYNC_E_NULL };
+        // SAFETY: node_id has len bytes per sersync.h.
+        let Some(id) = (unsafe { bytes(&sersync_str { s: node_id, len }) }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
+        let Ok(id) = std::str::from_utf8(id) else { return sersync_rc::SERSYNC_E_DECODE };
+        if id.is_empty() || id.len() > crate::config::NODE_ID_MAX {
+            return sersync_rc::SERSYNC_E_DECODE;
+        }
+        match sh.publish(&RecordRef::Forget { node_id: id }) {
+            Ok(()) => sersync_rc::SERSYNC_OK,
+            Err(e) => (&e).into(),
+        }
+    })
+}
+
+/// # Safety
+/// See sersync.h.
+#[no_mangle]
 pub unsafe extern "C" fn sersync_journal_wait(sh: *mut sersync_shared, timeout_ms: u32) -> c_int {
     boundary(|| {
         // SAFETY: NULL checked; validity per sersync.h.
@@ -413,7 +435,7 @@ pub unsafe extern "C" fn sersync_apply_decode(
                 Record::Contact { op, contact } => (unsafe { on_contact(ops.ctx, &contact_view(*op, contact)) }) >= 0,
                 Record::Alias { op, alias } => (unsafe { on_alias(ops.ctx, &alias_view(*op, alias)) }) >= 0,
                 // Never journaled, so never sent; nothing to apply.
-                Record::AliasScan { .. } => true,
+                Record::AliasScan { .. } | Record::Forget { .. } => true,
             };
             if !ok {
                 rc = sersync_rc::SERSYNC_E_CALLBACK;
@@ -440,6 +462,8 @@ const _SIGNATURES: () = {
         [sys::sersync_shared_create, sersync_shared_create];
     let _: [unsafe extern "C" fn(*mut sersync_shared, *const sersync_contact) -> c_int; 2] =
         [sys::sersync_publish, sersync_publish];
+    let _: [unsafe extern "C" fn(*mut sersync_shared, *const c_char, usize) -> c_int; 2] =
+        [sys::sersync_forget, sersync_forget];
     let _: [unsafe extern "C" fn(*mut sersync_shared, u32) -> c_int; 2] =
         [sys::sersync_journal_wait, sersync_journal_wait];
     let _: [unsafe extern "C" fn(*mut sersync_shared, *const sersync_config) -> c_int; 2] =

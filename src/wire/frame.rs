@@ -18,7 +18,9 @@ pub const MAX_FRAME: usize = 16 << 20;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
     Challenge { magic: [u8; 4], version: u16, node_id: String, nonce: Nonce },
-    Hello { magic: [u8; 4], version: u16, node_id: String, nonce: Nonce, tag: Tag },
+    /// `listen`: where the dialer accepts connections, so the acceptor
+    /// (and, through it, every member) can dial it back.
+    Hello { magic: [u8; 4], version: u16, node_id: String, listen: String, nonce: Nonce, tag: Tag },
     /// `snapshot`: a snapshot from this dialer was interrupted; the
     /// acceptor holds it up to this key, consistent with that sequence.
     Welcome { tag: Tag, resume_after: u64, snapshot: Option<SnapshotResume> },
@@ -31,6 +33,18 @@ pub enum Frame {
     SnapshotChunk { upto: u64, chunk: u64, rows: Vec<SnapRow>, last: bool },
     /// The chunk is durably staged.
     SnapshotAck { chunk: u64 },
+    /// The members the sender knows, sent after the handshake and on every
+    /// change, in either direction.
+    Members { members: Vec<Member> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub node_id: String,
+    /// "tcp:ip:port"
+    pub address: String,
+    /// Removed for good (`sersync.forget`): never dial it, refuse it.
+    pub forgotten: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,4 +25,4 @@ pub mod auth;
 pub mod codec;
 pub mod frame;
 
-pub use frame::{Frame, FrameReader, SnapshotResume, MAGIC, MAX_FRAME, VERSION};
+pub use frame::{Frame, FrameReader, Member, SnapshotResume, MAGIC, MAX_FRAME, VERSION};
