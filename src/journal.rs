@@ -253,12 +253,8 @@ impl Journal {
     /// Whether the state still holds the version (hlc, origin) of `key`.
     pub fn is_current(&self, key: &[u8], hlc: u64, origin: &str) -> Result<bool, JournalError> {
         self.conn
-            .query_row(
-                "SELECT hlc = ?2 AND origin = ?3 FROM state WHERE key = ?1",
-                params![key, hlc as i64, origin],
-                |r| r.get::<_, bool>(0),
-            )
-            .optional()
+            .prepare_cached("SELECT hlc = ?2 AND origin = ?3 FROM state WHERE key = ?1")
+            .and_then(|mut st| st.query_row(params![key, hlc as i64, origin], |r| r.get::<_, bool>(0)).optional())
             .map(|v| v.unwrap_or(true))
             .map_err(|e| self.err(e))
     }
@@ -591,6 +587,42 @@ impl Journal {
         }
         tx.commit().map_err(sq)?;
         Ok(out)
+    }
+
+    /// The oldest staged changes, at most `limit`, without those another
+    /// version of their key has overtaken since they were staged (applying
+    /// them would put an older version back). Returns the last id read too,
+    /// so that the overtaken ones are removed with the rest.
+    pub fn inbox_current(&mut self, limit: usize) -> Result<(Vec<Staged>, Option<i64>), JournalError> {
+        let path = self.path.display().to_string();
+        let sq = |source| JournalError::Sqlite { path: path.clone(), source };
+        // One read transaction: one consistent view, one lock.
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Deferred).map_err(sq)?;
+        let mut out = Vec::new();
+        let mut last_id = None;
+        {
+            let mut peek = tx.prepare_cached("SELECT id, origin, hlc, body FROM inbox ORDER BY id LIMIT ?1").map_err(sq)?;
+            let mut current =
+                tx.prepare_cached("SELECT hlc = ?2 AND origin = ?3 FROM state WHERE key = ?1").map_err(sq)?;
+            let mut rows = peek.query([limit as i64]).map_err(sq)?;
+            while let Some(r) = rows.next().map_err(sq)? {
+                let (id, origin, hlc, body): (i64, String, i64, Vec<u8>) =
+                    (r.get(0).map_err(sq)?, r.get(1).map_err(sq)?, r.get(2).map_err(sq)?, r.get(3).map_err(sq)?);
+                last_id = Some(id);
+                let record: Record = codec::decode(&body).map_err(|detail| JournalError::BadRecord {
+                    path: path.clone(),
+                    seq: id,
+                    detail,
+                })?;
+                let still: Option<bool> =
+                    current.query_row(params![record.key(), hlc, origin], |r| r.get(0)).optional().map_err(sq)?;
+                if still.unwrap_or(true) {
+                    out.push(Staged { id, origin, hlc: hlc as u64, record });
+                }
+            }
+        }
+        tx.commit().map_err(sq)?;
+        Ok((out, last_id))
     }
 
     /// The oldest staged changes, at most `limit`.

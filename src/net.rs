@@ -598,6 +598,11 @@ impl Net {
                     self.close(ot, Verdict::Close("replaced by a newer connection".into()));
                 }
                 log::info(format_args!("peer {node_id} connected, resuming after {resume_after}"));
+                // It is back: redial it now rather than when the backoff ends.
+                for p in self.peers.iter_mut().filter(|p| p.node_id == node_id && p.conn.is_none()) {
+                    p.backoff = BACKOFF_MIN;
+                    p.retry_at = Instant::now();
+                }
                 self.learn(&node_id, &listen);
                 let members = self.member_list();
                 if let Some(c) = self.conns.get_mut(&t) {

@@ -49,7 +49,7 @@ impl Applier {
         let mut door_failing_since: Option<Instant> = None;
         let mut retry = RETRY_MIN;
         while !stop.load(Ordering::Acquire) {
-            let staged = match self.journal.inbox_peek(BATCH) {
+            let (staged, last_read) = match self.journal.inbox_current(BATCH) {
                 Ok(s) => s,
                 Err(e) => {
                     log::error(format_args!("reading staged changes: {e}"));
@@ -61,20 +61,13 @@ impl Applier {
                 self.journal.inbox_len().unwrap_or(staged.len() as u64),
                 Ordering::Relaxed,
             );
-            let Some(last) = staged.last() else {
+            let Some(last_id) = last_read else {
                 let _ = self.wake.recv_timeout(Duration::from_millis(500));
                 continue;
             };
-            let last_id = last.id;
-            // A change staged as the newest version of its key may have
-            // been overtaken since (a local change, or another peer's):
-            // applying it now would put an older version back.
-            let records: Vec<Record> = staged
-                .into_iter()
-                .filter(|s| self.journal.is_current(&s.record.key(), s.hlc, &s.origin).unwrap_or(true))
-                .map(|s| s.record)
-                .collect();
+            let records: Vec<Record> = staged.into_iter().map(|s| s.record).collect();
             if records.is_empty() {
+                // Everything read was overtaken by newer versions.
                 if let Err(e) = self.journal.inbox_done(last_id) {
                     log::error(format_args!("{e}"));
                 }
