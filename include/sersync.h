@@ -120,6 +120,11 @@ struct sersync_config {
 	struct sersync_str db_url;   /* SER's database, "sqlite:///path" */
 	struct sersync_str fifo_reply_dir; /* jsonrpcs fifo_reply_dir; empty:
 	                                    * "/tmp/" (jsonrpcs' default) */
+	struct sersync_str domains;  /* usrloc tables, comma-separated; empty:
+	                              * "location" */
+	uint64_t retention_secs;     /* journal entries kept at most this long
+	                              * (0: a day) */
+	uint64_t retention_records;  /* and at most this many (0: a million) */
 };
 
 /* Log levels passed to the logger callback. */

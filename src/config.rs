@@ -33,6 +33,8 @@ pub struct Config {
     pub retention_ms: u64,
     /// At most this many entries are kept (0 = no limit).
     pub retention_records: u64,
+    /// usrloc tables replicated.
+    pub domains: Vec<String>,
 }
 
 /// Defaults for retention: a day, or a million changes.
@@ -50,6 +52,9 @@ pub struct RawConfig {
     pub fifo: String,
     pub db_url: String,
     pub fifo_reply_dir: String,
+    pub domains: String,
+    pub retention_secs: u64,
+    pub retention_records: u64,
 }
 
 /// Parses "tcp:ip:port" (the "tcp:" prefix may be omitted).
@@ -123,6 +128,16 @@ impl RawConfig {
         if self.journal.is_empty() {
             return Err(ConfigError::invalid("journal", "required: path of the SQLite journal file"));
         }
+        let mut domains = Vec::new();
+        for d in self.domains.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            if !d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(ConfigError::invalid("domains", format!("\"{d}\" is not a usrloc table name")));
+            }
+            domains.push(d.to_string());
+        }
+        if domains.is_empty() {
+            domains.push("location".to_string());
+        }
         let door = if self.fifo.is_empty() { None } else { Some(PathBuf::from(&self.fifo)) };
         let database = if self.db_url.is_empty() { None } else { Some(parse_db_url(&self.db_url)?) };
         let fifo_reply_dir =
@@ -136,8 +151,9 @@ impl RawConfig {
             door,
             fifo_reply_dir,
             database,
-            retention_ms: RETENTION_MS,
-            retention_records: RETENTION_RECORDS,
+            retention_ms: if self.retention_secs == 0 { RETENTION_MS } else { self.retention_secs.saturating_mul(1000) },
+            retention_records: if self.retention_records == 0 { RETENTION_RECORDS } else { self.retention_records },
+            domains,
         })
     }
 }
@@ -156,6 +172,7 @@ mod tests {
             fifo: "/run/kamailio/kamailio_rpc.fifo".into(),
             db_url: "sqlite:////var/lib/kamailio/kamailio.db".into(),
             fifo_reply_dir: String::new(),
+            ..Default::default()
         }
     }
 

@@ -49,7 +49,14 @@ impl Engine {
         let cfg = Arc::new(cfg);
         let status = Arc::new(Status::new(&cfg.node_id));
         let open = || Journal::open(&cfg.journal);
-        let ingest_journal = open()?;
+        let mut ingest_journal = open()?;
+        if let Some(db) = &cfg.database {
+            match crate::seed::existing_contents(&mut ingest_journal, &cfg.node_id, db, &cfg.domains) {
+                Ok(0) => {}
+                Ok(n) => log::info(format_args!("first start: journaled {n} contacts SER already held")),
+                Err(e) => log::error(format_args!("first start: cannot read SER's existing contacts: {e}")),
+            }
+        }
         let net_journal = open()?;
         let apply_journal = open()?;
         let last = ingest_journal.last_seq()?;

@@ -346,6 +346,20 @@ impl Journal {
             .map_err(|e| self.err(e))
     }
 
+    pub fn meta(&self, k: &str) -> Result<Option<i64>, JournalError> {
+        self.conn
+            .query_row("SELECT v FROM meta WHERE k = ?1", [k], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn set_meta(&mut self, k: &str, v: i64) -> Result<(), JournalError> {
+        self.conn
+            .execute("INSERT INTO meta (k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v", params![k, v])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     /// Every member ever learned: (node id, address, forgotten).
     pub fn members(&self) -> Result<Vec<(String, String, bool)>, JournalError> {
         let mut stmt = self

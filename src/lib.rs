@@ -16,5 +16,6 @@ pub mod log;
 pub mod net;
 pub mod queue;
 pub mod record;
+pub mod seed;
 pub mod status;
 pub mod wire;

@@ -102,7 +102,7 @@ OFF(struct sersync_contact, reg_id, 200);
 OFF(struct sersync_contact, server_id, 204);
 
 /* struct sersync_config */
-SIZE(struct sersync_config, 128);
+SIZE(struct sersync_config, 160);
 OFF(struct sersync_config, node_id, 0);
 OFF(struct sersync_config, listen, 16);
 OFF(struct sersync_config, peers, 32);
@@ -112,6 +112,9 @@ OFF(struct sersync_config, journal, 64);
 OFF(struct sersync_config, fifo, 80);
 OFF(struct sersync_config, db_url, 96);
 OFF(struct sersync_config, fifo_reply_dir, 112);
+OFF(struct sersync_config, domains, 128);
+OFF(struct sersync_config, retention_secs, 144);
+OFF(struct sersync_config, retention_records, 152);
 
 /* struct sersync_peer_status */
 SIZE(struct sersync_peer_status, 392);

@@ -178,6 +178,9 @@ unsafe fn raw_config(cfg: &sersync_config) -> Result<RawConfig, &'static str> {
         fifo: s(&cfg.fifo, "fifo")?,
         db_url: s(&cfg.db_url, "db_url")?,
         fifo_reply_dir: s(&cfg.fifo_reply_dir, "fifo_reply_dir")?,
+        domains: s(&cfg.domains, "domains")?,
+        retention_secs: cfg.retention_secs,
+        retention_records: cfg.retention_records,
     })
 }
 

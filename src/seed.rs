@@ -1,0 +1,125 @@
+//! First start on a node whose SER already holds contacts (usrloc loaded
+//! them from its database): they enter the journal as this node's changes,
+//! so they reach the peers. Read from SER's database (the `db_url`
+//! modparam), the same SQLite file usrloc loads at start.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::journal::Journal;
+use crate::record::{Contact, Op, Record};
+
+/// Reads every unexpired contact of `table`. Its HLC stamp is taken from
+/// the row's last_modified, so an old row never overrides a newer
+/// version a peer holds.
+fn read_table(conn: &Connection, table: &str, now: i64) -> rusqlite::Result<Vec<(u64, Record)>> {
+    let sql = format!(
+        "SELECT ruid, username, coalesce(domain, ''), contact, coalesce(received, ''), coalesce(path, ''),
+                CAST(strftime('%s', expires, 'utc') AS INTEGER), q, callid, cseq,
+                CAST(strftime('%s', last_modified, 'utc') AS INTEGER), flags, cflags, user_agent,
+                coalesce(socket, ''), coalesce(methods, -1), coalesce(instance, ''), reg_id, server_id
+         FROM {table}"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([], |r| {
+        let user: String = r.get(1)?;
+        let domain: String = r.get(2)?;
+        let aor = if domain.is_empty() { user } else { format!("{user}@{domain}") };
+        let q: f64 = r.get(7)?;
+        let text = |i: usize| -> rusqlite::Result<Vec<u8>> { Ok(r.get::<_, String>(i)?.into_bytes()) };
+        Ok(Contact {
+            domain: table.as_bytes().to_vec(),
+            aor: aor.into_bytes(),
+            contact: text(3)?,
+            ruid: text(0)?,
+            received: text(4)?,
+            path: text(5)?,
+            callid: text(8)?,
+            user_agent: text(13)?,
+            socket: text(14)?,
+            instance: text(16)?,
+            expires: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
+            last_modified: r.get::<_, Option<i64>>(10)?.unwrap_or(0),
+            q: if q < 0.0 { -1 } else { (q * 1000.0).round() as i32 },
+            cseq: r.get(9)?,
+            flags: r.get::<_, i64>(11)? as u32,
+            cflags: r.get::<_, i64>(12)? as u32,
+            methods: r.get::<_, i64>(15)? as u32,
+            reg_id: r.get::<_, i64>(17)? as u32,
+            server_id: r.get(18)?,
+        })
+    })?;
+    let mut out = Vec::new();
+    for c in rows {
+        let c = c?;
+        if c.expires != 0 && c.expires < now {
+            continue;
+        }
+        let stamp = ((c.last_modified.max(0) as u64) * 1000) << 16;
+        out.push((stamp, Record::Contact { op: Op::Upsert, contact: c }));
+    }
+    Ok(out)
+}
+
+/// Journals SER's existing contacts if this journal has never done so and
+/// holds nothing yet. Returns how many were journaled.
+pub fn existing_contents(journal: &mut Journal, node_id: &str, database: &Path, tables: &[String]) -> Result<usize, String> {
+    if journal.meta("seeded").map_err(|e| e.to_string())?.is_some() {
+        return Ok(0);
+    }
+    let fresh = journal.last_seq().map_err(|e| e.to_string())? == 0 && journal.state_len().map_err(|e| e.to_string())? == 0;
+    let mut total = 0;
+    if fresh && database.exists() {
+        let conn = Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| format!("{}: {e}", database.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        let now = crate::hlc::wall_ms() as i64 / 1000;
+        for table in tables {
+            let recs = read_table(&conn, table, now).map_err(|e| format!("{}: table {table}: {e}", database.display()))?;
+            for chunk in recs.chunks(5000) {
+                total += journal.append_local(node_id, chunk).map_err(|e| e.to_string())?.1;
+            }
+        }
+    }
+    journal.set_meta("seeded", 1).map_err(|e| e.to_string())?;
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::Sink;
+
+    #[test]
+    fn journals_unexpired_contacts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("kamailio.db");
+        Connection::open(&db).unwrap().execute_batch(crate::apply::db::tests::SCHEMA).unwrap();
+        let now = crate::hlc::wall_ms() as i64 / 1000;
+        let contact = |user: &str, expires: i64| Record::Contact {
+            op: Op::Upsert,
+            contact: Contact {
+                domain: b"location".to_vec(),
+                aor: user.as_bytes().to_vec(),
+                contact: format!("sip:{user}@192.0.2.1").into_bytes(),
+                ruid: format!("uloc-{user}").into_bytes(),
+                callid: b"c".to_vec(),
+                path: b"<sip:p.example.net;lr>".to_vec(),
+                q: 500,
+                expires,
+                last_modified: now - 10,
+                methods: 31,
+                ..Default::default()
+            },
+        };
+        let mut sink = crate::apply::db::Database::new(&db);
+        sink.apply(&[contact("alice", now + 3600), contact("bob", now + 60), contact("old", now - 60)]).unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let n = existing_contents(&mut j, "n1", &db, &["location".to_string()]).unwrap();
+        assert_eq!(n, 2, "the expired contact is not journaled");
+        let log = j.read_log(0, 10).unwrap();
+        assert_eq!(log[0].record, contact("alice", now + 3600));
+        assert_eq!(existing_contents(&mut j, "n1", &db, &["location".to_string()]).unwrap(), 0, "only once");
+    }
+}
