@@ -3,7 +3,8 @@
  *
  * Module exports, parameters, mod_init, child_init and destroy. The work
  * is done by the Rust engine (libsersync.a) in a process this module
- * forks (sersync_proc.c); SIP workers only hand it changes (sersync_ul.c).
+ * forks (sersync_proc.c); SIP workers only hand it changes (sersync_ul.c),
+ * alias RPCs and rescans hand it alias rows (sersync_alias.c).
  *
  * This file is part of sersync, released under the GNU GPL v2 or later.
  */
@@ -31,6 +32,8 @@ str _sersync_fifo = STR_NULL;
 str _sersync_db_url = STR_NULL;
 str _sersync_domains = str_init("location");
 int _sersync_queue_size = 16384;
+str _sersync_alias_table = str_init("dbaliases");
+int _sersync_alias_rescan_interval = 0;
 
 /* where jsonrpcs lets FIFO clients create reply FIFOs (its fifo_reply_dir) */
 static str _sersync_fifo_reply_dir = STR_NULL;
@@ -58,6 +61,9 @@ static param_export_t params[] = {
 	{"db_url",     PARAM_STR,                     &_sersync_db_url},
 	{"domains",    PARAM_STR,                     &_sersync_domains},
 	{"queue_size", PARAM_INT,                     &_sersync_queue_size},
+	{"alias_table", PARAM_STR,                    &_sersync_alias_table},
+	{"alias_rescan_interval",
+	               PARAM_INT,            &_sersync_alias_rescan_interval},
 	{0, 0, 0}
 };
 
@@ -253,6 +259,8 @@ static int mod_init(void)
 		return -1;
 	if(sersync_ul_init() < 0)
 		return -1;
+	if(sersync_alias_init() < 0)
+		return -1;
 
 	/* maps the queue and status area; starts no thread (we fork later) */
 	rc = sersync_shared_create((uint32_t)_sersync_queue_size, &_sersync_shared);
@@ -276,9 +284,11 @@ static int child_init(int rank)
 {
 	if(rank == PROC_INIT)
 		return sersync_ul_register_domains();
-	if(rank == PROC_MAIN)
-		return sersync_proc_start();
-	return 0;
+	if(rank != PROC_MAIN)
+		return 0;
+	if(sersync_proc_start() < 0)
+		return -1;
+	return sersync_alias_timer_start();
 }
 
 static void mod_destroy(void)

@@ -26,6 +26,8 @@ extern str _sersync_fifo;
 extern str _sersync_db_url;
 extern str _sersync_domains;
 extern int _sersync_queue_size;
+extern str _sersync_alias_table;
+extern int _sersync_alias_rescan_interval;
 
 /* derived in mod_init (sersync_mod.c) */
 extern struct sersync_config _sersync_config;
@@ -40,6 +42,41 @@ int sersync_ul_register_domains(void);
 /* the sersync process (sersync_proc.c) */
 int sersync_proc_start(void);
 void sersync_log(int level, const char *msg, size_t len);
+
+/* the alias table (sersync_alias.c) */
+
+/* dbaliases' column size (VARCHAR(64)) and the longest URI accepted */
+#define SERSYNC_ALIAS_FIELD_MAX 64
+#define SERSYNC_ALIAS_URI_MAX 256
+
+/* one alias_db row: auser@adomain -> user@domain */
+struct sersync_alias_row
+{
+	str auser;
+	str adomain;
+	str user;
+	str domain;
+};
+
+/* called once per row; non-zero stops the walk */
+typedef int (*sersync_alias_row_f)(
+		const struct sersync_alias_row *r, void *param);
+
+int sersync_alias_init(void);
+int sersync_alias_timer_start(void);
+int sersync_alias_enabled(void);
+int sersync_alias_table_ok(const char *s, size_t len);
+const char *sersync_alias_uri(const str *uri, str *user, str *host);
+void sersync_alias_lock(void);
+void sersync_alias_unlock(void);
+int sersync_alias_select(const str *table, const str *auser,
+		const str *adomain, sersync_alias_row_f f, void *param);
+int sersync_alias_exists(const str *table, const struct sersync_alias_row *r);
+int sersync_alias_insert(const str *table, const struct sersync_alias_row *r);
+int sersync_alias_delete(const str *table, const struct sersync_alias_row *r);
+int sersync_alias_publish(int op, const struct sersync_alias_row *r);
+int sersync_alias_scan(int wait_ms, int *rows, char *err, int errlen);
+int sersync_alias_apply(void *ctx, const struct sersync_alias *a);
 
 /* RPC commands (sersync_rpc.c) */
 extern rpc_export_t sersync_rpc_cmds[];

@@ -241,7 +241,28 @@ impl Cluster {
         Self::start_with(name, first, n, None)
     }
 
+    /// Like `start`, with the settings of `opts` (extra modparams per
+    /// node, replicated usrloc tables, tables to create).
+    pub fn start_with_options(name: &str, first: u8, n: usize, opts: &ClusterOptions) -> Cluster {
+        let module = required_module();
+        let c = Self::start_opts(name, first, n, module.clone(), opts);
+        if module.is_some() {
+            c.wait_mesh_up(Duration::from_secs(30));
+        }
+        c
+    }
+
     fn start_with(name: &str, first: u8, n: usize, module: Option<PathBuf>) -> Cluster {
+        Self::start_opts(name, first, n, module, &ClusterOptions::default())
+    }
+
+    fn start_opts(
+        name: &str,
+        first: u8,
+        n: usize,
+        module: Option<PathBuf>,
+        opts: &ClusterOptions,
+    ) -> Cluster {
         let lock = MachineLock::acquire();
         become_subreaper();
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -272,6 +293,7 @@ impl Cluster {
                 &peers,
                 module.as_deref(),
                 &format!("e2e-secret-{name}"),
+                opts,
             );
             nodes.push(node);
         }
@@ -397,6 +419,19 @@ pub struct Node {
 
 static RPC_SEQ: AtomicU64 = AtomicU64::new(1);
 
+/// Settings beyond the defaults of `Cluster::start`.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOptions {
+    /// sersync's "domains" (usrloc tables replicated); None: "location".
+    pub domains: Option<String>,
+    /// Extra lines for the sersync block of node N (1-based), e.g.
+    /// `modparam("sersync", "alias_rescan_interval", 5)`, or `#!define`s.
+    pub extra: BTreeMap<usize, Vec<String>>,
+    /// usrloc tables created beside "location" in every node's database,
+    /// with location's schema (e.g. "aliases" for SER-0.9 style aliases).
+    pub usrloc_tables: Vec<String>,
+}
+
 /// The kamailio.cfg for one node, from tests/e2e/kamailio.cfg.in.
 pub fn node_config(
     index: usize,
@@ -405,6 +440,27 @@ pub fn node_config(
     peers: &[String],
     module: Option<&Path>,
     secret: &str,
+) -> String {
+    node_config_with(
+        index,
+        ip,
+        dir,
+        peers,
+        module,
+        secret,
+        &ClusterOptions::default(),
+    )
+}
+
+/// `node_config` with the settings of `opts`.
+pub fn node_config_with(
+    index: usize,
+    ip: &str,
+    dir: &Path,
+    peers: &[String],
+    module: Option<&Path>,
+    secret: &str,
+    opts: &ClusterOptions,
 ) -> String {
     let template = fs::read_to_string(e2e_dir().join("kamailio.cfg.in"))
         .expect("reading tests/e2e/kamailio.cfg.in");
@@ -427,7 +483,11 @@ pub fn node_config(
             let _ = writeln!(s, "modparam(\"sersync\", \"journal\", \"{d}/sersync.db\")");
             let _ = writeln!(s, "modparam(\"sersync\", \"fifo\", \"{d}/rpc.fifo\")");
             let _ = writeln!(s, "modparam(\"sersync\", \"db_url\", \"{db_url}\")");
-            let _ = writeln!(s, "modparam(\"sersync\", \"domains\", \"location\")");
+            let domains = opts.domains.as_deref().unwrap_or("location");
+            let _ = writeln!(s, "modparam(\"sersync\", \"domains\", \"{domains}\")");
+            for line in opts.extra.get(&index).into_iter().flatten() {
+                let _ = writeln!(s, "{line}");
+            }
             s
         }
     };
@@ -443,6 +503,21 @@ pub fn node_config(
 /// Creates SER's database from Debian's schema files, in WAL mode (see
 /// tests/e2e/kamailio.cfg.in).
 pub fn create_db(db: &Path) {
+    create_db_with(db, &[])
+}
+
+/// location's schema (table, indexes, version row) under another name.
+fn usrloc_table_sql(name: &str) -> String {
+    let p = Path::new(SCHEMA_DIR).join("usrloc-create.sql");
+    let t = fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
+    let end = t
+        .find("CREATE TABLE location_attrs")
+        .expect("usrloc-create.sql without location_attrs");
+    t[..end].replace("location", name)
+}
+
+/// `create_db`, plus usrloc tables with location's schema.
+pub fn create_db_with(db: &Path, usrloc_tables: &[String]) {
     let mut sql = String::from("PRAGMA journal_mode=WAL;\n");
     for f in ["standard", "usrloc", "alias_db"] {
         let p = Path::new(SCHEMA_DIR).join(format!("{f}-create.sql"));
@@ -451,6 +526,9 @@ pub fn create_db(db: &Path) {
             Err(_) if f == "alias_db" => {}
             Err(e) => panic!("reading {}: {e}", p.display()),
         }
+    }
+    for t in usrloc_tables {
+        sql.push_str(&usrloc_table_sql(t));
     }
     let mut child = Command::new("sqlite3")
         .arg(db)
@@ -482,6 +560,7 @@ impl Node {
         peers: &[String],
         module: Option<&Path>,
         secret: &str,
+        opts: &ClusterOptions,
     ) -> Node {
         fs::create_dir_all(dir).expect("creating node dir");
         let sock = dir.join("ctl.sock");
@@ -492,10 +571,10 @@ impl Node {
         );
         fs::write(
             dir.join("kamailio.cfg"),
-            node_config(index, ip, dir, peers, module, secret),
+            node_config_with(index, ip, dir, peers, module, secret, opts),
         )
         .expect("writing kamailio.cfg");
-        create_db(&dir.join("kamailio.db"));
+        create_db_with(&dir.join("kamailio.db"), &opts.usrloc_tables);
         Node {
             index,
             ip: ip.to_string(),
@@ -1606,4 +1685,309 @@ impl Drop for SippKeep {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+// ---------------------------------------------------------------------------
+// JSON-RPC over HTTP, kamcmd, the node's database
+
+/// The port of the nodes' JSON-RPC over HTTP (see kamailio.cfg.in).
+pub const HTTP_PORT: u16 = 8080;
+
+/// An RPC call's failure as its caller sees it: the JSON-RPC error code and
+/// message, or code 0 when the call did not get an answer at all.
+#[derive(Clone, Debug)]
+pub struct RpcFault {
+    pub code: i64,
+    pub message: String,
+}
+
+impl std::fmt::Display for RpcFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.message)
+    }
+}
+
+impl Node {
+    /// Where the node serves JSON-RPC over HTTP.
+    pub fn http_url(&self) -> String {
+        format!("http://{}:{HTTP_PORT}/RPC", self.ip)
+    }
+
+    /// One JSON-RPC call over HTTP, made with curl as a web application
+    /// would; the body goes through a file, so it may be large.
+    pub fn http_rpc(&self, method: &str, params: Value) -> Result<Value, RpcFault> {
+        let n = RPC_SEQ.fetch_add(1, Ordering::Relaxed);
+        let body = self
+            .dir
+            .join(format!("http-{}-{n}.json", std::process::id()));
+        let req = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": n});
+        let fault = |m: String| RpcFault {
+            code: 0,
+            message: m,
+        };
+        fs::write(&body, req.to_string())
+            .map_err(|e| fault(format!("writing {}: {e}", body.display())))?;
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "120",
+                "-H",
+                "Content-Type: application/json",
+            ])
+            // no "Expect: 100-continue": xhttp does not answer it
+            .args(["-H", "Expect:", "--data-binary"])
+            .arg(format!("@{}", body.display()))
+            .arg(self.http_url())
+            .stdin(Stdio::null())
+            .output();
+        let _ = fs::remove_file(&body);
+        let out = out.map_err(|e| fault(format!("running curl: {e}")))?;
+        if !out.status.success() {
+            return Err(fault(format!(
+                "curl {}: {} {}",
+                self.http_url(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            fault(format!(
+                "{method}: HTTP reply is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(300)])
+            ))
+        })?;
+        if let Some(err) = v.get("error") {
+            return Err(RpcFault {
+                code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
+                message: err
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            });
+        }
+        v.get("result")
+            .cloned()
+            .ok_or_else(|| fault(format!("{method}: reply without result: {}", short(&v))))
+    }
+
+    /// kamcmd through the node's binrpc socket (ctl); its output.
+    pub fn kamcmd(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("kamcmd")
+            .arg("-s")
+            .arg(format!("unix:{}", self.dir.join("ctl.sock").display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running kamcmd: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        if out.status.success() && !text.starts_with("error") {
+            Ok(text)
+        } else {
+            Err(format!("kamcmd {args:?}: {} {text}", out.status))
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join("kamailio.db")
+    }
+
+    /// Runs SQL on the node's database with the sqlite3 shell (WAL: it
+    /// reads beside a running node); one line per row, fields '|'-separated.
+    pub fn sql(&self, sql: &str) -> Result<Vec<String>, String> {
+        let out = Command::new("sqlite3")
+            .args(["-batch", "-noheader", "-cmd", ".timeout 10000"])
+            .arg(self.db_path())
+            .arg(sql)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running sqlite3: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "sqlite3 {} {sql:?}: {}",
+                self.db_path().display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// sipp calls
+
+/// A sipp in server mode (a callee) on ip:port; killed on drop.
+pub struct SippServer {
+    child: Option<Child>,
+    pub dir: PathBuf,
+}
+
+/// Starts `scenario` (from tests/e2e) as a sipp server on ip:port (UDP)
+/// for `calls` calls; its files go beside `node`'s.
+pub fn sipp_server(
+    node: &Node,
+    ip: &str,
+    port: u16,
+    scenario: &str,
+    calls: usize,
+    label: &str,
+) -> SippServer {
+    let dir = sipp_run_dir(node, label);
+    let out = File::create(dir.join("sipp.out")).expect("sipp.out");
+    let child = Command::new(SIPP)
+        .arg("-sf")
+        .arg(e2e_dir().join(scenario))
+        .args(["-i", ip, "-p", &port.to_string(), "-bind_local"])
+        .args(["-t", "u1", "-m", &calls.to_string()])
+        .args(["-trace_msg", "-message_file"])
+        .arg(dir.join("messages.log"))
+        .args(["-trace_err", "-error_file"])
+        .arg(dir.join("errors.log"))
+        .args(["-nostdin", "-timeout", "120"])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("fd"))
+        .stderr(out)
+        .process_group(0)
+        .pre_exec_parent_death(libc::SIGKILL)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting sipp: {e}"));
+    // listening once it has written its first screen
+    let _ = wait_until(Duration::from_secs(5), || {
+        fs::metadata(dir.join("sipp.out"))
+            .map(|m| m.len() > 0)
+            .unwrap_or(false)
+    });
+    SippServer {
+        child: Some(child),
+        dir,
+    }
+}
+
+impl SippServer {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Waits for sipp to finish its calls: Ok when every call succeeded.
+    pub fn wait(&mut self, timeout: Duration) -> Result<(), String> {
+        let Some(child) = self.child.as_mut() else {
+            return Err("sipp server already gone".into());
+        };
+        let mut status = None;
+        wait_until(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        let Some(st) = status else {
+            return Err(format!("sipp server still running after {timeout:?}"));
+        };
+        self.child = None;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "sipp server exit {st}; errors:\n{}\nmessages tail:\n{}",
+                tail(&self.dir.join("errors.log"), 10),
+                tail(&self.dir.join("messages.log"), 30)
+            ))
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for SippServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One call with `scenario` (from tests/e2e) to sip:user@domain, sent
+/// through `node` over UDP from the node's own address; Ok when sipp
+/// counts it successful (the scenario decides what that means).
+pub fn sipp_call(
+    node: &Node,
+    scenario: &str,
+    user: &str,
+    domain: &str,
+    label: &str,
+) -> Result<(), String> {
+    let dir = sipp_run_dir(node, label);
+    let out = File::create(dir.join("sipp.out")).expect("sipp.out");
+    let mut child = Command::new(SIPP)
+        .arg(format!("{}:{SIP_PORT}", node.ip))
+        .arg("-sf")
+        .arg(e2e_dir().join(scenario))
+        .args(["-s", user, "-key", "domain", domain])
+        .args(["-i", &node.ip, "-bind_local", "-t", "u1"])
+        .args(["-m", "1", "-l", "1"])
+        .args(["-trace_msg", "-message_file"])
+        .arg(dir.join("messages.log"))
+        .args(["-trace_err", "-error_file"])
+        .arg(dir.join("errors.log"))
+        .args(["-nostdin", "-timeout", "30"])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("fd"))
+        .stderr(out)
+        .process_group(0)
+        .pre_exec_parent_death(libc::SIGKILL)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting sipp: {e}"));
+    let guard = ChildGuard(Some(child.id()));
+    let status = child.wait().expect("waiting for sipp");
+    std::mem::forget(guard);
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "sipp {label} via {}: exit {status}; errors:\n{}\nmessages tail:\n{}",
+            node.name(),
+            tail(&dir.join("errors.log"), 10),
+            tail(&dir.join("messages.log"), 40)
+        ))
+    }
+}
+
+/// Registers SER-0.9 style aliases on `node` (tests/e2e/register_alias.xml):
+/// each (alias user, SIP URI it stands for) goes to the usrloc table
+/// "aliases". Panics unless every REGISTER got its 200.
+pub fn sipp_register_aliases(node: &Node, aliases: &[(&str, &str)], label: &str) {
+    let dir = sipp_run_dir(node, label);
+    let mut csv = String::from("SEQUENTIAL\n");
+    for (a, uri) in aliases {
+        assert!(!a.contains(';') && !uri.contains(';'));
+        let _ = writeln!(csv, "{a};{uri}");
+    }
+    fs::write(dir.join("users.csv"), csv).expect("writing injection CSV");
+    let out = File::create(dir.join("sipp.out")).expect("sipp.out");
+    let mut cmd = sipp_command(node, "register_alias.xml", &dir, aliases.len(), 10, "u1");
+    cmd.args(["-trace_stat", "-stf"])
+        .arg(dir.join("stat.csv"))
+        .stdout(out.try_clone().expect("fd"))
+        .stderr(out);
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("starting sipp: {e}"));
+    let guard = ChildGuard(Some(child.id()));
+    let status = child.wait().expect("waiting for sipp");
+    std::mem::forget(guard);
+    let (ok, _) = sipp_stat_counts(&dir.join("stat.csv"));
+    assert!(
+        status.success() && ok == Some(aliases.len() as u64),
+        "sipp {label} on {}: exit {status}, successful {ok:?} of {}\nerrors:\n{}\nnode log tail:\n{}",
+        node.name(),
+        aliases.len(),
+        tail(&dir.join("errors.log"), 10),
+        node.log_tail(10)
+    );
 }

@@ -1,0 +1,953 @@
+/*
+ * sersync - replication of usrloc between SER (Kamailio) nodes
+ *
+ * The alias table (alias_db's dbaliases) through SER's DB API: reads and
+ * writes for the alias RPCs, table scans, the periodic rescan process and
+ * the apply callback for alias records received from peers.
+ *
+ * Alias RPCs publish every row they change explicitly; a scan publishes
+ * SCAN_BEGIN, one UPSERT per row, SCAN_END, and the engine journals only
+ * rows that changed plus a deletion for every alias the scan no longer
+ * reports. Writers on one node (RPC processes, the rescan process) take
+ * _sersync_alias_lock, so a scan never sees half of a bulk change.
+ *
+ * DB connections are opened lazily, one per process that needs one, never
+ * before SER forks.
+ *
+ * This file is part of sersync, released under the GNU GPL v2 or later.
+ */
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../../core/sr_module.h"
+#include "../../core/dprint.h"
+#include "../../core/ut.h"
+#include "../../core/locking.h"
+#include "../../core/timer_proc.h"
+#include "../../core/mem/mem.h"
+#include "../../core/mem/shm_mem.h"
+#include "../../core/parser/msg_parser.h"
+#include "../../core/parser/parse_uri.h"
+#include "../../lib/srdb1/db.h"
+
+#include "sersync_mod.h"
+
+/* a queue full of changes drains in milliseconds while the engine runs:
+ * wait this long (RPC and timer processes only) before giving up */
+#define SERSYNC_PUBLISH_WAIT_US (2 * 1000 * 1000)
+#define SERSYNC_PUBLISH_STEP_US 2000
+/* SQLite answers "database is locked" at once (db_sqlite sets no busy
+ * timeout): a write is retried this many times, this far apart */
+#define SERSYNC_DB_TRIES 20
+#define SERSYNC_DB_RETRY_US 50000
+/* rows per fetch when the DB driver can fetch in chunks */
+#define SERSYNC_DB_FETCH_ROWS 1000
+/* a scan waits at most this long for staged remote records to be applied */
+#define SERSYNC_SCAN_SETTLE_MS 5000
+
+/* alias_db's default column names */
+static str _sersync_col_auser = str_init("alias_username");
+static str _sersync_col_adomain = str_init("alias_domain");
+static str _sersync_col_user = str_init("username");
+static str _sersync_col_domain = str_init("domain");
+
+static db_func_t _sersync_dbf;
+static int _sersync_db_bound = 0;
+/* per process, opened on first use */
+static db1_con_t *_sersync_db = NULL;
+
+/* serializes alias writers and scans across SER's processes (shm) */
+static gen_lock_t *_sersync_alias_lock = NULL;
+/* remote alias records applied by sersync.apply on this node (shm): a
+ * scan that sees it move gives up */
+static uint64_t *_sersync_alias_applied = NULL;
+
+/* alias records received while db_url is empty, logged once per minute */
+static time_t _sersync_alias_ignored_logged = 0;
+
+static void sersync_alias_timer(unsigned int ticks, void *param);
+
+/* a table name fit for SQL without quoting: [A-Za-z0-9_], 1..64 */
+int sersync_alias_table_ok(const char *s, size_t len)
+{
+	size_t i;
+
+	if(s == NULL || len == 0 || len > SERSYNC_ALIAS_FIELD_MAX)
+		return 0;
+	for(i = 0; i < len; i++) {
+		if(!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z')
+				   || (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+			return 0;
+	}
+	return 1;
+}
+
+int sersync_alias_init(void)
+{
+	if(!sersync_alias_table_ok(
+			   _sersync_alias_table.s, (size_t)_sersync_alias_table.len)) {
+		LM_ERR("modparam \"alias_table\": \"%.*s\" is not a table name"
+			   " (letters, digits, '_', at most %d)\n",
+				_sersync_alias_table.len,
+				_sersync_alias_table.s ? _sersync_alias_table.s : "",
+				SERSYNC_ALIAS_FIELD_MAX);
+		return -1;
+	}
+	if(_sersync_alias_rescan_interval < 0) {
+		LM_ERR("modparam \"alias_rescan_interval\" must be 0 (off) or a"
+			   " number of seconds (got %d)\n",
+				_sersync_alias_rescan_interval);
+		return -1;
+	}
+	if(_sersync_db_url.s == NULL || _sersync_db_url.len <= 0) {
+		if(_sersync_alias_rescan_interval > 0) {
+			LM_ERR("modparam \"alias_rescan_interval\" needs"
+				   " modparam(\"sersync\", \"db_url\", ...): the alias table"
+				   " is read through SER's database\n");
+			return -1;
+		}
+		LM_INFO("no db_url: alias RPCs and alias replication are off\n");
+		return 0;
+	}
+	if(db_bind_mod(&_sersync_db_url, &_sersync_dbf) < 0) {
+		LM_ERR("modparam \"db_url\": no database module for \"%.*s\": load"
+			   " its module (e.g. loadmodule \"db_sqlite.so\")\n",
+				_sersync_db_url.len, _sersync_db_url.s);
+		return -1;
+	}
+	if(!DB_CAPABILITY(_sersync_dbf,
+			   DB_CAP_QUERY | DB_CAP_INSERT | DB_CAP_DELETE)) {
+		LM_ERR("the database module for \"%.*s\" cannot query, insert and"
+			   " delete\n",
+				_sersync_db_url.len, _sersync_db_url.s);
+		return -1;
+	}
+	_sersync_db_bound = 1;
+
+	_sersync_alias_lock = lock_alloc();
+	if(_sersync_alias_lock == NULL || lock_init(_sersync_alias_lock) == 0) {
+		LM_ERR("cannot create the alias lock\n");
+		return -1;
+	}
+	_sersync_alias_applied = shm_malloc(sizeof(*_sersync_alias_applied));
+	if(_sersync_alias_applied == NULL) {
+		SHM_MEM_ERROR;
+		return -1;
+	}
+	*_sersync_alias_applied = 0;
+	if(_sersync_alias_rescan_interval > 0) {
+		/* one process of our own: a scan may take seconds, which SER's
+		 * shared timer process must not wait for */
+		if(register_basic_timers(1) < 0) {
+			LM_ERR("cannot register the alias rescan process\n");
+			return -1;
+		}
+		LM_INFO("alias table %.*s rescanned every %d s\n",
+				_sersync_alias_table.len, _sersync_alias_table.s,
+				_sersync_alias_rescan_interval);
+	}
+	return 0;
+}
+
+/* child_init(PROC_MAIN): fork the rescan process, if asked for */
+int sersync_alias_timer_start(void)
+{
+	if(!_sersync_db_bound || _sersync_alias_rescan_interval <= 0)
+		return 0;
+	if(fork_basic_timer(PROC_TIMER, "sersync alias rescan", 1,
+			   sersync_alias_timer, NULL, _sersync_alias_rescan_interval)
+			< 0) {
+		LM_ERR("cannot fork the alias rescan process\n");
+		return -1;
+	}
+	return 0;
+}
+
+int sersync_alias_enabled(void)
+{
+	return _sersync_db_bound;
+}
+
+void sersync_alias_lock(void)
+{
+	lock_get(_sersync_alias_lock);
+}
+
+void sersync_alias_unlock(void)
+{
+	lock_release(_sersync_alias_lock);
+}
+
+/* this process's connection, opened on first use */
+static db1_con_t *sersync_alias_db(const str *table)
+{
+	if(!_sersync_db_bound) {
+		LM_ERR("no db_url: the alias table is out of reach\n");
+		return NULL;
+	}
+	if(_sersync_db == NULL) {
+		_sersync_db = _sersync_dbf.init(&_sersync_db_url);
+		if(_sersync_db == NULL) {
+			LM_ERR("cannot connect to %.*s\n", _sersync_db_url.len,
+					_sersync_db_url.s);
+			return NULL;
+		}
+	}
+	if(_sersync_dbf.use_table(_sersync_db, table) < 0) {
+		LM_ERR("cannot use table %.*s\n", table->len, table->s);
+		return NULL;
+	}
+	return _sersync_db;
+}
+
+/*
+ * The user and host of a SIP URI, each at most SERSYNC_ALIAS_FIELD_MAX
+ * (dbaliases' column size). Returns NULL, or what is wrong with it.
+ * Port, parameters and headers are not stored (alias_db ignores them).
+ */
+const char *sersync_alias_uri(const str *uri, str *user, str *host)
+{
+	struct sip_uri pu;
+
+	if(uri->s == NULL || uri->len <= 0)
+		return "empty";
+	if(uri->len > SERSYNC_ALIAS_URI_MAX)
+		return "longer than 256 characters";
+	if(uri->len < 4
+			|| (strncasecmp(uri->s, "sip:", 4) != 0
+					&& (uri->len < 5 || strncasecmp(uri->s, "sips:", 5) != 0)))
+		return "not a SIP URI (it must start with sip: or sips:)";
+	if(uri->s[uri->len - 1] == '@')
+		return "no host (domain) part";
+	memset(&pu, 0, sizeof(pu));
+	if(parse_uri(uri->s, uri->len, &pu) < 0)
+		return "not a valid SIP URI";
+	if(pu.type != SIP_URI_T && pu.type != SIPS_URI_T)
+		return "not a SIP URI (it must start with sip: or sips:)";
+	if(pu.user.len <= 0)
+		return "no user part (expected sip:user@domain)";
+	if(pu.host.len <= 0)
+		return "no host (domain) part";
+	if(pu.user.len > SERSYNC_ALIAS_FIELD_MAX)
+		return "user part longer than 64 characters";
+	if(pu.host.len > SERSYNC_ALIAS_FIELD_MAX)
+		return "domain longer than 64 characters";
+	*user = pu.user;
+	*host = pu.host;
+	return NULL;
+}
+
+static void sersync_alias_val(db_val_t *v, const str *s)
+{
+	memset(v, 0, sizeof(*v));
+	VAL_TYPE(v) = DB1_STR;
+	VAL_NULL(v) = 0;
+	VAL_STR(v).s = (s->len > 0) ? s->s : "";
+	VAL_STR(v).len = (s->len > 0) ? s->len : 0;
+}
+
+/* a result cell as str; NULL and unknown types read as "" */
+static void sersync_alias_cell(db_val_t *v, str *out)
+{
+	out->s = "";
+	out->len = 0;
+	if(VAL_NULL(v))
+		return;
+	switch(VAL_TYPE(v)) {
+		case DB1_STRING:
+			if(VAL_STRING(v) != NULL) {
+				out->s = (char *)VAL_STRING(v);
+				out->len = strlen(out->s);
+			}
+			break;
+		case DB1_STR:
+			if(VAL_STR(v).s != NULL)
+				*out = VAL_STR(v);
+			break;
+		case DB1_BLOB:
+			if(VAL_BLOB(v).s != NULL)
+				*out = VAL_BLOB(v);
+			break;
+		default:
+			break;
+	}
+}
+
+static void sersync_alias_keys(
+		db_key_t *k, db_val_t *v, const struct sersync_alias_row *r)
+{
+	k[0] = &_sersync_col_auser;
+	k[1] = &_sersync_col_adomain;
+	k[2] = &_sersync_col_user;
+	k[3] = &_sersync_col_domain;
+	sersync_alias_val(&v[0], &r->auser);
+	sersync_alias_val(&v[1], &r->adomain);
+	sersync_alias_val(&v[2], &r->user);
+	sersync_alias_val(&v[3], &r->domain);
+}
+
+/* f on each row of a result whose first four columns are the row's */
+static int sersync_alias_rows(db1_res_t *res, int first,
+		sersync_alias_row_f f, void *param)
+{
+	struct sersync_alias_row row;
+	db_val_t *rv;
+	int rc;
+	int i;
+
+	rc = 0;
+	for(i = 0; i < RES_ROW_N(res) && rc == 0; i++) {
+		rv = ROW_VALUES(&RES_ROWS(res)[i]) + first;
+		sersync_alias_cell(&rv[0], &row.auser);
+		sersync_alias_cell(&rv[1], &row.adomain);
+		sersync_alias_cell(&rv[2], &row.user);
+		sersync_alias_cell(&rv[3], &row.domain);
+		rc = f(&row, param);
+	}
+	return rc;
+}
+
+/*
+ * Every row of table, SERSYNC_DB_FETCH_ROWS at a time by its id column,
+ * in raw SQL (LIMIT: SQLite, MySQL, PostgreSQL): for drivers that return
+ * a whole result at once in private memory (db_sqlite needs about 600
+ * bytes of it per row).
+ */
+static int sersync_alias_paged(db1_con_t *h, const str *table,
+		sersync_alias_row_f f, void *param)
+{
+	char sql[256];
+	db1_res_t *res;
+	db_val_t *id;
+	long long last;
+	str q;
+	int n;
+	int rc;
+
+	last = -1;
+	for(;;) {
+		n = snprintf(sql, sizeof(sql),
+				"SELECT id, %.*s, %.*s, %.*s, %.*s FROM %.*s WHERE id > %lld"
+				" ORDER BY id LIMIT %d",
+				_sersync_col_auser.len, _sersync_col_auser.s,
+				_sersync_col_adomain.len, _sersync_col_adomain.s,
+				_sersync_col_user.len, _sersync_col_user.s,
+				_sersync_col_domain.len, _sersync_col_domain.s, table->len,
+				table->s, last, SERSYNC_DB_FETCH_ROWS);
+		if(n <= 0 || n >= (int)sizeof(sql))
+			return -1;
+		q.s = sql;
+		q.len = n;
+		res = NULL;
+		if(_sersync_dbf.raw_query(h, &q, &res) < 0 || res == NULL) {
+			LM_ERR("cannot read table %.*s\n", table->len, table->s);
+			if(res != NULL)
+				_sersync_dbf.free_result(h, res);
+			return -1;
+		}
+		if(RES_ROW_N(res) == 0) {
+			_sersync_dbf.free_result(h, res);
+			return 0;
+		}
+		id = ROW_VALUES(&RES_ROWS(res)[RES_ROW_N(res) - 1]);
+		switch(VAL_TYPE(id)) {
+			case DB1_INT:
+				last = VAL_INT(id);
+				break;
+			case DB1_BIGINT:
+				last = VAL_BIGINT(id);
+				break;
+			default:
+				LM_ERR("table %.*s: id is not an integer\n", table->len,
+						table->s);
+				_sersync_dbf.free_result(h, res);
+				return -1;
+		}
+		n = RES_ROW_N(res);
+		rc = sersync_alias_rows(res, 1, f, param);
+		_sersync_dbf.free_result(h, res);
+		if(rc != 0)
+			return rc;
+		if(n < SERSYNC_DB_FETCH_ROWS)
+			return 0;
+	}
+}
+
+/*
+ * Calls f once per row of table: every row, or the rows of one alias
+ * (auser and adomain not NULL). Strings are valid during the call only.
+ * f returns 0 to go on, non-zero to stop (returned). -1: DB error.
+ */
+int sersync_alias_select(const str *table, const str *auser,
+		const str *adomain, sersync_alias_row_f f, void *param)
+{
+	db_key_t keys[2];
+	db_val_t vals[2];
+	db_key_t cols[4];
+	db1_res_t *res = NULL;
+	db1_con_t *h;
+	int nk;
+	int fetch;
+	int rc;
+
+	h = sersync_alias_db(table);
+	if(h == NULL)
+		return -1;
+	cols[0] = &_sersync_col_auser;
+	cols[1] = &_sersync_col_adomain;
+	cols[2] = &_sersync_col_user;
+	cols[3] = &_sersync_col_domain;
+	nk = 0;
+	if(auser != NULL && adomain != NULL) {
+		keys[0] = &_sersync_col_auser;
+		keys[1] = &_sersync_col_adomain;
+		sersync_alias_val(&vals[0], auser);
+		sersync_alias_val(&vals[1], adomain);
+		nk = 2;
+	}
+	fetch = DB_CAPABILITY(_sersync_dbf, DB_CAP_FETCH);
+	if(nk == 0 && !fetch && DB_CAPABILITY(_sersync_dbf, DB_CAP_RAW_QUERY))
+		return sersync_alias_paged(h, table, f, param);
+	if(fetch) {
+		if(_sersync_dbf.query(h, nk ? keys : NULL, NULL, nk ? vals : NULL,
+				   cols, nk, 4, NULL, NULL)
+						< 0
+				|| _sersync_dbf.fetch_result(h, &res, SERSYNC_DB_FETCH_ROWS)
+						   < 0) {
+			LM_ERR("cannot read table %.*s\n", table->len, table->s);
+			if(res != NULL)
+				_sersync_dbf.free_result(h, res);
+			return -1;
+		}
+	} else if(_sersync_dbf.query(h, nk ? keys : NULL, NULL, nk ? vals : NULL,
+					  cols, nk, 4, NULL, &res)
+			  < 0) {
+		LM_ERR("cannot read table %.*s\n", table->len, table->s);
+		return -1;
+	}
+	if(res == NULL) {
+		LM_ERR("no result reading table %.*s\n", table->len, table->s);
+		return -1;
+	}
+	for(;;) {
+		rc = sersync_alias_rows(res, 0, f, param);
+		if(rc != 0 || !fetch || RES_ROW_N(res) == 0)
+			break;
+		if(_sersync_dbf.fetch_result(h, &res, SERSYNC_DB_FETCH_ROWS) < 0) {
+			LM_ERR("cannot read more of table %.*s\n", table->len, table->s);
+			rc = -1;
+			break;
+		}
+		if(res == NULL || RES_ROW_N(res) == 0)
+			break;
+	}
+	if(res != NULL)
+		_sersync_dbf.free_result(h, res);
+	return rc;
+}
+
+/* 1: the exact row exists, 0: it does not, -1: DB error */
+int sersync_alias_exists(const str *table, const struct sersync_alias_row *r)
+{
+	db_key_t keys[4];
+	db_val_t vals[4];
+	db_key_t col;
+	db1_res_t *res = NULL;
+	db1_con_t *h;
+	int found;
+
+	h = sersync_alias_db(table);
+	if(h == NULL)
+		return -1;
+	sersync_alias_keys(keys, vals, r);
+	col = &_sersync_col_auser;
+	if(_sersync_dbf.query(h, keys, NULL, vals, &col, 4, 1, NULL, &res) < 0
+			|| res == NULL) {
+		LM_ERR("cannot query table %.*s\n", table->len, table->s);
+		if(res != NULL)
+			_sersync_dbf.free_result(h, res);
+		return -1;
+	}
+	found = (RES_ROW_N(res) > 0);
+	_sersync_dbf.free_result(h, res);
+	return found;
+}
+
+int sersync_alias_insert(const str *table, const struct sersync_alias_row *r)
+{
+	db_key_t keys[4];
+	db_val_t vals[4];
+	db1_con_t *h;
+	int i;
+
+	sersync_alias_keys(keys, vals, r);
+	for(i = 0; i < SERSYNC_DB_TRIES; i++) {
+		if(i > 0)
+			sleep_us(SERSYNC_DB_RETRY_US);
+		h = sersync_alias_db(table);
+		if(h != NULL && _sersync_dbf.insert(h, keys, vals, 4) == 0)
+			return 0;
+	}
+	LM_ERR("cannot insert %.*s@%.*s -> %.*s@%.*s into %.*s\n", r->auser.len,
+			r->auser.s, r->adomain.len, r->adomain.s, r->user.len, r->user.s,
+			r->domain.len, r->domain.s, table->len, table->s);
+	return -1;
+}
+
+/* deletes the exact row (every copy of it) */
+int sersync_alias_delete(const str *table, const struct sersync_alias_row *r)
+{
+	db_key_t keys[4];
+	db_val_t vals[4];
+	db1_con_t *h;
+	int i;
+
+	sersync_alias_keys(keys, vals, r);
+	for(i = 0; i < SERSYNC_DB_TRIES; i++) {
+		if(i > 0)
+			sleep_us(SERSYNC_DB_RETRY_US);
+		h = sersync_alias_db(table);
+		if(h != NULL && _sersync_dbf.delete(h, keys, NULL, vals, 4) == 0)
+			return 0;
+	}
+	LM_ERR("cannot delete %.*s@%.*s -> %.*s@%.*s from %.*s\n", r->auser.len,
+			r->auser.s, r->adomain.len, r->adomain.s, r->user.len, r->user.s,
+			r->domain.len, r->domain.s, table->len, table->s);
+	return -1;
+}
+
+static void sersync_alias_str(struct sersync_str *dst, const str *src)
+{
+	dst->s = (src != NULL && src->len > 0) ? src->s : NULL;
+	dst->len = (src != NULL && src->len > 0) ? (size_t)src->len : 0;
+}
+
+/* slots of the worker queue: queue_size rounded up to a power of two, at
+ * least 64, as sersync_shared_create() maps it */
+static uint64_t sersync_queue_slots(void)
+{
+	uint64_t n;
+
+	for(n = 64; n < (uint64_t)_sersync_queue_size; n <<= 1)
+		;
+	return n;
+}
+
+/* waits up to SERSYNC_PUBLISH_WAIT_US for a free slot in the queue */
+static int sersync_queue_room(void)
+{
+	/* about 12 KiB: static, one caller at a time per process */
+	static struct sersync_status st;
+	unsigned int waited;
+	uint64_t slots;
+
+	slots = sersync_queue_slots();
+	for(waited = 0; waited < SERSYNC_PUBLISH_WAIT_US;
+			waited += SERSYNC_PUBLISH_STEP_US) {
+		sleep_us(SERSYNC_PUBLISH_STEP_US);
+		memset(&st, 0, sizeof(st));
+		if(sersync_status_read(_sersync_shared, &st) != SERSYNC_OK)
+			return 0;
+		if(st.queue_depth + 1 < slots)
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * Hands one alias change (op UPSERT or DELETE; r NULL for the scan
+ * markers) of _sersync_alias_table to the engine. Called in RPC and timer
+ * processes only, which may wait: on a full queue it waits up to 2 s for
+ * room (each full queue it meets counts once in queue_dropped). Returns
+ * the sersync_rc.
+ */
+int sersync_alias_publish(int op, const struct sersync_alias_row *r)
+{
+	struct sersync_alias a;
+	int tries;
+	int rc;
+
+	memset(&a, 0, sizeof(a));
+	a.op = op;
+	sersync_alias_str(&a.table, &_sersync_alias_table);
+	if(r != NULL) {
+		sersync_alias_str(&a.alias_username, &r->auser);
+		sersync_alias_str(&a.alias_domain, &r->adomain);
+		sersync_alias_str(&a.username, &r->user);
+		sersync_alias_str(&a.domain, &r->domain);
+	}
+	/* another process may take the room we waited for: a few rounds */
+	for(tries = 0;; tries++) {
+		rc = sersync_publish_alias(_sersync_shared, &a);
+		if(rc != SERSYNC_E_QUEUE_FULL || tries >= 3
+				|| !sersync_queue_room())
+			break;
+	}
+	if(rc != SERSYNC_OK)
+		LM_ERR("alias change (op %d) not handed to the sersync engine (rc"
+			   " %d%s); the table is changed: run sersync.alias_rescan\n",
+				op, rc, rc == SERSYNC_E_QUEUE_FULL ? ", queue full" : "");
+	return rc;
+}
+
+/*
+ * What a scan must not race with: remote alias records applied to the
+ * table (by sersync.apply here, or by the engine's database fallback)
+ * and remote records staged but not applied yet.
+ */
+struct sersync_scan_mark
+{
+	uint64_t applied; /* alias records applied by sersync.apply */
+	uint64_t via_db;  /* records the engine wrote to the database */
+	uint64_t pending; /* remote records staged, not applied */
+	uint64_t depth;   /* records waiting in the worker queue */
+};
+
+static int sersync_scan_mark(struct sersync_scan_mark *m)
+{
+	/* about 12 KiB: static, one scan at a time per process */
+	static struct sersync_status st;
+
+	memset(&st, 0, sizeof(st));
+	if(sersync_status_read(_sersync_shared, &st) != SERSYNC_OK)
+		return -1;
+	m->applied = __atomic_load_n(_sersync_alias_applied, __ATOMIC_SEQ_CST);
+	m->via_db = st.applied_via_db;
+	m->pending = st.apply_pending;
+	m->depth = st.queue_depth;
+	return 0;
+}
+
+/*
+ * Waits up to wait_ms until the engine has nothing staged to apply (seen
+ * twice, 20 ms apart: the counter may lag a fresh staging by moments).
+ */
+static int sersync_scan_settle(struct sersync_scan_mark *m, int wait_ms)
+{
+	int waited;
+	int calm;
+
+	calm = 0;
+	for(waited = 0;; waited += 20) {
+		if(sersync_scan_mark(m) < 0)
+			return -1;
+		calm = (m->pending == 0) ? calm + 1 : 0;
+		if(calm >= 2)
+			return 0;
+		if(waited >= wait_ms)
+			return -2;
+		sleep_us(20000);
+	}
+}
+
+/* waits up to wait_ms until the engine has taken everything queued */
+static int sersync_scan_drain(int wait_ms)
+{
+	struct sersync_scan_mark m;
+	int waited;
+
+	for(waited = 0;; waited += 2) {
+		if(sersync_scan_mark(&m) < 0)
+			return -1;
+		if(m.depth == 0)
+			return 0;
+		if(waited >= wait_ms)
+			return -2;
+		sleep_us(2000);
+	}
+}
+
+/* nothing applied and nothing staged since m0 */
+static int sersync_scan_calm(const struct sersync_scan_mark *m0)
+{
+	struct sersync_scan_mark m;
+
+	if(sersync_scan_mark(&m) < 0)
+		return 0;
+	return m.pending == 0 && m.applied == m0->applied
+		   && m.via_db == m0->via_db;
+}
+
+/*
+ * The table as read, in one malloc'd arena (system memory: a big table
+ * must not exhaust the process's pkg memory): per row four 16-bit lengths,
+ * then the four strings.
+ */
+struct sersync_snapshot
+{
+	char *buf;
+	size_t len;
+	size_t cap;
+	int rows;
+	int too_long; /* rows skipped: a field over 65535 bytes */
+};
+
+static int sersync_snapshot_row(const struct sersync_alias_row *r, void *param)
+{
+	struct sersync_snapshot *sn = (struct sersync_snapshot *)param;
+	const str *f[4] = {&r->auser, &r->adomain, &r->user, &r->domain};
+	size_t need;
+	size_t ncap;
+	uint16_t l;
+	char *p;
+	int i;
+
+	need = 4 * sizeof(uint16_t);
+	for(i = 0; i < 4; i++) {
+		if(f[i]->len > 65535) {
+			sn->too_long++;
+			return 0;
+		}
+		need += f[i]->len;
+	}
+	if(sn->len + need > sn->cap) {
+		ncap = sn->cap ? sn->cap * 2 : 65536;
+		while(ncap < sn->len + need)
+			ncap *= 2;
+		p = realloc(sn->buf, ncap);
+		if(p == NULL) {
+			LM_ERR("out of memory reading the alias table (%d rows)\n",
+					sn->rows);
+			return -1;
+		}
+		sn->buf = p;
+		sn->cap = ncap;
+	}
+	p = sn->buf + sn->len;
+	for(i = 0; i < 4; i++) {
+		l = (uint16_t)f[i]->len;
+		memcpy(p, &l, sizeof(l));
+		p += sizeof(l);
+	}
+	for(i = 0; i < 4; i++) {
+		if(f[i]->len > 0)
+			memcpy(p, f[i]->s, f[i]->len);
+		p += f[i]->len;
+	}
+	sn->len += need;
+	sn->rows++;
+	return 0;
+}
+
+/* publishes every row of the snapshot; the sersync_rc of the first
+ * failure, rows published in *done */
+static int sersync_snapshot_publish(struct sersync_snapshot *sn, int *done)
+{
+	struct sersync_alias_row r;
+	str *f[4] = {&r.auser, &r.adomain, &r.user, &r.domain};
+	uint16_t l[4];
+	char *p;
+	int i;
+	int rc;
+
+	*done = 0;
+	p = sn->buf;
+	while(p < sn->buf + sn->len) {
+		for(i = 0; i < 4; i++) {
+			memcpy(&l[i], p, sizeof(l[i]));
+			p += sizeof(l[i]);
+		}
+		for(i = 0; i < 4; i++) {
+			f[i]->s = p;
+			f[i]->len = l[i];
+			p += l[i];
+		}
+		rc = sersync_alias_publish(SERSYNC_OP_UPSERT, &r);
+		if(rc == SERSYNC_E_TOO_LARGE) {
+			/* written by another tool with oversize fields */
+			LM_ERR("alias %.*s@%.*s does not fit a queue slot; not"
+				   " replicated\n",
+					r.auser.len, r.auser.s, r.adomain.len, r.adomain.s);
+			continue;
+		}
+		if(rc != SERSYNC_OK)
+			return rc;
+		(*done)++;
+	}
+	return SERSYNC_OK;
+}
+
+/*
+ * Publishes a scan of _sersync_alias_table: SCAN_BEGIN, one UPSERT per
+ * row, SCAN_END; the engine journals what changed, and deletions.
+ *
+ * A scan must not contradict remote alias changes that the table does not
+ * show yet (staged, not applied): it would resurrect an alias deleted
+ * elsewhere, or delete one just added elsewhere. So the scan starts when
+ * nothing is staged; it reads the table, and publishes rows only if no
+ * remote alias was applied meanwhile; it ends (SCAN_END, which deletes)
+ * only if none was once the engine has taken the rows. Otherwise it gives
+ * up without SCAN_END, so nothing is deleted. What remains is the moment
+ * between the last check and the engine taking SCAN_END, and the engine's
+ * taking of the rows: see README "Aliases".
+ *
+ * Returns 0 and the row count, -1 on error, -2 when it gave up (retry
+ * later); err says why.
+ */
+int sersync_alias_scan(int wait_ms, int *rows, char *err, int errlen)
+{
+	struct sersync_snapshot sn;
+	struct sersync_scan_mark m0;
+	int published;
+	int rc;
+
+	*rows = 0;
+	if(!_sersync_db_bound) {
+		snprintf(err, errlen, "no db_url: the alias table is out of reach");
+		return -1;
+	}
+	memset(&sn, 0, sizeof(sn));
+	sersync_alias_lock();
+	rc = sersync_scan_settle(&m0, wait_ms);
+	if(rc != 0) {
+		snprintf(err, errlen, (rc == -2) ? "remote changes are still being"
+										   " applied; scan not started"
+										 : "cannot read the engine's status");
+		goto done;
+	}
+	rc = sersync_alias_publish(SERSYNC_OP_SCAN_BEGIN, NULL);
+	if(rc != SERSYNC_OK) {
+		snprintf(err, errlen, "the engine's queue took no scan (rc %d)", rc);
+		rc = -1;
+		goto done;
+	}
+	/* rows applied before the engine took SCAN_BEGIN are in the table */
+	if(sersync_scan_drain(wait_ms) != 0) {
+		snprintf(err, errlen, "the engine does not take its queue; scan"
+							  " not started");
+		rc = -2;
+		goto done;
+	}
+	if(sersync_alias_select(&_sersync_alias_table, NULL, NULL,
+			   sersync_snapshot_row, &sn)
+			!= 0) {
+		snprintf(err, errlen, "cannot read table %.*s",
+				_sersync_alias_table.len, _sersync_alias_table.s);
+		rc = -1;
+		goto done;
+	}
+	if(!sersync_scan_calm(&m0)) {
+		snprintf(err, errlen, "remote alias changes arrived while reading;"
+							  " scan abandoned, nothing changed");
+		rc = -2;
+		goto done;
+	}
+	rc = sersync_snapshot_publish(&sn, &published);
+	if(rc != SERSYNC_OK) {
+		snprintf(err, errlen,
+				"the engine's queue took only %d row(s) (rc %d); scan"
+				" abandoned, nothing deleted",
+				published, rc);
+		rc = -1;
+		goto done;
+	}
+	if(sersync_scan_drain(wait_ms) != 0 || !sersync_scan_calm(&m0)) {
+		/* no SCAN_END: the engine deletes nothing for this scan */
+		snprintf(err, errlen, "remote alias changes arrived during the scan;"
+							  " scan abandoned, nothing deleted");
+		rc = -2;
+		goto done;
+	}
+	rc = sersync_alias_publish(SERSYNC_OP_SCAN_END, NULL);
+	if(rc != SERSYNC_OK) {
+		snprintf(err, errlen, "the engine's queue took no scan end (rc %d)",
+				rc);
+		rc = -1;
+		goto done;
+	}
+	if(sersync_scan_drain(wait_ms) != 0 || !sersync_scan_calm(&m0))
+		LM_WARN("a remote alias change arrived as the scan of %.*s ended;"
+				" if an alias added elsewhere at that moment is missing,"
+				" add it again\n",
+				_sersync_alias_table.len, _sersync_alias_table.s);
+	if(sn.too_long > 0)
+		LM_ERR("%d row(s) of %.*s have a field over 65535 bytes; not"
+			   " replicated\n",
+				sn.too_long, _sersync_alias_table.len,
+				_sersync_alias_table.s);
+	*rows = published;
+	rc = 0;
+done:
+	sersync_alias_unlock();
+	if(sn.buf != NULL)
+		free(sn.buf);
+	return rc;
+}
+
+/* the rescan process: one scan per alias_rescan_interval */
+static void sersync_alias_timer(unsigned int ticks, void *param)
+{
+	char err[SERSYNC_ERR_MAX];
+	int rows;
+	int rc;
+
+	err[0] = '\0';
+	rc = sersync_alias_scan(SERSYNC_SCAN_SETTLE_MS, &rows, err, sizeof(err));
+	if(rc == 0)
+		LM_DBG("alias table %.*s scanned: %d row(s)\n",
+				_sersync_alias_table.len, _sersync_alias_table.s, rows);
+	else if(rc == -2)
+		LM_INFO("alias rescan skipped: %s\n", err);
+	else
+		LM_ERR("alias rescan failed: %s\n", err);
+}
+
+/*
+ * sersync_apply_alias_fn: one alias record from a peer into its table
+ * (in the process serving sersync.apply, marked as replaying). UPSERT
+ * inserts the row unless it exists; DELETE removes it; both idempotent.
+ */
+int sersync_alias_apply(void *ctx, const struct sersync_alias *a)
+{
+	struct sersync_alias_row r;
+	str table;
+	time_t now;
+	int rc;
+
+	if(a == NULL)
+		return -1;
+	if(!_sersync_db_bound) {
+		/* keeping it would stall every record behind it */
+		now = time(NULL);
+		if(now - _sersync_alias_ignored_logged >= 60) {
+			_sersync_alias_ignored_logged = now;
+			LM_WARN("alias records from peers are ignored: this node has no"
+					" modparam(\"sersync\", \"db_url\", ...)\n");
+		}
+		return 0;
+	}
+	if(!sersync_alias_table_ok(a->table.s, a->table.len)) {
+		LM_ERR("alias record for table '%.*s': not a table name\n",
+				(int)(a->table.len > 64 ? 64 : a->table.len),
+				a->table.s ? a->table.s : "");
+		return -1;
+	}
+	table.s = (char *)a->table.s;
+	table.len = (int)a->table.len;
+	r.auser.s = (char *)a->alias_username.s;
+	r.auser.len = (int)a->alias_username.len;
+	r.adomain.s = (char *)a->alias_domain.s;
+	r.adomain.len = (int)a->alias_domain.len;
+	r.user.s = (char *)a->username.s;
+	r.user.len = (int)a->username.len;
+	r.domain.s = (char *)a->domain.s;
+	r.domain.len = (int)a->domain.len;
+
+	__atomic_fetch_add(_sersync_alias_applied, 1, __ATOMIC_SEQ_CST);
+	switch(a->op) {
+		case SERSYNC_OP_UPSERT:
+			rc = sersync_alias_exists(&table, &r);
+			if(rc < 0)
+				return -1;
+			if(rc > 0)
+				return 0;
+			return sersync_alias_insert(&table, &r);
+		case SERSYNC_OP_DELETE:
+			return sersync_alias_delete(&table, &r);
+		default:
+			LM_ERR("unknown alias operation %d\n", (int)a->op);
+			return -1;
+	}
+}
