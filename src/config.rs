@@ -139,7 +139,14 @@ impl RawConfig {
             domains.push("location".to_string());
         }
         let door = if self.fifo.is_empty() { None } else { Some(PathBuf::from(&self.fifo)) };
-        let database = if self.db_url.is_empty() { None } else { Some(parse_db_url(&self.db_url)?) };
+        // Another database (MySQL, PostgreSQL) still serves the module's
+        // alias RPCs through SER's own layer; only the engine's direct
+        // fallback and start-up comparison need SQLite, and are off then.
+        let database = if self.db_url.is_empty() || !self.db_url.starts_with("sqlite:") {
+            None
+        } else {
+            Some(parse_db_url(&self.db_url)?)
+        };
         let fifo_reply_dir =
             PathBuf::from(if self.fifo_reply_dir.is_empty() { "/tmp/" } else { &self.fifo_reply_dir });
         Ok(Config {
@@ -197,7 +204,9 @@ mod tests {
         assert!(c.check().unwrap_err().to_string().contains("secret"));
         let mut c = good();
         c.db_url = "mysql://u:p@localhost/kamailio".into();
-        assert!(c.check().unwrap_err().to_string().contains("SQLite only"));
+        assert!(c.check().unwrap().database.is_none(), "other databases: no direct fallback");
+        c.db_url = "sqlite://".into();
+        assert!(c.check().is_err());
         let mut c = good();
         c.node_id = "has space".into();
         assert!(c.check().is_err());

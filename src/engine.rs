@@ -53,8 +53,8 @@ impl Engine {
         if let Some(db) = &cfg.database {
             match crate::seed::existing_contents(&mut ingest_journal, &cfg.node_id, db, &cfg.domains) {
                 Ok(0) => {}
-                Ok(n) => log::info(format_args!("first start: journaled {n} contacts SER already held")),
-                Err(e) => log::error(format_args!("first start: cannot read SER's existing contacts: {e}")),
+                Ok(n) => log::info(format_args!("journaled {n} contacts SER's database holds and the journal did not")),
+                Err(e) => log::error(format_args!("cannot compare SER's database with the journal: {e}")),
             }
         }
         let net_journal = open()?;
@@ -167,6 +167,18 @@ impl Sink for NoDoor {
     }
 }
 
+/// An alias table scan between its begin and end markers. Its rows are
+/// held back until the end: what the scan concludes about a key is only
+/// trusted if nothing else changed that key meanwhile.
+struct Scan {
+    table: Vec<u8>,
+    /// Stamp at the start: a newer version in the state means the key
+    /// changed during the scan, and the table row read may predate it.
+    started: u64,
+    rows: Vec<Record>,
+    seen: HashSet<Vec<u8>>,
+}
+
 /// Moves records from the worker queue into the journal.
 struct Ingest {
     journal: Journal,
@@ -175,48 +187,67 @@ struct Ingest {
     hlc: Arc<Mutex<Hlc>>,
     waker: Arc<Waker>,
     node_id: String,
-    /// An alias table scan in progress: its table and the keys reported.
-    scan: Option<(Vec<u8>, HashSet<Vec<u8>>)>,
+    /// An alias table scan in progress.
+    scan: Option<Scan>,
     net_cmd: crossbeam_channel::Sender<crate::net::NetCmd>,
 }
 
 impl Ingest {
-    /// Ends a scan of an alias table: every alias the state holds for it
-    /// that the scan did not report was deleted behind SER's back.
+    /// Ends a scan of an alias table: rows the journal does not hold are
+    /// journaled, and every alias the state holds for the table that the
+    /// scan did not report was deleted behind SER's back. Keys changed by
+    /// a peer during the scan, or staged and not yet written to the table,
+    /// are left alone: the table row may be older than that change.
     fn finish_scan(&mut self, table: &[u8], pending: &mut Vec<(u64, Record)>) {
-        let Some((scanning, seen)) = self.scan.take() else {
+        let Some(scan) = self.scan.take() else {
             log::warn(format_args!("alias scan end without a start; ignored"));
             return;
         };
-        if scanning != table {
+        if scan.table != table {
             log::warn(format_args!("alias scan of one table ended by another; ignored"));
             return;
         }
-        // Changes still pending are not in the state yet.
-        let pending_keys: HashSet<Vec<u8>> = pending.iter().map(|(_, r)| r.key()).collect();
-        let live = match self.journal.live_alias_keys(table) {
-            Ok(k) => k,
-            Err(e) => {
-                log::error(format_args!("alias scan: {e}"));
-                return;
+        let result = (|| -> Result<(Vec<Record>, usize, usize), crate::error::JournalError> {
+            let unsettled = self.journal.inbox_keys()?;
+            let changed_since = |key: &[u8]| -> Result<bool, crate::error::JournalError> {
+                Ok(unsettled.contains(key) || self.journal.state_stamp(key)?.is_some_and(|h| h > scan.started))
+            };
+            let mut out = Vec::new();
+            let mut skipped = 0;
+            for rec in scan.rows {
+                if changed_since(&rec.key())? {
+                    skipped += 1;
+                } else {
+                    out.push(rec);
+                }
             }
-        };
-        let mut removed = 0;
-        for key in live {
-            if seen.contains(&key) || pending_keys.contains(&key) {
-                continue;
+            let pending_keys: HashSet<Vec<u8>> = pending.iter().map(|(_, r)| r.key()).collect();
+            let mut removed = 0;
+            for key in self.journal.live_alias_keys(table)? {
+                if scan.seen.contains(&key) || pending_keys.contains(&key) || changed_since(&key)? {
+                    continue;
+                }
+                if let Some(Record::Alias { alias, .. }) = self.journal.state_of(&key)? {
+                    out.push(Record::Alias { op: Op::Delete, alias });
+                    removed += 1;
+                }
             }
-            if let Ok(Some(Record::Alias { alias, .. })) = self.journal.state_of(&key) {
-                let stamp = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).now();
-                pending.push((stamp, Record::Alias { op: Op::Delete, alias }));
-                removed += 1;
+            Ok((out, removed, skipped))
+        })();
+        match result {
+            Ok((records, removed, skipped)) => {
+                for rec in records {
+                    let stamp = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).now();
+                    pending.push((stamp, rec));
+                }
+                log::info(format_args!(
+                    "alias scan of {}: {} aliases present, {removed} removed, {skipped} left to changes in flight",
+                    String::from_utf8_lossy(table),
+                    scan.seen.len()
+                ));
             }
+            Err(e) => log::error(format_args!("alias scan of {}: {e}; ignored", String::from_utf8_lossy(table))),
         }
-        log::info(format_args!(
-            "alias scan of {}: {} aliases present, {removed} removed",
-            String::from_utf8_lossy(table),
-            seen.len()
-        ));
     }
 
     fn run(mut self, stop: &AtomicBool) {
@@ -230,7 +261,8 @@ impl Ingest {
                 }
                 match codec::decode::<Record>(&buf) {
                     Ok(Record::AliasScan { table, end: false }) => {
-                        self.scan = Some((table, HashSet::new()));
+                        let started = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).now();
+                        self.scan = Some(Scan { table, started, rows: Vec::new(), seen: HashSet::new() });
                     }
                     Ok(Record::AliasScan { table, end: true }) => self.finish_scan(&table, &mut pending),
                     Ok(Record::Forget { node_id }) => {
@@ -238,9 +270,11 @@ impl Ingest {
                         let _ = self.waker.wake();
                     }
                     Ok(rec) => {
-                        if let (Some((table, seen)), Record::Alias { op: Op::Upsert, alias }) = (&mut self.scan, &rec) {
-                            if *table == alias.table {
-                                seen.insert(rec.key());
+                        if let (Some(scan), Record::Alias { op: Op::Upsert, alias }) = (&mut self.scan, &rec) {
+                            if scan.table == alias.table {
+                                scan.seen.insert(rec.key());
+                                scan.rows.push(rec);
+                                continue;
                             }
                         }
                         let stamp = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).now();

@@ -259,6 +259,15 @@ impl Journal {
             .map_err(|e| self.err(e))
     }
 
+    /// The stamp of the version the state holds for `key`.
+    pub fn state_stamp(&self, key: &[u8]) -> Result<Option<u64>, JournalError> {
+        self.conn
+            .prepare_cached("SELECT hlc FROM state WHERE key = ?1")
+            .and_then(|mut st| st.query_row([key], |r| r.get::<_, i64>(0)).optional())
+            .map(|v| v.map(|h| h as u64))
+            .map_err(|e| self.err(e))
+    }
+
     /// The record the state holds for `key`, if any.
     pub fn state_of(&self, key: &[u8]) -> Result<Option<Record>, JournalError> {
         let body: Option<Vec<u8>> = self
@@ -637,6 +646,19 @@ impl Journal {
         }
         tx.commit().map_err(sq)?;
         Ok((out, last_id))
+    }
+
+    /// Keys of every change staged and not yet applied.
+    pub fn inbox_keys(&self) -> Result<std::collections::HashSet<Vec<u8>>, JournalError> {
+        let mut stmt = self.conn.prepare_cached("SELECT body FROM inbox").map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(|e| self.err(e))?;
+        let mut out = std::collections::HashSet::new();
+        for body in rows {
+            if let Ok(rec) = codec::decode::<Record>(&body.map_err(|e| self.err(e))?) {
+                out.insert(rec.key());
+            }
+        }
+        Ok(out)
     }
 
     /// The oldest staged changes, at most `limit`.

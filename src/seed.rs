@@ -1,7 +1,11 @@
-//! First start on a node whose SER already holds contacts (usrloc loaded
-//! them from its database): they enter the journal as this node's changes,
-//! so they reach the peers. Read from SER's database (the `db_url`
-//! modparam), the same SQLite file usrloc loads at start.
+//! At every start, the contacts SER's database holds (what usrloc loads)
+//! are compared with the journal's state, and what the journal does not
+//! know enters it as this node's changes, so they reach the peers:
+//! - first start on a node that already holds contacts: all of them;
+//! - after a crash: changes SER stored in the window between its 200 OK
+//!   and the journal commit (their last_modified is newer than the version
+//!   the journal holds).
+//! Read from SER's database (the `db_url` modparam).
 
 use std::path::Path;
 
@@ -62,27 +66,30 @@ fn read_table(conn: &Connection, table: &str, now: i64) -> rusqlite::Result<Vec<
     Ok(out)
 }
 
-/// Journals SER's existing contacts if this journal has never done so and
-/// holds nothing yet. Returns how many were journaled.
+/// Journals the contacts of SER's database that the journal's state does
+/// not hold, or holds in an older version. Returns how many.
 pub fn existing_contents(journal: &mut Journal, node_id: &str, database: &Path, tables: &[String]) -> Result<usize, String> {
-    if journal.meta("seeded").map_err(|e| e.to_string())?.is_some() {
-        return Ok(0);
-    }
-    let fresh = journal.last_seq().map_err(|e| e.to_string())? == 0 && journal.state_len().map_err(|e| e.to_string())? == 0;
     let mut total = 0;
-    if fresh && database.exists() {
+    if database.exists() {
         let conn = Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| format!("{}: {e}", database.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
         let now = crate::hlc::wall_ms() as i64 / 1000;
         for table in tables {
-            let recs = read_table(&conn, table, now).map_err(|e| format!("{}: table {table}: {e}", database.display()))?;
-            for chunk in recs.chunks(5000) {
+            let mut recs = read_table(&conn, table, now).map_err(|e| format!("{}: table {table}: {e}", database.display()))?;
+            let mut newer = Vec::with_capacity(recs.len());
+            for (stamp, rec) in recs.drain(..) {
+                let held = journal.state_stamp(&rec.key()).map_err(|e| e.to_string())?;
+                // Seconds in the database against milliseconds in the journal.
+                if held.is_none_or(|h| crate::hlc::Hlc::millis(h) / 1000 < crate::hlc::Hlc::millis(stamp) / 1000) {
+                    newer.push((stamp, rec));
+                }
+            }
+            for chunk in newer.chunks(5000) {
                 total += journal.append_local(node_id, chunk).map_err(|e| e.to_string())?.1;
             }
         }
     }
-    journal.set_meta("seeded", 1).map_err(|e| e.to_string())?;
     Ok(total)
 }
 
@@ -121,5 +128,14 @@ mod tests {
         let log = j.read_log(0, 10).unwrap();
         assert_eq!(log[0].record, contact("alice", now + 3600));
         assert_eq!(existing_contents(&mut j, "n1", &db, &["location".to_string()]).unwrap(), 0, "only once");
+        // A change SER stored after the journal's version (a crash between
+        // the 200 OK and the journal commit) is picked up at the next start.
+        let mut later = contact("bob", now + 7200);
+        let Record::Contact { contact: c, .. } = &mut later else { unreachable!() };
+        c.last_modified = now + 5;
+        c.cseq = 9;
+        sink.apply(&[later.clone()]).unwrap();
+        assert_eq!(existing_contents(&mut j, "n1", &db, &["location".to_string()]).unwrap(), 1);
+        assert_eq!(j.read_log(2, 10).unwrap()[0].record, later);
     }
 }

@@ -487,3 +487,28 @@ fn a_new_node_joins_through_one_seed_and_is_forgotten_for_good() {
     std::thread::sleep(Duration::from_millis(1500));
     assert!(peer_ids(&nodes[3]).is_empty(), "a forgotten node is refused: {:?}", peer_ids(&nodes[3]));
 }
+
+#[test]
+fn a_scan_does_not_undo_a_peer_change_made_while_it_ran() {
+    let nodes = cluster(2);
+    let key = |a: &str, t: &str| (a.as_bytes().to_vec(), t.as_bytes().to_vec());
+    let x = alias("sales", "alice");
+    nodes[1].shared.publish(&RecordRef::Alias { op: Op::Upsert, alias: x.as_ref() }).unwrap();
+    wait_for("the alias to reach n1", Duration::from_secs(10), || {
+        nodes[0].table.lock().unwrap().contains_key(&key("sales", "alice"))
+    });
+    // n1 scans its table and reads the row; meanwhile n2 deletes it.
+    let table: &[u8] = b"dbaliases";
+    nodes[0].shared.publish(&RecordRef::AliasScan { table, end: false }).unwrap();
+    nodes[0].shared.publish(&RecordRef::Alias { op: Op::Upsert, alias: x.as_ref() }).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    nodes[1].table.lock().unwrap().remove(&key("sales", "alice"));
+    nodes[1].shared.publish(&RecordRef::Alias { op: Op::Delete, alias: x.as_ref() }).unwrap();
+    wait_for("the deletion to reach n1", Duration::from_secs(10), || {
+        !nodes[0].table.lock().unwrap().contains_key(&key("sales", "alice"))
+    });
+    nodes[0].shared.publish(&RecordRef::AliasScan { table, end: true }).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    wait_converged(&nodes, Duration::from_secs(10));
+    assert!(!nodes[1].table.lock().unwrap().contains_key(&key("sales", "alice")), "the scan brought the alias back");
+}
