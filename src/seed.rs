@@ -5,6 +5,7 @@
 //! - after a crash: changes SER stored in the window between its 200 OK
 //!   and the journal commit (their last_modified is newer than the version
 //!   the journal holds).
+//!
 //! Read from SER's database (the `db_url` modparam).
 
 use std::path::Path;
