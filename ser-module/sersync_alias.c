@@ -475,11 +475,17 @@ int sersync_alias_exists(const str *table, const struct sersync_alias_row *r)
 	return found;
 }
 
-int sersync_alias_insert(const str *table, const struct sersync_alias_row *r)
+/*
+ * Inserts (del 0) or deletes (del 1: every copy of) the exact row,
+ * retrying while the database is busy (db_sqlite sets no busy timeout).
+ */
+static int sersync_alias_write(
+		const str *table, const struct sersync_alias_row *r, int del)
 {
 	db_key_t keys[4];
 	db_val_t vals[4];
 	db1_con_t *h;
+	int rc;
 	int i;
 
 	sersync_alias_keys(keys, vals, r);
@@ -487,35 +493,30 @@ int sersync_alias_insert(const str *table, const struct sersync_alias_row *r)
 		if(i > 0)
 			sleep_us(SERSYNC_DB_RETRY_US);
 		h = sersync_alias_db(table);
-		if(h != NULL && _sersync_dbf.insert(h, keys, vals, 4) == 0)
+		if(h == NULL)
+			continue;
+		rc = del ? _sersync_dbf.delete(h, keys, NULL, vals, 4)
+				 : _sersync_dbf.insert(h, keys, vals, 4);
+		if(rc == 0)
 			return 0;
 	}
-	LM_ERR("cannot insert %.*s@%.*s -> %.*s@%.*s into %.*s\n", r->auser.len,
-			r->auser.s, r->adomain.len, r->adomain.s, r->user.len, r->user.s,
-			r->domain.len, r->domain.s, table->len, table->s);
+	LM_ERR("cannot %s %.*s@%.*s -> %.*s@%.*s %s %.*s\n",
+			del ? "delete" : "insert", r->auser.len, r->auser.s,
+			r->adomain.len, r->adomain.s, r->user.len, r->user.s,
+			r->domain.len, r->domain.s, del ? "from" : "into", table->len,
+			table->s);
 	return -1;
+}
+
+int sersync_alias_insert(const str *table, const struct sersync_alias_row *r)
+{
+	return sersync_alias_write(table, r, 0);
 }
 
 /* deletes the exact row (every copy of it) */
 int sersync_alias_delete(const str *table, const struct sersync_alias_row *r)
 {
-	db_key_t keys[4];
-	db_val_t vals[4];
-	db1_con_t *h;
-	int i;
-
-	sersync_alias_keys(keys, vals, r);
-	for(i = 0; i < SERSYNC_DB_TRIES; i++) {
-		if(i > 0)
-			sleep_us(SERSYNC_DB_RETRY_US);
-		h = sersync_alias_db(table);
-		if(h != NULL && _sersync_dbf.delete(h, keys, NULL, vals, 4) == 0)
-			return 0;
-	}
-	LM_ERR("cannot delete %.*s@%.*s -> %.*s@%.*s from %.*s\n", r->auser.len,
-			r->auser.s, r->adomain.len, r->adomain.s, r->user.len, r->user.s,
-			r->domain.len, r->domain.s, table->len, table->s);
-	return -1;
+	return sersync_alias_write(table, r, 1);
 }
 
 static void sersync_alias_str(struct sersync_str *dst, const str *src)

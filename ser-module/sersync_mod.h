@@ -28,6 +28,12 @@ extern str _sersync_domains;
 extern int _sersync_queue_size;
 extern str _sersync_alias_table;
 extern int _sersync_alias_rescan_interval;
+extern int _sersync_retention_secs;
+extern int _sersync_retention_records;
+extern str _sersync_durability;
+extern int _sersync_durability_timeout;
+/* derived from "durability": 1 for "journal" */
+extern int _sersync_durable_wait;
 
 /* derived in mod_init (sersync_mod.c) */
 extern struct sersync_config _sersync_config;

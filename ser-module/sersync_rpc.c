@@ -1,7 +1,8 @@
 /*
  * sersync - replication of usrloc between SER (Kamailio) nodes
  *
- * RPC commands. sersync.status reads the engine's shared status area;
+ * RPC commands. sersync.status and sersync.peers read the engine's shared
+ * status area; sersync.forget removes a member for good;
  * sersync.apply is how the engine writes remote records into usrloc (and
  * aliases into their table): it calls it through SER's RPC door (jsonrpcs
  * FIFO), so the records are written inside SER, under usrloc's locks, by
@@ -46,19 +47,11 @@ static const char *sersync_peer_state_str(int32_t state)
  * terminate them anyway before printing */
 #define SERSYNC_TERM(a) ((a)[sizeof(a) - 1] = '\0')
 
-static const char *sersync_status_doc[2] = {
-		"Engine and peer status: queue, journal, apply counters and, per"
-		" peer, link state, sent/acked/pending records and lag.",
-		0};
-
-static void sersync_rpc_status(rpc_t *rpc, void *ctx)
+/* the engine's status, read into one static copy (about 12 KiB; RPC
+ * handlers run one at a time per process); NULL after a fault */
+static struct sersync_status *sersync_status_get(rpc_t *rpc, void *ctx)
 {
-	/* about 12 KiB: static, RPC handlers run one at a time per process */
 	static struct sersync_status st;
-	struct sersync_peer_status *ps;
-	void *th;
-	void *ah;
-	void *ph;
 	uint32_t i;
 	int rc;
 
@@ -66,26 +59,70 @@ static void sersync_rpc_status(rpc_t *rpc, void *ctx)
 	rc = sersync_status_read(_sersync_shared, &st);
 	if(rc != SERSYNC_OK) {
 		rpc->fault(ctx, 500, "Cannot read sersync status (rc %d)", rc);
-		return;
+		return NULL;
 	}
 	SERSYNC_TERM(st.node_id);
 	SERSYNC_TERM(st.last_error);
+	if(st.npeers > SERSYNC_MAX_PEERS)
+		st.npeers = SERSYNC_MAX_PEERS;
+	for(i = 0; i < st.npeers; i++) {
+		SERSYNC_TERM(st.peers[i].node_id);
+		SERSYNC_TERM(st.peers[i].address);
+		SERSYNC_TERM(st.peers[i].last_error);
+	}
+	return &st;
+}
 
+/* one member's struct, for sersync.status and sersync.peers */
+static int sersync_peer_add(
+		rpc_t *rpc, void *ph, struct sersync_peer_status *ps)
+{
+	return rpc->struct_add(ph, "sssJJJJJsJJJ", "node_id", ps->node_id,
+			"address", ps->address, "state", sersync_peer_state_str(ps->state),
+			"sent", (unsigned long long)ps->sent, "received",
+			(unsigned long long)ps->received, "acked",
+			(unsigned long long)ps->acked, "pending",
+			(unsigned long long)ps->pending, "lag_ms",
+			(unsigned long long)ps->lag_ms, "last_error", ps->last_error,
+			"snapshot_sent", (unsigned long long)ps->snapshot_sent,
+			"snapshot_total", (unsigned long long)ps->snapshot_total,
+			"snapshot_received", (unsigned long long)ps->snapshot_received);
+}
+
+static const char *sersync_status_doc[2] = {
+		"Engine status: node_id, running, queue_depth, queue_dropped,"
+		" journaled, last_seq, journal_entries, applied, apply_pending,"
+		" apply_failures, applied_via_db, last_error, and peers: one struct"
+		" per member as sersync.peers gives it.",
+		0};
+
+static void sersync_rpc_status(rpc_t *rpc, void *ctx)
+{
+	struct sersync_status *st;
+	void *th;
+	void *ah;
+	void *ph;
+	uint32_t i;
+
+	st = sersync_status_get(rpc, ctx);
+	if(st == NULL)
+		return;
 	if(rpc->add(ctx, "{", &th) < 0) {
 		rpc->fault(ctx, 500, "Internal error creating reply");
 		return;
 	}
-	if(rpc->struct_add(th, "sdJJJJJJJJs", "node_id", st.node_id, "running",
-			   (int)st.running, "queue_depth",
-			   (unsigned long long)st.queue_depth, "queue_dropped",
-			   (unsigned long long)st.queue_dropped, "journaled",
-			   (unsigned long long)st.journaled, "last_seq",
-			   (unsigned long long)st.last_seq, "applied",
-			   (unsigned long long)st.applied, "apply_pending",
-			   (unsigned long long)st.apply_pending, "apply_failures",
-			   (unsigned long long)st.apply_failures, "applied_via_db",
-			   (unsigned long long)st.applied_via_db, "last_error",
-			   st.last_error)
+	if(rpc->struct_add(th, "sdJJJJJJJJJs", "node_id", st->node_id, "running",
+			   (int)st->running, "queue_depth",
+			   (unsigned long long)st->queue_depth, "queue_dropped",
+			   (unsigned long long)st->queue_dropped, "journaled",
+			   (unsigned long long)st->journaled, "last_seq",
+			   (unsigned long long)st->last_seq, "journal_entries",
+			   (unsigned long long)st->journal_entries, "applied",
+			   (unsigned long long)st->applied, "apply_pending",
+			   (unsigned long long)st->apply_pending, "apply_failures",
+			   (unsigned long long)st->apply_failures, "applied_via_db",
+			   (unsigned long long)st->applied_via_db, "last_error",
+			   st->last_error)
 			< 0) {
 		rpc->fault(ctx, 500, "Internal error adding status");
 		return;
@@ -94,28 +131,141 @@ static void sersync_rpc_status(rpc_t *rpc, void *ctx)
 		rpc->fault(ctx, 500, "Internal error adding peers");
 		return;
 	}
-	for(i = 0; i < st.npeers && i < SERSYNC_MAX_PEERS; i++) {
-		ps = &st.peers[i];
-		SERSYNC_TERM(ps->node_id);
-		SERSYNC_TERM(ps->address);
-		SERSYNC_TERM(ps->last_error);
-		if(rpc->array_add(ah, "{", &ph) < 0) {
-			rpc->fault(ctx, 500, "Internal error adding a peer");
-			return;
-		}
-		if(rpc->struct_add(ph, "sssJJJJJs", "node_id", ps->node_id, "address",
-				   ps->address, "state", sersync_peer_state_str(ps->state),
-				   "sent", (unsigned long long)ps->sent, "acked",
-				   (unsigned long long)ps->acked, "pending",
-				   (unsigned long long)ps->pending, "lag_ms",
-				   (unsigned long long)ps->lag_ms, "received",
-				   (unsigned long long)ps->received, "last_error",
-				   ps->last_error)
-				< 0) {
+	for(i = 0; i < st->npeers; i++) {
+		if(rpc->array_add(ah, "{", &ph) < 0
+				|| sersync_peer_add(rpc, ph, &st->peers[i]) < 0) {
 			rpc->fault(ctx, 500, "Internal error adding peer status");
 			return;
 		}
 	}
+}
+
+static const char *sersync_peers_doc[2] = {
+		"Cluster members this node knows (configured seeds and members"
+		" learned from them), one struct each: node_id, address, state"
+		" (down, connecting, up, refused), sent, received, acked, pending"
+		" (records), lag_ms, last_error, snapshot_sent, snapshot_total,"
+		" snapshot_received.",
+		0};
+
+static void sersync_rpc_peers(rpc_t *rpc, void *ctx)
+{
+	struct sersync_status *st;
+	void *ph;
+	uint32_t i;
+
+	st = sersync_status_get(rpc, ctx);
+	if(st == NULL)
+		return;
+	for(i = 0; i < st->npeers; i++) {
+		if(rpc->add(ctx, "{", &ph) < 0
+				|| sersync_peer_add(rpc, ph, &st->peers[i]) < 0) {
+			rpc->fault(ctx, 500, "Internal error adding peer status");
+			return;
+		}
+	}
+}
+
+/* exactly one non-empty string parameter, else a fault naming it */
+static int sersync_rpc_one_param(
+		rpc_t *rpc, void *ctx, const char *what, str *v)
+{
+	str extra = STR_NULL;
+
+	if(rpc->scan(ctx, "S", v) != 1) {
+		rpc->fault(ctx, 400, "Expected one string parameter: the %s", what);
+		return -1;
+	}
+	if(rpc->scan(ctx, "*.S", &extra) != 0) {
+		rpc->fault(ctx, 400, "Too many parameters: expected only the %s",
+				what);
+		return -1;
+	}
+	if(v->s == NULL || v->len <= 0) {
+		rpc->fault(ctx, 400, "Empty %s", what);
+		return -1;
+	}
+	return 0;
+}
+
+static const char *sersync_rc_name(int rc)
+{
+	switch(rc) {
+		case SERSYNC_E_NULL:
+			return "SERSYNC_E_NULL";
+		case SERSYNC_E_PANIC:
+			return "SERSYNC_E_PANIC";
+		case SERSYNC_E_QUEUE_FULL:
+			return "SERSYNC_E_QUEUE_FULL";
+		case SERSYNC_E_TOO_LARGE:
+			return "SERSYNC_E_TOO_LARGE";
+		case SERSYNC_E_DECODE:
+			return "SERSYNC_E_DECODE";
+		case SERSYNC_E_IO:
+			return "SERSYNC_E_IO";
+		default:
+			return "SERSYNC_E_OTHER";
+	}
+}
+
+static const char *sersync_forget_doc[2] = {
+		"Remove a member from the cluster for good: sersync.forget node_id."
+		" Every member stops dialing it, drops what its journal kept for it"
+		" and refuses it from then on. Only for a node that is gone: one"
+		" merely down is caught up when it returns. Returns \"ok\".",
+		0};
+
+static void sersync_rpc_forget(rpc_t *rpc, void *ctx)
+{
+	struct sersync_status *st;
+	str id = STR_NULL;
+	uint32_t i;
+	int rc;
+
+	if(sersync_rpc_one_param(rpc, ctx, "node_id", &id) < 0)
+		return;
+	if(id.len >= SERSYNC_ID_MAX) {
+		rpc->fault(ctx, 400, "node_id must be at most %d characters (got %d)",
+				SERSYNC_ID_MAX - 1, id.len);
+		return;
+	}
+	for(i = 0; i < (uint32_t)id.len; i++) {
+		if(id.s[i] <= ' ' || id.s[i] > '~') {
+			rpc->fault(ctx, 400, "node_id must be printable ASCII without"
+								 " spaces (character %u is not)",
+					i + 1);
+			return;
+		}
+	}
+	if(id.len == _sersync_node_id.len
+			&& memcmp(id.s, _sersync_node_id.s, id.len) == 0) {
+		rpc->fault(ctx, 400, "%.*s is this node: forget it on another member",
+				id.len, id.s);
+		return;
+	}
+	/* a typo must not ban a name for good: only a known member */
+	st = sersync_status_get(rpc, ctx);
+	if(st == NULL)
+		return;
+	for(i = 0; i < st->npeers; i++) {
+		if(strlen(st->peers[i].node_id) == (size_t)id.len
+				&& memcmp(st->peers[i].node_id, id.s, id.len) == 0)
+			break;
+	}
+	if(i == st->npeers) {
+		rpc->fault(ctx, 404, "%.*s is not a member this node knows"
+							 " (see sersync.peers)",
+				id.len, id.s);
+		return;
+	}
+	rc = sersync_forget(_sersync_shared, id.s, (size_t)id.len);
+	if(rc != SERSYNC_OK) {
+		rpc->fault(ctx, 500, "Cannot forget %.*s: %s (rc %d)", id.len, id.s,
+				sersync_rc_name(rc), rc);
+		return;
+	}
+	LM_INFO("member %.*s forgotten on request\n", id.len, id.s);
+	rpc->add(ctx, "s", "ok");
 }
 
 /* usrloc wants str with char *; it copies, never writes through them.
@@ -179,6 +329,43 @@ static int sersync_same_identity(const ucontact_t *c, ucontact_info_t *ci)
 		   && c->reg_id == ci->reg_id;
 }
 
+/*
+ * Locks aor's slot and finds its record (creates it if create): 0 with
+ * the slot locked, else unlocked: 1 no such record, -1 error.
+ */
+static int sersync_record_lock(udomain_t *d, str *aor, urecord_t **r,
+		int create)
+{
+	int rc;
+
+	_sersync_ul.lock_udomain(d, aor);
+	rc = _sersync_ul.get_urecord(d, aor, r);
+	if(rc > 0 && create) {
+		rc = _sersync_ul.insert_urecord(d, aor, r);
+		if(rc < 0)
+			LM_ERR("cannot insert record %.*s\n", aor->len, aor->s);
+	} else if(rc < 0) {
+		LM_ERR("cannot look up %.*s\n", aor->len, aor->s);
+	}
+	if(rc != 0)
+		_sersync_ul.unlock_udomain(d, aor);
+	return (rc < 0) ? -1 : rc;
+}
+
+/* releases r and aor's slot; rc < 0: the contact write ("what") failed */
+static int sersync_record_unlock(udomain_t *d, str *aor, urecord_t *r, int rc,
+		const char *what, const str *contact)
+{
+	_sersync_ul.release_urecord(r);
+	_sersync_ul.unlock_udomain(d, aor);
+	if(rc < 0) {
+		LM_ERR("cannot %s contact %.*s of %.*s\n", what, contact->len,
+				contact->s, aor->len, aor->s);
+		return -1;
+	}
+	return 0;
+}
+
 static int sersync_apply_upsert(
 		udomain_t *d, str *aor, const struct sersync_contact *sc)
 {
@@ -216,18 +403,8 @@ static int sersync_apply_upsert(
 	ci.tcpconn_id = -1;
 	ci.last_modified = (time_t)sc->last_modified;
 
-	_sersync_ul.lock_udomain(d, aor);
-	rc = _sersync_ul.get_urecord(d, aor, &r);
-	if(rc < 0) {
-		_sersync_ul.unlock_udomain(d, aor);
-		LM_ERR("cannot look up %.*s\n", aor->len, aor->s);
+	if(sersync_record_lock(d, aor, &r, 1) != 0)
 		return -1;
-	}
-	if(rc > 0 && _sersync_ul.insert_urecord(d, aor, &r) < 0) {
-		_sersync_ul.unlock_udomain(d, aor);
-		LM_ERR("cannot insert record %.*s\n", aor->len, aor->s);
-		return -1;
-	}
 	c = sersync_find_contact(r, &contact);
 	if(c != NULL && !sersync_same_identity(c, &ci)) {
 		/* replaced at the origin (new ruid, instance or reg-id): replace
@@ -247,14 +424,7 @@ static int sersync_apply_upsert(
 		rc = _sersync_ul.insert_ucontact(r, &contact, &ci, &c);
 	}
 done:
-	_sersync_ul.release_urecord(r);
-	_sersync_ul.unlock_udomain(d, aor);
-	if(rc < 0) {
-		LM_ERR("cannot write contact %.*s of %.*s\n", contact.len, contact.s,
-				aor->len, aor->s);
-		return -1;
-	}
-	return 0;
+	return sersync_record_unlock(d, aor, r, rc, "write", &contact);
 }
 
 static int sersync_apply_delete(
@@ -266,30 +436,13 @@ static int sersync_apply_delete(
 	int rc;
 
 	sersync_str_to(&contact, &sc->contact);
-	_sersync_ul.lock_udomain(d, aor);
-	rc = _sersync_ul.get_urecord(d, aor, &r);
-	if(rc < 0) {
-		_sersync_ul.unlock_udomain(d, aor);
-		LM_ERR("cannot look up %.*s\n", aor->len, aor->s);
-		return -1;
-	}
-	if(rc > 0) {
-		/* already gone: a deletion is idempotent */
-		_sersync_ul.unlock_udomain(d, aor);
-		return 0;
-	}
+	rc = sersync_record_lock(d, aor, &r, 0);
+	if(rc != 0) /* > 0: already gone; a deletion is idempotent */
+		return (rc > 0) ? 0 : -1;
 	c = sersync_find_contact(r, &contact);
-	rc = 0;
 	if(c != NULL)
 		rc = _sersync_ul.delete_ucontact(r, c);
-	_sersync_ul.release_urecord(r);
-	_sersync_ul.unlock_udomain(d, aor);
-	if(rc < 0) {
-		LM_ERR("cannot delete contact %.*s of %.*s\n", contact.len, contact.s,
-				aor->len, aor->s);
-		return -1;
-	}
-	return 0;
+	return sersync_record_unlock(d, aor, r, rc, "delete", &contact);
 }
 
 /* sersync_apply_fn: one decoded record into usrloc */
@@ -343,22 +496,11 @@ static const struct sersync_apply_ops sersync_apply_ops = {
 static void sersync_rpc_apply(rpc_t *rpc, void *ctx)
 {
 	str payload = STR_NULL;
-	str extra = STR_NULL;
 	uint32_t count;
 	int rc;
 
-	if(rpc->scan(ctx, "S", &payload) != 1) {
-		rpc->fault(ctx, 400, "Expected one string parameter: the payload");
+	if(sersync_rpc_one_param(rpc, ctx, "payload", &payload) < 0)
 		return;
-	}
-	if(rpc->scan(ctx, "*.S", &extra) != 0) {
-		rpc->fault(ctx, 400, "Too many parameters: expected only the payload");
-		return;
-	}
-	if(payload.s == NULL || payload.len <= 0) {
-		rpc->fault(ctx, 400, "Empty payload");
-		return;
-	}
 
 	count = 0;
 	_sersync_replaying = 1;
@@ -793,6 +935,69 @@ static int sersync_alias_faulted(rpc_t *rpc, void *ctx,
 	return 0;
 }
 
+/* items of an add or replace call: alias_uri target_uri pairs, or one
+ * string of lines, all checked; 0, or -1 after a fault */
+static int sersync_alias_pairs_req(
+		rpc_t *rpc, void *ctx, struct sersync_alias_req *req)
+{
+	if(sersync_alias_params(rpc, ctx, req) < 0
+			|| sersync_alias_pairs(rpc, ctx, req) < 0
+			|| sersync_alias_validate(rpc, ctx, req) < 0
+			|| sersync_alias_no_db(rpc, ctx))
+		return -1;
+	return 0;
+}
+
+static int sersync_item_cmp(const void *pa, const void *pb);
+
+/* one step of a write call on items[from..to); 0 or -1 (DB error) */
+typedef int (*sersync_alias_step_f)(struct sersync_alias_done *done,
+		struct sersync_alias_item *items, int from, int to);
+
+/*
+ * Runs step under the alias lock on each item, or, grouped, on the items
+ * of each alias together (sorted first), until a step fails. 0 when the
+ * caller may reply; -1 after a fault (database error, changes the engine
+ * did not take).
+ */
+static int sersync_alias_run(rpc_t *rpc, void *ctx,
+		struct sersync_alias_req *req, struct sersync_alias_done *done,
+		sersync_alias_step_f step, int grouped)
+{
+	int failed;
+	int from;
+	int to;
+
+	if(grouped)
+		qsort(req->items, req->n, sizeof(req->items[0]), sersync_item_cmp);
+	failed = 0;
+	sersync_alias_lock();
+	for(from = 0; from < req->n; from = to) {
+		to = from + 1;
+		while(grouped && to < req->n
+				&& sersync_item_cmp(&req->items[from], &req->items[to]) == 0)
+			to++;
+		if(step(done, req->items, from, to) < 0) {
+			failed = req->items[from].pos;
+			break;
+		}
+	}
+	sersync_alias_unlock();
+	return sersync_alias_faulted(rpc, ctx, req, done, failed) ? -1 : 0;
+}
+
+static int sersync_alias_add_items(struct sersync_alias_done *done,
+		struct sersync_alias_item *items, int from, int to)
+{
+	int i;
+
+	for(i = from; i < to; i++) {
+		if(sersync_alias_add_one(done, &items[i].row) < 0)
+			return -1;
+	}
+	return 0;
+}
+
 static const char *sersync_alias_add_doc[2] = {
 		"Add aliases: alias_uri target_uri [alias_uri target_uri ...], or one"
 		" string of lines 'alias_uri target_uri'. SIP URIs with user and"
@@ -805,29 +1010,14 @@ static void sersync_rpc_alias_add(rpc_t *rpc, void *ctx)
 {
 	struct sersync_alias_req req;
 	struct sersync_alias_done done;
-	int failed;
-	int i;
 
 	memset(&req, 0, sizeof(req));
 	memset(&done, 0, sizeof(done));
-	if(sersync_alias_params(rpc, ctx, &req) < 0
-			|| sersync_alias_pairs(rpc, ctx, &req) < 0
-			|| sersync_alias_validate(rpc, ctx, &req) < 0
-			|| sersync_alias_no_db(rpc, ctx))
-		goto end;
-
-	failed = 0;
-	sersync_alias_lock();
-	for(i = 0; i < req.n; i++) {
-		if(sersync_alias_add_one(&done, &req.items[i].row) < 0) {
-			failed = req.items[i].pos;
-			break;
-		}
-	}
-	sersync_alias_unlock();
-	if(!sersync_alias_faulted(rpc, ctx, &req, &done, failed))
+	if(sersync_alias_pairs_req(rpc, ctx, &req) == 0
+			&& sersync_alias_run(rpc, ctx, &req, &done, sersync_alias_add_items,
+					   0)
+					   == 0)
 		rpc->add(ctx, "d", done.added);
-end:
 	sersync_alias_req_free(&req);
 }
 
@@ -865,7 +1055,8 @@ static int sersync_alias_wanted(struct sersync_alias_item *items, int from,
 	return 0;
 }
 
-/* one alias' new targets items[from..to): drops the others, adds these */
+/* one alias' new targets items[from..to): drops the others, adds these
+ * (from == to: drops every target of items[from]'s alias) */
 static int sersync_alias_replace_one(struct sersync_alias_done *done,
 		struct sersync_alias_item *items, int from, int to)
 {
@@ -881,11 +1072,9 @@ static int sersync_alias_replace_one(struct sersync_alias_done *done,
 			rc = sersync_alias_rm_one(done, &rows.r[i]);
 	}
 	sersync_alias_rows_free(&rows);
-	for(i = from; rc == 0 && i < to; i++) {
-		if(sersync_alias_add_one(done, &items[i].row) < 0)
-			rc = -1;
-	}
-	return (rc == 0) ? 0 : -1;
+	if(rc != 0)
+		return -1;
+	return sersync_alias_add_items(done, items, from, to);
 }
 
 static const char *sersync_alias_replace_doc[2] = {
@@ -900,35 +1089,13 @@ static void sersync_rpc_alias_replace(rpc_t *rpc, void *ctx)
 	struct sersync_alias_req req;
 	struct sersync_alias_done done;
 	void *th;
-	int failed;
-	int from;
-	int to;
 
 	memset(&req, 0, sizeof(req));
 	memset(&done, 0, sizeof(done));
-	if(sersync_alias_params(rpc, ctx, &req) < 0
-			|| sersync_alias_pairs(rpc, ctx, &req) < 0
-			|| sersync_alias_validate(rpc, ctx, &req) < 0
-			|| sersync_alias_no_db(rpc, ctx))
-		goto end;
-
-	/* group the targets of each alias */
-	qsort(req.items, req.n, sizeof(req.items[0]), sersync_item_cmp);
-	failed = 0;
-	sersync_alias_lock();
-	for(from = 0; from < req.n; from = to) {
-		for(to = from + 1; to < req.n
-						   && sersync_item_cmp(&req.items[from], &req.items[to])
-									  == 0;
-				to++)
-			;
-		if(sersync_alias_replace_one(&done, req.items, from, to) < 0) {
-			failed = req.items[from].pos;
-			break;
-		}
-	}
-	sersync_alias_unlock();
-	if(sersync_alias_faulted(rpc, ctx, &req, &done, failed))
+	if(sersync_alias_pairs_req(rpc, ctx, &req) < 0
+			|| sersync_alias_run(rpc, ctx, &req, &done,
+					   sersync_alias_replace_one, 1)
+					   < 0)
 		goto end;
 	if(rpc->add(ctx, "{", &th) < 0
 			|| rpc->struct_add(th, "dd", "added", done.added, "removed",
@@ -945,16 +1112,31 @@ static const char *sersync_alias_rm_doc[2] = {
 		" Replicated to every node. Returns the number of rows removed.",
 		0};
 
+/* removes one mapping, or every target of an alias (no target given) */
+static int sersync_alias_rm_items(struct sersync_alias_done *done,
+		struct sersync_alias_item *items, int from, int to)
+{
+	int rc;
+	int i;
+
+	for(i = from; i < to; i++) {
+		if(items[i].target.len == 0) {
+			rc = sersync_alias_replace_one(done, items, i, i);
+		} else {
+			rc = sersync_alias_exists(&_sersync_alias_table, &items[i].row);
+			if(rc > 0)
+				rc = sersync_alias_rm_one(done, &items[i].row);
+		}
+		if(rc < 0)
+			return -1;
+	}
+	return 0;
+}
+
 static void sersync_rpc_alias_rm(rpc_t *rpc, void *ctx)
 {
 	struct sersync_alias_req req;
 	struct sersync_alias_done done;
-	struct sersync_alias_rows rows;
-	struct sersync_alias_item *it;
-	int failed;
-	int rc;
-	int i;
-	int j;
 
 	memset(&req, 0, sizeof(req));
 	memset(&done, 0, sizeof(done));
@@ -979,27 +1161,8 @@ static void sersync_rpc_alias_rm(rpc_t *rpc, void *ctx)
 			|| sersync_alias_no_db(rpc, ctx))
 		goto end;
 
-	failed = 0;
-	sersync_alias_lock();
-	for(i = 0; i < req.n && failed == 0; i++) {
-		it = &req.items[i];
-		if(it->target.len > 0) {
-			rc = sersync_alias_exists(&_sersync_alias_table, &it->row);
-			if(rc > 0)
-				rc = sersync_alias_rm_one(&done, &it->row);
-		} else {
-			memset(&rows, 0, sizeof(rows));
-			rc = sersync_alias_select(&_sersync_alias_table, &it->row.auser,
-					&it->row.adomain, sersync_alias_collect, &rows);
-			for(j = 0; rc == 0 && j < rows.n; j++)
-				rc = sersync_alias_rm_one(&done, &rows.r[j]);
-			sersync_alias_rows_free(&rows);
-		}
-		if(rc < 0)
-			failed = it->pos;
-	}
-	sersync_alias_unlock();
-	if(!sersync_alias_faulted(rpc, ctx, &req, &done, failed))
+	if(sersync_alias_run(rpc, ctx, &req, &done, sersync_alias_rm_items, 0)
+			== 0)
 		rpc->add(ctx, "d", done.removed);
 end:
 	sersync_alias_req_free(&req);
@@ -1114,6 +1277,8 @@ static void sersync_rpc_alias_rescan(rpc_t *rpc, void *ctx)
 /* clang-format off */
 rpc_export_t sersync_rpc_cmds[] = {
 	{"sersync.status", sersync_rpc_status, sersync_status_doc, 0},
+	{"sersync.peers",  sersync_rpc_peers,  sersync_peers_doc,  RET_ARRAY},
+	{"sersync.forget", sersync_rpc_forget, sersync_forget_doc, 0},
 	{"sersync.apply",  sersync_rpc_apply,  sersync_apply_doc,  0},
 	{"sersync.alias_add",     sersync_rpc_alias_add,
 		sersync_alias_add_doc,     0},

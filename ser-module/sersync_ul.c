@@ -4,7 +4,8 @@
  * usrloc binding and the contact callback. The callback runs in SIP
  * workers (and in usrloc's timer and RPC processes): it copies the
  * contact out, hands it to the engine's shared queue and returns. O(1),
- * no I/O but one eventfd write, never blocks.
+ * no I/O but one eventfd write, never blocks; with durability "journal"
+ * it then waits for the journal, at most durability_timeout ms.
  *
  * This file is part of sersync, released under the GNU GPL v2 or later.
  */
@@ -43,9 +44,16 @@ usrloc_api_t _sersync_ul;
 static str *_sersync_domain_list = NULL;
 static int _sersync_ndomains = 0;
 
-/* publish failures in this process, logged at most once per second */
-static unsigned long _sersync_publish_failed = 0;
-static time_t _sersync_publish_failed_logged = 0;
+/* failures counted in this process, logged at most once per second */
+struct sersync_ratelog
+{
+	unsigned long n; /* since the last log line */
+	time_t logged;
+};
+
+/* publish failures; durable waits that timed out */
+static struct sersync_ratelog _sersync_publish_failed;
+static struct sersync_ratelog _sersync_wait_timeouts;
 
 static void sersync_ul_cb(ucontact_t *c, int type, void *param);
 
@@ -204,22 +212,51 @@ static void sersync_contact_fill(
 	sc->server_id = (int32_t)c->server_id;
 }
 
-static void sersync_publish_error(int rc, const struct sersync_contact *sc)
+/* counts one failure; 1 when it is time to log (then n is the count) */
+static int sersync_ratelog_due(struct sersync_ratelog *r)
 {
 	time_t now;
 
-	_sersync_publish_failed++;
+	r->n++;
 	now = time(NULL);
-	if(now == _sersync_publish_failed_logged)
+	if(now == r->logged)
+		return 0;
+	r->logged = now;
+	return 1;
+}
+
+static void sersync_publish_error(int rc, const struct sersync_contact *sc)
+{
+	if(!sersync_ratelog_due(&_sersync_publish_failed))
 		return;
-	_sersync_publish_failed_logged = now;
 	LM_ERR("%lu change(s) not handed to the sersync engine from this process"
 		   " (last: rc %d, %.*s %.*s); dropped changes are counted in"
 		   " sersync.status queue_dropped\n",
-			_sersync_publish_failed, rc, (int)sc->aor.len,
+			_sersync_publish_failed.n, rc, (int)sc->aor.len,
 			sc->aor.s ? sc->aor.s : "", (int)sc->contact.len,
 			sc->contact.s ? sc->contact.s : "");
-	_sersync_publish_failed = 0;
+	_sersync_publish_failed.n = 0;
+}
+
+/*
+ * durability "journal": save() returns once the engine has journaled the
+ * change, or after durability_timeout ms; then the change stays queued
+ * (journaled later) and SIP goes on.
+ */
+static void sersync_durable_wait(const struct sersync_contact *sc)
+{
+	int rc;
+
+	rc = sersync_journal_wait(
+			_sersync_shared, (uint32_t)_sersync_durability_timeout);
+	if(rc == SERSYNC_OK || !sersync_ratelog_due(&_sersync_wait_timeouts))
+		return;
+	LM_WARN("%lu change(s) from this process not journaled within %d ms"
+			" (last: rc %d, %.*s %.*s); they stay queued, save() went on\n",
+			_sersync_wait_timeouts.n, _sersync_durability_timeout, rc,
+			(int)sc->aor.len, sc->aor.s ? sc->aor.s : "", (int)sc->contact.len,
+			sc->contact.s ? sc->contact.s : "");
+	_sersync_wait_timeouts.n = 0;
 }
 
 static void sersync_ul_cb(ucontact_t *c, int type, void *param)
@@ -255,4 +292,6 @@ static void sersync_ul_cb(ucontact_t *c, int type, void *param)
 	rc = sersync_publish(_sersync_shared, &sc);
 	if(rc != SERSYNC_OK)
 		sersync_publish_error(rc, &sc);
+	else if(_sersync_durable_wait)
+		sersync_durable_wait(&sc);
 }
