@@ -51,9 +51,13 @@ impl Engine {
         let open = || Journal::open(&cfg.journal);
         let mut ingest_journal = open()?;
         if let Some(db) = &cfg.database {
-            match crate::seed::existing_contents(&mut ingest_journal, &cfg.node_id, db, &cfg.domains) {
-                Ok(0) => {}
-                Ok(n) => log::info(format_args!("journaled {n} contacts SER's database holds and the journal did not")),
+            match crate::seed::reconcile(&mut ingest_journal, &cfg.node_id, db, &cfg.domains) {
+                Ok(r) if r == crate::seed::Reconciled::default() => {}
+                Ok(r) => log::info(format_args!(
+                    "start-up comparison with SER's database: journaled {} contacts the journal lacked, \
+                     restoring {} contacts SER lacked",
+                    r.journaled, r.restored
+                )),
                 Err(e) => log::error(format_args!("cannot compare SER's database with the journal: {e}")),
             }
         }

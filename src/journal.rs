@@ -259,6 +259,51 @@ impl Journal {
             .map_err(|e| self.err(e))
     }
 
+    /// (hlc, origin, record) of every contact the state holds as present
+    /// and `keep` accepts.
+    pub fn live_contacts(
+        &self,
+        keep: impl Fn(&crate::record::Contact) -> bool,
+    ) -> Result<Vec<(u64, String, Record)>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT hlc, origin, body FROM state WHERE key >= X'63' AND key < X'64'")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (hlc, origin, body) = row.map_err(|e| self.err(e))?;
+            if let Ok(rec @ Record::Contact { op: crate::record::Op::Upsert, .. }) = codec::decode::<Record>(&body) {
+                let Record::Contact { contact, .. } = &rec else { unreachable!() };
+                if keep(contact) {
+                    out.push((hlc as u64, origin, rec));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stages versions the state already holds for applying into SER again
+    /// (SER lost them). They keep their stamp, so they stay current.
+    pub fn stage_restore(&mut self, records: &[(u64, String, Record)]) -> Result<(), JournalError> {
+        let path = self.path.display().to_string();
+        let sq = |source| JournalError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
+        {
+            let mut ins =
+                tx.prepare_cached("INSERT INTO inbox (origin, hlc, body) VALUES (?1, ?2, ?3)").map_err(sq)?;
+            let mut body = Vec::with_capacity(512);
+            for (hlc, origin, rec) in records {
+                body.clear();
+                codec::encode_into(rec, &mut body).expect("encoding into a Vec cannot fail");
+                ins.execute(params![origin, *hlc as i64, body]).map_err(sq)?;
+            }
+        }
+        tx.commit().map_err(sq)
+    }
+
     /// The stamp of the version the state holds for `key`.
     pub fn state_stamp(&self, key: &[u8]) -> Result<Option<u64>, JournalError> {
         self.conn

@@ -6,6 +6,11 @@
 //!   and the journal commit (their last_modified is newer than the version
 //!   the journal holds).
 //!
+//! And the other way round: contacts the journal holds as present that SER's
+//! database lacks (SER lost them: write-back mode killed before its flush,
+//! a write refused as "database is locked") are staged for applying, so SER
+//! gets them back.
+//!
 //! Read from SER's database (the `db_url` modparam).
 
 use std::path::Path;
@@ -67,31 +72,58 @@ fn read_table(conn: &Connection, table: &str, now: i64) -> rusqlite::Result<Vec<
     Ok(out)
 }
 
+/// What a start-up comparison did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Contacts of SER's database journaled as this node's changes.
+    pub journaled: usize,
+    /// Contacts of the journal staged for applying into SER again.
+    pub restored: usize,
+}
+
 /// Journals the contacts of SER's database that the journal's state does
-/// not hold, or holds in an older version. Returns how many.
-pub fn existing_contents(journal: &mut Journal, node_id: &str, database: &Path, tables: &[String]) -> Result<usize, String> {
-    let mut total = 0;
-    if database.exists() {
-        let conn = Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| format!("{}: {e}", database.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
-        let now = crate::hlc::wall_ms() as i64 / 1000;
-        for table in tables {
-            let mut recs = read_table(&conn, table, now).map_err(|e| format!("{}: table {table}: {e}", database.display()))?;
-            let mut newer = Vec::with_capacity(recs.len());
-            for (stamp, rec) in recs.drain(..) {
-                let held = journal.state_stamp(&rec.key()).map_err(|e| e.to_string())?;
-                // Seconds in the database against milliseconds in the journal.
-                if held.is_none_or(|h| crate::hlc::Hlc::millis(h) / 1000 < crate::hlc::Hlc::millis(stamp) / 1000) {
-                    newer.push((stamp, rec));
-                }
-            }
-            for chunk in newer.chunks(5000) {
-                total += journal.append_local(node_id, chunk).map_err(|e| e.to_string())?.1;
+/// not hold, or holds in an older version, and stages for applying the
+/// live contacts the journal holds that SER's database lacks.
+pub fn reconcile(journal: &mut Journal, node_id: &str, database: &Path, tables: &[String]) -> Result<Reconciled, String> {
+    let mut out = Reconciled::default();
+    if !database.exists() {
+        return Ok(out);
+    }
+    let conn = Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| format!("{}: {e}", database.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let now = crate::hlc::wall_ms() as i64 / 1000;
+    let mut in_db = std::collections::HashSet::new();
+    for table in tables {
+        let recs = read_table(&conn, table, now).map_err(|e| format!("{}: table {table}: {e}", database.display()))?;
+        let mut newer = Vec::new();
+        for (stamp, rec) in recs {
+            let key = rec.key();
+            let held = journal.state_stamp(&key).map_err(|e| e.to_string())?;
+            in_db.insert(key);
+            // Seconds in the database against milliseconds in the journal.
+            if held.is_none_or(|h| crate::hlc::Hlc::millis(h) / 1000 < crate::hlc::Hlc::millis(stamp) / 1000) {
+                newer.push((stamp, rec));
             }
         }
+        for chunk in newer.chunks(5000) {
+            out.journaled += journal.append_local(node_id, chunk).map_err(|e| e.to_string())?.1;
+        }
     }
-    Ok(total)
+    let missing = journal
+        .live_contacts(|c| {
+            (c.expires == 0 || c.expires > now)
+                && tables.iter().any(|t| t.as_bytes() == c.domain.as_slice())
+        })
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|(_, _, rec)| !in_db.contains(&rec.key()))
+        .collect::<Vec<_>>();
+    out.restored = missing.len();
+    if !missing.is_empty() {
+        journal.stage_restore(&missing).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -100,7 +132,7 @@ mod tests {
     use crate::apply::Sink;
 
     #[test]
-    fn journals_unexpired_contacts_once() {
+    fn journals_what_ser_holds_and_restores_what_it_lost() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("kamailio.db");
         Connection::open(&db).unwrap().execute_batch(crate::apply::db::tests::SCHEMA).unwrap();
@@ -124,11 +156,12 @@ mod tests {
         let mut sink = crate::apply::db::Database::new(&db);
         sink.apply(&[contact("alice", now + 3600), contact("bob", now + 60), contact("old", now - 60)]).unwrap();
         let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
-        let n = existing_contents(&mut j, "n1", &db, &["location".to_string()]).unwrap();
+        let tables = ["location".to_string()];
+        let n = reconcile(&mut j, "n1", &db, &tables).unwrap().journaled;
         assert_eq!(n, 2, "the expired contact is not journaled");
         let log = j.read_log(0, 10).unwrap();
         assert_eq!(log[0].record, contact("alice", now + 3600));
-        assert_eq!(existing_contents(&mut j, "n1", &db, &["location".to_string()]).unwrap(), 0, "only once");
+        assert_eq!(reconcile(&mut j, "n1", &db, &tables).unwrap(), Reconciled::default(), "only once");
         // A change SER stored after the journal's version (a crash between
         // the 200 OK and the journal commit) is picked up at the next start.
         let mut later = contact("bob", now + 7200);
@@ -136,7 +169,15 @@ mod tests {
         c.last_modified = now + 5;
         c.cseq = 9;
         sink.apply(&[later.clone()]).unwrap();
-        assert_eq!(existing_contents(&mut j, "n1", &db, &["location".to_string()]).unwrap(), 1);
+        assert_eq!(reconcile(&mut j, "n1", &db, &tables).unwrap().journaled, 1);
         assert_eq!(j.read_log(2, 10).unwrap()[0].record, later);
+        // SER lost alice (a write-back node killed before its flush): the
+        // journal gives her back to SER, through the applier's inbox.
+        Connection::open(&db).unwrap().execute("DELETE FROM location WHERE username = 'alice'", []).unwrap();
+        let r = reconcile(&mut j, "n1", &db, &tables).unwrap();
+        assert_eq!(r, Reconciled { journaled: 0, restored: 1 });
+        let staged = j.inbox_peek(10).unwrap();
+        assert_eq!(staged.len(), 1);
+        assert_eq!(staged[0].record, contact("alice", now + 3600));
     }
 }
