@@ -83,7 +83,8 @@ module: engine $(SER_SRC)/src/config.mak
 
 $(MODULE): module
 	mkdir -p $(BUILD)
-	cp $(MOD_DIR)/sersync.so $@
+	@# replace, never overwrite in place: running SERs have it mapped
+	cp $(MOD_DIR)/sersync.so $@.tmp && mv -f $@.tmp $@
 
 install:
 	@test -f $(MODULE) || $(MAKE) all

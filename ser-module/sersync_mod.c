@@ -359,6 +359,10 @@ static int mod_init(void)
 	/* Rust logs of the main process (and, inherited, of the workers) */
 	sersync_set_logger(sersync_log);
 
+	/* before any child opens its SQLite connection */
+	if(sersync_sqlite_init() < 0)
+		return -1;
+
 	if(sersync_config_build() < 0)
 		return -1;
 	if(sersync_ul_init() < 0)

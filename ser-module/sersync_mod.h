@@ -87,4 +87,7 @@ int sersync_alias_apply(void *ctx, const struct sersync_alias *a);
 /* RPC commands (sersync_rpc.c) */
 extern rpc_export_t sersync_rpc_cmds[];
 
+/* sersync_sqlite.c: busy timeout for every SQLite connection of SER */
+int sersync_sqlite_init(void);
+
 #endif /* _SERSYNC_MOD_H_ */

@@ -53,11 +53,14 @@ impl Engine {
         if let Some(db) = &cfg.database {
             match crate::seed::reconcile(&mut ingest_journal, &cfg.node_id, db, &cfg.domains) {
                 Ok(r) if r == crate::seed::Reconciled::default() => {}
-                Ok(r) => log::info(format_args!(
+                Ok(r) => {
+                    status.counters.journaled.fetch_add(r.journaled as u64, Ordering::Relaxed);
+                    log::info(format_args!(
                     "start-up comparison with SER's database: journaled {} contacts the journal lacked, \
                      restoring {} contacts SER lacked",
                     r.journaled, r.restored
-                )),
+                ))
+                }
                 Err(e) => log::error(format_args!("cannot compare SER's database with the journal: {e}")),
             }
         }

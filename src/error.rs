@@ -38,6 +38,10 @@ pub enum WireError {
 pub enum ApplyError {
     #[error("RPC door {path}: {detail}")]
     Door { path: String, detail: String },
+    /// Nothing serves the door (no file, no reader): SER is not running
+    /// it. Only then does the database path take over.
+    #[error("RPC door {path}: {detail}")]
+    DoorAbsent { path: String, detail: String },
     #[error("SER answered sersync.apply with an error: {0}")]
     Rejected(String),
     #[error("database {url}: {detail}")]

@@ -26,8 +26,8 @@ use crate::record::{Contact, Op, Record};
 fn read_table(conn: &Connection, table: &str, now: i64) -> rusqlite::Result<Vec<(u64, Record)>> {
     let sql = format!(
         "SELECT ruid, username, coalesce(domain, ''), contact, coalesce(received, ''), coalesce(path, ''),
-                CAST(strftime('%s', expires, 'utc') AS INTEGER), q, callid, cseq,
-                CAST(strftime('%s', last_modified, 'utc') AS INTEGER), flags, cflags, user_agent,
+                CAST(strftime('%s', expires) AS INTEGER), q, callid, cseq,
+                CAST(strftime('%s', last_modified) AS INTEGER), flags, cflags, user_agent,
                 coalesce(socket, ''), coalesce(methods, -1), coalesce(instance, ''), reg_id, server_id
          FROM {table}"
     );

@@ -17,21 +17,11 @@ pub struct Database {
     conn: Option<Connection>,
 }
 
-/// Kamailio's DATETIME columns hold local time as "YYYY-MM-DD HH:MM:SS".
-fn datetime(t: i64) -> String {
-    // SAFETY: localtime_r writes into our tm only.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    let tt = t as libc::time_t;
-    unsafe { libc::localtime_r(&tt, &mut tm) };
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
+/// Kamailio 5.6's SQLite driver stores DATETIME columns as Julian day
+/// numbers (and reads them back as numbers): so must we, or usrloc loads
+/// our rows as long expired.
+fn julian_day(t: i64) -> f64 {
+    t as f64 / 86400.0 + 2_440_587.5
 }
 
 fn text(b: &[u8]) -> String {
@@ -98,11 +88,11 @@ impl Database {
                 contact,
                 (!c.received.is_empty()).then(|| text(&c.received)),
                 (!c.path.is_empty()).then(|| text(&c.path)),
-                datetime(c.expires),
+                julian_day(c.expires),
                 q,
                 text(&c.callid),
                 c.cseq,
-                datetime(c.last_modified),
+                julian_day(c.last_modified),
                 c.flags,
                 c.cflags,
                 text(&c.user_agent),
@@ -213,9 +203,16 @@ pub(crate) mod tests {
         db.apply(&[contact(Op::Upsert, 1)]).unwrap();
         db.apply(&[contact(Op::Upsert, 2)]).unwrap();
         let conn = Connection::open(&path).unwrap();
-        let (n, cseq, q): (i64, i64, f64) =
-            conn.query_row("SELECT count(*), max(cseq), max(q) FROM location", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
-        assert_eq!((n, cseq, q), (1, 2, 0.5));
+        let (n, cseq, q, expires): (i64, i64, f64, i64) = conn
+            .query_row(
+                "SELECT count(*), max(cseq), max(q), CAST(strftime('%s', max(expires)) AS INTEGER) FROM location",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!((n, cseq, q, expires), (1, 2, 0.5, 2_000_000_000));
+        let kind: String = conn.query_row("SELECT typeof(expires) FROM location", [], |r| r.get(0)).unwrap();
+        assert_eq!(kind, "real", "a Julian day number, as Kamailio's db_sqlite writes it");
         db.apply(&[contact(Op::Delete, 3)]).unwrap();
         let n: i64 = conn.query_row("SELECT count(*) FROM location", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 0);

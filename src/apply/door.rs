@@ -59,9 +59,21 @@ impl Door {
         ApplyError::Door { path: self.path.display().to_string(), detail: detail.into() }
     }
 
+    /// Classifies an OS error: nothing serving the door, or a door that
+    /// exists but failed (busy, timed out) and is retried as it is.
+    fn io_err(&self, what: &str, e: &std::io::Error) -> ApplyError {
+        let detail = format!("{what}: {e}");
+        match e.raw_os_error() {
+            Some(libc::ENOENT | libc::ENXIO | libc::ECONNREFUSED | libc::ENOTSOCK) => {
+                ApplyError::DoorAbsent { path: self.path.display().to_string(), detail }
+            }
+            _ => self.err(detail),
+        }
+    }
+
     fn kind(&mut self) -> Result<&Kind, ApplyError> {
         if self.kind.is_none() {
-            let meta = std::fs::metadata(&self.path).map_err(|e| self.err(e.to_string()))?;
+            let meta = std::fs::metadata(&self.path).map_err(|e| self.io_err("stat", &e))?;
             let ft = meta.file_type();
             let kind = if ft.is_fifo() {
                 Kind::Fifo
@@ -132,7 +144,7 @@ impl Door {
                 .write(true)
                 .custom_flags(libc::O_NONBLOCK)
                 .open(&self.path)
-                .map_err(|e| self.err(format!("SER is not reading it ({e})")))?;
+                .map_err(|e| self.io_err("SER is not reading it", &e))?;
             let mut line = body.to_vec();
             line.push(b'\n');
             door.write_all(&line).map_err(|e| self.err(format!("write: {e}")))?;
@@ -145,10 +157,14 @@ impl Door {
     fn call_dgram(&mut self, body: &[u8], id: u64) -> Result<Vec<u8>, ApplyError> {
         let path = self.path.clone();
         let Some(Kind::Dgram(sock)) = &self.kind else { unreachable!("checked by caller") };
-        sock.send_to(body, &path).map_err(|e| ApplyError::Door {
-            path: path.display().to_string(),
-            detail: format!("send: {e}"),
-        })?;
+        if let Err(e) = sock.send_to(body, &path) {
+            let detail = format!("send: {e}");
+            let path = path.display().to_string();
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOENT | libc::ECONNREFUSED) => ApplyError::DoorAbsent { path, detail },
+                _ => ApplyError::Door { path, detail },
+            });
+        }
         let deadline = Instant::now() + REPLY_TIMEOUT;
         let mut buf = vec![0u8; 1 << 16];
         loop {

@@ -78,7 +78,10 @@ impl Applier {
                     door_failing_since = None;
                     Ok(false)
                 }
-                Err(e) => {
+                // A door that exists but is slow or busy is retried as it
+                // is: rows written to SER's database reach a running usrloc
+                // only at its next start.
+                Err(e @ ApplyError::DoorAbsent { .. }) => {
                     let since = *door_failing_since.get_or_insert_with(Instant::now);
                     match &mut self.fallback {
                         Some(db) if since.elapsed() >= DOOR_GRACE => match db.apply(&records) {
@@ -95,6 +98,10 @@ impl Applier {
                         },
                         _ => Err(e.to_string()),
                     }
+                }
+                Err(e) => {
+                    door_failing_since = None;
+                    Err(e.to_string())
                 }
             };
             match outcome {
@@ -119,7 +126,12 @@ impl Applier {
                         ));
                     }
                     self.status.set_error(&msg);
-                    let _ = self.wake.recv_timeout(retry);
+                    // Sleep the whole backoff: new arrivals must not hurry
+                    // the retry of a path that is failing.
+                    let until = Instant::now() + retry;
+                    while Instant::now() < until && !stop.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                     retry = (retry * 2).min(RETRY_MAX);
                 }
             }

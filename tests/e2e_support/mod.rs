@@ -1991,3 +1991,126 @@ pub fn sipp_register_aliases(node: &Node, aliases: &[(&str, &str)], label: &str)
         node.log_tail(10)
     );
 }
+
+// ---------------------------------------------------------------------------
+// Membership: nodes added to a running cluster, sersync.peers, the journal
+
+impl Cluster {
+    /// Creates node `index` (1-based, the next one) on `ip` in the
+    /// cluster's directory, configured with `peers` only (its seeds; the
+    /// others learn it from them), `edit` applied to its kamailio.cfg; not
+    /// started. Returns its index.
+    pub fn add_node(
+        &mut self,
+        ip: &str,
+        peers: &[String],
+        opts: &ClusterOptions,
+        edit: impl Fn(String) -> String,
+    ) -> usize {
+        let index = self.nodes.len() + 1;
+        assert_port_free(ip, SIP_PORT);
+        let name = self
+            .dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("cluster dir name")
+            .to_string();
+        let node = Node::create(
+            &self.dir.join(format!("n{index}")),
+            index,
+            ip,
+            peers,
+            required_module().as_deref(),
+            &format!("e2e-secret-{name}"),
+            opts,
+        );
+        let cfg = node.dir.join("kamailio.cfg");
+        let text = fs::read_to_string(&cfg).expect("reading kamailio.cfg");
+        fs::write(&cfg, edit(text)).expect("writing kamailio.cfg");
+        self.nodes.push(node);
+        index
+    }
+}
+
+/// `tcp:<ip>:5999`, a node's sersync address as `peer` takes it.
+pub fn sersync_addr(ip: &str) -> String {
+    format!("tcp:{ip}:{SERSYNC_PORT}")
+}
+
+impl Node {
+    /// sersync.peers: one entry per member this node knows, parsed, with
+    /// the raw structs beside (snapshot_* and the rest).
+    pub fn sersync_peers(&self) -> Result<(Vec<PeerStatus>, Vec<Value>), String> {
+        let v = self.rpc_timeout("sersync.peers", json!([]), Duration::from_secs(10))?;
+        let raw = match v {
+            Value::Array(a) => a,
+            Value::Null => Vec::new(),
+            other => vec![other],
+        };
+        let parsed = SersyncStatus::parse(&json!({ "peers": raw.clone() })).peers;
+        Ok((parsed, raw))
+    }
+
+    /// Node ids sersync.peers shows in state "up", sorted.
+    pub fn peers_up(&self) -> Result<Vec<String>, String> {
+        let mut ids: Vec<String> = self
+            .sersync_peers()?
+            .0
+            .into_iter()
+            .filter(|p| p.state == "up")
+            .map(|p| p.node_id)
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The node's sersync journal (modparam "journal").
+    pub fn journal_path(&self) -> PathBuf {
+        self.dir.join("sersync.db")
+    }
+
+    /// One integer from the node's sersync journal (SQLite, WAL: read
+    /// beside a running node), e.g. a count.
+    pub fn journal_int(&self, sql: &str) -> Result<i64, String> {
+        let p = self.journal_path();
+        let db = rusqlite::Connection::open(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        db.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        db.query_row(sql, [], |r| r.get::<_, i64>(0))
+            .map_err(|e| format!("{} {sql:?}: {e}", p.display()))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A private copy of the module (e2e_durability)
+
+/// A copy of build/sersync.so under target/tmp, made once per test
+/// process. Nodes that load it are not hit by a `make` that rewrites
+/// build/sersync.so in place while they run (the Makefile's `cp` keeps the
+/// inode, so mapped pages change under the running processes: SIGBUS).
+pub fn private_module_copy() -> Option<PathBuf> {
+    static COPY: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let src = required_module()?;
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e");
+        fs::create_dir_all(&dir).expect("creating e2e dir");
+        let dst = dir.join(format!("sersync-{}.so", std::process::id()));
+        let tmp = dir.join(format!("sersync-{}.so.tmp", std::process::id()));
+        fs::copy(&src, &tmp).unwrap_or_else(|e| panic!("copying {}: {e}", src.display()));
+        fs::rename(&tmp, &dst).expect("renaming the module copy");
+        Some(dst)
+    })
+    .clone()
+}
+
+impl Cluster {
+    /// `start_with_options` with the nodes loading `private_module_copy()`.
+    pub fn start_private(name: &str, first: u8, n: usize, opts: &ClusterOptions) -> Cluster {
+        let module = private_module_copy();
+        let c = Self::start_opts(name, first, n, module.clone(), opts);
+        if module.is_some() {
+            c.wait_mesh_up(Duration::from_secs(30));
+        }
+        c
+    }
+}
