@@ -257,17 +257,22 @@ pub unsafe extern "C" fn sersync_shared_create(slots: u32, out: *mut *mut sersyn
     })
 }
 
+/// Queues the record `view` makes of `item`: the worker-side hand-off
+/// shared by contacts and aliases.
+///
 /// # Safety
-/// See sersync.h.
-#[no_mangle]
-pub unsafe extern "C" fn sersync_publish(sh: *mut sersync_shared, c: *const sersync_contact) -> c_int {
+/// `sh` and `item` must be valid per sersync.h.
+unsafe fn publish_view<T>(
+    sh: *mut sersync_shared,
+    item: *const T,
+    view: impl for<'a> Fn(&'a T) -> Option<RecordRef<'a>>,
+) -> c_int {
     boundary(|| {
-        // SAFETY: NULL checked; validity per sersync.h.
-        let (Some(sh), Some(c)) = (unsafe { shared(sh) }, unsafe { c.as_ref() }) else {
+        // SAFETY: NULL checked; validity per the function contract.
+        let (Some(sh), Some(item)) = (unsafe { shared(sh) }, unsafe { item.as_ref() }) else {
             return sersync_rc::SERSYNC_E_NULL;
         };
-        // SAFETY: the contact's strings are valid for this call.
-        let Some(rec) = (unsafe { contact_ref(c) }) else { return sersync_rc::SERSYNC_E_NULL };
+        let Some(rec) = view(item) else { return sersync_rc::SERSYNC_E_NULL };
         match sh.publish(&rec) {
             Ok(()) => sersync_rc::SERSYNC_OK,
             Err(e) => (&e).into(),
@@ -278,19 +283,17 @@ pub unsafe extern "C" fn sersync_publish(sh: *mut sersync_shared, c: *const sers
 /// # Safety
 /// See sersync.h.
 #[no_mangle]
+pub unsafe extern "C" fn sersync_publish(sh: *mut sersync_shared, c: *const sersync_contact) -> c_int {
+    // SAFETY: the contact's strings are valid for this call (sersync.h).
+    unsafe { publish_view(sh, c, |c| contact_ref(c)) }
+}
+
+/// # Safety
+/// See sersync.h.
+#[no_mangle]
 pub unsafe extern "C" fn sersync_publish_alias(sh: *mut sersync_shared, a: *const sersync_alias) -> c_int {
-    boundary(|| {
-        // SAFETY: NULL checked; validity per sersync.h.
-        let (Some(sh), Some(a)) = (unsafe { shared(sh) }, unsafe { a.as_ref() }) else {
-            return sersync_rc::SERSYNC_E_NULL;
-        };
-        // SAFETY: the alias' strings are valid for this call.
-        let Some(rec) = (unsafe { alias_ref(a) }) else { return sersync_rc::SERSYNC_E_NULL };
-        match sh.publish(&rec) {
-            Ok(()) => sersync_rc::SERSYNC_OK,
-            Err(e) => (&e).into(),
-        }
-    })
+    // SAFETY: the alias' strings are valid for this call (sersync.h).
+    unsafe { publish_view(sh, a, |a| alias_ref(a)) }
 }
 
 /// # Safety
