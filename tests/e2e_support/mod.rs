@@ -2114,3 +2114,9 @@ impl Cluster {
         c
     }
 }
+
+/// A convergence check: exactly `n` contacts.
+#[allow(dead_code)]
+pub fn expect_contacts(n: usize) -> impl FnMut(&Contacts) -> Result<(), String> {
+    move |c| if c.len() == n { Ok(()) } else { Err(format!("{} contacts, expected {n}", c.len())) }
+}
