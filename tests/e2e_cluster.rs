@@ -115,16 +115,6 @@ fn users_of(regs: &[Reg]) -> BTreeSet<String> {
     regs.iter().map(|r| r.user.clone()).collect()
 }
 
-fn expect_count(n: usize) -> impl FnMut(&Contacts) -> Result<(), String> {
-    move |c| {
-        if c.len() == n {
-            Ok(())
-        } else {
-            Err(format!("{} contacts, expected {n}", c.len()))
-        }
-    }
-}
-
 #[test]
 fn registrations_replicate_field_by_field() {
     let mut cluster = Cluster::start("replicate", 1, 3);
@@ -149,7 +139,7 @@ fn registrations_replicate_field_by_field() {
         &cluster.all(),
         CONVERGE,
         "registrations on nodes 1 and 2",
-        expect_count(total),
+        expect_contacts(total),
     );
     check_registered(&all, &udp1, &n1.ip, Transport::Udp, 1).unwrap();
     check_registered(&all, &tcp1, &n1.ip, Transport::Tcp, 1).unwrap();
@@ -271,7 +261,7 @@ fn deregistrations_and_replacements_remove_everywhere() {
         &cluster.all(),
         CONVERGE,
         "initial registrations",
-        expect_count(total),
+        expect_contacts(total),
     );
     check_registered(&all, &udp, &n1.ip, Transport::Udp, 1).unwrap();
     check_registered(&all, &tcp, &n1.ip, Transport::Tcp, 1).unwrap();
@@ -292,7 +282,7 @@ fn deregistrations_and_replacements_remove_everywhere() {
                 "de-registered contacts still present, e.g. {still:?}"
             ));
         }
-        expect_count(left)(c)
+        expect_contacts(left)(c)
     });
     check_registered(&all, &udp[200..], &n1.ip, Transport::Udp, 1).unwrap();
 
@@ -323,7 +313,7 @@ fn deregistrations_and_replacements_remove_everywhere() {
     wait_converged(&cluster.all(), CONVERGE, "refreshes", |c| {
         check_registered(c, &refreshed, &ip1, Transport::Udp, 1)?;
         check_registered(c, &moved, &ip1, Transport::Udp, 2)?;
-        expect_count(left)(c)
+        expect_contacts(left)(c)
     });
 
     // save(..., 0x04) replaces the AOR's other contacts: only the new one
@@ -348,7 +338,7 @@ fn deregistrations_and_replacements_remove_everywhere() {
                 return Err(format!("{user} has {have:?}, expected only {want}"));
             }
         }
-        expect_count(left - 2)(c)
+        expect_contacts(left - 2)(c)
     });
 
     // A lost TCP connection (handle_lost_tcp): usrloc's timer expires the
@@ -368,7 +358,7 @@ fn deregistrations_and_replacements_remove_everywhere() {
         Duration::from_secs(30),
         "contacts of the lost TCP connection",
         |c| match count_prefix(c, "k") {
-            0 => expect_count(left)(c),
+            0 => expect_contacts(left)(c),
             n => Err(format!("{n} TCP contacts left")),
         },
     );
@@ -396,7 +386,7 @@ fn stopped_node_receives_what_it_missed() {
         &cluster.all(),
         CONVERGE,
         "initial registrations",
-        expect_count(p.len()),
+        expect_contacts(p.len()),
     );
 
     // Node 3 stopped (SIGTERM) misses registrations on nodes 1 and 2 and
@@ -413,7 +403,7 @@ fn stopped_node_receives_what_it_missed() {
         &[cluster.node(1), cluster.node(2)],
         CONVERGE,
         "nodes 1 and 2 while node 3 is down",
-        expect_count(total),
+        expect_contacts(total),
     );
 
     cluster.node_mut(3).start();
@@ -421,7 +411,7 @@ fn stopped_node_receives_what_it_missed() {
         &cluster.all(),
         CONVERGE,
         "node 3 after its restart",
-        expect_count(total),
+        expect_contacts(total),
     );
     let (ip1, ip2) = (cluster.node(1).ip.clone(), cluster.node(2).ip.clone());
     check_registered(&all, &q, &ip1, Transport::Udp, 1).unwrap();
@@ -458,7 +448,7 @@ fn stopped_node_receives_what_it_missed() {
         &cluster.all(),
         CONVERGE,
         "node 2 after a crash",
-        expect_count(total),
+        expect_contacts(total),
     );
     check_registered(&all, &x, &ip1, Transport::Udp, 1).unwrap();
     assert_eq!(assert_same_contacts(&cluster.all()), total);

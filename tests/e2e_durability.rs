@@ -77,16 +77,6 @@ fn users(prefix: &str, n: usize, uuid_base: u64) -> Vec<Reg> {
         .collect()
 }
 
-fn expect_count(n: usize) -> impl FnMut(&Contacts) -> Result<(), String> {
-    move |c| {
-        if c.len() == n {
-            Ok(())
-        } else {
-            Err(format!("{} contacts, expected {n}", c.len()))
-        }
-    }
-}
-
 /// Users (AOR user parts) present in `c`, with how many contacts each.
 fn per_user(c: &Contacts) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
@@ -543,7 +533,7 @@ fn door_absent_changes_go_to_ser_database() {
         &cluster.all(),
         CONVERGE,
         "node 3 after a restart with its door",
-        expect_count(f.len()),
+        expect_contacts(f.len()),
     );
     cluster.wait_settled(Duration::from_secs(30));
     let st3 = cluster.node(3).status();
@@ -595,7 +585,7 @@ fn door_and_database_unusable_keep_everything_staged() {
         &[cluster.node(1), cluster.node(2)],
         CONVERGE,
         "nodes 1 and 2 after node 1's registrations",
-        expect_count(f.len() + g.len()),
+        expect_contacts(f.len() + g.len()),
     );
     sipp_register(cluster.node(2), &h, 500, "n2-h");
     sipp_register(cluster.node(2), &dereg, 500, "n2-dereg");
@@ -604,7 +594,7 @@ fn door_and_database_unusable_keep_everything_staged() {
         &[cluster.node(1), cluster.node(2)],
         CONVERGE,
         "nodes 1 and 2 while node 3 cannot apply",
-        expect_count(expected),
+        expect_contacts(expected),
     );
     let n3 = cluster.node(3);
     let mut first = None;
@@ -640,7 +630,7 @@ fn door_and_database_unusable_keep_everything_staged() {
         &cluster.all(),
         CONVERGE,
         "node 3 after a restart with a working configuration",
-        expect_count(expected),
+        expect_contacts(expected),
     );
     cluster.wait_settled(Duration::from_secs(30));
     assert_eq!(assert_same_contacts(&cluster.all()), expected);
@@ -708,7 +698,7 @@ fn contacts_held_before_sersync_reach_the_peers() {
         &cluster.all(),
         CONVERGE,
         "contacts held before sersync",
-        expect_count(total),
+        expect_contacts(total),
     );
     // Each origin's contacts are on every node as the origin holds them.
     for (i, b) in before.iter().enumerate() {
@@ -768,7 +758,7 @@ fn returning_peer_gets_exactly_what_it_missed() {
         &cluster.all(),
         CONVERGE,
         "base registrations",
-        expect_count(base.len()),
+        expect_contacts(base.len()),
     );
     cluster.wait_settled(Duration::from_secs(30));
 
@@ -792,7 +782,7 @@ fn returning_peer_gets_exactly_what_it_missed() {
         &[cluster.node(1), cluster.node(2)],
         CONVERGE,
         "nodes 1 and 2 after node 1's changes",
-        expect_count(base.len() - dereg_n + new_n),
+        expect_contacts(base.len() - dereg_n + new_n),
     );
     sipp_register(cluster.node(2), &w, 1000, "n2-w");
     let total = base.len() - dereg_n + new_n + w.len();
@@ -800,7 +790,7 @@ fn returning_peer_gets_exactly_what_it_missed() {
         &[cluster.node(1), cluster.node(2)],
         CONVERGE,
         "nodes 1 and 2 while node 3 is down",
-        expect_count(total),
+        expect_contacts(total),
     );
 
     let t = Instant::now();
@@ -809,7 +799,7 @@ fn returning_peer_gets_exactly_what_it_missed() {
         &cluster.all(),
         CONVERGE,
         "node 3 after its outage",
-        expect_count(total),
+        expect_contacts(total),
     );
     let caught_up = t.elapsed();
     cluster.wait_settled(Duration::from_secs(60));
@@ -932,7 +922,7 @@ fn full_journal_disk_keeps_ser_serving_and_recovers() {
         &cluster.all(),
         CONVERGE,
         "before the disk fills",
-        expect_count(pre.len()),
+        expect_contacts(pre.len()),
     );
     assert!(journal.exists(), "node 1's journal is not on the tmpfs");
 
@@ -971,7 +961,7 @@ fn full_journal_disk_keeps_ser_serving_and_recovers() {
         &cluster.all(),
         CONVERGE,
         "after space returned",
-        expect_count(pre.len() + full.len()),
+        expect_contacts(pre.len() + full.len()),
     );
     eprintln!(
         "e2e: replication resumed {:.1} s after space returned",
