@@ -28,7 +28,7 @@ esac
 export SERSYNC_KILL_CYCLES="$CYCLES"
 start=$(date +%s)
 status=0
-cargo test --release --test e2e_durability -- --nocapture --test-threads 1 "$FILTER" \
+cargo test --release --test e2e_durability -- --include-ignored --nocapture --test-threads 1 "$FILTER" \
   2>&1 | tee target/kill_soak.log | grep -E '^e2e: [0-9]+ crash|^e2e: (converged|node [12]: |node 2 recovered)|^test |panicked|not converged|lost|^test result' \
   || status=$?
 echo "kill soak: $CYCLES cycles ($WHICH) in $(( $(date +%s) - start )) s; full output in target/kill_soak.log"
