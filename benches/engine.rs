@@ -26,7 +26,11 @@ impl Sink for Counter {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn run(burst: usize, total: usize) -> (f64, f64) {
@@ -46,7 +50,12 @@ fn run(burst: usize, total: usize) -> (f64, f64) {
     };
     let q1 = Arc::new(Shared::create(1 << 15).unwrap());
     let delivered = Arc::new(AtomicU64::new(0));
-    let e1 = Engine::start(cfg("n1", p1, p2, dirs[0].path()), q1.clone(), Some(Box::new(Counter(Arc::default())))).unwrap();
+    let e1 = Engine::start(
+        cfg("n1", p1, p2, dirs[0].path()),
+        q1.clone(),
+        Some(Box::new(Counter(Arc::default()))),
+    )
+    .unwrap();
     let e2 = Engine::start(
         cfg("n2", p2, p1, dirs[1].path()),
         Arc::new(Shared::create(64).unwrap()),
@@ -68,7 +77,13 @@ fn run(burst: usize, total: usize) -> (f64, f64) {
         for _ in 0..burst.min(total - i) {
             c.aor = format!("user{i}").into_bytes();
             c.contact = format!("sip:user{i}@192.0.2.1:5060").into_bytes();
-            while q1.publish(&RecordRef::Contact { op: Op::Upsert, contact: c.as_ref() }).is_err() {
+            while q1
+                .publish(&RecordRef::Contact {
+                    op: Op::Upsert,
+                    contact: c.as_ref(),
+                })
+                .is_err()
+            {
                 std::thread::sleep(Duration::from_micros(50));
             }
             i += 1;
@@ -83,7 +98,10 @@ fn run(burst: usize, total: usize) -> (f64, f64) {
     let done = t0.elapsed();
     e1.stop();
     e2.stop();
-    (total as f64 / journaled.as_secs_f64(), total as f64 / done.as_secs_f64())
+    (
+        total as f64 / journaled.as_secs_f64(),
+        total as f64 / done.as_secs_f64(),
+    )
 }
 
 fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -92,9 +110,19 @@ fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn main() {
-    println!("engine: publish → durable journal → delivered to a second engine (loopback), 3 runs each");
-    println!("{:>6} {:>9} {:>26} {:>26}", "burst", "records", "journaled rec/s (min–max)", "delivered rec/s (min–max)");
-    for (burst, total) in [(1usize, 2_000usize), (10, 20_000), (100, 100_000), (1000, 200_000)] {
+    println!(
+        "engine: publish → durable journal → delivered to a second engine (loopback), 3 runs each"
+    );
+    println!(
+        "{:>6} {:>9} {:>26} {:>26}",
+        "burst", "records", "journaled rec/s (min–max)", "delivered rec/s (min–max)"
+    );
+    for (burst, total) in [
+        (1usize, 2_000usize),
+        (10, 20_000),
+        (100, 100_000),
+        (1000, 200_000),
+    ] {
         let runs: Vec<(f64, f64)> = (0..3).map(|_| run(burst, total)).collect();
         let (jm, jl, jh) = stats(runs.iter().map(|r| r.0).collect());
         let (dm, dl, dh) = stats(runs.iter().map(|r| r.1).collect());

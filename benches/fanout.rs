@@ -34,7 +34,13 @@ fn cpu_secs() -> f64 {
 
 fn run(n: usize, total: usize) -> (f64, f64) {
     let ports: Vec<u16> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
         .collect();
     let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
     let q1 = Arc::new(Shared::create(1 << 15).unwrap());
@@ -44,28 +50,50 @@ fn run(n: usize, total: usize) -> (f64, f64) {
             let cfg = RawConfig {
                 node_id: format!("n{i}"),
                 listen: format!("tcp:127.0.0.1:{}", ports[i]),
-                peers: ports.iter().filter(|p| **p != ports[i]).map(|p| format!("tcp:127.0.0.1:{p}")).collect(),
+                peers: ports
+                    .iter()
+                    .filter(|p| **p != ports[i])
+                    .map(|p| format!("tcp:127.0.0.1:{p}"))
+                    .collect(),
                 secret: b"fanout-secret-1".to_vec(),
                 journal: dirs[i].path().join("j.db").display().to_string(),
                 ..Default::default()
             }
             .check()
             .unwrap();
-            let q = if i == 0 { q1.clone() } else { Arc::new(Shared::create(64).unwrap()) };
+            let q = if i == 0 {
+                q1.clone()
+            } else {
+                Arc::new(Shared::create(64).unwrap())
+            };
             Engine::start(cfg, q, Some(Box::new(Counter(counters[i].clone())))).unwrap()
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let mut c = Contact { domain: b"location".to_vec(), ruid: b"r".to_vec(), callid: b"c".to_vec(), ..Default::default() };
+    let mut c = Contact {
+        domain: b"location".to_vec(),
+        ruid: b"r".to_vec(),
+        callid: b"c".to_vec(),
+        ..Default::default()
+    };
     let (t0, cpu0) = (Instant::now(), cpu_secs());
     for i in 0..total {
         c.aor = format!("user{i}").into_bytes();
         c.contact = format!("sip:user{i}@192.0.2.1").into_bytes();
-        while q1.publish(&RecordRef::Contact { op: Op::Upsert, contact: c.as_ref() }).is_err() {
+        while q1
+            .publish(&RecordRef::Contact {
+                op: Op::Upsert,
+                contact: c.as_ref(),
+            })
+            .is_err()
+        {
             std::thread::sleep(Duration::from_micros(100));
         }
     }
-    while counters[1..].iter().any(|c| c.load(Ordering::Relaxed) < total as u64) {
+    while counters[1..]
+        .iter()
+        .any(|c| c.load(Ordering::Relaxed) < total as u64)
+    {
         assert!(t0.elapsed() < Duration::from_secs(600), "not delivered");
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -76,7 +104,10 @@ fn run(n: usize, total: usize) -> (f64, f64) {
 
 fn main() {
     println!("full-mesh fan-out: 30,000 changes on one node until every other member holds them (3 runs)");
-    println!("{:>7} {:>28} {:>34}", "members", "records/s to all, median (min–max)", "CPU µs per change, all members");
+    println!(
+        "{:>7} {:>28} {:>34}",
+        "members", "records/s to all, median (min–max)", "CPU µs per change, all members"
+    );
     let mut base = None;
     for n in [2usize, 4, 8] {
         let mut runs: Vec<(f64, f64)> = (0..3).map(|_| run(n, 30_000)).collect();

@@ -38,7 +38,10 @@ fn contact(i: usize) -> Contact {
 /// pipe the parent reads.
 fn producer(q: &Shared, id: usize, fd: i32) {
     let c = contact(id);
-    let rec = RecordRef::Contact { op: Op::Upsert, contact: c.as_ref() };
+    let rec = RecordRef::Contact {
+        op: Op::Upsert,
+        contact: c.as_ref(),
+    };
     let mut ns = Vec::with_capacity(CALLS);
     for _ in 0..CALLS {
         let t = Instant::now();
@@ -55,8 +58,13 @@ fn producer(q: &Shared, id: usize, fd: i32) {
 }
 
 fn main() {
-    println!("hook cost per contact change (publish into the shared queue), {CALLS} calls per producer");
-    println!("{:>9} {:>10} {:>10} {:>12}", "producers", "median", "p99", "max");
+    println!(
+        "hook cost per contact change (publish into the shared queue), {CALLS} calls per producer"
+    );
+    println!(
+        "{:>9} {:>10} {:>10} {:>12}",
+        "producers", "median", "p99", "max"
+    );
     for producers in [1usize, 2, 4] {
         let q = Shared::create(1 << 14).unwrap();
         let mut fds = [0i32; 2];

@@ -62,14 +62,19 @@ pub fn parse_endpoint(param: &'static str, text: &str) -> Result<SocketAddr, Con
     let rest = match text.split_once(':') {
         Some((proto, rest)) if proto.eq_ignore_ascii_case("tcp") => rest,
         Some((proto, _)) if proto.chars().all(|c| c.is_ascii_alphabetic()) && !proto.is_empty() => {
-            return Err(ConfigError::invalid(param, format!("\"{text}\": only tcp is supported, not {proto}")))
+            return Err(ConfigError::invalid(
+                param,
+                format!("\"{text}\": only tcp is supported, not {proto}"),
+            ))
         }
         _ => text,
     };
-    let mut addrs = rest
-        .to_socket_addrs()
-        .map_err(|e| ConfigError::invalid(param, format!("\"{text}\" is not tcp:host:port ({e})")))?;
-    addrs.next().ok_or_else(|| ConfigError::invalid(param, format!("\"{text}\" resolves to no address")))
+    let mut addrs = rest.to_socket_addrs().map_err(|e| {
+        ConfigError::invalid(param, format!("\"{text}\" is not tcp:host:port ({e})"))
+    })?;
+    addrs
+        .next()
+        .ok_or_else(|| ConfigError::invalid(param, format!("\"{text}\" resolves to no address")))
 }
 
 /// "sqlite:////abs/path" (SER's own form: four slashes for an absolute
@@ -84,7 +89,10 @@ pub fn parse_db_url(url: &str) -> Result<PathBuf, ConfigError> {
     };
     let path = rest.strip_prefix('/').unwrap_or(rest);
     if path.is_empty() {
-        return Err(ConfigError::invalid("db_url", "no database file after sqlite://"));
+        return Err(ConfigError::invalid(
+            "db_url",
+            "no database file after sqlite://",
+        ));
     }
     Ok(PathBuf::from(path))
 }
@@ -93,52 +101,93 @@ impl RawConfig {
     pub fn check(&self) -> Result<Config, ConfigError> {
         let node_id = self.node_id.trim().to_string();
         if node_id.is_empty() {
-            return Err(ConfigError::invalid("node_id", "required: a name unique in the cluster, e.g. \"sip1\""));
+            return Err(ConfigError::invalid(
+                "node_id",
+                "required: a name unique in the cluster, e.g. \"sip1\"",
+            ));
         }
         if node_id.len() > NODE_ID_MAX || !node_id.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ConfigError::invalid(
                 "node_id",
-                format!("\"{node_id}\": at most {NODE_ID_MAX} printable ASCII characters, no spaces"),
+                format!(
+                    "\"{node_id}\": at most {NODE_ID_MAX} printable ASCII characters, no spaces"
+                ),
             ));
         }
         if self.listen.is_empty() {
-            return Err(ConfigError::invalid("listen", "required, e.g. \"tcp:10.0.0.1:5999\""));
+            return Err(ConfigError::invalid(
+                "listen",
+                "required, e.g. \"tcp:10.0.0.1:5999\"",
+            ));
         }
         let listen = parse_endpoint("listen", &self.listen)?;
         if self.peers.len() > crate::status::MAX_PEERS {
-            return Err(ConfigError::invalid("peer", format!("at most {} peers", crate::status::MAX_PEERS)));
+            return Err(ConfigError::invalid(
+                "peer",
+                format!("at most {} peers", crate::status::MAX_PEERS),
+            ));
         }
         let mut peers = Vec::with_capacity(self.peers.len());
         for p in &self.peers {
             let addr = parse_endpoint("peer", p)?;
             if addr == listen {
-                return Err(ConfigError::invalid("peer", format!("\"{p}\" is this node's own listen address")));
+                return Err(ConfigError::invalid(
+                    "peer",
+                    format!("\"{p}\" is this node's own listen address"),
+                ));
             }
             if peers.iter().any(|q: &PeerAddr| q.addr == addr) {
-                return Err(ConfigError::invalid("peer", format!("\"{p}\" is listed twice")));
+                return Err(ConfigError::invalid(
+                    "peer",
+                    format!("\"{p}\" is listed twice"),
+                ));
             }
-            peers.push(PeerAddr { text: p.clone(), addr });
+            peers.push(PeerAddr {
+                text: p.clone(),
+                addr,
+            });
         }
         if self.secret.is_empty() {
-            return Err(ConfigError::invalid("secret", "required: the same secret on every node of the cluster"));
+            return Err(ConfigError::invalid(
+                "secret",
+                "required: the same secret on every node of the cluster",
+            ));
         }
         if self.secret.len() < 8 {
-            return Err(ConfigError::invalid("secret", "shorter than 8 bytes; use a long random string"));
+            return Err(ConfigError::invalid(
+                "secret",
+                "shorter than 8 bytes; use a long random string",
+            ));
         }
         if self.journal.is_empty() {
-            return Err(ConfigError::invalid("journal", "required: path of the SQLite journal file"));
+            return Err(ConfigError::invalid(
+                "journal",
+                "required: path of the SQLite journal file",
+            ));
         }
         let mut domains = Vec::new();
-        for d in self.domains.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        for d in self
+            .domains
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+        {
             if !d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(ConfigError::invalid("domains", format!("\"{d}\" is not a usrloc table name")));
+                return Err(ConfigError::invalid(
+                    "domains",
+                    format!("\"{d}\" is not a usrloc table name"),
+                ));
             }
             domains.push(d.to_string());
         }
         if domains.is_empty() {
             domains.push("location".to_string());
         }
-        let door = if self.fifo.is_empty() { None } else { Some(PathBuf::from(&self.fifo)) };
+        let door = if self.fifo.is_empty() {
+            None
+        } else {
+            Some(PathBuf::from(&self.fifo))
+        };
         // Another database (MySQL, PostgreSQL) still serves the module's
         // alias RPCs through SER's own layer; only the engine's direct
         // fallback and start-up comparison need SQLite, and are off then.
@@ -147,8 +196,11 @@ impl RawConfig {
         } else {
             Some(parse_db_url(&self.db_url)?)
         };
-        let fifo_reply_dir =
-            PathBuf::from(if self.fifo_reply_dir.is_empty() { "/tmp/" } else { &self.fifo_reply_dir });
+        let fifo_reply_dir = PathBuf::from(if self.fifo_reply_dir.is_empty() {
+            "/tmp/"
+        } else {
+            &self.fifo_reply_dir
+        });
         Ok(Config {
             node_id,
             listen,
@@ -158,8 +210,16 @@ impl RawConfig {
             door,
             fifo_reply_dir,
             database,
-            retention_ms: if self.retention_secs == 0 { RETENTION_MS } else { self.retention_secs.saturating_mul(1000) },
-            retention_records: if self.retention_records == 0 { RETENTION_RECORDS } else { self.retention_records },
+            retention_ms: if self.retention_secs == 0 {
+                RETENTION_MS
+            } else {
+                self.retention_secs.saturating_mul(1000)
+            },
+            retention_records: if self.retention_records == 0 {
+                RETENTION_RECORDS
+            } else {
+                self.retention_records
+            },
             domains,
         })
     }
@@ -187,7 +247,10 @@ mod tests {
     fn accepts_the_documented_form() {
         let c = good().check().unwrap();
         assert_eq!(c.listen, "127.0.0.1:5999".parse().unwrap());
-        assert_eq!(c.database.unwrap(), PathBuf::from("/var/lib/kamailio/kamailio.db"));
+        assert_eq!(
+            c.database.unwrap(),
+            PathBuf::from("/var/lib/kamailio/kamailio.db")
+        );
         assert_eq!(c.fifo_reply_dir, PathBuf::from("/tmp/"));
     }
 
@@ -204,7 +267,10 @@ mod tests {
         assert!(c.check().unwrap_err().to_string().contains("secret"));
         let mut c = good();
         c.db_url = "mysql://u:p@localhost/kamailio".into();
-        assert!(c.check().unwrap().database.is_none(), "other databases: no direct fallback");
+        assert!(
+            c.check().unwrap().database.is_none(),
+            "other databases: no direct fallback"
+        );
         c.db_url = "sqlite://".into();
         assert!(c.check().is_err());
         let mut c = good();

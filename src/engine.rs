@@ -18,9 +18,9 @@ use crate::log::{self, RateLimit};
 use crate::net::Net;
 use crate::queue::Shared;
 use crate::record::{Op, Record};
-use std::collections::HashSet;
 use crate::status::{Snapshot, Status};
 use crate::wire::codec;
+use std::collections::HashSet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -45,7 +45,11 @@ static INGEST_ERR: RateLimit = RateLimit::new(1000);
 impl Engine {
     /// Starts the engine. `sink` replaces SER as the primary apply path
     /// (tests); None uses the configured RPC door and database.
-    pub fn start(cfg: Config, shared: Arc<Shared>, sink: Option<Box<dyn Sink>>) -> Result<Engine, EngineError> {
+    pub fn start(
+        cfg: Config,
+        shared: Arc<Shared>,
+        sink: Option<Box<dyn Sink>>,
+    ) -> Result<Engine, EngineError> {
         let cfg = Arc::new(cfg);
         let status = Arc::new(Status::new(&cfg.node_id));
         let open = || Journal::open(&cfg.journal);
@@ -54,21 +58,29 @@ impl Engine {
             match crate::seed::reconcile(&mut ingest_journal, &cfg.node_id, db, &cfg.domains) {
                 Ok(r) if r == crate::seed::Reconciled::default() => {}
                 Ok(r) => {
-                    status.counters.journaled.fetch_add(r.journaled as u64, Ordering::Relaxed);
+                    status
+                        .counters
+                        .journaled
+                        .fetch_add(r.journaled as u64, Ordering::Relaxed);
                     log::info(format_args!(
                     "start-up comparison with SER's database: journaled {} contacts the journal lacked, \
                      restoring {} contacts SER lacked",
                     r.journaled, r.restored
                 ))
                 }
-                Err(e) => log::error(format_args!("cannot compare SER's database with the journal: {e}")),
+                Err(e) => log::error(format_args!(
+                    "cannot compare SER's database with the journal: {e}"
+                )),
             }
         }
         let net_journal = open()?;
         let apply_journal = open()?;
         let last = ingest_journal.last_seq()?;
         status.counters.last_seq.store(last, Ordering::Relaxed);
-        status.counters.apply_pending.store(apply_journal.inbox_len()?, Ordering::Relaxed);
+        status
+            .counters
+            .apply_pending
+            .store(apply_journal.inbox_len()?, Ordering::Relaxed);
 
         let hlc = Arc::new(Mutex::new(Hlc::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -92,14 +104,28 @@ impl Engine {
                     Some(p) => Box::new(Door::new(p, &cfg.fifo_reply_dir)),
                     None => Box::new(NoDoor),
                 };
-                (door, cfg.database.as_ref().map(|p| Box::new(Database::new(p)) as Box<dyn Sink>))
+                (
+                    door,
+                    cfg.database
+                        .as_ref()
+                        .map(|p| Box::new(Database::new(p)) as Box<dyn Sink>),
+                )
             }
         };
-        let applier = Applier { journal: apply_journal, primary, fallback, status: status.clone(), wake: wake_rx };
+        let applier = Applier {
+            journal: apply_journal,
+            primary,
+            fallback,
+            status: status.clone(),
+            wake: wake_rx,
+        };
 
         let mut threads = Vec::new();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new().name(name.into()).spawn(f).map_err(EngineError::Net)
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(EngineError::Net)
         };
         {
             let stop = stop.clone();
@@ -107,7 +133,10 @@ impl Engine {
         }
         {
             let stop = stop.clone();
-            threads.push(spawn("sersync-apply", Box::new(move || applier.run(&stop)))?);
+            threads.push(spawn(
+                "sersync-apply",
+                Box::new(move || applier.run(&stop)),
+            )?);
         }
         {
             let ingest = Ingest {
@@ -121,7 +150,10 @@ impl Engine {
                 net_cmd,
             };
             let stop = stop.clone();
-            threads.push(spawn("sersync-ingest", Box::new(move || ingest.run(&stop)))?);
+            threads.push(spawn(
+                "sersync-ingest",
+                Box::new(move || ingest.run(&stop)),
+            )?);
         }
         status.running.store(true, Ordering::Relaxed);
         log::info(format_args!(
@@ -130,7 +162,13 @@ impl Engine {
             cfg.journal.display(),
             cfg.peers.len()
         ));
-        Ok(Engine { stop, waker, wake_apply, status, threads })
+        Ok(Engine {
+            stop,
+            waker,
+            wake_apply,
+            status,
+            threads,
+        })
     }
 
     pub fn status(&self) -> Snapshot {
@@ -170,7 +208,10 @@ struct NoDoor;
 
 impl Sink for NoDoor {
     fn apply(&mut self, _: &[Record]) -> Result<(), crate::error::ApplyError> {
-        Err(crate::error::ApplyError::Door { path: "(none)".into(), detail: "no RPC door configured".into() })
+        Err(crate::error::ApplyError::Door {
+            path: "(none)".into(),
+            detail: "no RPC door configured".into(),
+        })
     }
 }
 
@@ -211,13 +252,19 @@ impl Ingest {
             return;
         };
         if scan.table != table {
-            log::warn(format_args!("alias scan of one table ended by another; ignored"));
+            log::warn(format_args!(
+                "alias scan of one table ended by another; ignored"
+            ));
             return;
         }
         let result = (|| -> Result<(Vec<Record>, usize, usize), crate::error::JournalError> {
             let unsettled = self.journal.inbox_keys()?;
             let changed_since = |key: &[u8]| -> Result<bool, crate::error::JournalError> {
-                Ok(unsettled.contains(key) || self.journal.state_stamp(key)?.is_some_and(|h| h > scan.started))
+                Ok(unsettled.contains(key)
+                    || self
+                        .journal
+                        .state_stamp(key)?
+                        .is_some_and(|h| h > scan.started))
             };
             let mut out = Vec::new();
             let mut skipped = 0;
@@ -235,7 +282,10 @@ impl Ingest {
                     continue;
                 }
                 if let Some(Record::Alias { alias, .. }) = self.journal.state_of(&key)? {
-                    out.push(Record::Alias { op: Op::Delete, alias });
+                    out.push(Record::Alias {
+                        op: Op::Delete,
+                        alias,
+                    });
                     removed += 1;
                 }
             }
@@ -253,7 +303,10 @@ impl Ingest {
                     scan.seen.len()
                 ));
             }
-            Err(e) => log::error(format_args!("alias scan of {}: {e}; ignored", String::from_utf8_lossy(table))),
+            Err(e) => log::error(format_args!(
+                "alias scan of {}: {e}; ignored",
+                String::from_utf8_lossy(table)
+            )),
         }
     }
 
@@ -269,15 +322,29 @@ impl Ingest {
                 match codec::decode::<Record>(&buf) {
                     Ok(Record::AliasScan { table, end: false }) => {
                         let started = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).now();
-                        self.scan = Some(Scan { table, started, rows: Vec::new(), seen: HashSet::new() });
+                        self.scan = Some(Scan {
+                            table,
+                            started,
+                            rows: Vec::new(),
+                            seen: HashSet::new(),
+                        });
                     }
-                    Ok(Record::AliasScan { table, end: true }) => self.finish_scan(&table, &mut pending),
+                    Ok(Record::AliasScan { table, end: true }) => {
+                        self.finish_scan(&table, &mut pending)
+                    }
                     Ok(Record::Forget { node_id }) => {
                         let _ = self.net_cmd.send(crate::net::NetCmd::Forget(node_id));
                         let _ = self.waker.wake();
                     }
                     Ok(rec) => {
-                        if let (Some(scan), Record::Alias { op: Op::Upsert, alias }) = (&mut self.scan, &rec) {
+                        if let (
+                            Some(scan),
+                            Record::Alias {
+                                op: Op::Upsert,
+                                alias,
+                            },
+                        ) = (&mut self.scan, &rec)
+                        {
                             if scan.table == alias.table {
                                 scan.seen.insert(rec.key());
                                 scan.rows.push(rec);
@@ -287,7 +354,9 @@ impl Ingest {
                         let stamp = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).now();
                         pending.push((stamp, rec));
                     }
-                    Err(e) => log::error(format_args!("undecodable record in the worker queue: {e}")),
+                    Err(e) => {
+                        log::error(format_args!("undecodable record in the worker queue: {e}"))
+                    }
                 }
             }
             if pending.is_empty() {

@@ -10,20 +10,38 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub fn invalid(param: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid { param, reason: reason.into() }
+        ConfigError::Invalid {
+            param,
+            reason: reason.into(),
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("journal {path}: {source}")]
-    Sqlite { path: String, source: rusqlite::Error },
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
     #[error("journal {path} is corrupt ({detail}); it was moved aside to {moved_to}: replication starts from an empty journal")]
-    CorruptMovedAside { path: String, detail: String, moved_to: String },
+    CorruptMovedAside {
+        path: String,
+        detail: String,
+        moved_to: String,
+    },
     #[error("journal {path} has schema version {found}, newer than this sersync understands ({supported}); upgrade sersync or move the file aside")]
-    TooNew { path: String, found: i64, supported: i64 },
+    TooNew {
+        path: String,
+        found: i64,
+        supported: i64,
+    },
     #[error("journal {path}: stored record {seq} does not decode: {detail}")]
-    BadRecord { path: String, seq: i64, detail: String },
+    BadRecord {
+        path: String,
+        seq: i64,
+        detail: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -76,17 +76,30 @@ impl Journal {
     /// open again to start afresh.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
         let p = path.display().to_string();
-        let sq = |source| JournalError::Sqlite { path: p.clone(), source };
+        let sq = |source| JournalError::Sqlite {
+            path: p.clone(),
+            source,
+        };
         match Self::open_inner(path) {
             Ok(j) => Ok(j),
             Err(e) if is_corruption(&e) => {
                 let moved = Self::move_aside(path);
-                Err(JournalError::CorruptMovedAside { path: p.clone(), detail: e.to_string(), moved_to: moved })
+                Err(JournalError::CorruptMovedAside {
+                    path: p.clone(),
+                    detail: e.to_string(),
+                    moved_to: moved,
+                })
             }
-            Err(rusqlite::Error::SqliteFailure(f, Some(msg))) if msg.starts_with("sersync-too-new:") => {
+            Err(rusqlite::Error::SqliteFailure(f, Some(msg)))
+                if msg.starts_with("sersync-too-new:") =>
+            {
                 let found = msg["sersync-too-new:".len()..].parse().unwrap_or(-1);
                 let _ = f;
-                Err(JournalError::TooNew { path: p, found, supported: SCHEMA_VERSION })
+                Err(JournalError::TooNew {
+                    path: p,
+                    found,
+                    supported: SCHEMA_VERSION,
+                })
             }
             Err(e) => Err(sq(e)),
         }
@@ -106,22 +119,32 @@ impl Journal {
     fn open_inner(path: &Path) -> Result<Journal, rusqlite::Error> {
         let conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "OFF")?;
-        let mut j = Journal { conn, path: path.to_path_buf() };
+        let mut j = Journal {
+            conn,
+            path: path.to_path_buf(),
+        };
         j.migrate()?;
         // A cheap read of every table catches a file that is not ours or
         // is damaged in its schema pages.
-        j.conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
+        j.conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
         Ok(j)
     }
 
     fn migrate(&mut self) -> Result<(), rusqlite::Error> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             return Err(rusqlite::Error::SqliteFailure(
@@ -187,7 +210,10 @@ impl Journal {
     }
 
     fn err(&self, source: rusqlite::Error) -> JournalError {
-        JournalError::Sqlite { path: self.path.display().to_string(), source }
+        JournalError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        }
     }
 
     /// Appends local changes in one transaction. A change identical to
@@ -195,32 +221,51 @@ impl Journal {
     /// alias, a repeated deletion) is not journaled: every peer has it or
     /// will get it from the entry that set that state. Returns the last
     /// sequence and how many changes were journaled. Durable on return.
-    pub fn append_local(&mut self, node_id: &str, records: &[(u64, Record)]) -> Result<(u64, usize), JournalError> {
+    pub fn append_local(
+        &mut self,
+        node_id: &str,
+        records: &[(u64, Record)],
+    ) -> Result<(u64, usize), JournalError> {
         if records.is_empty() {
             return Ok((self.last_seq()?, 0));
         }
         let path = self.path.display().to_string();
-        let sq = |source| JournalError::Sqlite { path: path.clone(), source };
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
+        let sq = |source| JournalError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sq)?;
         let mut appended = 0;
         let mut seq = Self::last_seq_in(&tx).map_err(sq)?;
         {
-            let mut same = tx.prepare_cached("SELECT body = ?2 FROM state WHERE key = ?1").map_err(sq)?;
-            let mut ins = tx.prepare_cached("INSERT INTO log (seq, hlc, body) VALUES (?1, ?2, ?3)").map_err(sq)?;
+            let mut same = tx
+                .prepare_cached("SELECT body = ?2 FROM state WHERE key = ?1")
+                .map_err(sq)?;
+            let mut ins = tx
+                .prepare_cached("INSERT INTO log (seq, hlc, body) VALUES (?1, ?2, ?3)")
+                .map_err(sq)?;
             let mut st = tx.prepare_cached(STATE_LWW).map_err(sq)?;
             let mut body = Vec::with_capacity(512);
             for (hlc, rec) in records {
                 body.clear();
                 codec::encode_into(rec, &mut body).expect("encoding into a Vec cannot fail");
                 let key = rec.key();
-                let unchanged: bool =
-                    same.query_row(params![key, body], |r| r.get(0)).optional().map_err(sq)?.unwrap_or(false);
+                let unchanged: bool = same
+                    .query_row(params![key, body], |r| r.get(0))
+                    .optional()
+                    .map_err(sq)?
+                    .unwrap_or(false);
                 if unchanged {
                     continue;
                 }
                 seq += 1;
-                ins.execute(params![seq as i64, *hlc as i64, body]).map_err(sq)?;
-                st.execute(params![key, *hlc as i64, node_id, body]).map_err(sq)?;
+                ins.execute(params![seq as i64, *hlc as i64, body])
+                    .map_err(sq)?;
+                st.execute(params![key, *hlc as i64, node_id, body])
+                    .map_err(sq)?;
                 appended += 1;
             }
         }
@@ -238,12 +283,18 @@ impl Journal {
             .prepare_cached("SELECT key, body FROM state WHERE key > ?1 AND key < ?2")
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![lo, hi], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .query_map(params![lo, hi], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
             let (key, body) = row.map_err(|e| self.err(e))?;
-            if let Ok(Record::Alias { op: crate::record::Op::Upsert, .. }) = codec::decode::<Record>(&body) {
+            if let Ok(Record::Alias {
+                op: crate::record::Op::Upsert,
+                ..
+            }) = codec::decode::<Record>(&body)
+            {
                 out.push(key);
             }
         }
@@ -254,7 +305,10 @@ impl Journal {
     pub fn is_current(&self, key: &[u8], hlc: u64, origin: &str) -> Result<bool, JournalError> {
         self.conn
             .prepare_cached("SELECT hlc = ?2 AND origin = ?3 FROM state WHERE key = ?1")
-            .and_then(|mut st| st.query_row(params![key, hlc as i64, origin], |r| r.get::<_, bool>(0)).optional())
+            .and_then(|mut st| {
+                st.query_row(params![key, hlc as i64, origin], |r| r.get::<_, bool>(0))
+                    .optional()
+            })
             .map(|v| v.unwrap_or(true))
             .map_err(|e| self.err(e))
     }
@@ -267,16 +321,32 @@ impl Journal {
     ) -> Result<Vec<(u64, String, Record)>, JournalError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT hlc, origin, body FROM state WHERE key >= X'63' AND key < X'64'")
+            .prepare_cached(
+                "SELECT hlc, origin, body FROM state WHERE key >= X'63' AND key < X'64'",
+            )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
             let (hlc, origin, body) = row.map_err(|e| self.err(e))?;
-            if let Ok(rec @ Record::Contact { op: crate::record::Op::Upsert, .. }) = codec::decode::<Record>(&body) {
-                let Record::Contact { contact, .. } = &rec else { unreachable!() };
+            if let Ok(
+                rec @ Record::Contact {
+                    op: crate::record::Op::Upsert,
+                    ..
+                },
+            ) = codec::decode::<Record>(&body)
+            {
+                let Record::Contact { contact, .. } = &rec else {
+                    unreachable!()
+                };
                 if keep(contact) {
                     out.push((hlc as u64, origin, rec));
                 }
@@ -289,16 +359,24 @@ impl Journal {
     /// (SER lost them). They keep their stamp, so they stay current.
     pub fn stage_restore(&mut self, records: &[(u64, String, Record)]) -> Result<(), JournalError> {
         let path = self.path.display().to_string();
-        let sq = |source| JournalError::Sqlite { path: path.clone(), source };
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
+        let sq = |source| JournalError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sq)?;
         {
-            let mut ins =
-                tx.prepare_cached("INSERT INTO inbox (origin, hlc, body) VALUES (?1, ?2, ?3)").map_err(sq)?;
+            let mut ins = tx
+                .prepare_cached("INSERT INTO inbox (origin, hlc, body) VALUES (?1, ?2, ?3)")
+                .map_err(sq)?;
             let mut body = Vec::with_capacity(512);
             for (hlc, origin, rec) in records {
                 body.clear();
                 codec::encode_into(rec, &mut body).expect("encoding into a Vec cannot fail");
-                ins.execute(params![origin, *hlc as i64, body]).map_err(sq)?;
+                ins.execute(params![origin, *hlc as i64, body])
+                    .map_err(sq)?;
             }
         }
         tx.commit().map_err(sq)
@@ -341,8 +419,10 @@ impl Journal {
     /// The lowest local sequence still in the log; `last_seq + 1` if the
     /// log is empty. A peer that needs anything below it gets a snapshot.
     pub fn first_available(&self) -> Result<u64, JournalError> {
-        let min: Option<i64> =
-            self.conn.query_row("SELECT min(seq) FROM log", [], |r| r.get(0)).map_err(|e| self.err(e))?;
+        let min: Option<i64> = self
+            .conn
+            .query_row("SELECT min(seq) FROM log", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
         match min {
             Some(m) => Ok(m as u64),
             None => Ok(self.last_seq()? + 1),
@@ -354,9 +434,17 @@ impl Journal {
     /// key, which is what a snapshot sends. Returns entries removed.
     pub fn trim(&mut self, upto: u64) -> Result<usize, JournalError> {
         let path = self.path.display().to_string();
-        let sq = |source| JournalError::Sqlite { path: path.clone(), source };
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
-        let n = tx.execute("DELETE FROM log WHERE seq <= ?1", [upto as i64]).map_err(sq)?;
+        let sq = |source| JournalError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sq)?;
+        let n = tx
+            .execute("DELETE FROM log WHERE seq <= ?1", [upto as i64])
+            .map_err(sq)?;
         if n > 0 {
             tx.execute(
                 "INSERT INTO meta (k, v) VALUES ('seq_floor', ?1)
@@ -373,7 +461,11 @@ impl Journal {
     /// retention).
     pub fn last_seq_before(&self, hlc: u64) -> Result<u64, JournalError> {
         self.conn
-            .query_row("SELECT coalesce(max(seq), 0) FROM log WHERE hlc < ?1", [hlc as i64], |r| r.get::<_, i64>(0))
+            .query_row(
+                "SELECT coalesce(max(seq), 0) FROM log WHERE hlc < ?1",
+                [hlc as i64],
+                |r| r.get::<_, i64>(0),
+            )
             .map(|v| v as u64)
             .map_err(|e| self.err(e))
     }
@@ -395,7 +487,9 @@ impl Journal {
     /// The lowest acknowledged position among every peer ever seen.
     pub fn min_acked(&self) -> Result<Option<u64>, JournalError> {
         self.conn
-            .query_row("SELECT min(acked) FROM peer_acked", [], |r| r.get::<_, Option<i64>>(0))
+            .query_row("SELECT min(acked) FROM peer_acked", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
             .map(|v| v.map(|a| a as u64))
             .map_err(|e| self.err(e))
     }
@@ -442,8 +536,14 @@ impl Journal {
     /// snapshot or position is kept for it, and gossip cannot bring it back.
     pub fn forget_member(&mut self, node_id: &str) -> Result<(), JournalError> {
         let path = self.path.display().to_string();
-        let sq = |source| JournalError::Sqlite { path: path.clone(), source };
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
+        let sq = |source| JournalError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sq)?;
         tx.execute(
             "INSERT INTO members (node_id, address, forgotten) VALUES (?1, '', 1)
              ON CONFLICT(node_id) DO UPDATE SET forgotten = 1",
@@ -451,15 +551,24 @@ impl Journal {
         )
         .map_err(sq)?;
         for table in ["peer_acked", "snapshot_in"] {
-            let col = if table == "peer_acked" { "node_id" } else { "origin" };
-            tx.execute(&format!("DELETE FROM {table} WHERE {col} = ?1"), [node_id]).map_err(sq)?;
+            let col = if table == "peer_acked" {
+                "node_id"
+            } else {
+                "origin"
+            };
+            tx.execute(&format!("DELETE FROM {table} WHERE {col} = ?1"), [node_id])
+                .map_err(sq)?;
         }
         tx.commit().map_err(sq)
     }
 
     pub fn is_forgotten(&self, node_id: &str) -> Result<bool, JournalError> {
         self.conn
-            .query_row("SELECT forgotten FROM members WHERE node_id = ?1", [node_id], |r| r.get::<_, i64>(0))
+            .query_row(
+                "SELECT forgotten FROM members WHERE node_id = ?1",
+                [node_id],
+                |r| r.get::<_, i64>(0),
+            )
             .optional()
             .map(|v| v == Some(1))
             .map_err(|e| self.err(e))
@@ -467,14 +576,25 @@ impl Journal {
 
     /// State rows with keys after `after_key`, in key order, at most
     /// `limit`: one chunk of a snapshot.
-    pub fn state_chunk(&self, after_key: &[u8], limit: usize) -> Result<Vec<SnapRow>, JournalError> {
+    pub fn state_chunk(
+        &self,
+        after_key: &[u8],
+        limit: usize,
+    ) -> Result<Vec<SnapRow>, JournalError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT key, hlc, origin, body FROM state WHERE key > ?1 ORDER BY key LIMIT ?2")
+            .prepare_cached(
+                "SELECT key, hlc, origin, body FROM state WHERE key > ?1 ORDER BY key LIMIT ?2",
+            )
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![after_key, limit as i64], |r| {
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, Vec<u8>>(3)?))
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
             })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
@@ -485,7 +605,11 @@ impl Journal {
                 seq: -1,
                 detail: format!("state key {key:?}: {detail}"),
             })?;
-            out.push(SnapRow { origin, hlc: hlc as u64, record });
+            out.push(SnapRow {
+                origin,
+                hlc: hlc as u64,
+                record,
+            });
         }
         Ok(out)
     }
@@ -494,9 +618,11 @@ impl Journal {
     /// (the sender's sequence it is consistent with, last key received).
     pub fn snapshot_progress(&self, origin: &str) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
         self.conn
-            .query_row("SELECT upto, after_key FROM snapshot_in WHERE origin = ?1", [origin], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
-            })
+            .query_row(
+                "SELECT upto, after_key FROM snapshot_in WHERE origin = ?1",
+                [origin],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
+            )
             .optional()
             .map_err(|e| self.err(e))
     }
@@ -506,29 +632,52 @@ impl Journal {
     /// writer wins on (hlc, origin of the row)). Records the progress; the
     /// last chunk sets the position held from `origin` to `upto`, so the
     /// live stream continues after it. Durable on return.
-    pub fn stage_snapshot(&mut self, origin: &str, upto: u64, rows: &[SnapRow], last: bool) -> Result<StageOutcome, JournalError> {
+    pub fn stage_snapshot(
+        &mut self,
+        origin: &str,
+        upto: u64,
+        rows: &[SnapRow],
+        last: bool,
+    ) -> Result<StageOutcome, JournalError> {
         let path = self.path.display().to_string();
-        let sq = |source| JournalError::Sqlite { path: path.clone(), source };
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
-        let mut out = StageOutcome { upto, ..Default::default() };
+        let sq = |source| JournalError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sq)?;
+        let mut out = StageOutcome {
+            upto,
+            ..Default::default()
+        };
         {
             let mut st = tx.prepare_cached(STATE_LWW).map_err(sq)?;
-            let mut ins =
-                tx.prepare_cached("INSERT INTO inbox (origin, hlc, body) VALUES (?1, ?2, ?3)").map_err(sq)?;
+            let mut ins = tx
+                .prepare_cached("INSERT INTO inbox (origin, hlc, body) VALUES (?1, ?2, ?3)")
+                .map_err(sq)?;
             let mut body = Vec::with_capacity(512);
             for row in rows {
                 out.fresh += 1;
                 body.clear();
-                codec::encode_into(&row.record, &mut body).expect("encoding into a Vec cannot fail");
-                if st.execute(params![row.record.key(), row.hlc as i64, row.origin, body]).map_err(sq)? == 0 {
+                codec::encode_into(&row.record, &mut body)
+                    .expect("encoding into a Vec cannot fail");
+                if st
+                    .execute(params![row.record.key(), row.hlc as i64, row.origin, body])
+                    .map_err(sq)?
+                    == 0
+                {
                     out.superseded += 1;
                     continue;
                 }
-                ins.execute(params![row.origin, row.hlc as i64, body]).map_err(sq)?;
+                ins.execute(params![row.origin, row.hlc as i64, body])
+                    .map_err(sq)?;
             }
         }
         if last {
-            tx.execute("DELETE FROM snapshot_in WHERE origin = ?1", [origin]).map_err(sq)?;
+            tx.execute("DELETE FROM snapshot_in WHERE origin = ?1", [origin])
+                .map_err(sq)?;
             tx.execute(
                 "INSERT INTO received (origin, seq) VALUES (?1, ?2)
                  ON CONFLICT(origin) DO UPDATE SET seq = max(seq, excluded.seq)",
@@ -555,7 +704,11 @@ impl Journal {
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![after as i64, limit as i64], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
             })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
@@ -566,7 +719,11 @@ impl Journal {
                 seq,
                 detail,
             })?;
-            out.push(Change { seq: seq as u64, hlc: hlc as u64, record });
+            out.push(Change {
+                seq: seq as u64,
+                hlc: hlc as u64,
+                record,
+            });
         }
         Ok(out)
     }
@@ -574,7 +731,9 @@ impl Journal {
     /// The journal time (HLC) of local change `seq`, if still held.
     pub fn hlc_of(&self, seq: u64) -> Result<Option<u64>, JournalError> {
         self.conn
-            .query_row("SELECT hlc FROM log WHERE seq = ?1", [seq as i64], |r| r.get::<_, i64>(0))
+            .query_row("SELECT hlc FROM log WHERE seq = ?1", [seq as i64], |r| {
+                r.get::<_, i64>(0)
+            })
             .optional()
             .map(|v| v.map(|h| h as u64))
             .map_err(|e| self.err(e))
@@ -582,7 +741,11 @@ impl Journal {
 
     pub fn acked(&self, peer: &str) -> Result<u64, JournalError> {
         self.conn
-            .query_row("SELECT acked FROM peer_acked WHERE node_id = ?1", [peer], |r| r.get::<_, i64>(0))
+            .query_row(
+                "SELECT acked FROM peer_acked WHERE node_id = ?1",
+                [peer],
+                |r| r.get::<_, i64>(0),
+            )
             .optional()
             .map(|v| v.unwrap_or(0) as u64)
             .map_err(|e| self.err(e))
@@ -603,7 +766,11 @@ impl Journal {
     /// Highest sequence of `origin` this node holds.
     pub fn received_upto(&self, origin: &str) -> Result<u64, JournalError> {
         self.conn
-            .query_row("SELECT seq FROM received WHERE origin = ?1", [origin], |r| r.get::<_, i64>(0))
+            .query_row(
+                "SELECT seq FROM received WHERE origin = ?1",
+                [origin],
+                |r| r.get::<_, i64>(0),
+            )
             .optional()
             .map(|v| v.unwrap_or(0) as u64)
             .map_err(|e| self.err(e))
@@ -614,20 +781,38 @@ impl Journal {
     /// the others enter the inbox unless the state holds a newer version of
     /// their key (last writer wins on (hlc, origin)). Durable on return:
     /// only then may the batch be acknowledged.
-    pub fn stage_remote(&mut self, origin: &str, changes: &[Change]) -> Result<StageOutcome, JournalError> {
+    pub fn stage_remote(
+        &mut self,
+        origin: &str,
+        changes: &[Change],
+    ) -> Result<StageOutcome, JournalError> {
         let path = self.path.display().to_string();
-        let sq = |source| JournalError::Sqlite { path: path.clone(), source };
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
+        let sq = |source| JournalError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sq)?;
         let held: u64 = tx
-            .query_row("SELECT seq FROM received WHERE origin = ?1", [origin], |r| r.get::<_, i64>(0))
+            .query_row(
+                "SELECT seq FROM received WHERE origin = ?1",
+                [origin],
+                |r| r.get::<_, i64>(0),
+            )
             .optional()
             .map_err(sq)?
             .unwrap_or(0) as u64;
-        let mut out = StageOutcome { upto: held, ..Default::default() };
+        let mut out = StageOutcome {
+            upto: held,
+            ..Default::default()
+        };
         {
             let mut st = tx.prepare_cached(STATE_LWW).map_err(sq)?;
-            let mut ins =
-                tx.prepare_cached("INSERT INTO inbox (origin, hlc, body) VALUES (?1, ?2, ?3)").map_err(sq)?;
+            let mut ins = tx
+                .prepare_cached("INSERT INTO inbox (origin, hlc, body) VALUES (?1, ?2, ?3)")
+                .map_err(sq)?;
             let mut body = Vec::with_capacity(512);
             for ch in changes {
                 if ch.seq <= out.upto {
@@ -637,12 +822,15 @@ impl Journal {
                 out.fresh += 1;
                 body.clear();
                 codec::encode_into(&ch.record, &mut body).expect("encoding into a Vec cannot fail");
-                let won = st.execute(params![ch.record.key(), ch.hlc as i64, origin, body]).map_err(sq)?;
+                let won = st
+                    .execute(params![ch.record.key(), ch.hlc as i64, origin, body])
+                    .map_err(sq)?;
                 if won == 0 {
                     out.superseded += 1;
                     continue;
                 }
-                ins.execute(params![origin, ch.hlc as i64, body]).map_err(sq)?;
+                ins.execute(params![origin, ch.hlc as i64, body])
+                    .map_err(sq)?;
             }
         }
         if out.upto > held {
@@ -661,31 +849,55 @@ impl Journal {
     /// version of their key has overtaken since they were staged (applying
     /// them would put an older version back). Returns the last id read too,
     /// so that the overtaken ones are removed with the rest.
-    pub fn inbox_current(&mut self, limit: usize) -> Result<(Vec<Staged>, Option<i64>), JournalError> {
+    pub fn inbox_current(
+        &mut self,
+        limit: usize,
+    ) -> Result<(Vec<Staged>, Option<i64>), JournalError> {
         let path = self.path.display().to_string();
-        let sq = |source| JournalError::Sqlite { path: path.clone(), source };
+        let sq = |source| JournalError::Sqlite {
+            path: path.clone(),
+            source,
+        };
         // One read transaction: one consistent view, one lock.
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Deferred).map_err(sq)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(sq)?;
         let mut out = Vec::new();
         let mut last_id = None;
         {
-            let mut peek = tx.prepare_cached("SELECT id, origin, hlc, body FROM inbox ORDER BY id LIMIT ?1").map_err(sq)?;
-            let mut current =
-                tx.prepare_cached("SELECT hlc = ?2 AND origin = ?3 FROM state WHERE key = ?1").map_err(sq)?;
+            let mut peek = tx
+                .prepare_cached("SELECT id, origin, hlc, body FROM inbox ORDER BY id LIMIT ?1")
+                .map_err(sq)?;
+            let mut current = tx
+                .prepare_cached("SELECT hlc = ?2 AND origin = ?3 FROM state WHERE key = ?1")
+                .map_err(sq)?;
             let mut rows = peek.query([limit as i64]).map_err(sq)?;
             while let Some(r) = rows.next().map_err(sq)? {
-                let (id, origin, hlc, body): (i64, String, i64, Vec<u8>) =
-                    (r.get(0).map_err(sq)?, r.get(1).map_err(sq)?, r.get(2).map_err(sq)?, r.get(3).map_err(sq)?);
+                let (id, origin, hlc, body): (i64, String, i64, Vec<u8>) = (
+                    r.get(0).map_err(sq)?,
+                    r.get(1).map_err(sq)?,
+                    r.get(2).map_err(sq)?,
+                    r.get(3).map_err(sq)?,
+                );
                 last_id = Some(id);
-                let record: Record = codec::decode(&body).map_err(|detail| JournalError::BadRecord {
-                    path: path.clone(),
-                    seq: id,
-                    detail,
-                })?;
-                let still: Option<bool> =
-                    current.query_row(params![record.key(), hlc, origin], |r| r.get(0)).optional().map_err(sq)?;
+                let record: Record =
+                    codec::decode(&body).map_err(|detail| JournalError::BadRecord {
+                        path: path.clone(),
+                        seq: id,
+                        detail,
+                    })?;
+                let still: Option<bool> = current
+                    .query_row(params![record.key(), hlc, origin], |r| r.get(0))
+                    .optional()
+                    .map_err(sq)?;
                 if still.unwrap_or(true) {
-                    out.push(Staged { id, origin, hlc: hlc as u64, record });
+                    out.push(Staged {
+                        id,
+                        origin,
+                        hlc: hlc as u64,
+                        record,
+                    });
                 }
             }
         }
@@ -695,8 +907,13 @@ impl Journal {
 
     /// Keys of every change staged and not yet applied.
     pub fn inbox_keys(&self) -> Result<std::collections::HashSet<Vec<u8>>, JournalError> {
-        let mut stmt = self.conn.prepare_cached("SELECT body FROM inbox").map_err(|e| self.err(e))?;
-        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(|e| self.err(e))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT body FROM inbox")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.err(e))?;
         let mut out = std::collections::HashSet::new();
         for body in rows {
             if let Ok(rec) = codec::decode::<Record>(&body.map_err(|e| self.err(e))?) {
@@ -714,7 +931,12 @@ impl Journal {
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([limit as i64], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, Vec<u8>>(3)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
             })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
@@ -725,14 +947,22 @@ impl Journal {
                 seq: id,
                 detail,
             })?;
-            out.push(Staged { id, origin, hlc: hlc as u64, record });
+            out.push(Staged {
+                id,
+                origin,
+                hlc: hlc as u64,
+                record,
+            });
         }
         Ok(out)
     }
 
     /// Removes staged changes up to and including `id`: they are applied.
     pub fn inbox_done(&mut self, upto_id: i64) -> Result<(), JournalError> {
-        self.conn.execute("DELETE FROM inbox WHERE id <= ?1", [upto_id]).map(|_| ()).map_err(|e| self.err(e))
+        self.conn
+            .execute("DELETE FROM inbox WHERE id <= ?1", [upto_id])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
     }
 
     pub fn inbox_len(&self) -> Result<u64, JournalError> {
@@ -767,7 +997,9 @@ mod tests {
         let path = dir.path().join("j.db");
         {
             let mut j = Journal::open(&path).unwrap();
-            let (last, n) = j.append_local("n1", &[(10, rec("a", 1)), (11, rec("b", 1))]).unwrap();
+            let (last, n) = j
+                .append_local("n1", &[(10, rec("a", 1)), (11, rec("b", 1))])
+                .unwrap();
             assert_eq!((last, n), (2, 2));
             // The same state again is not journaled twice.
             assert_eq!(j.append_local("n1", &[(12, rec("b", 1))]).unwrap(), (2, 0));
@@ -788,17 +1020,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
         let batch = vec![
-            Change { seq: 1, hlc: 100, record: rec("a", 1) },
-            Change { seq: 2, hlc: 101, record: rec("b", 1) },
+            Change {
+                seq: 1,
+                hlc: 100,
+                record: rec("a", 1),
+            },
+            Change {
+                seq: 2,
+                hlc: 101,
+                record: rec("b", 1),
+            },
         ];
         let out = j.stage_remote("n2", &batch).unwrap();
-        assert_eq!(out, StageOutcome { upto: 2, fresh: 2, superseded: 0 });
+        assert_eq!(
+            out,
+            StageOutcome {
+                upto: 2,
+                fresh: 2,
+                superseded: 0
+            }
+        );
         // Resend after a lost ack: nothing new.
         let out = j.stage_remote("n2", &batch).unwrap();
-        assert_eq!(out, StageOutcome { upto: 2, fresh: 0, superseded: 0 });
+        assert_eq!(
+            out,
+            StageOutcome {
+                upto: 2,
+                fresh: 0,
+                superseded: 0
+            }
+        );
         // A local change newer than what n3 sends for the same key wins.
         j.append_local("n1", &[(500, rec("c", 2))]).unwrap();
-        let out = j.stage_remote("n3", &[Change { seq: 1, hlc: 400, record: rec("c", 1) }]).unwrap();
+        let out = j
+            .stage_remote(
+                "n3",
+                &[Change {
+                    seq: 1,
+                    hlc: 400,
+                    record: rec("c", 1),
+                }],
+            )
+            .unwrap();
         assert_eq!(out.superseded, 1);
         let staged = j.inbox_peek(10).unwrap();
         assert_eq!(staged.len(), 2);

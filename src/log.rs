@@ -82,7 +82,10 @@ impl RateLimit {
         let now = crate::hlc::wall_ms();
         let last = self.last_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= self.interval_ms
-            && self.last_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
         {
             Some(self.suppressed.swap(0, Ordering::Relaxed))
         } else {

@@ -50,9 +50,14 @@ enum Phase {
     /// Dialer: waiting for the acceptor's challenge.
     AwaitChallenge,
     /// Dialer: hello sent, waiting for welcome.
-    AwaitWelcome { nonce_a: Nonce, nonce_d: Nonce },
+    AwaitWelcome {
+        nonce_a: Nonce,
+        nonce_d: Nonce,
+    },
     /// Acceptor: challenge sent, waiting for hello.
-    AwaitHello { nonce_a: Nonce },
+    AwaitHello {
+        nonce_a: Nonce,
+    },
     Streaming,
 }
 
@@ -172,7 +177,11 @@ impl Net {
             node_id: node_id.to_string(),
             forgotten: false,
         };
-        let mut peers: Vec<Peer> = cfg.peers.iter().map(|p| new_peer(&p.text, p.addr, "")).collect();
+        let mut peers: Vec<Peer> = cfg
+            .peers
+            .iter()
+            .map(|p| new_peer(&p.text, p.addr, ""))
+            .collect();
         // Members learned before a restart: reachable even if every
         // configured seed is down now.
         let mut forgotten = std::collections::HashSet::new();
@@ -183,11 +192,15 @@ impl Net {
                         forgotten.insert(id);
                         continue;
                     }
-                    let Ok(addr) = crate::config::parse_endpoint("member", &address) else { continue };
+                    let Ok(addr) = crate::config::parse_endpoint("member", &address) else {
+                        continue;
+                    };
                     let room = peers.len() < crate::status::MAX_PEERS;
                     match peers.iter_mut().find(|p| p.addr == addr) {
                         Some(p) => p.node_id = id,
-                        None if room && id != cfg.node_id => peers.push(new_peer(&address, addr, &id)),
+                        None if room && id != cfg.node_id => {
+                            peers.push(new_peer(&address, addr, &id))
+                        }
                         None => {}
                     }
                 }
@@ -244,7 +257,11 @@ impl Net {
                 match ev.token() {
                     WAKER => {}
                     LISTENER => self.accept_all(),
-                    t => self.conn_event(t, ev.is_readable(), ev.is_writable() || ev.is_write_closed()),
+                    t => self.conn_event(
+                        t,
+                        ev.is_readable(),
+                        ev.is_writable() || ev.is_write_closed(),
+                    ),
                 }
             }
             while let Ok(cmd) = self.cmds.try_recv() {
@@ -271,7 +288,11 @@ impl Net {
             return;
         }
         match TcpListener::bind(self.cfg.listen) {
-            Ok(mut l) => match self.poll.registry().register(&mut l, LISTENER, Interest::READABLE) {
+            Ok(mut l) => match self
+                .poll
+                .registry()
+                .register(&mut l, LISTENER, Interest::READABLE)
+            {
                 Ok(()) => {
                     log::info(format_args!("listening on tcp:{}", self.cfg.listen));
                     self.listener = Some(l);
@@ -295,12 +316,18 @@ impl Net {
 
     fn accept_all(&mut self) {
         loop {
-            let Some(l) = self.listener.as_ref() else { return };
+            let Some(l) = self.listener.as_ref() else {
+                return;
+            };
             match l.accept() {
                 Ok((mut sock, addr)) => {
                     let _ = sock.set_nodelay(true);
                     let t = self.token();
-                    if let Err(e) = self.poll.registry().register(&mut sock, t, Interest::READABLE) {
+                    if let Err(e) = self
+                        .poll
+                        .registry()
+                        .register(&mut sock, t, Interest::READABLE)
+                    {
                         log::error(format_args!("cannot register connection from {addr}: {e}"));
                         continue;
                     }
@@ -330,9 +357,11 @@ impl Net {
         match TcpStream::connect(addr) {
             Ok(mut sock) => {
                 let t = self.token();
-                if let Err(e) =
-                    self.poll.registry().register(&mut sock, t, Interest::READABLE | Interest::WRITABLE)
-                {
+                if let Err(e) = self.poll.registry().register(
+                    &mut sock,
+                    t,
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
                     log::error(format_args!("cannot register connection to {addr}: {e}"));
                     self.schedule_retry(idx);
                     return;
@@ -341,10 +370,12 @@ impl Net {
                 c.interest_writable = true;
                 self.conns.insert(t, c);
                 self.peers[idx].conn = Some(t);
-                self.status.with_peer(idx, |p| p.state = PeerState::Connecting);
+                self.status
+                    .with_peer(idx, |p| p.state = PeerState::Connecting);
             }
             Err(e) => {
-                self.status.with_peer(idx, |p| p.last_error = format!("connect: {e}"));
+                self.status
+                    .with_peer(idx, |p| p.last_error = format!("connect: {e}"));
                 self.schedule_retry(idx);
             }
         }
@@ -359,7 +390,10 @@ impl Net {
     fn timers(&mut self) {
         let now = Instant::now();
         for idx in 0..self.peers.len() {
-            if self.peers[idx].conn.is_none() && !self.peers[idx].forgotten && now >= self.peers[idx].retry_at {
+            if self.peers[idx].conn.is_none()
+                && !self.peers[idx].forgotten
+                && now >= self.peers[idx].retry_at
+            {
                 self.dial(idx);
             }
         }
@@ -368,7 +402,8 @@ impl Net {
             .iter()
             .filter(|(_, c)| {
                 c.deadline.is_some_and(|d| now >= d)
-                    || (matches!(c.side, Side::Accept) && now.duration_since(c.last_rx) > IDLE_TIMEOUT)
+                    || (matches!(c.side, Side::Accept)
+                        && now.duration_since(c.last_rx) > IDLE_TIMEOUT)
             })
             .map(|(t, _)| *t)
             .collect();
@@ -378,7 +413,9 @@ impl Net {
     }
 
     fn conn_event(&mut self, t: Token, readable: bool, writable: bool) {
-        let Some(c) = self.conns.get_mut(&t) else { return };
+        let Some(c) = self.conns.get_mut(&t) else {
+            return;
+        };
         if matches!(c.phase, Phase::Connecting) && (writable || readable) {
             if let Ok(Some(e)) | Err(e) = c.sock.take_error() {
                 return self.close(t, Verdict::Close(format!("connect: {e}")));
@@ -396,7 +433,9 @@ impl Net {
         if readable {
             let mut buf = [0u8; 64 * 1024];
             loop {
-                let Some(c) = self.conns.get_mut(&t) else { return };
+                let Some(c) = self.conns.get_mut(&t) else {
+                    return;
+                };
                 match c.sock.read(&mut buf) {
                     Ok(0) => return self.close(t, Verdict::Close("closed by peer".into())),
                     Ok(n) => {
@@ -418,7 +457,9 @@ impl Net {
     /// Handles every complete frame buffered on `t`.
     fn drain_frames(&mut self, t: Token) -> Verdict {
         loop {
-            let Some(c) = self.conns.get_mut(&t) else { return Verdict::Close(String::new()) };
+            let Some(c) = self.conns.get_mut(&t) else {
+                return Verdict::Close(String::new());
+            };
             let frame = match c.reader.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => return Verdict::Continue,
@@ -447,33 +488,78 @@ impl Net {
         let me = self.cfg.node_id.clone();
         let c = self.conns.get_mut(&t).expect("caller checked");
         match (&c.side, &c.phase, frame) {
-            (Side::Dial { .. }, Phase::AwaitChallenge, Frame::Challenge { magic, version, node_id, nonce }) => {
+            (
+                Side::Dial { .. },
+                Phase::AwaitChallenge,
+                Frame::Challenge {
+                    magic,
+                    version,
+                    node_id,
+                    nonce,
+                },
+            ) => {
                 if magic != MAGIC || version != VERSION {
-                    return Verdict::Refused(format!("peer speaks protocol {magic:?} v{version}, we speak v{VERSION}"));
+                    return Verdict::Refused(format!(
+                        "peer speaks protocol {magic:?} v{version}, we speak v{VERSION}"
+                    ));
                 }
                 if node_id == me {
-                    return Verdict::Refused(format!("peer has our own node id \"{me}\": node ids must be unique"));
+                    return Verdict::Refused(format!(
+                        "peer has our own node id \"{me}\": node ids must be unique"
+                    ));
                 }
                 if self.forgotten.contains(&node_id) {
-                    return Verdict::Refused(format!("peer is {node_id}, removed from the cluster with sersync.forget"));
+                    return Verdict::Refused(format!(
+                        "peer is {node_id}, removed from the cluster with sersync.forget"
+                    ));
                 }
                 let nonce_d = auth::fresh_nonce();
                 let tag = auth::tag(
                     &self.cfg.secret,
                     Role::Dialer,
-                    &Transcript { nonce_a: &nonce, nonce_d: &nonce_d, dialer: &me, acceptor: &node_id },
+                    &Transcript {
+                        nonce_a: &nonce,
+                        nonce_d: &nonce_d,
+                        dialer: &me,
+                        acceptor: &node_id,
+                    },
                 );
                 c.remote_id = node_id;
                 let listen = format!("tcp:{}", self.cfg.listen);
-                c.send(&Frame::Hello { magic: MAGIC, version: VERSION, node_id: me, listen, nonce: nonce_d, tag });
-                c.phase = Phase::AwaitWelcome { nonce_a: nonce, nonce_d };
+                c.send(&Frame::Hello {
+                    magic: MAGIC,
+                    version: VERSION,
+                    node_id: me,
+                    listen,
+                    nonce: nonce_d,
+                    tag,
+                });
+                c.phase = Phase::AwaitWelcome {
+                    nonce_a: nonce,
+                    nonce_d,
+                };
                 Verdict::Continue
             }
-            (Side::Dial { peer }, Phase::AwaitWelcome { nonce_a, nonce_d }, Frame::Welcome { tag, resume_after, snapshot }) => {
+            (
+                Side::Dial { peer },
+                Phase::AwaitWelcome { nonce_a, nonce_d },
+                Frame::Welcome {
+                    tag,
+                    resume_after,
+                    snapshot,
+                },
+            ) => {
                 let peer = *peer;
-                let tr = Transcript { nonce_a, nonce_d, dialer: &me, acceptor: &c.remote_id };
+                let tr = Transcript {
+                    nonce_a,
+                    nonce_d,
+                    dialer: &me,
+                    acceptor: &c.remote_id,
+                };
                 if !auth::verify(&self.cfg.secret, Role::Acceptor, &tr, &tag) {
-                    return Verdict::Refused("peer failed authentication: different secret?".into());
+                    return Verdict::Refused(
+                        "peer failed authentication: different secret?".into(),
+                    );
                 }
                 c.phase = Phase::Streaming;
                 c.deadline = None;
@@ -514,7 +600,9 @@ impl Net {
                     s.last_error.clear();
                 });
                 let text = p.text.clone();
-                log::info(format_args!("connected to peer {remote} at {text}, resuming after {resume_after}"));
+                log::info(format_args!(
+                    "connected to peer {remote} at {text}, resuming after {resume_after}"
+                ));
                 self.learn(&remote, &text);
                 let members = self.member_list();
                 if let Some(c) = self.conns.get_mut(&t) {
@@ -522,11 +610,16 @@ impl Net {
                 }
                 Verdict::Continue
             }
-            (Side::Dial { .. }, _, Frame::Refuse { reason }) => Verdict::Refused(format!("peer refused: {reason}")),
+            (Side::Dial { .. }, _, Frame::Refuse { reason }) => {
+                Verdict::Refused(format!("peer refused: {reason}"))
+            }
             (Side::Dial { peer }, Phase::Streaming, Frame::Ack { upto }) => {
                 let peer = *peer;
                 if upto > c.next_send {
-                    return Verdict::Close(format!("peer acknowledged {upto}, beyond {} sent", c.next_send));
+                    return Verdict::Close(format!(
+                        "peer acknowledged {upto}, beyond {} sent",
+                        c.next_send
+                    ));
                 }
                 c.acked = c.acked.max(upto);
                 let (remote, acked) = (c.remote_id.clone(), c.acked);
@@ -542,64 +635,116 @@ impl Net {
             }
             (Side::Dial { peer }, Phase::Streaming, Frame::TempFail { upto, reason }) => {
                 let peer = *peer;
-                log::warn(format_args!("peer {} reports a temporary failure: {reason}; resending after {upto}", c.remote_id));
+                log::warn(format_args!(
+                    "peer {} reports a temporary failure: {reason}; resending after {upto}",
+                    c.remote_id
+                ));
                 c.acked = c.acked.max(upto);
                 c.next_send = c.acked;
                 let p = &mut self.peers[peer];
                 p.resend_at = Some(Instant::now() + p.backoff);
                 p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
-                self.status.with_peer(peer, |s| s.last_error = format!("peer temporary failure: {reason}"));
+                self.status.with_peer(peer, |s| {
+                    s.last_error = format!("peer temporary failure: {reason}")
+                });
                 Verdict::Continue
             }
-            (Side::Accept, Phase::AwaitHello { nonce_a }, Frame::Hello { magic, version, node_id, listen, nonce, tag }) => {
+            (
+                Side::Accept,
+                Phase::AwaitHello { nonce_a },
+                Frame::Hello {
+                    magic,
+                    version,
+                    node_id,
+                    listen,
+                    nonce,
+                    tag,
+                },
+            ) => {
                 if magic != MAGIC || version != VERSION {
-                    c.send(&Frame::Refuse { reason: format!("protocol v{VERSION} only") });
+                    c.send(&Frame::Refuse {
+                        reason: format!("protocol v{VERSION} only"),
+                    });
                     let _ = c.write_now();
-                    return Verdict::Refused(format!("peer {node_id} speaks protocol {magic:?} v{version}"));
+                    return Verdict::Refused(format!(
+                        "peer {node_id} speaks protocol {magic:?} v{version}"
+                    ));
                 }
                 if node_id == me {
-                    c.send(&Frame::Refuse { reason: format!("node id \"{me}\" is already taken by the node you dialed") });
+                    c.send(&Frame::Refuse {
+                        reason: format!("node id \"{me}\" is already taken by the node you dialed"),
+                    });
                     let _ = c.write_now();
-                    return Verdict::Refused(format!("a peer connected with our own node id \"{me}\": node ids must be unique"));
+                    return Verdict::Refused(format!(
+                        "a peer connected with our own node id \"{me}\": node ids must be unique"
+                    ));
                 }
-                let tr = Transcript { nonce_a, nonce_d: &nonce, dialer: &node_id, acceptor: &me };
+                let tr = Transcript {
+                    nonce_a,
+                    nonce_d: &nonce,
+                    dialer: &node_id,
+                    acceptor: &me,
+                };
                 if self.forgotten.contains(&node_id) {
                     c.send(&Frame::Refuse {
                         reason: format!("node id \"{node_id}\" was removed from the cluster with sersync.forget; rejoin under a new node id"),
                     });
                     let _ = c.write_now();
-                    return Verdict::Refused(format!("refused {node_id}: removed from the cluster with sersync.forget"));
+                    return Verdict::Refused(format!(
+                        "refused {node_id}: removed from the cluster with sersync.forget"
+                    ));
                 }
                 if !auth::verify(&self.cfg.secret, Role::Dialer, &tr, &tag) {
-                    c.send(&Frame::Refuse { reason: "authentication failed".into() });
+                    c.send(&Frame::Refuse {
+                        reason: "authentication failed".into(),
+                    });
                     let _ = c.write_now();
-                    return Verdict::Refused(format!("peer claiming to be {node_id} failed authentication: different secret?"));
+                    return Verdict::Refused(format!(
+                        "peer claiming to be {node_id} failed authentication: different secret?"
+                    ));
                 }
-                let (resume_after, snapshot) =
-                    match (self.journal.received_upto(&node_id), self.journal.snapshot_progress(&node_id)) {
-                        (Ok(v), Ok(p)) => (v, p.map(|(upto, after_key)| SnapshotResume { upto, after_key })),
-                        (Err(e), _) | (_, Err(e)) => return Verdict::Close(format!("journal: {e}")),
-                    };
+                let (resume_after, snapshot) = match (
+                    self.journal.received_upto(&node_id),
+                    self.journal.snapshot_progress(&node_id),
+                ) {
+                    (Ok(v), Ok(p)) => (
+                        v,
+                        p.map(|(upto, after_key)| SnapshotResume { upto, after_key }),
+                    ),
+                    (Err(e), _) | (_, Err(e)) => return Verdict::Close(format!("journal: {e}")),
+                };
                 let mine = Role::Acceptor;
                 let reply = auth::tag(&self.cfg.secret, mine, &tr);
                 c.remote_id = node_id.clone();
                 c.phase = Phase::Streaming;
                 c.deadline = None;
-                c.send(&Frame::Welcome { tag: reply, resume_after, snapshot });
+                c.send(&Frame::Welcome {
+                    tag: reply,
+                    resume_after,
+                    snapshot,
+                });
                 // A newer connection from the same node replaces an old one
                 // (the peer reconnected before we noticed the old one died).
                 let stale: Vec<Token> = self
                     .conns
                     .iter()
-                    .filter(|(ot, oc)| **ot != t && matches!(oc.side, Side::Accept) && oc.remote_id == node_id)
+                    .filter(|(ot, oc)| {
+                        **ot != t && matches!(oc.side, Side::Accept) && oc.remote_id == node_id
+                    })
                     .map(|(ot, _)| *ot)
                     .collect();
                 for ot in stale {
                     self.close(ot, Verdict::Close("replaced by a newer connection".into()));
                 }
-                log::info(format_args!("peer {node_id} connected, resuming after {resume_after}"));
+                log::info(format_args!(
+                    "peer {node_id} connected, resuming after {resume_after}"
+                ));
                 // It is back: redial it now rather than when the backoff ends.
-                for p in self.peers.iter_mut().filter(|p| p.node_id == node_id && p.conn.is_none()) {
+                for p in self
+                    .peers
+                    .iter_mut()
+                    .filter(|p| p.node_id == node_id && p.conn.is_none())
+                {
                     p.backoff = BACKOFF_MIN;
                     p.retry_at = Instant::now();
                 }
@@ -614,10 +759,22 @@ impl Net {
                 let origin = c.remote_id.clone();
                 self.receive_batch(t, &origin, changes)
             }
-            (Side::Accept, Phase::Streaming, Frame::SnapshotChunk { upto, chunk, rows, last }) => {
+            (
+                Side::Accept,
+                Phase::Streaming,
+                Frame::SnapshotChunk {
+                    upto,
+                    chunk,
+                    rows,
+                    last,
+                },
+            ) => {
                 let origin = c.remote_id.clone();
                 if let Some(max) = rows.iter().map(|r| r.hlc).max() {
-                    self.hlc.lock().unwrap_or_else(|p| p.into_inner()).observe(max);
+                    self.hlc
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .observe(max);
                 }
                 let nrows = rows.len() as u64;
                 match self.journal.stage_snapshot(&origin, upto, &rows, last) {
@@ -625,13 +782,21 @@ impl Net {
                         self.received_from.entry(origin.clone()).or_default().1 += nrows;
                         if out.fresh > out.superseded {
                             let n = (out.fresh - out.superseded) as u64;
-                            self.status.counters.apply_pending.fetch_add(n, Ordering::Relaxed);
+                            self.status
+                                .counters
+                                .apply_pending
+                                .fetch_add(n, Ordering::Relaxed);
                             let _ = self.apply_notify.try_send(());
                         }
                         if last {
-                            log::info(format_args!("snapshot from {origin} complete at its sequence {upto}"));
+                            log::info(format_args!(
+                                "snapshot from {origin} complete at its sequence {upto}"
+                            ));
                         } else if chunk % 50 == 0 {
-                            log::info(format_args!("snapshot from {origin}: {} chunks staged", chunk + 1));
+                            log::info(format_args!(
+                                "snapshot from {origin}: {} chunks staged",
+                                chunk + 1
+                            ));
                         }
                         let c = self.conns.get_mut(&t).expect("still open");
                         c.send(&Frame::SnapshotAck { chunk });
@@ -641,13 +806,18 @@ impl Net {
                     Err(e) => Verdict::Close(format!("cannot stage snapshot from {origin}: {e}")),
                 }
             }
-            (Side::Dial { peer }, Phase::Streaming, Frame::SnapshotAck { .. }) if c.snap.is_some() => {
+            (Side::Dial { peer }, Phase::Streaming, Frame::SnapshotAck { .. })
+                if c.snap.is_some() =>
+            {
                 let peer = *peer;
                 let snap = c.snap.as_mut().expect("guarded");
                 snap.inflight = snap.inflight.saturating_sub(1);
                 if snap.all_sent && snap.inflight == 0 {
                     let upto = snap.upto;
-                    log::info(format_args!("snapshot to {} complete ({} rows)", c.remote_id, snap.rows_sent));
+                    log::info(format_args!(
+                        "snapshot to {} complete ({} rows)",
+                        c.remote_id, snap.rows_sent
+                    ));
                     c.snap = None;
                     c.next_send = upto;
                     c.acked = upto;
@@ -670,7 +840,10 @@ impl Net {
                         }
                     } else if m.forgotten {
                         if !self.forgotten.contains(&m.node_id) {
-                            log::info(format_args!("peer {from}: member {} was removed from the cluster", m.node_id));
+                            log::info(format_args!(
+                                "peer {from}: member {} was removed from the cluster",
+                                m.node_id
+                            ));
                             self.forget(&m.node_id);
                         }
                     } else {
@@ -686,26 +859,42 @@ impl Net {
         }
     }
 
-    fn receive_batch(&mut self, t: Token, origin: &str, changes: Vec<crate::record::Change>) -> Verdict {
+    fn receive_batch(
+        &mut self,
+        t: Token,
+        origin: &str,
+        changes: Vec<crate::record::Change>,
+    ) -> Verdict {
         if let Some(max) = changes.iter().map(|c| c.hlc).max() {
-            self.hlc.lock().unwrap_or_else(|p| p.into_inner()).observe(max);
+            self.hlc
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .observe(max);
         }
         let n = changes.len() as u64;
         let reply = match self.journal.stage_remote(origin, &changes) {
             Ok(out) => {
                 if out.fresh > out.superseded {
-                    self.status.counters.apply_pending.fetch_add((out.fresh - out.superseded) as u64, Ordering::Relaxed);
+                    self.status
+                        .counters
+                        .apply_pending
+                        .fetch_add((out.fresh - out.superseded) as u64, Ordering::Relaxed);
                     let _ = self.apply_notify.try_send(());
                 }
                 Frame::Ack { upto: out.upto }
             }
             Err(e) => {
                 if let Some(skipped) = STAGE_ERR.allow() {
-                    log::error(format_args!("cannot stage changes from {origin}: {e} ({skipped} similar suppressed)"));
+                    log::error(format_args!(
+                        "cannot stage changes from {origin}: {e} ({skipped} similar suppressed)"
+                    ));
                 }
                 self.status.set_error(&format!("staging: {e}"));
                 let upto = self.journal.received_upto(origin).unwrap_or(0);
-                Frame::TempFail { upto, reason: "journal write failed on receiver".into() }
+                Frame::TempFail {
+                    upto,
+                    reason: "journal write failed on receiver".into(),
+                }
             }
         };
         self.received_from.entry(origin.to_string()).or_default().0 += n;
@@ -720,7 +909,9 @@ impl Net {
         let last = self.status.counters.last_seq.load(Ordering::Relaxed);
         let now = Instant::now();
         for idx in 0..self.peers.len() {
-            let Some(t) = self.peers[idx].conn else { continue };
+            let Some(t) = self.peers[idx].conn else {
+                continue;
+            };
             if self.peers[idx].resend_at.is_some_and(|r| now < r) {
                 continue;
             }
@@ -759,7 +950,8 @@ impl Net {
                 {
                     break;
                 }
-                let room = (WINDOW_RECORDS - (c.next_send - c.acked)).min(BATCH_RECORDS as u64) as usize;
+                let room =
+                    (WINDOW_RECORDS - (c.next_send - c.acked)).min(BATCH_RECORDS as u64) as usize;
                 let changes = match self.journal.read_log(c.next_send, room) {
                     Ok(v) => v,
                     Err(e) => {
@@ -786,14 +978,18 @@ impl Net {
         let addr = match crate::config::parse_endpoint("member", address) {
             Ok(a) => a,
             Err(e) => {
-                log::warn(format_args!("member {node_id} advertises an unusable address: {e}"));
+                log::warn(format_args!(
+                    "member {node_id} advertises an unusable address: {e}"
+                ));
                 return;
             }
         };
         if addr == self.cfg.listen {
             return;
         }
-        let known = self.peers.iter().position(|p| !p.forgotten && (p.node_id == node_id || (p.node_id.is_empty() && p.addr == addr)));
+        let known = self.peers.iter().position(|p| {
+            !p.forgotten && (p.node_id == node_id || (p.node_id.is_empty() && p.addr == addr))
+        });
         match known {
             Some(idx) => {
                 let p = &mut self.peers[idx];
@@ -810,7 +1006,8 @@ impl Net {
                     log::info(format_args!("member {node_id} moved to {address}"));
                     p.addr = addr;
                     p.text = address.to_string();
-                    self.status.with_peer(idx, |s| s.address = address.to_string());
+                    self.status
+                        .with_peer(idx, |s| s.address = address.to_string());
                 }
             }
             None => {
@@ -834,7 +1031,11 @@ impl Net {
                 });
                 let mut st = crate::status::PeerStatus::new(address);
                 st.node_id = node_id.to_string();
-                self.status.peers.lock().unwrap_or_else(|p| p.into_inner()).push(st);
+                self.status
+                    .peers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(st);
             }
         }
         if let Err(e) = self.journal.save_member(node_id, address) {
@@ -846,7 +1047,9 @@ impl Net {
     /// Removes a member for good and tells the others.
     fn forget(&mut self, node_id: &str) {
         if node_id == self.cfg.node_id {
-            log::error(format_args!("sersync.forget names this node ({node_id}); ignored"));
+            log::error(format_args!(
+                "sersync.forget names this node ({node_id}); ignored"
+            ));
             return;
         }
         if let Err(e) = self.journal.forget_member(node_id) {
@@ -875,7 +1078,9 @@ impl Net {
             self.close(t, Verdict::Close("member forgotten".into()));
         }
         self.received_from.remove(node_id);
-        log::info(format_args!("member {node_id} forgotten: its journal positions are released"));
+        log::info(format_args!(
+            "member {node_id} forgotten: its journal positions are released"
+        ));
         self.members_dirty = true;
     }
 
@@ -887,22 +1092,36 @@ impl Net {
         }];
         for p in &self.peers {
             if !p.forgotten && !p.node_id.is_empty() {
-                out.push(crate::wire::Member { node_id: p.node_id.clone(), address: p.text.clone(), forgotten: false });
+                out.push(crate::wire::Member {
+                    node_id: p.node_id.clone(),
+                    address: p.text.clone(),
+                    forgotten: false,
+                });
             }
         }
         for id in &self.forgotten {
-            out.push(crate::wire::Member { node_id: id.clone(), address: String::new(), forgotten: true });
+            out.push(crate::wire::Member {
+                node_id: id.clone(),
+                address: String::new(),
+                forgotten: true,
+            });
         }
         out
     }
 
     fn broadcast_members(&mut self) {
         let members = self.member_list();
-        let tokens: Vec<Token> =
-            self.conns.iter().filter(|(_, c)| matches!(c.phase, Phase::Streaming)).map(|(t, _)| *t).collect();
+        let tokens: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Streaming))
+            .map(|(t, _)| *t)
+            .collect();
         for t in tokens {
             if let Some(c) = self.conns.get_mut(&t) {
-                c.send(&Frame::Members { members: members.clone() });
+                c.send(&Frame::Members {
+                    members: members.clone(),
+                });
             }
             self.flush(t);
         }
@@ -911,7 +1130,11 @@ impl Net {
     /// Whether a peer positioned after `resume_after` needs a snapshot,
     /// and which: an interrupted one continues when the journal still
     /// holds every change since its sequence.
-    fn plan_snapshot(&self, resume_after: u64, resume: Option<SnapshotResume>) -> Result<Option<SnapSend>, crate::error::JournalError> {
+    fn plan_snapshot(
+        &self,
+        resume_after: u64,
+        resume: Option<SnapshotResume>,
+    ) -> Result<Option<SnapSend>, crate::error::JournalError> {
         let first = self.journal.first_available()?;
         let last = self.journal.last_seq()?;
         if resume_after + 1 >= first || resume_after >= last {
@@ -922,14 +1145,25 @@ impl Net {
             Some(r) if r.upto + 1 >= first && r.upto <= last => (r.upto, r.after_key),
             _ => (last, Vec::new()),
         };
-        Ok(Some(SnapSend { upto, cursor, next_chunk: 0, inflight: 0, all_sent: false, rows_sent: 0, rows_total }))
+        Ok(Some(SnapSend {
+            upto,
+            cursor,
+            next_chunk: 0,
+            inflight: 0,
+            all_sent: false,
+            rows_sent: 0,
+            rows_total,
+        }))
     }
 
     /// Sends snapshot chunks while the window allows.
     fn pump_snapshot(&mut self, idx: usize, t: Token) {
         while let Some(c) = self.conns.get_mut(&t) {
             let Some(snap) = c.snap.as_mut() else { return };
-            if snap.all_sent || snap.inflight >= SNAPSHOT_WINDOW || c.out.len() - c.out_pos >= MAX_OUTBUF {
+            if snap.all_sent
+                || snap.inflight >= SNAPSHOT_WINDOW
+                || c.out.len() - c.out_pos >= MAX_OUTBUF
+            {
                 return;
             }
             let rows = match self.journal.state_chunk(&snap.cursor, SNAPSHOT_ROWS) {
@@ -951,7 +1185,12 @@ impl Net {
             let upto = snap.upto;
             let n = rows.len() as u64;
             let (sent, total) = (snap.rows_sent, snap.rows_total.max(snap.rows_sent));
-            c.send(&Frame::SnapshotChunk { upto, chunk, rows, last });
+            c.send(&Frame::SnapshotChunk {
+                upto,
+                chunk,
+                rows,
+                last,
+            });
             self.status.with_peer(idx, |s| {
                 s.sent += n;
                 s.snapshot_sent = sent;
@@ -986,12 +1225,17 @@ impl Net {
             Err(e) => log::error(format_args!("journal trim: {e}")),
         }
         if let Ok(n) = self.journal.log_len() {
-            self.status.counters.journal_entries.store(n, Ordering::Relaxed);
+            self.status
+                .counters
+                .journal_entries
+                .store(n, Ordering::Relaxed);
         }
     }
 
     fn flush(&mut self, t: Token) {
-        let Some(c) = self.conns.get_mut(&t) else { return };
+        let Some(c) = self.conns.get_mut(&t) else {
+            return;
+        };
         if matches!(c.phase, Phase::Connecting) {
             return;
         }
@@ -1005,7 +1249,11 @@ impl Net {
         }
         let want_w = c.out_pos < c.out.len();
         if want_w != c.interest_writable {
-            let interest = if want_w { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            let interest = if want_w {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
             if let Err(e) = self.poll.registry().reregister(&mut c.sock, t, interest) {
                 return self.close(t, Verdict::Close(format!("reregister: {e}")));
             }
@@ -1014,7 +1262,9 @@ impl Net {
     }
 
     fn close(&mut self, t: Token, why: Verdict) {
-        let Some(mut c) = self.conns.remove(&t) else { return };
+        let Some(mut c) = self.conns.remove(&t) else {
+            return;
+        };
         let _ = deregister(self.poll.registry(), &mut c.sock);
         let (reason, refused) = match why {
             Verdict::Close(r) => (r, false),
@@ -1031,7 +1281,11 @@ impl Net {
                 }
                 let was_up = matches!(c.phase, Phase::Streaming);
                 self.status.with_peer(peer, |s| {
-                    s.state = if refused { PeerState::Refused } else { PeerState::Down };
+                    s.state = if refused {
+                        PeerState::Refused
+                    } else {
+                        PeerState::Down
+                    };
                     if !reason.is_empty() {
                         s.last_error = reason.clone();
                     }
@@ -1039,7 +1293,10 @@ impl Net {
                 if refused {
                     log::error(format_args!("peer {}: {reason}", self.peers[peer].text));
                 } else if was_up {
-                    log::warn(format_args!("lost peer {} ({}): {reason}", c.remote_id, self.peers[peer].text));
+                    log::warn(format_args!(
+                        "lost peer {} ({}): {reason}",
+                        c.remote_id, self.peers[peer].text
+                    ));
                 } else {
                     log::debug(format_args!("peer {}: {reason}", self.peers[peer].text));
                 }
@@ -1048,7 +1305,10 @@ impl Net {
                 if refused {
                     log::error(format_args!("refused incoming connection: {reason}"));
                 } else if !c.remote_id.is_empty() {
-                    log::debug(format_args!("incoming connection from {} closed: {reason}", c.remote_id));
+                    log::debug(format_args!(
+                        "incoming connection from {} closed: {reason}",
+                        c.remote_id
+                    ));
                 }
             }
         }
@@ -1063,8 +1323,7 @@ impl Net {
         let last = self.status.counters.last_seq.load(Ordering::Relaxed);
         let wall = crate::hlc::wall_ms();
         for idx in 0..self.peers.len() {
-            let acked = self
-                .peers[idx]
+            let acked = self.peers[idx]
                 .conn
                 .and_then(|t| self.conns.get(&t))
                 .filter(|c| matches!(c.phase, Phase::Streaming))
@@ -1076,12 +1335,19 @@ impl Net {
                 .unwrap_or(0);
             let pending = last.saturating_sub(acked);
             let lag_ms = if pending > 0 {
-                self.journal.hlc_of(acked + 1).ok().flatten().map_or(0, |h| wall.saturating_sub(Hlc::millis(h)))
+                self.journal
+                    .hlc_of(acked + 1)
+                    .ok()
+                    .flatten()
+                    .map_or(0, |h| wall.saturating_sub(Hlc::millis(h)))
             } else {
                 0
             };
-            let (received, snap_received) =
-                self.received_from.get(&self.peers[idx].node_id).copied().unwrap_or_default();
+            let (received, snap_received) = self
+                .received_from
+                .get(&self.peers[idx].node_id)
+                .copied()
+                .unwrap_or_default();
             self.status.with_peer(idx, |s| {
                 s.acked = acked;
                 s.pending = pending;

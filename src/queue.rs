@@ -98,7 +98,11 @@ impl Shared {
             unsafe { libc::munmap(base, len) };
             return Err(QueueError::Map(e));
         }
-        let shared = Shared { base: base.cast(), len, mask: slots - 1 };
+        let shared = Shared {
+            base: base.cast(),
+            len,
+            mask: slots - 1,
+        };
         // The mapping is zero-filled: only non-zero fields need writing,
         // and nothing else sees it yet.
         let h = shared.base as *mut Header;
@@ -120,7 +124,8 @@ impl Shared {
     }
 
     fn slot(&self, pos: u64) -> &Slot {
-        let off = std::mem::size_of::<Header>().next_multiple_of(64) + (pos & self.mask) as usize * SLOT_SIZE;
+        let off = std::mem::size_of::<Header>().next_multiple_of(64)
+            + (pos & self.mask) as usize * SLOT_SIZE;
         // SAFETY: off + SLOT_SIZE <= len by construction; slots are aligned.
         unsafe { &*(self.base.add(off) as *const Slot) }
     }
@@ -140,7 +145,10 @@ impl Shared {
     /// Records waiting.
     pub fn depth(&self) -> u64 {
         let h = self.header();
-        h.tail.0.load(Ordering::Relaxed).saturating_sub(h.head.0.load(Ordering::Relaxed))
+        h.tail
+            .0
+            .load(Ordering::Relaxed)
+            .saturating_sub(h.head.0.load(Ordering::Relaxed))
     }
 
     pub fn dropped(&self) -> u64 {
@@ -158,11 +166,19 @@ impl Shared {
         match &result {
             Ok(()) => {
                 fence(Ordering::SeqCst);
-                if h.sleeping.load(Ordering::SeqCst) == 1 && h.sleeping.swap(0, Ordering::SeqCst) == 1 {
+                if h.sleeping.load(Ordering::SeqCst) == 1
+                    && h.sleeping.swap(0, Ordering::SeqCst) == 1
+                {
                     let one: u64 = 1;
                     // SAFETY: eventfd write of 8 bytes; failure (counter
                     // overflow) is harmless: the consumer is awake then.
-                    unsafe { libc::write(h.eventfd.load(Ordering::Relaxed), (&one as *const u64).cast(), 8) };
+                    unsafe {
+                        libc::write(
+                            h.eventfd.load(Ordering::Relaxed),
+                            (&one as *const u64).cast(),
+                            8,
+                        )
+                    };
                 }
             }
             Err(_) => {
@@ -179,7 +195,12 @@ impl Shared {
             let seq = self.slot(pos).seq.load(Ordering::Acquire);
             let diff = seq as i64 - pos as i64;
             if diff == 0 {
-                match h.tail.0.compare_exchange_weak(pos, pos + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                match h.tail.0.compare_exchange_weak(
+                    pos,
+                    pos + 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
                     Ok(_) => break,
                     Err(now) => pos = now,
                 }
@@ -197,7 +218,13 @@ impl Shared {
             Ok(n) => (n as u32, Ok(())),
             Err(_) => {
                 let len = codec::encoded_len(rec).unwrap_or(u64::MAX) as usize;
-                (0, Err(QueueError::TooLarge { len, max: SLOT_DATA }))
+                (
+                    0,
+                    Err(QueueError::TooLarge {
+                        len,
+                        max: SLOT_DATA,
+                    }),
+                )
             }
         };
         slot.len.store(len, Ordering::Relaxed);
@@ -208,7 +235,9 @@ impl Shared {
     /// Consumer side: every record popped so far is durable.
     pub fn mark_durable(&self) {
         let h = self.header();
-        h.durable.0.store(h.head.0.load(Ordering::Relaxed), Ordering::Release);
+        h.durable
+            .0
+            .store(h.head.0.load(Ordering::Relaxed), Ordering::Release);
     }
 
     /// Producer side: waits until all this process published is durable.
@@ -266,9 +295,19 @@ impl Shared {
             return;
         }
         let fd = h.eventfd.load(Ordering::Relaxed);
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+        unsafe {
+            libc::poll(
+                &mut pfd,
+                1,
+                timeout.as_millis().min(i32::MAX as u128) as i32,
+            )
+        };
         let mut buf = 0u64;
         // SAFETY: drains the counter; EAGAIN when nothing was written.
         unsafe { libc::read(fd, (&mut buf as *mut u64).cast(), 8) };
@@ -283,7 +322,9 @@ impl Shared {
         fence(Ordering::Release);
         // SAFETY: the status area is only written here (one writer);
         // readers retry while the sequence is odd or changed.
-        unsafe { ptr::write_volatile(ptr::addr_of_mut!((*(self.base as *mut Header)).status), *st) };
+        unsafe {
+            ptr::write_volatile(ptr::addr_of_mut!((*(self.base as *mut Header)).status), *st)
+        };
         fence(Ordering::Release);
         h.status_seq.store(seq + 2, Ordering::Release);
     }
@@ -347,7 +388,10 @@ mod tests {
         for i in 0..64 {
             q.publish(&as_ref(&rec(i))).unwrap();
         }
-        assert!(matches!(q.publish(&as_ref(&rec(99))), Err(QueueError::Full)));
+        assert!(matches!(
+            q.publish(&as_ref(&rec(99))),
+            Err(QueueError::Full)
+        ));
         assert_eq!(q.dropped(), 1);
         assert_eq!(q.depth(), 64);
         let mut buf = Vec::new();
@@ -365,9 +409,14 @@ mod tests {
     fn oversize_record_is_refused_and_skipped() {
         let q = Shared::create(64).unwrap();
         let mut big = rec(1);
-        let Record::Contact { contact, .. } = &mut big else { unreachable!() };
+        let Record::Contact { contact, .. } = &mut big else {
+            unreachable!()
+        };
         contact.path = vec![b'x'; SLOT_SIZE * 2];
-        assert!(matches!(q.publish(&as_ref(&big)), Err(QueueError::TooLarge { .. })));
+        assert!(matches!(
+            q.publish(&as_ref(&big)),
+            Err(QueueError::TooLarge { .. })
+        ));
         q.publish(&as_ref(&rec(2))).unwrap();
         let mut buf = Vec::new();
         assert!(q.pop(&mut buf));
@@ -395,7 +444,9 @@ mod tests {
         let mut buf = Vec::new();
         while seen.len() < 3000 {
             if q.pop(&mut buf) {
-                let Record::Contact { contact, .. } = codec::decode::<Record>(&buf).unwrap() else { unreachable!() };
+                let Record::Contact { contact, .. } = codec::decode::<Record>(&buf).unwrap() else {
+                    unreachable!()
+                };
                 assert!(seen.insert(contact.aor));
             } else {
                 q.wait(Duration::from_millis(50));

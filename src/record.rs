@@ -152,8 +152,14 @@ impl Alias {
 /// existing encodings keep their meaning.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
-    Contact { op: Op, contact: Contact },
-    Alias { op: Op, alias: Alias },
+    Contact {
+        op: Op,
+        contact: Contact,
+    },
+    Alias {
+        op: Op,
+        alias: Alias,
+    },
     /// Marks the start or end of a full scan of an alias table. Only ever
     /// in the worker queue: the ingest turns a scan into changes.
     AliasScan {
@@ -163,20 +169,30 @@ pub enum Record {
     },
     /// `sersync.forget`: remove a member for good. Only ever in the worker
     /// queue; the members learn it by gossip.
-    Forget { node_id: String },
+    Forget {
+        node_id: String,
+    },
 }
 
 /// Borrowed twin of [`Record`] with the same encoding.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub enum RecordRef<'a> {
-    Contact { op: Op, contact: ContactRef<'a> },
-    Alias { op: Op, alias: AliasRef<'a> },
+    Contact {
+        op: Op,
+        contact: ContactRef<'a>,
+    },
+    Alias {
+        op: Op,
+        alias: AliasRef<'a>,
+    },
     AliasScan {
         #[serde(with = "serde_bytes")]
         table: &'a [u8],
         end: bool,
     },
-    Forget { node_id: &'a str },
+    Forget {
+        node_id: &'a str,
+    },
 }
 
 fn push_parts(k: &mut Vec<u8>, parts: &[&[u8]]) {
@@ -196,8 +212,14 @@ pub fn alias_table_prefix(table: &[u8]) -> Vec<u8> {
 impl Record {
     pub fn as_ref(&self) -> RecordRef<'_> {
         match self {
-            Record::Contact { op, contact } => RecordRef::Contact { op: *op, contact: contact.as_ref() },
-            Record::Alias { op, alias } => RecordRef::Alias { op: *op, alias: alias.as_ref() },
+            Record::Contact { op, contact } => RecordRef::Contact {
+                op: *op,
+                contact: contact.as_ref(),
+            },
+            Record::Alias { op, alias } => RecordRef::Alias {
+                op: *op,
+                alias: alias.as_ref(),
+            },
             Record::AliasScan { table, end } => RecordRef::AliasScan { table, end: *end },
             Record::Forget { node_id } => RecordRef::Forget { node_id },
         }
@@ -216,7 +238,10 @@ impl Record {
             }
             Record::Alias { alias: a, .. } => {
                 let mut k = alias_table_prefix(&a.table);
-                push_parts(&mut k, &[&a.alias_username, &a.alias_domain, &a.username, &a.domain]);
+                push_parts(
+                    &mut k,
+                    &[&a.alias_username, &a.alias_domain, &a.username, &a.domain],
+                );
                 k
             }
             Record::AliasScan { table, .. } => {
@@ -233,7 +258,10 @@ impl Record {
     }
 
     pub fn is_delete(&self) -> bool {
-        matches!(self, Record::Contact { op: Op::Delete, .. } | Record::Alias { op: Op::Delete, .. })
+        matches!(
+            self,
+            Record::Contact { op: Op::Delete, .. } | Record::Alias { op: Op::Delete, .. }
+        )
     }
 }
 

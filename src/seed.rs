@@ -35,9 +35,14 @@ fn read_table(conn: &Connection, table: &str, now: i64) -> rusqlite::Result<Vec<
     let rows = stmt.query_map([], |r| {
         let user: String = r.get(1)?;
         let domain: String = r.get(2)?;
-        let aor = if domain.is_empty() { user } else { format!("{user}@{domain}") };
+        let aor = if domain.is_empty() {
+            user
+        } else {
+            format!("{user}@{domain}")
+        };
         let q: f64 = r.get(7)?;
-        let text = |i: usize| -> rusqlite::Result<Vec<u8>> { Ok(r.get::<_, String>(i)?.into_bytes()) };
+        let text =
+            |i: usize| -> rusqlite::Result<Vec<u8>> { Ok(r.get::<_, String>(i)?.into_bytes()) };
         Ok(Contact {
             domain: table.as_bytes().to_vec(),
             aor: aor.into_bytes(),
@@ -51,7 +56,11 @@ fn read_table(conn: &Connection, table: &str, now: i64) -> rusqlite::Result<Vec<
             instance: text(16)?,
             expires: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
             last_modified: r.get::<_, Option<i64>>(10)?.unwrap_or(0),
-            q: if q < 0.0 { -1 } else { (q * 1000.0).round() as i32 },
+            q: if q < 0.0 {
+                -1
+            } else {
+                (q * 1000.0).round() as i32
+            },
             cseq: r.get(9)?,
             flags: r.get::<_, i64>(11)? as u32,
             cflags: r.get::<_, i64>(12)? as u32,
@@ -67,7 +76,13 @@ fn read_table(conn: &Connection, table: &str, now: i64) -> rusqlite::Result<Vec<
             continue;
         }
         let stamp = ((c.last_modified.max(0) as u64) * 1000) << 16;
-        out.push((stamp, Record::Contact { op: Op::Upsert, contact: c }));
+        out.push((
+            stamp,
+            Record::Contact {
+                op: Op::Upsert,
+                contact: c,
+            },
+        ));
     }
     Ok(out)
 }
@@ -84,30 +99,42 @@ pub struct Reconciled {
 /// Journals the contacts of SER's database that the journal's state does
 /// not hold, or holds in an older version, and stages for applying the
 /// live contacts the journal holds that SER's database lacks.
-pub fn reconcile(journal: &mut Journal, node_id: &str, database: &Path, tables: &[String]) -> Result<Reconciled, String> {
+pub fn reconcile(
+    journal: &mut Journal,
+    node_id: &str,
+    database: &Path,
+    tables: &[String],
+) -> Result<Reconciled, String> {
     let mut out = Reconciled::default();
     if !database.exists() {
         return Ok(out);
     }
     let conn = Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| format!("{}: {e}", database.display()))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
     let now = crate::hlc::wall_ms() as i64 / 1000;
     let mut in_db = std::collections::HashSet::new();
     for table in tables {
-        let recs = read_table(&conn, table, now).map_err(|e| format!("{}: table {table}: {e}", database.display()))?;
+        let recs = read_table(&conn, table, now)
+            .map_err(|e| format!("{}: table {table}: {e}", database.display()))?;
         let mut newer = Vec::new();
         for (stamp, rec) in recs {
             let key = rec.key();
             let held = journal.state_stamp(&key).map_err(|e| e.to_string())?;
             in_db.insert(key);
             // Seconds in the database against milliseconds in the journal.
-            if held.is_none_or(|h| crate::hlc::Hlc::millis(h) / 1000 < crate::hlc::Hlc::millis(stamp) / 1000) {
+            if held.is_none_or(|h| {
+                crate::hlc::Hlc::millis(h) / 1000 < crate::hlc::Hlc::millis(stamp) / 1000
+            }) {
                 newer.push((stamp, rec));
             }
         }
         for chunk in newer.chunks(5000) {
-            out.journaled += journal.append_local(node_id, chunk).map_err(|e| e.to_string())?.1;
+            out.journaled += journal
+                .append_local(node_id, chunk)
+                .map_err(|e| e.to_string())?
+                .1;
         }
     }
     let missing = journal
@@ -135,7 +162,10 @@ mod tests {
     fn journals_what_ser_holds_and_restores_what_it_lost() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("kamailio.db");
-        Connection::open(&db).unwrap().execute_batch(crate::apply::db::tests::SCHEMA).unwrap();
+        Connection::open(&db)
+            .unwrap()
+            .execute_batch(crate::apply::db::tests::SCHEMA)
+            .unwrap();
         let now = crate::hlc::wall_ms() as i64 / 1000;
         let contact = |user: &str, expires: i64| Record::Contact {
             op: Op::Upsert,
@@ -154,18 +184,29 @@ mod tests {
             },
         };
         let mut sink = crate::apply::db::Database::new(&db);
-        sink.apply(&[contact("alice", now + 3600), contact("bob", now + 60), contact("old", now - 60)]).unwrap();
+        sink.apply(&[
+            contact("alice", now + 3600),
+            contact("bob", now + 60),
+            contact("old", now - 60),
+        ])
+        .unwrap();
         let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
         let tables = ["location".to_string()];
         let n = reconcile(&mut j, "n1", &db, &tables).unwrap().journaled;
         assert_eq!(n, 2, "the expired contact is not journaled");
         let log = j.read_log(0, 10).unwrap();
         assert_eq!(log[0].record, contact("alice", now + 3600));
-        assert_eq!(reconcile(&mut j, "n1", &db, &tables).unwrap(), Reconciled::default(), "only once");
+        assert_eq!(
+            reconcile(&mut j, "n1", &db, &tables).unwrap(),
+            Reconciled::default(),
+            "only once"
+        );
         // A change SER stored after the journal's version (a crash between
         // the 200 OK and the journal commit) is picked up at the next start.
         let mut later = contact("bob", now + 7200);
-        let Record::Contact { contact: c, .. } = &mut later else { unreachable!() };
+        let Record::Contact { contact: c, .. } = &mut later else {
+            unreachable!()
+        };
         c.last_modified = now + 5;
         c.cseq = 9;
         sink.apply(&[later.clone()]).unwrap();
@@ -173,9 +214,18 @@ mod tests {
         assert_eq!(j.read_log(2, 10).unwrap()[0].record, later);
         // SER lost alice (a write-back node killed before its flush): the
         // journal gives her back to SER, through the applier's inbox.
-        Connection::open(&db).unwrap().execute("DELETE FROM location WHERE username = 'alice'", []).unwrap();
+        Connection::open(&db)
+            .unwrap()
+            .execute("DELETE FROM location WHERE username = 'alice'", [])
+            .unwrap();
         let r = reconcile(&mut j, "n1", &db, &tables).unwrap();
-        assert_eq!(r, Reconciled { journaled: 0, restored: 1 });
+        assert_eq!(
+            r,
+            Reconciled {
+                journaled: 0,
+                restored: 1
+            }
+        );
         let staged = j.inbox_peek(10).unwrap();
         assert_eq!(staged.len(), 1);
         assert_eq!(staged[0].record, contact("alice", now + 3600));

@@ -101,7 +101,10 @@ fn copy_cstr(dst: &mut [std::os::raw::c_char], src: &str) {
 
 impl Status {
     pub fn new(node_id: &str) -> Self {
-        Status { node_id: node_id.to_string(), ..Default::default() }
+        Status {
+            node_id: node_id.to_string(),
+            ..Default::default()
+        }
     }
 
     pub fn set_error(&self, msg: &str) {
@@ -123,7 +126,14 @@ impl Status {
             apply_failures: c.apply_failures.load(Ordering::Relaxed),
             applied_via_db: c.applied_via_db.load(Ordering::Relaxed),
             journal_entries: c.journal_entries.load(Ordering::Relaxed),
-            peers: self.peers.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|p| !p.forgotten).cloned().collect(),
+            peers: self
+                .peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|p| !p.forgotten)
+                .cloned()
+                .collect(),
         }
     }
 
@@ -132,7 +142,10 @@ impl Status {
         let snap = self.snapshot();
         let mut st = sersync_status::default();
         copy_cstr(&mut st.node_id, &self.node_id);
-        copy_cstr(&mut st.last_error, &self.last_error.lock().unwrap_or_else(|p| p.into_inner()));
+        copy_cstr(
+            &mut st.last_error,
+            &self.last_error.lock().unwrap_or_else(|p| p.into_inner()),
+        );
         st.running = self.running.load(Ordering::Relaxed) as i32;
         st.journaled = snap.journaled;
         st.last_seq = snap.last_seq;

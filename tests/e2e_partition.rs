@@ -20,11 +20,17 @@ const TABLE: &str = "sersync_e2e_partition";
 struct Partition;
 
 fn nft(args: &str) -> Result<(), String> {
-    let out = Command::new("nft").args(args.split_whitespace()).output().map_err(|e| format!("nft: {e}"))?;
+    let out = Command::new("nft")
+        .args(args.split_whitespace())
+        .output()
+        .map_err(|e| format!("nft: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("nft {args}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "nft {args}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -41,7 +47,9 @@ impl Partition {
             format!("add rule inet {TABLE} out ip daddr {ip} tcp sport 5999 drop"),
         ];
         for r in &rules {
-            nft(r).unwrap_or_else(|e| panic!("cannot cut node {ip} off (needs nftables and root): {e}"));
+            nft(r).unwrap_or_else(|e| {
+                panic!("cannot cut node {ip} off (needs nftables and root): {e}")
+            });
         }
         Partition
     }
@@ -54,7 +62,9 @@ impl Drop for Partition {
 }
 
 fn users(prefix: &str, n: usize) -> Vec<Reg> {
-    (0..n).map(|i| Reg::new(format!("{prefix}{i:05}"), 3600)).collect()
+    (0..n)
+        .map(|i| Reg::new(format!("{prefix}{i:05}"), 3600))
+        .collect()
 }
 
 #[test]
@@ -62,7 +72,12 @@ fn a_partitioned_node_converges_after_healing() {
     let cluster = Cluster::start("partition", 81, 3);
     let base = users("base", 300);
     sipp_register(cluster.node(1), &base, 500, "n1-base");
-    wait_converged(&cluster.all(), CONVERGE, "before the partition", expect_contacts(base.len()));
+    wait_converged(
+        &cluster.all(),
+        CONVERGE,
+        "before the partition",
+        expect_contacts(base.len()),
+    );
     cluster.wait_settled(Duration::from_secs(30));
 
     let cut = Partition::cut(&cluster.node(3).ip);
@@ -74,16 +89,30 @@ fn a_partitioned_node_converges_after_healing() {
     sipp_register(cluster.node(3), &side_b, 500, "n3-during");
     // Same contact address as registered through node 1.
     let ip1 = cluster.node(1).ip.clone();
-    let gone: Vec<Reg> =
-        base[..50].iter().map(|r| Reg { host: Some(ip1.clone()), ..r.deregistration() }).collect();
+    let gone: Vec<Reg> = base[..50]
+        .iter()
+        .map(|r| Reg {
+            host: Some(ip1.clone()),
+            ..r.deregistration()
+        })
+        .collect();
     sipp_register(cluster.node(2), &gone, 500, "n2-dereg");
     let total = base.len() + side_a.len() + side_b.len() - gone.len();
     std::thread::sleep(Duration::from_secs(3));
     // Cut off for real: node 3 has none of the majority's changes.
     let n3 = cluster.node(3).contacts();
-    assert_eq!(n3.len(), base.len() + side_b.len(), "node 3 should only hold its own side");
+    assert_eq!(
+        n3.len(),
+        base.len() + side_b.len(),
+        "node 3 should only hold its own side"
+    );
     drop(cut);
 
-    wait_converged(&cluster.all(), CONVERGE, "after healing", expect_contacts(total));
+    wait_converged(
+        &cluster.all(),
+        CONVERGE,
+        "after healing",
+        expect_contacts(total),
+    );
     assert_eq!(assert_same_contacts(&cluster.all()), total);
 }

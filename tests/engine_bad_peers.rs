@@ -27,7 +27,11 @@ impl Sink for Count {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Pair {
@@ -59,12 +63,21 @@ fn pair() -> Pair {
         let (shared, sink) = if id == "n1" {
             (shared1.clone(), Count(Arc::default()))
         } else {
-            (Arc::new(Shared::create(64).unwrap()), Count(applied2.clone()))
+            (
+                Arc::new(Shared::create(64).unwrap()),
+                Count(applied2.clone()),
+            )
         };
         engines.push(Engine::start(cfg, shared, Some(Box::new(sink))).unwrap());
         dirs.push(dir);
     }
-    Pair { port1: p1, shared1, applied2, engines, _dirs: dirs }
+    Pair {
+        port1: p1,
+        shared1,
+        applied2,
+        engines,
+        _dirs: dirs,
+    }
 }
 
 impl Pair {
@@ -77,10 +90,18 @@ impl Pair {
             contact: format!("sip:u{user}@192.0.2.1").into_bytes(),
             ..Default::default()
         };
-        self.shared1.publish(&RecordRef::Contact { op: Op::Upsert, contact: c.as_ref() }).unwrap();
+        self.shared1
+            .publish(&RecordRef::Contact {
+                op: Op::Upsert,
+                contact: c.as_ref(),
+            })
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while *self.applied2.lock().unwrap() <= before {
-            assert!(Instant::now() < deadline, "replication stopped after a bad peer");
+            assert!(
+                Instant::now() < deadline,
+                "replication stopped after a bad peer"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -133,10 +154,26 @@ fn send(s: &mut TcpStream, f: &Frame) {
 
 fn hello(secret: &[u8], id: &str, acceptor: &str, nonce_a: &[u8; 32], version: u16) -> Frame {
     let nonce_d = [42u8; 32];
-    let tag = auth::tag(secret, Role::Dialer, &Transcript { nonce_a, nonce_d: &nonce_d, dialer: id, acceptor });
+    let tag = auth::tag(
+        secret,
+        Role::Dialer,
+        &Transcript {
+            nonce_a,
+            nonce_d: &nonce_d,
+            dialer: id,
+            acceptor,
+        },
+    );
     // Nothing listens on port 9: a member the engine learns from this
     // hello is dialed in vain, which costs nothing.
-    Frame::Hello { magic: MAGIC, version, node_id: id.into(), listen: "tcp:127.0.0.1:9".into(), nonce: nonce_d, tag }
+    Frame::Hello {
+        magic: MAGIC,
+        version,
+        node_id: id.into(),
+        listen: "tcp:127.0.0.1:9".into(),
+        nonce: nonce_d,
+        tag,
+    }
 }
 
 #[test]
@@ -146,7 +183,10 @@ fn garbage_oversize_and_truncated_input_close_only_that_connection() {
     // Random bytes.
     let mut s = p.connect();
     challenge(&mut s);
-    s.write_all(&[0x13, 0x37, 0x00, 0x10, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]).unwrap();
+    s.write_all(&[
+        0x13, 0x37, 0x00, 0x10, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+    ])
+    .unwrap();
     assert!(closed_by_engine(&mut s));
     // A length prefix of 4 GiB: refused without allocating it.
     let mut s = p.connect();
@@ -157,7 +197,9 @@ fn garbage_oversize_and_truncated_input_close_only_that_connection() {
     let mut s = p.connect();
     challenge(&mut s);
     let mut bytes = Vec::new();
-    hello(SECRET, "x", "n1", &[0; 32], VERSION).write_to(&mut bytes).unwrap();
+    hello(SECRET, "x", "n1", &[0; 32], VERSION)
+        .write_to(&mut bytes)
+        .unwrap();
     s.write_all(&bytes[..bytes.len() / 2]).unwrap();
     drop(s);
     p.replicates(1);
@@ -170,7 +212,10 @@ fn wrong_secret_replayed_handshake_and_unknown_version_are_refused() {
     // Another cluster's secret.
     let mut s = p.connect();
     let (id, nonce) = challenge(&mut s);
-    send(&mut s, &hello(b"some-other-secret", "intruder", &id, &nonce, VERSION));
+    send(
+        &mut s,
+        &hello(b"some-other-secret", "intruder", &id, &nonce, VERSION),
+    );
     match read_frame(&mut s) {
         Some(Frame::Refuse { reason }) => assert!(reason.contains("authentication")),
         other => panic!("expected a refusal, got {other:?}"),
@@ -182,11 +227,17 @@ fn wrong_secret_replayed_handshake_and_unknown_version_are_refused() {
     let (id, nonce) = challenge(&mut s);
     let recorded = hello(SECRET, "n9", &id, &nonce, VERSION);
     send(&mut s, &recorded);
-    assert!(matches!(read_frame(&mut s), Some(Frame::Welcome { .. })), "the original is accepted");
+    assert!(
+        matches!(read_frame(&mut s), Some(Frame::Welcome { .. })),
+        "the original is accepted"
+    );
     let mut s2 = p.connect();
     challenge(&mut s2);
     send(&mut s2, &recorded);
-    assert!(matches!(read_frame(&mut s2), Some(Frame::Refuse { .. })), "the replay is refused");
+    assert!(
+        matches!(read_frame(&mut s2), Some(Frame::Refuse { .. })),
+        "the replay is refused"
+    );
     // A version this engine does not speak.
     let mut s = p.connect();
     let (id, nonce) = challenge(&mut s);
@@ -217,6 +268,9 @@ fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
     let t0 = Instant::now();
     assert!(closed_by_engine(&mut s));
     let waited = t0.elapsed();
-    assert!(waited >= Duration::from_secs(4) && waited < Duration::from_secs(8), "dropped after {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(8),
+        "dropped after {waited:?}"
+    );
     p.replicates(4);
 }

@@ -29,9 +29,15 @@ impl Sink for MemorySink {
                 Record::Contact { op, contact } => (op, contact.clone()),
                 Record::Alias { op, alias } => (
                     op,
-                    Contact { aor: alias.alias_username.clone(), contact: alias.username.clone(), ..Default::default() },
+                    Contact {
+                        aor: alias.alias_username.clone(),
+                        contact: alias.username.clone(),
+                        ..Default::default()
+                    },
                 ),
-                Record::AliasScan { .. } | Record::Forget { .. } => panic!("queue-only records are never sent"),
+                Record::AliasScan { .. } | Record::Forget { .. } => {
+                    panic!("queue-only records are never sent")
+                }
             };
             let key = (contact.aor.clone(), contact.contact.clone());
             match op {
@@ -61,7 +67,11 @@ struct Node {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn config(id: &str, port: u16, peers: &[u16], dir: &Path) -> sersync::config::Config {
@@ -96,14 +106,30 @@ impl Node {
     /// A local registration: into the local table and the worker queue.
     fn register(&self, user: u32, cseq: i32) {
         let c = contact(&self.id, user, cseq);
-        self.table.lock().unwrap().insert((c.aor.clone(), c.contact.clone()), c.clone());
-        self.shared.publish(&RecordRef::Contact { op: Op::Upsert, contact: c.as_ref() }).unwrap();
+        self.table
+            .lock()
+            .unwrap()
+            .insert((c.aor.clone(), c.contact.clone()), c.clone());
+        self.shared
+            .publish(&RecordRef::Contact {
+                op: Op::Upsert,
+                contact: c.as_ref(),
+            })
+            .unwrap();
     }
 
     fn unregister(&self, user: u32) {
         let c = contact(&self.id, user, 0);
-        self.table.lock().unwrap().remove(&(c.aor.clone(), c.contact.clone()));
-        self.shared.publish(&RecordRef::Contact { op: Op::Delete, contact: c.as_ref() }).unwrap();
+        self.table
+            .lock()
+            .unwrap()
+            .remove(&(c.aor.clone(), c.contact.clone()));
+        self.shared
+            .publish(&RecordRef::Contact {
+                op: Op::Delete,
+                contact: c.as_ref(),
+            })
+            .unwrap();
     }
 }
 
@@ -161,7 +187,12 @@ fn wait_converged(nodes: &[Node], timeout: Duration) {
         }
         if Instant::now() > deadline {
             for n in nodes {
-                eprintln!("{}: {} contacts, status {:?}", n.id, n.table.lock().unwrap().len(), n.engine.as_ref().map(|e| e.status()));
+                eprintln!(
+                    "{}: {} contacts, status {:?}",
+                    n.id,
+                    n.table.lock().unwrap().len(),
+                    n.engine.as_ref().map(|e| e.status())
+                );
             }
             panic!("nodes did not converge within {timeout:?}");
         }
@@ -182,7 +213,11 @@ fn two_engines_exchange_in_both_directions() {
     wait_converged(&nodes, Duration::from_secs(20));
     assert_eq!(nodes[0].table.lock().unwrap().len(), 900);
     // Every field survived, not just the key.
-    let got = nodes[1].table.lock().unwrap()[&(b"n1-user400".to_vec(), b"sip:n1-user400@192.0.2.150:5060".to_vec())].clone();
+    let got = nodes[1].table.lock().unwrap()[&(
+        b"n1-user400".to_vec(),
+        b"sip:n1-user400@192.0.2.150:5060".to_vec(),
+    )]
+        .clone();
     assert_eq!(got, contact("n1", 400, 1));
     // Each change crossed the link once; nothing echoed back. (Status
     // figures are refreshed every 200 ms.)
@@ -224,7 +259,10 @@ fn three_engines_with_a_peer_restarted_mid_stream() {
         nodes[2].register(u, 1);
     }
     wait_converged(&nodes, Duration::from_secs(30));
-    assert_eq!(nodes[2].table.lock().unwrap().len(), 3 * 300 + 2 * 1000 - 50 + 100);
+    assert_eq!(
+        nodes[2].table.lock().unwrap().len(),
+        3 * 300 + 2 * 1000 - 50 + 100
+    );
     // Node 3 holds nothing twice: every origin sequence applied exactly once.
     let s1 = nodes[0].engine.as_ref().unwrap().status();
     assert_eq!(s1.journaled, 1300);
@@ -249,15 +287,37 @@ fn a_node_with_another_secret_gets_nothing() {
     };
     let table: Table = Arc::default();
     let shared = Arc::new(Shared::create(64).unwrap());
-    let intruder = Engine::start(raw.clone().check().unwrap(), shared.clone(), Some(Box::new(MemorySink(table.clone())))).unwrap();
+    let intruder = Engine::start(
+        raw.clone().check().unwrap(),
+        shared.clone(),
+        Some(Box::new(MemorySink(table.clone()))),
+    )
+    .unwrap();
     let c = contact("intruder", 1, 1);
-    shared.publish(&RecordRef::Contact { op: Op::Upsert, contact: c.as_ref() }).unwrap();
+    shared
+        .publish(&RecordRef::Contact {
+            op: Op::Upsert,
+            contact: c.as_ref(),
+        })
+        .unwrap();
     nodes[0].register(1, 1);
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(table.lock().unwrap().is_empty(), "no state reaches a node without the secret");
-    assert!(!nodes[0].table.lock().unwrap().contains_key(&(c.aor.clone(), c.contact.clone())));
+    assert!(
+        table.lock().unwrap().is_empty(),
+        "no state reaches a node without the secret"
+    );
+    assert!(!nodes[0]
+        .table
+        .lock()
+        .unwrap()
+        .contains_key(&(c.aor.clone(), c.contact.clone())));
     let st = intruder.status();
-    assert_eq!(st.peers[0].state, sersync::status::PeerState::Refused, "{:?}", st.peers[0]);
+    assert_eq!(
+        st.peers[0].state,
+        sersync::status::PeerState::Refused,
+        "{:?}",
+        st.peers[0]
+    );
     intruder.stop();
     raw.secret.clear();
     nodes[0].stop();
@@ -276,18 +336,30 @@ fn alias(a: &str, target: &str) -> sersync::record::Alias {
 
 fn scan(shared: &Shared, rows: &[(&str, &str)]) {
     let table: &[u8] = b"dbaliases";
-    shared.publish(&RecordRef::AliasScan { table, end: false }).unwrap();
+    shared
+        .publish(&RecordRef::AliasScan { table, end: false })
+        .unwrap();
     for (a, t) in rows {
         let al = alias(a, t);
-        shared.publish(&RecordRef::Alias { op: Op::Upsert, alias: al.as_ref() }).unwrap();
+        shared
+            .publish(&RecordRef::Alias {
+                op: Op::Upsert,
+                alias: al.as_ref(),
+            })
+            .unwrap();
     }
-    shared.publish(&RecordRef::AliasScan { table, end: true }).unwrap();
+    shared
+        .publish(&RecordRef::AliasScan { table, end: true })
+        .unwrap();
 }
 
 #[test]
 fn alias_scans_journal_changes_only_and_find_deletions() {
     let nodes = cluster(2);
-    scan(&nodes[0].shared, &[("sales", "alice"), ("support", "bob"), ("support", "carol")]);
+    scan(
+        &nodes[0].shared,
+        &[("sales", "alice"), ("support", "bob"), ("support", "carol")],
+    );
     let key = |a: &str, t: &str| (a.as_bytes().to_vec(), t.as_bytes().to_vec());
     let deadline = Instant::now() + Duration::from_secs(10);
     while nodes[1].table.lock().unwrap().len() < 3 {
@@ -295,10 +367,21 @@ fn alias_scans_journal_changes_only_and_find_deletions() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // A second scan: "support → bob" was deleted straight from the table.
-    scan(&nodes[0].shared, &[("sales", "alice"), ("support", "carol")]);
+    scan(
+        &nodes[0].shared,
+        &[("sales", "alice"), ("support", "carol")],
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while nodes[1].table.lock().unwrap().contains_key(&key("support", "bob")) {
-        assert!(Instant::now() < deadline, "deletion found by the scan did not arrive");
+    while nodes[1]
+        .table
+        .lock()
+        .unwrap()
+        .contains_key(&key("support", "bob"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "deletion found by the scan did not arrive"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let t = nodes[1].table.lock().unwrap().clone();
@@ -329,7 +412,11 @@ fn a_peer_beyond_retention_gets_a_snapshot_and_the_journal_stays_bounded() {
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     while journal_len(&nodes[0]).1 < 3000 || journal_len(&nodes[0]).0 > 100 {
-        assert!(Instant::now() < deadline, "journal not trimmed to retention: {:?}", journal_len(&nodes[0]));
+        assert!(
+            Instant::now() < deadline,
+            "journal not trimmed to retention: {:?}",
+            journal_len(&nodes[0])
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Node 2 comes back with its journal; the changes it missed are gone
@@ -345,7 +432,11 @@ fn a_peer_beyond_retention_gets_a_snapshot_and_the_journal_stays_bounded() {
     // sequence goes on.
     let deadline = Instant::now() + Duration::from_secs(20);
     while journal_len(&nodes[0]).0 > 0 {
-        assert!(Instant::now() < deadline, "acknowledged entries not trimmed: {:?}", journal_len(&nodes[0]));
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged entries not trimmed: {:?}",
+            journal_len(&nodes[0])
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(journal_len(&nodes[0]).1, 3001);
@@ -363,24 +454,59 @@ fn concurrent_changes_to_one_contact_converge_on_the_last_writer() {
         for (i, n) in nodes.iter().enumerate() {
             let mut c = contact("shared", 1, round * 10 + i as i32);
             c.user_agent = format!("{}-round{round}", n.id).into_bytes();
-            n.table.lock().unwrap().insert((c.aor.clone(), c.contact.clone()), c.clone());
-            n.shared.publish(&RecordRef::Contact { op: Op::Upsert, contact: c.as_ref() }).unwrap();
+            n.table
+                .lock()
+                .unwrap()
+                .insert((c.aor.clone(), c.contact.clone()), c.clone());
+            n.shared
+                .publish(&RecordRef::Contact {
+                    op: Op::Upsert,
+                    contact: c.as_ref(),
+                })
+                .unwrap();
         }
     }
     // De-registered on one node while refreshed on another.
     let gone = contact("shared", 2, 1);
     for n in &nodes {
-        n.table.lock().unwrap().insert((gone.aor.clone(), gone.contact.clone()), gone.clone());
-        n.shared.publish(&RecordRef::Contact { op: Op::Upsert, contact: gone.as_ref() }).unwrap();
+        n.table
+            .lock()
+            .unwrap()
+            .insert((gone.aor.clone(), gone.contact.clone()), gone.clone());
+        n.shared
+            .publish(&RecordRef::Contact {
+                op: Op::Upsert,
+                contact: gone.as_ref(),
+            })
+            .unwrap();
     }
     std::thread::sleep(Duration::from_millis(200));
-    nodes[0].table.lock().unwrap().remove(&(gone.aor.clone(), gone.contact.clone()));
-    nodes[0].shared.publish(&RecordRef::Contact { op: Op::Delete, contact: gone.as_ref() }).unwrap();
+    nodes[0]
+        .table
+        .lock()
+        .unwrap()
+        .remove(&(gone.aor.clone(), gone.contact.clone()));
+    nodes[0]
+        .shared
+        .publish(&RecordRef::Contact {
+            op: Op::Delete,
+            contact: gone.as_ref(),
+        })
+        .unwrap();
     wait_converged(&nodes, Duration::from_secs(20));
     let t = nodes[0].table.lock().unwrap();
-    let winner = &t[&(b"shared-user1".to_vec(), b"sip:shared-user1@192.0.2.1:5060".to_vec())];
-    assert!(String::from_utf8_lossy(&winner.user_agent).ends_with("round19"), "{winner:?}");
-    assert!(!t.contains_key(&(gone.aor.clone(), gone.contact.clone())), "the later deletion wins");
+    let winner = &t[&(
+        b"shared-user1".to_vec(),
+        b"sip:shared-user1@192.0.2.1:5060".to_vec(),
+    )];
+    assert!(
+        String::from_utf8_lossy(&winner.user_agent).ends_with("round19"),
+        "{winner:?}"
+    );
+    assert!(
+        !t.contains_key(&(gone.aor.clone(), gone.contact.clone())),
+        "the later deletion wins"
+    );
 }
 
 #[test]
@@ -442,9 +568,11 @@ fn a_new_node_joins_through_one_seed_and_is_forgotten_for_good() {
     };
     n4.start();
     nodes.push(n4);
-    wait_for("every node to connect to every other", Duration::from_secs(20), || {
-        (0..4).all(|i| peer_ids(&nodes[i]).len() == 3)
-    });
+    wait_for(
+        "every node to connect to every other",
+        Duration::from_secs(20),
+        || (0..4).all(|i| peer_ids(&nodes[i]).len() == 3),
+    );
     for u in 0..50 {
         nodes[3].register(u, 1);
     }
@@ -456,13 +584,21 @@ fn a_new_node_joins_through_one_seed_and_is_forgotten_for_good() {
     nodes[0].stop();
     nodes[3].stop();
     nodes[3].start();
-    wait_for("n4 to reconnect to n2 and n3 without its seed", Duration::from_secs(20), || {
-        peer_ids(&nodes[3]) == ["n2", "n3"]
-    });
+    wait_for(
+        "n4 to reconnect to n2 and n3 without its seed",
+        Duration::from_secs(20),
+        || peer_ids(&nodes[3]) == ["n2", "n3"],
+    );
     nodes[3].register(100, 1);
-    wait_for("n4's change to reach n2 and n3", Duration::from_secs(10), || {
-        [1, 2].iter().all(|&i| nodes[i].table.lock().unwrap().len() == 451)
-    });
+    wait_for(
+        "n4's change to reach n2 and n3",
+        Duration::from_secs(10),
+        || {
+            [1, 2]
+                .iter()
+                .all(|&i| nodes[i].table.lock().unwrap().len() == 451)
+        },
+    );
     nodes[0].start();
 
     // Killed and forgotten: it leaves every member list, and no journal
@@ -470,22 +606,50 @@ fn a_new_node_joins_through_one_seed_and_is_forgotten_for_good() {
     nodes[3].stop();
     let forget = sersync::record::RecordRef::Forget { node_id: "n4" };
     nodes[1].shared.publish(&forget).unwrap();
-    wait_for("n4 to disappear from every member list", Duration::from_secs(20), || {
-        (0..3).all(|i| {
-            nodes[i].engine.as_ref().unwrap().status().peers.iter().all(|p| p.node_id != "n4")
-        })
-    });
+    wait_for(
+        "n4 to disappear from every member list",
+        Duration::from_secs(20),
+        || {
+            (0..3).all(|i| {
+                nodes[i]
+                    .engine
+                    .as_ref()
+                    .unwrap()
+                    .status()
+                    .peers
+                    .iter()
+                    .all(|p| p.node_id != "n4")
+            })
+        },
+    );
     for n in &nodes[0..3] {
         let j = sersync::journal::Journal::open(&n.dir.path().join("journal.db")).unwrap();
-        assert!(j.is_forgotten("n4").unwrap(), "{} remembers that n4 is gone", n.id);
-        assert_eq!(j.acked("n4").unwrap(), 0, "no acknowledged position is kept for n4");
-        let held: Vec<_> = j.members().unwrap().into_iter().filter(|m| m.0 == "n4" && !m.2).collect();
+        assert!(
+            j.is_forgotten("n4").unwrap(),
+            "{} remembers that n4 is gone",
+            n.id
+        );
+        assert_eq!(
+            j.acked("n4").unwrap(),
+            0,
+            "no acknowledged position is kept for n4"
+        );
+        let held: Vec<_> = j
+            .members()
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.0 == "n4" && !m.2)
+            .collect();
         assert!(held.is_empty());
     }
     // It cannot come back under the same id.
     nodes[3].start();
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(peer_ids(&nodes[3]).is_empty(), "a forgotten node is refused: {:?}", peer_ids(&nodes[3]));
+    assert!(
+        peer_ids(&nodes[3]).is_empty(),
+        "a forgotten node is refused: {:?}",
+        peer_ids(&nodes[3])
+    );
 }
 
 #[test]
@@ -493,22 +657,65 @@ fn a_scan_does_not_undo_a_peer_change_made_while_it_ran() {
     let nodes = cluster(2);
     let key = |a: &str, t: &str| (a.as_bytes().to_vec(), t.as_bytes().to_vec());
     let x = alias("sales", "alice");
-    nodes[1].shared.publish(&RecordRef::Alias { op: Op::Upsert, alias: x.as_ref() }).unwrap();
+    nodes[1]
+        .shared
+        .publish(&RecordRef::Alias {
+            op: Op::Upsert,
+            alias: x.as_ref(),
+        })
+        .unwrap();
     wait_for("the alias to reach n1", Duration::from_secs(10), || {
-        nodes[0].table.lock().unwrap().contains_key(&key("sales", "alice"))
+        nodes[0]
+            .table
+            .lock()
+            .unwrap()
+            .contains_key(&key("sales", "alice"))
     });
     // n1 scans its table and reads the row; meanwhile n2 deletes it.
     let table: &[u8] = b"dbaliases";
-    nodes[0].shared.publish(&RecordRef::AliasScan { table, end: false }).unwrap();
-    nodes[0].shared.publish(&RecordRef::Alias { op: Op::Upsert, alias: x.as_ref() }).unwrap();
+    nodes[0]
+        .shared
+        .publish(&RecordRef::AliasScan { table, end: false })
+        .unwrap();
+    nodes[0]
+        .shared
+        .publish(&RecordRef::Alias {
+            op: Op::Upsert,
+            alias: x.as_ref(),
+        })
+        .unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    nodes[1].table.lock().unwrap().remove(&key("sales", "alice"));
-    nodes[1].shared.publish(&RecordRef::Alias { op: Op::Delete, alias: x.as_ref() }).unwrap();
+    nodes[1]
+        .table
+        .lock()
+        .unwrap()
+        .remove(&key("sales", "alice"));
+    nodes[1]
+        .shared
+        .publish(&RecordRef::Alias {
+            op: Op::Delete,
+            alias: x.as_ref(),
+        })
+        .unwrap();
     wait_for("the deletion to reach n1", Duration::from_secs(10), || {
-        !nodes[0].table.lock().unwrap().contains_key(&key("sales", "alice"))
+        !nodes[0]
+            .table
+            .lock()
+            .unwrap()
+            .contains_key(&key("sales", "alice"))
     });
-    nodes[0].shared.publish(&RecordRef::AliasScan { table, end: true }).unwrap();
+    nodes[0]
+        .shared
+        .publish(&RecordRef::AliasScan { table, end: true })
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     wait_converged(&nodes, Duration::from_secs(10));
-    assert!(!nodes[1].table.lock().unwrap().contains_key(&key("sales", "alice")), "the scan brought the alias back");
+    assert!(
+        !nodes[1]
+            .table
+            .lock()
+            .unwrap()
+            .contains_key(&key("sales", "alice")),
+        "the scan brought the alias back"
+    );
 }

@@ -31,7 +31,12 @@ fn batch() -> Frame {
 #[test]
 fn every_frame_kind_round_trips_even_byte_by_byte() {
     let frames = vec![
-        Frame::Challenge { magic: MAGIC, version: VERSION, node_id: "sip1".into(), nonce: [7; 32] },
+        Frame::Challenge {
+            magic: MAGIC,
+            version: VERSION,
+            node_id: "sip1".into(),
+            nonce: [7; 32],
+        },
         Frame::Hello {
             magic: MAGIC,
             version: VERSION,
@@ -41,14 +46,27 @@ fn every_frame_kind_round_trips_even_byte_by_byte() {
             tag: [9; 32],
         },
         Frame::Members {
-            members: vec![sersync::wire::Member { node_id: "sip3".into(), address: String::new(), forgotten: true }],
+            members: vec![sersync::wire::Member {
+                node_id: "sip3".into(),
+                address: String::new(),
+                forgotten: true,
+            }],
         },
-        Frame::Welcome { tag: [1; 32], resume_after: u64::MAX, snapshot: None },
+        Frame::Welcome {
+            tag: [1; 32],
+            resume_after: u64::MAX,
+            snapshot: None,
+        },
         Frame::SnapshotAck { chunk: 3 },
-        Frame::Refuse { reason: "no".into() },
+        Frame::Refuse {
+            reason: "no".into(),
+        },
         batch(),
         Frame::Ack { upto: 42 },
-        Frame::TempFail { upto: 41, reason: "disk".into() },
+        Frame::TempFail {
+            upto: 41,
+            reason: "disk".into(),
+        },
     ];
     let mut bytes = Vec::new();
     for f in &frames {
@@ -85,7 +103,10 @@ fn truncated_frame_waits_and_garbage_body_is_an_error() {
     batch().write_to(&mut bytes).unwrap();
     let mut r = FrameReader::new();
     r.extend(&bytes[..bytes.len() - 1]);
-    assert!(r.next_frame().unwrap().is_none(), "incomplete frame is not decoded early");
+    assert!(
+        r.next_frame().unwrap().is_none(),
+        "incomplete frame is not decoded early"
+    );
 
     // A well-framed body that is not a frame.
     let mut r = FrameReader::new();

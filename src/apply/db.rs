@@ -49,11 +49,17 @@ fn split_aor(aor: &[u8]) -> (String, Option<String>) {
 
 impl Database {
     pub fn new(path: &Path) -> Database {
-        Database { path: path.to_path_buf(), conn: None }
+        Database {
+            path: path.to_path_buf(),
+            conn: None,
+        }
     }
 
     fn err(&self, detail: impl std::fmt::Display) -> ApplyError {
-        ApplyError::Database { url: format!("sqlite://{}", self.path.display()), detail: detail.to_string() }
+        ApplyError::Database {
+            url: format!("sqlite://{}", self.path.display()),
+            detail: detail.to_string(),
+        }
     }
 
     fn write(tx: &rusqlite::Transaction, op: Op, c: &Contact) -> Result<(), String> {
@@ -113,7 +119,12 @@ impl Database {
     /// first to keep upserts idempotent.
     fn write_alias(tx: &rusqlite::Transaction, op: Op, a: &Alias) -> Result<(), String> {
         let table = table_name(&a.table)?;
-        let row = params![text(&a.alias_username), text(&a.alias_domain), text(&a.username), text(&a.domain)];
+        let row = params![
+            text(&a.alias_username),
+            text(&a.alias_domain),
+            text(&a.username),
+            text(&a.domain)
+        ];
         tx.execute(
             &format!(
                 "DELETE FROM {table} WHERE alias_username = ?1 AND alias_domain = ?2
@@ -136,9 +147,13 @@ impl Database {
 impl Sink for Database {
     fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
         if self.conn.is_none() {
-            let conn = Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            let conn = Connection::open_with_flags(
+                &self.path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
+            )
+            .map_err(|e| self.err(e))?;
+            conn.busy_timeout(Duration::from_secs(5))
                 .map_err(|e| self.err(e))?;
-            conn.busy_timeout(Duration::from_secs(5)).map_err(|e| self.err(e))?;
             self.conn = Some(conn);
         }
         let conn = self.conn.as_mut().expect("opened above");
@@ -198,7 +213,10 @@ pub(crate) mod tests {
     fn upsert_replaces_and_delete_removes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
-        Connection::open(&path).unwrap().execute_batch(SCHEMA).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(SCHEMA)
+            .unwrap();
         let mut db = Database::new(&path);
         db.apply(&[contact(Op::Upsert, 1)]).unwrap();
         db.apply(&[contact(Op::Upsert, 2)]).unwrap();
@@ -211,10 +229,17 @@ pub(crate) mod tests {
             )
             .unwrap();
         assert_eq!((n, cseq, q, expires), (1, 2, 0.5, 2_000_000_000));
-        let kind: String = conn.query_row("SELECT typeof(expires) FROM location", [], |r| r.get(0)).unwrap();
-        assert_eq!(kind, "real", "a Julian day number, as Kamailio's db_sqlite writes it");
+        let kind: String = conn
+            .query_row("SELECT typeof(expires) FROM location", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            kind, "real",
+            "a Julian day number, as Kamailio's db_sqlite writes it"
+        );
         db.apply(&[contact(Op::Delete, 3)]).unwrap();
-        let n: i64 = conn.query_row("SELECT count(*) FROM location", [], |r| r.get(0)).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM location", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 0);
     }
 

@@ -56,7 +56,10 @@ impl Door {
     }
 
     fn err(&self, detail: impl Into<String>) -> ApplyError {
-        ApplyError::Door { path: self.path.display().to_string(), detail: detail.into() }
+        ApplyError::Door {
+            path: self.path.display().to_string(),
+            detail: detail.into(),
+        }
     }
 
     /// Classifies an OS error: nothing serving the door, or a door that
@@ -65,7 +68,10 @@ impl Door {
         let detail = format!("{what}: {e}");
         match e.raw_os_error() {
             Some(libc::ENOENT | libc::ENXIO | libc::ECONNREFUSED | libc::ENOTSOCK) => {
-                ApplyError::DoorAbsent { path: self.path.display().to_string(), detail }
+                ApplyError::DoorAbsent {
+                    path: self.path.display().to_string(),
+                    detail,
+                }
             }
             _ => self.err(detail),
         }
@@ -80,8 +86,10 @@ impl Door {
             } else if ft.is_socket() {
                 let local = self.reply_dir.join(format!("{}_sock", self.reply_name));
                 let _ = std::fs::remove_file(&local);
-                let sock = UnixDatagram::bind(&local).map_err(|e| self.err(format!("bind {}: {e}", local.display())))?;
-                sock.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(|e| self.err(e.to_string()))?;
+                let sock = UnixDatagram::bind(&local)
+                    .map_err(|e| self.err(format!("bind {}: {e}", local.display())))?;
+                sock.set_read_timeout(Some(REPLY_TIMEOUT))
+                    .map_err(|e| self.err(e.to_string()))?;
                 Kind::Dgram(sock)
             } else {
                 return Err(self.err("neither a FIFO nor a unix socket: point modparam fifo at jsonrpcs' fifo_name or dgram socket"));
@@ -114,10 +122,18 @@ impl Door {
             req["reply_name"] = Value::String(reply_name.clone());
         }
         let body = serde_json::to_vec(&req).expect("JSON of strings and numbers");
-        let reply = if is_fifo { self.call_fifo(&body, &reply_name)? } else { self.call_dgram(&body, id)? };
-        let v: Value = serde_json::from_slice(&reply).map_err(|e| self.err(format!("unreadable reply: {e}")))?;
+        let reply = if is_fifo {
+            self.call_fifo(&body, &reply_name)?
+        } else {
+            self.call_dgram(&body, id)?
+        };
+        let v: Value = serde_json::from_slice(&reply)
+            .map_err(|e| self.err(format!("unreadable reply: {e}")))?;
         if let Some(err) = v.get("error") {
-            let msg = err.get("message").and_then(Value::as_str).unwrap_or("unknown error");
+            let msg = err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown error");
             return Err(ApplyError::Rejected(msg.to_string()));
         }
         Ok(v.get("result").and_then(Value::as_u64).unwrap_or(0))
@@ -130,7 +146,11 @@ impl Door {
             .map_err(|_| self.err("reply path contains NUL"))?;
         // SAFETY: valid C string; mkfifo has no other preconditions.
         if unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) } != 0 {
-            return Err(self.err(format!("mkfifo {}: {}", reply_path.display(), std::io::Error::last_os_error())));
+            return Err(self.err(format!(
+                "mkfifo {}: {}",
+                reply_path.display(),
+                std::io::Error::last_os_error()
+            )));
         }
         let result = (|| {
             // Open our read end first (non-blocking) so SER's writer finds
@@ -147,7 +167,8 @@ impl Door {
                 .map_err(|e| self.io_err("SER is not reading it", &e))?;
             let mut line = body.to_vec();
             line.push(b'\n');
-            door.write_all(&line).map_err(|e| self.err(format!("write: {e}")))?;
+            door.write_all(&line)
+                .map_err(|e| self.err(format!("write: {e}")))?;
             read_until_eof(&mut reply, REPLY_TIMEOUT).map_err(|e| self.err(format!("reply: {e}")))
         })();
         let _ = std::fs::remove_file(&reply_path);
@@ -156,7 +177,9 @@ impl Door {
 
     fn call_dgram(&mut self, body: &[u8], id: u64) -> Result<Vec<u8>, ApplyError> {
         let path = self.path.clone();
-        let Some(Kind::Dgram(sock)) = &self.kind else { unreachable!("checked by caller") };
+        let Some(Kind::Dgram(sock)) = &self.kind else {
+            unreachable!("checked by caller")
+        };
         if let Err(e) = sock.send_to(body, &path) {
             let detail = format!("send: {e}");
             let path = path.display().to_string();
@@ -178,7 +201,10 @@ impl Door {
                 return Ok(buf[..n].to_vec());
             }
             if Instant::now() >= deadline {
-                return Err(ApplyError::Door { path: path.display().to_string(), detail: "no reply".into() });
+                return Err(ApplyError::Door {
+                    path: path.display().to_string(),
+                    detail: "no reply".into(),
+                });
             }
         }
     }
@@ -193,9 +219,16 @@ fn read_until_eof(f: &mut std::fs::File, timeout: Duration) -> std::io::Result<V
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "timed out",
+            ));
         }
-        let mut pfd = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
         match f.read(&mut buf) {
@@ -231,11 +264,16 @@ impl Sink for Door {
                 end += 1;
             }
             if size > budget {
-                return Err(self.err(format!("a record of {size} bytes exceeds the door's {max}-byte requests")));
+                return Err(self.err(format!(
+                    "a record of {size} bytes exceeds the door's {max}-byte requests"
+                )));
             }
             let n = self.call(&records[start..end])?;
             if n != (end - start) as u64 {
-                return Err(ApplyError::Rejected(format!("applied {n} of {}", end - start)));
+                return Err(ApplyError::Rejected(format!(
+                    "applied {n} of {}",
+                    end - start
+                )));
             }
             start = end;
         }

@@ -113,12 +113,16 @@ impl Applier {
                     let c = &self.status.counters;
                     c.applied.fetch_add(records.len() as u64, Ordering::Relaxed);
                     if via_db {
-                        c.applied_via_db.fetch_add(records.len() as u64, Ordering::Relaxed);
+                        c.applied_via_db
+                            .fetch_add(records.len() as u64, Ordering::Relaxed);
                     }
                     retry = RETRY_MIN;
                 }
                 Err(msg) => {
-                    self.status.counters.apply_failures.fetch_add(1, Ordering::Relaxed);
+                    self.status
+                        .counters
+                        .apply_failures
+                        .fetch_add(1, Ordering::Relaxed);
                     if let Some(n) = APPLY_ERR.allow() {
                         log::error(format_args!(
                             "cannot apply {} staged changes yet (kept, retrying): {msg} ({n} similar suppressed)",

@@ -23,8 +23,14 @@ pub fn encode(records: &[Record]) -> String {
         records: &'a [Record],
     }
     let mut bytes = Vec::new();
-    codec::encode_into(&Borrowed { version: PAYLOAD_VERSION, records }, &mut bytes)
-        .expect("encoding into a Vec cannot fail");
+    codec::encode_into(
+        &Borrowed {
+            version: PAYLOAD_VERSION,
+            records,
+        },
+        &mut bytes,
+    )
+    .expect("encoding into a Vec cannot fail");
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
@@ -40,7 +46,10 @@ pub fn decode(text: &[u8]) -> Result<Vec<Record>, String> {
         .map_err(|e| format!("not base64: {e}"))?;
     let batch: ApplyBatch = codec::decode(&bytes)?;
     if batch.version != PAYLOAD_VERSION {
-        return Err(format!("payload version {} (this module reads {PAYLOAD_VERSION})", batch.version));
+        return Err(format!(
+            "payload version {} (this module reads {PAYLOAD_VERSION})",
+            batch.version
+        ));
     }
     Ok(batch.records)
 }
@@ -54,7 +63,11 @@ mod tests {
     fn round_trip_and_garbage() {
         let recs = vec![Record::Contact {
             op: Op::Delete,
-            contact: Contact { aor: b"alice".to_vec(), user_agent: vec![0xff, 0x00, b'x'], ..Default::default() },
+            contact: Contact {
+                aor: b"alice".to_vec(),
+                user_agent: vec![0xff, 0x00, b'x'],
+                ..Default::default()
+            },
         }];
         let text = encode(&recs);
         assert_eq!(decode(text.as_bytes()).unwrap(), recs);

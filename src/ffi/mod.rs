@@ -9,8 +9,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use sys::{
-    sersync_alias, sersync_apply_ops, sersync_config, sersync_contact, sersync_log_fn, sersync_rc, sersync_shared,
-    sersync_status, sersync_str,
+    sersync_alias, sersync_apply_ops, sersync_config, sersync_contact, sersync_log_fn, sersync_rc,
+    sersync_shared, sersync_status, sersync_str,
 };
 
 use crate::config::RawConfig;
@@ -43,7 +43,10 @@ unsafe fn bytes<'a>(s: &sersync_str) -> Option<&'a [u8]> {
 }
 
 fn c_str(b: &[u8]) -> sersync_str {
-    sersync_str { s: b.as_ptr().cast::<c_char>(), len: b.len() }
+    sersync_str {
+        s: b.as_ptr().cast::<c_char>(),
+        len: b.len(),
+    }
 }
 
 /// # Safety
@@ -119,8 +122,12 @@ unsafe fn alias_ref<'a>(a: &'a sersync_alias) -> Option<RecordRef<'a>> {
     // SAFETY: per the function contract, for each field.
     let table = unsafe { bytes(&a.table)? };
     let op = match a.op {
-        x if x == sys::sersync_op::SERSYNC_OP_SCAN_BEGIN as i32 => return Some(RecordRef::AliasScan { table, end: false }),
-        x if x == sys::sersync_op::SERSYNC_OP_SCAN_END as i32 => return Some(RecordRef::AliasScan { table, end: true }),
+        x if x == sys::sersync_op::SERSYNC_OP_SCAN_BEGIN as i32 => {
+            return Some(RecordRef::AliasScan { table, end: false })
+        }
+        x if x == sys::sersync_op::SERSYNC_OP_SCAN_END as i32 => {
+            return Some(RecordRef::AliasScan { table, end: true })
+        }
         x if x == sys::sersync_op::SERSYNC_OP_UPSERT as i32 => Op::Upsert,
         x if x == sys::sersync_op::SERSYNC_OP_DELETE as i32 => Op::Delete,
         _ => return None,
@@ -214,10 +221,16 @@ pub extern "C" fn sersync_set_logger(f: sersync_log_fn) -> c_int {
 /// # Safety
 /// See sersync.h.
 #[no_mangle]
-pub unsafe extern "C" fn sersync_config_check(cfg: *const sersync_config, err: *mut c_char, errlen: usize) -> c_int {
+pub unsafe extern "C" fn sersync_config_check(
+    cfg: *const sersync_config,
+    err: *mut c_char,
+    errlen: usize,
+) -> c_int {
     boundary(|| {
         // SAFETY: NULL checked; validity per sersync.h.
-        let Some(cfg) = (unsafe { cfg.as_ref() }) else { return sersync_rc::SERSYNC_E_NULL };
+        let Some(cfg) = (unsafe { cfg.as_ref() }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
         // SAFETY: as above.
         let result = match unsafe { raw_config(cfg) } {
             Ok(raw) => raw.check().map(|_| ()).map_err(|e| e.to_string()),
@@ -272,7 +285,9 @@ unsafe fn publish_view<T>(
         let (Some(sh), Some(item)) = (unsafe { shared(sh) }, unsafe { item.as_ref() }) else {
             return sersync_rc::SERSYNC_E_NULL;
         };
-        let Some(rec) = view(item) else { return sersync_rc::SERSYNC_E_NULL };
+        let Some(rec) = view(item) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
         match sh.publish(&rec) {
             Ok(()) => sersync_rc::SERSYNC_OK,
             Err(e) => (&e).into(),
@@ -283,7 +298,10 @@ unsafe fn publish_view<T>(
 /// # Safety
 /// See sersync.h.
 #[no_mangle]
-pub unsafe extern "C" fn sersync_publish(sh: *mut sersync_shared, c: *const sersync_contact) -> c_int {
+pub unsafe extern "C" fn sersync_publish(
+    sh: *mut sersync_shared,
+    c: *const sersync_contact,
+) -> c_int {
     // SAFETY: the contact's strings are valid for this call (sersync.h).
     unsafe { publish_view(sh, c, |c| contact_ref(c)) }
 }
@@ -291,7 +309,10 @@ pub unsafe extern "C" fn sersync_publish(sh: *mut sersync_shared, c: *const sers
 /// # Safety
 /// See sersync.h.
 #[no_mangle]
-pub unsafe extern "C" fn sersync_publish_alias(sh: *mut sersync_shared, a: *const sersync_alias) -> c_int {
+pub unsafe extern "C" fn sersync_publish_alias(
+    sh: *mut sersync_shared,
+    a: *const sersync_alias,
+) -> c_int {
     // SAFETY: the alias' strings are valid for this call (sersync.h).
     unsafe { publish_view(sh, a, |a| alias_ref(a)) }
 }
@@ -299,15 +320,23 @@ pub unsafe extern "C" fn sersync_publish_alias(sh: *mut sersync_shared, a: *cons
 /// # Safety
 /// See sersync.h.
 #[no_mangle]
-pub unsafe extern "C" fn sersync_forget(sh: *mut sersync_shared, node_id: *const c_char, len: usize) -> c_int {
+pub unsafe extern "C" fn sersync_forget(
+    sh: *mut sersync_shared,
+    node_id: *const c_char,
+    len: usize,
+) -> c_int {
     boundary(|| {
         // SAFETY: NULL checked; validity per sersync.h.
-        let Some(sh) = (unsafe { shared(sh) }) else { return sersync_rc::SERSYNC_E_NULL };
+        let Some(sh) = (unsafe { shared(sh) }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
         // SAFETY: node_id has len bytes per sersync.h.
         let Some(id) = (unsafe { bytes(&sersync_str { s: node_id, len }) }) else {
             return sersync_rc::SERSYNC_E_NULL;
         };
-        let Ok(id) = std::str::from_utf8(id) else { return sersync_rc::SERSYNC_E_DECODE };
+        let Ok(id) = std::str::from_utf8(id) else {
+            return sersync_rc::SERSYNC_E_DECODE;
+        };
         if id.is_empty() || id.len() > crate::config::NODE_ID_MAX {
             return sersync_rc::SERSYNC_E_DECODE;
         }
@@ -324,7 +353,9 @@ pub unsafe extern "C" fn sersync_forget(sh: *mut sersync_shared, node_id: *const
 pub unsafe extern "C" fn sersync_journal_wait(sh: *mut sersync_shared, timeout_ms: u32) -> c_int {
     boundary(|| {
         // SAFETY: NULL checked; validity per sersync.h.
-        let Some(sh) = (unsafe { shared(sh) }) else { return sersync_rc::SERSYNC_E_NULL };
+        let Some(sh) = (unsafe { shared(sh) }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
         if sh.wait_durable(std::time::Duration::from_millis(timeout_ms as u64)) {
             sersync_rc::SERSYNC_OK
         } else {
@@ -336,12 +367,17 @@ pub unsafe extern "C" fn sersync_journal_wait(sh: *mut sersync_shared, timeout_m
 /// # Safety
 /// See sersync.h.
 #[no_mangle]
-pub unsafe extern "C" fn sersync_engine_run(sh: *mut sersync_shared, cfg: *const sersync_config) -> c_int {
+pub unsafe extern "C" fn sersync_engine_run(
+    sh: *mut sersync_shared,
+    cfg: *const sersync_config,
+) -> c_int {
     boundary(|| {
         if sh.is_null() || cfg.is_null() {
             return sersync_rc::SERSYNC_E_NULL;
         }
-        std::panic::set_hook(Box::new(|info| log::error(format_args!("internal fault: {info}"))));
+        std::panic::set_hook(Box::new(|info| {
+            log::error(format_args!("internal fault: {info}"))
+        }));
         // SAFETY: sh came from Arc::into_raw in sersync_shared_create.
         let shared = unsafe {
             Arc::increment_strong_count(sh as *const Shared);
@@ -371,7 +407,9 @@ pub unsafe extern "C" fn sersync_engine_run(sh: *mut sersync_shared, cfg: *const
                     engine.wait();
                     return sersync_rc::SERSYNC_OK;
                 }
-                Err(crate::engine::EngineError::Journal(e @ (JournalError::CorruptMovedAside { .. } | JournalError::TooNew { .. }))) => {
+                Err(crate::engine::EngineError::Journal(
+                    e @ (JournalError::CorruptMovedAside { .. } | JournalError::TooNew { .. }),
+                )) => {
                     log::error(format_args!("{e}; replication is off until SER restarts"));
                     let st = crate::status::Status::new(&cfg.node_id);
                     st.set_error(&e.to_string());
@@ -379,7 +417,9 @@ pub unsafe extern "C" fn sersync_engine_run(sh: *mut sersync_shared, cfg: *const
                     return sersync_rc::SERSYNC_E_JOURNAL;
                 }
                 Err(e) => {
-                    log::error(format_args!("cannot start: {e}; retrying in 10 s (SER keeps serving)"));
+                    log::error(format_args!(
+                        "cannot start: {e}; retrying in 10 s (SER keeps serving)"
+                    ));
                     let st = crate::status::Status::new(&cfg.node_id);
                     st.set_error(&e.to_string());
                     shared.write_status(&st.to_c());
@@ -393,10 +433,15 @@ pub unsafe extern "C" fn sersync_engine_run(sh: *mut sersync_shared, cfg: *const
 /// # Safety
 /// See sersync.h.
 #[no_mangle]
-pub unsafe extern "C" fn sersync_status_read(sh: *mut sersync_shared, out: *mut sersync_status) -> c_int {
+pub unsafe extern "C" fn sersync_status_read(
+    sh: *mut sersync_shared,
+    out: *mut sersync_status,
+) -> c_int {
     boundary(|| {
         // SAFETY: NULL checked; validity per sersync.h.
-        let Some(sh) = (unsafe { shared(sh) }) else { return sersync_rc::SERSYNC_E_NULL };
+        let Some(sh) = (unsafe { shared(sh) }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
         if out.is_null() {
             return sersync_rc::SERSYNC_E_NULL;
         }
@@ -418,7 +463,9 @@ pub unsafe extern "C" fn sersync_apply_decode(
 ) -> c_int {
     boundary(|| {
         // SAFETY: NULL checked; validity per sersync.h.
-        let Some(ops) = (unsafe { ops.as_ref() }) else { return sersync_rc::SERSYNC_E_NULL };
+        let Some(ops) = (unsafe { ops.as_ref() }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
         let (Some(on_contact), Some(on_alias)) = (ops.contact, ops.alias) else {
             return sersync_rc::SERSYNC_E_NULL;
         };
@@ -438,8 +485,12 @@ pub unsafe extern "C" fn sersync_apply_decode(
         for r in &records {
             // SAFETY: each view borrows `r`, alive across its call.
             let ok = match r {
-                Record::Contact { op, contact } => (unsafe { on_contact(ops.ctx, &contact_view(*op, contact)) }) >= 0,
-                Record::Alias { op, alias } => (unsafe { on_alias(ops.ctx, &alias_view(*op, alias)) }) >= 0,
+                Record::Contact { op, contact } => {
+                    (unsafe { on_contact(ops.ctx, &contact_view(*op, contact)) }) >= 0
+                }
+                Record::Alias { op, alias } => {
+                    (unsafe { on_alias(ops.ctx, &alias_view(*op, alias)) }) >= 0
+                }
                 // Never journaled, so never sent; nothing to apply.
                 Record::AliasScan { .. } | Record::Forget { .. } => true,
             };
@@ -461,7 +512,8 @@ pub unsafe extern "C" fn sersync_apply_decode(
 /// if a signature drifts from the header.
 #[allow(dead_code)]
 const _SIGNATURES: () = {
-    let _: [unsafe extern "C" fn(sersync_log_fn) -> c_int; 2] = [sys::sersync_set_logger, sersync_set_logger];
+    let _: [unsafe extern "C" fn(sersync_log_fn) -> c_int; 2] =
+        [sys::sersync_set_logger, sersync_set_logger];
     let _: [unsafe extern "C" fn(*const sersync_config, *mut c_char, usize) -> c_int; 2] =
         [sys::sersync_config_check, sersync_config_check];
     let _: [unsafe extern "C" fn(u32, *mut *mut sersync_shared) -> c_int; 2] =
@@ -478,6 +530,6 @@ const _SIGNATURES: () = {
         [sys::sersync_status_read, sersync_status_read];
     let _: [unsafe extern "C" fn(*mut sersync_shared, *const sersync_alias) -> c_int; 2] =
         [sys::sersync_publish_alias, sersync_publish_alias];
-    let _: [unsafe extern "C" fn(*const c_char, usize, *const sersync_apply_ops, *mut u32) -> c_int; 2] =
-        [sys::sersync_apply_decode, sersync_apply_decode];
+    let _: [unsafe extern "C" fn(*const c_char, usize, *const sersync_apply_ops, *mut u32) -> c_int;
+        2] = [sys::sersync_apply_decode, sersync_apply_decode];
 };

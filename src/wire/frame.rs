@@ -17,25 +17,59 @@ pub const MAX_FRAME: usize = 16 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
-    Challenge { magic: [u8; 4], version: u16, node_id: String, nonce: Nonce },
+    Challenge {
+        magic: [u8; 4],
+        version: u16,
+        node_id: String,
+        nonce: Nonce,
+    },
     /// `listen`: where the dialer accepts connections, so the acceptor
     /// (and, through it, every member) can dial it back.
-    Hello { magic: [u8; 4], version: u16, node_id: String, listen: String, nonce: Nonce, tag: Tag },
+    Hello {
+        magic: [u8; 4],
+        version: u16,
+        node_id: String,
+        listen: String,
+        nonce: Nonce,
+        tag: Tag,
+    },
     /// `snapshot`: a snapshot from this dialer was interrupted; the
     /// acceptor holds it up to this key, consistent with that sequence.
-    Welcome { tag: Tag, resume_after: u64, snapshot: Option<SnapshotResume> },
-    Refuse { reason: String },
-    Batch { changes: Vec<Change> },
-    Ack { upto: u64 },
-    TempFail { upto: u64, reason: String },
+    Welcome {
+        tag: Tag,
+        resume_after: u64,
+        snapshot: Option<SnapshotResume>,
+    },
+    Refuse {
+        reason: String,
+    },
+    Batch {
+        changes: Vec<Change>,
+    },
+    Ack {
+        upto: u64,
+    },
+    TempFail {
+        upto: u64,
+        reason: String,
+    },
     /// Part of a snapshot of the sender's state, consistent with (and to
     /// be followed by) its journal after `upto`. Rows come in key order.
-    SnapshotChunk { upto: u64, chunk: u64, rows: Vec<SnapRow>, last: bool },
+    SnapshotChunk {
+        upto: u64,
+        chunk: u64,
+        rows: Vec<SnapRow>,
+        last: bool,
+    },
     /// The chunk is durably staged.
-    SnapshotAck { chunk: u64 },
+    SnapshotAck {
+        chunk: u64,
+    },
     /// The members the sender knows, sent after the handshake and on every
     /// change, in either direction.
-    Members { members: Vec<Member> },
+    Members {
+        members: Vec<Member>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,7 +97,10 @@ impl Frame {
         let len = out.len() - start - 4;
         if len > MAX_FRAME {
             out.truncate(start);
-            return Err(WireError::TooLarge { len, max: MAX_FRAME });
+            return Err(WireError::TooLarge {
+                len,
+                max: MAX_FRAME,
+            });
         }
         out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
         Ok(())
@@ -104,7 +141,10 @@ impl FrameReader {
         }
         let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
         if len > MAX_FRAME {
-            return Err(WireError::TooLarge { len, max: MAX_FRAME });
+            return Err(WireError::TooLarge {
+                len,
+                max: MAX_FRAME,
+            });
         }
         if avail.len() < 4 + len {
             return Ok(None);

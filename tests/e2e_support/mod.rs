@@ -2118,5 +2118,11 @@ impl Cluster {
 /// A convergence check: exactly `n` contacts.
 #[allow(dead_code)]
 pub fn expect_contacts(n: usize) -> impl FnMut(&Contacts) -> Result<(), String> {
-    move |c| if c.len() == n { Ok(()) } else { Err(format!("{} contacts, expected {n}", c.len())) }
+    move |c| {
+        if c.len() == n {
+            Ok(())
+        } else {
+            Err(format!("{} contacts, expected {n}", c.len()))
+        }
+    }
 }
