@@ -301,18 +301,6 @@ impl Journal {
         Ok(out)
     }
 
-    /// Whether the state still holds the version (hlc, origin) of `key`.
-    pub fn is_current(&self, key: &[u8], hlc: u64, origin: &str) -> Result<bool, JournalError> {
-        self.conn
-            .prepare_cached("SELECT hlc = ?2 AND origin = ?3 FROM state WHERE key = ?1")
-            .and_then(|mut st| {
-                st.query_row(params![key, hlc as i64, origin], |r| r.get::<_, bool>(0))
-                    .optional()
-            })
-            .map(|v| v.unwrap_or(true))
-            .map_err(|e| self.err(e))
-    }
-
     /// (hlc, origin, record) of every contact the state holds as present
     /// and `keep` accepts.
     pub fn live_contacts(
