@@ -775,14 +775,13 @@ static int sersync_snapshot_publish(struct sersync_snapshot *sn, int *done)
  * row, SCAN_END; the engine journals what changed, and deletions.
  *
  * A scan must not contradict remote alias changes that the table does not
- * show yet (staged, not applied): it would resurrect an alias deleted
- * elsewhere, or delete one just added elsewhere. So the scan starts when
- * nothing is staged; it reads the table, and publishes rows only if no
- * remote alias was applied meanwhile; it ends (SCAN_END, which deletes)
- * only if none was once the engine has taken the rows. Otherwise it gives
- * up without SCAN_END, so nothing is deleted. What remains is the moment
- * between the last check and the engine taking SCAN_END, and the engine's
- * taking of the rows: see README "Aliases".
+ * show (staged, not applied yet, or applied after the read): it would
+ * resurrect an alias deleted elsewhere, or delete one just added
+ * elsewhere. The engine guarantees this: at SCAN_END it leaves alone every
+ * key staged, or applied since it took SCAN_BEGIN, and the table is read
+ * only after that. The checks here only spare work: the scan starts when
+ * nothing is staged, and gives up (no SCAN_END, nothing deleted) when
+ * remote aliases were applied while it read, to try again later.
  *
  * Returns 0 and the row count, -1 on error, -2 when it gave up (retry
  * later); err says why.
@@ -814,8 +813,11 @@ int sersync_alias_scan(int wait_ms, int *rows, char *err, int errlen)
 		rc = -1;
 		goto done;
 	}
-	/* rows applied before the engine took SCAN_BEGIN are in the table */
-	if(sersync_scan_drain(wait_ms) != 0) {
+	/* the engine has taken SCAN_BEGIN once it is settled: from then on it
+	 * notes every remote alias it applies, so the table read below cannot
+	 * miss a change the scan would then undo */
+	if(sersync_journal_wait(_sersync_shared, (uint32_t)wait_ms)
+			!= SERSYNC_OK) {
 		snprintf(err, errlen, "the engine does not take its queue; scan"
 							  " not started");
 		rc = -2;
@@ -858,11 +860,6 @@ int sersync_alias_scan(int wait_ms, int *rows, char *err, int errlen)
 		rc = -1;
 		goto done;
 	}
-	if(sersync_scan_drain(wait_ms) != 0 || !sersync_scan_calm(&m0))
-		LM_WARN("a remote alias change arrived as the scan of %.*s ended;"
-				" if an alias added elsewhere at that moment is missing,"
-				" add it again\n",
-				_sersync_alias_table.len, _sersync_alias_table.s);
 	if(sn.too_long > 0)
 		LM_ERR("%d row(s) of %.*s have a field over 65535 bytes; not"
 			   " replicated\n",

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mio::Waker;
 
-use crate::apply::{db::Database, door::Door, Applier, Sink};
+use crate::apply::{db::Database, door::Door, Applier, ScanWatch, Sink};
 use crate::config::Config;
 use crate::error::JournalError;
 use crate::hlc::Hlc;
@@ -112,12 +112,14 @@ impl Engine {
                 )
             }
         };
+        let scan_watch = Arc::new(ScanWatch::default());
         let applier = Applier {
             journal: apply_journal,
             primary,
             fallback,
             status: status.clone(),
             wake: wake_rx,
+            scan_watch: scan_watch.clone(),
         };
 
         let mut threads = Vec::new();
@@ -147,6 +149,7 @@ impl Engine {
                 waker: waker.clone(),
                 node_id: cfg.node_id.clone(),
                 scan: None,
+                scan_watch,
                 net_cmd,
             };
             let stop = stop.clone();
@@ -237,30 +240,40 @@ struct Ingest {
     node_id: String,
     /// An alias table scan in progress.
     scan: Option<Scan>,
+    /// What the applier wrote into SER since the scan started.
+    scan_watch: Arc<ScanWatch>,
     net_cmd: crossbeam_channel::Sender<crate::net::NetCmd>,
 }
 
 impl Ingest {
     /// Ends a scan of an alias table: rows the journal does not hold are
     /// journaled, and every alias the state holds for the table that the
-    /// scan did not report was deleted behind SER's back. Keys changed by
-    /// a peer during the scan, or staged and not yet written to the table,
-    /// are left alone: the table row may be older than that change.
+    /// scan did not report was deleted behind SER's back. Keys a peer
+    /// changed here after the scan started (staged, or applied meanwhile),
+    /// and keys changed locally since, are left alone: the row the scan
+    /// read may be older than that change, or missing because of it.
     fn finish_scan(&mut self, table: &[u8], pending: &mut Vec<(u64, Record)>) {
         let Some(scan) = self.scan.take() else {
             log::warn(format_args!("alias scan end without a start; ignored"));
             return;
         };
+        let name = String::from_utf8_lossy(table).into_owned();
         if scan.table != table {
             log::warn(format_args!(
                 "alias scan of one table ended by another; ignored"
             ));
             return;
         }
-        let result = (|| -> Result<(Vec<Record>, usize, usize), crate::error::JournalError> {
-            let unsettled = self.journal.inbox_keys()?;
-            let changed_since = |key: &[u8]| -> Result<bool, crate::error::JournalError> {
-                Ok(unsettled.contains(key)
+        let result = (|| -> Result<Option<(Vec<Record>, usize, usize)>, JournalError> {
+            // Staged first, then applied: the applier notes a key before it
+            // leaves the inbox, so every key is seen in one or the other.
+            let staged = self.journal.inbox_keys()?;
+            let Some(applied) = self.scan_watch.close() else {
+                return Ok(None);
+            };
+            let changed_since = |key: &[u8]| -> Result<bool, JournalError> {
+                Ok(staged.contains(key)
+                    || applied.contains(key)
                     || self
                         .journal
                         .state_stamp(key)?
@@ -289,24 +302,24 @@ impl Ingest {
                     removed += 1;
                 }
             }
-            Ok((out, removed, skipped))
+            Ok(Some((out, removed, skipped)))
         })();
         match result {
-            Ok((records, removed, skipped)) => {
+            Ok(Some((records, removed, skipped))) => {
                 for rec in records {
                     let stamp = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).now();
                     pending.push((stamp, rec));
                 }
                 log::info(format_args!(
-                    "alias scan of {}: {} aliases present, {removed} removed, {skipped} left to changes in flight",
-                    String::from_utf8_lossy(table),
+                    "alias scan of {name}: {} aliases present, {removed} removed, {skipped} left to changes in flight",
                     scan.seen.len()
                 ));
             }
-            Err(e) => log::error(format_args!(
-                "alias scan of {}: {e}; ignored",
-                String::from_utf8_lossy(table)
+            Ok(None) => log::warn(format_args!(
+                "alias scan of {name}: too many remote alias changes were applied while it ran; \
+                 nothing concluded, the next scan will"
             )),
+            Err(e) => log::error(format_args!("alias scan of {name}: {e}; ignored")),
         }
     }
 
@@ -322,6 +335,9 @@ impl Ingest {
                 match codec::decode::<Record>(&buf) {
                     Ok(Record::AliasScan { table, end: false }) => {
                         let started = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).now();
+                        // Opened before the scan's process may read the
+                        // table: it waits until this marker is settled.
+                        self.scan_watch.open();
                         self.scan = Some(Scan {
                             table,
                             started,

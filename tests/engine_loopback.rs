@@ -18,11 +18,13 @@ use sersync::record::{Contact, Op, Record, RecordRef};
 type Table = Arc<Mutex<BTreeMap<(Vec<u8>, Vec<u8>), Contact>>>;
 
 /// Stands in for SER's usrloc (and alias table): applies upserts and
-/// deletes to a map keyed by the record's key.
-struct MemorySink(Table);
+/// deletes to a map keyed by the record's key. Holding the gate makes
+/// the applier wait, as a busy SER would.
+struct MemorySink(Table, Arc<Mutex<()>>);
 
 impl Sink for MemorySink {
     fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
+        let _gate = self.1.lock().unwrap();
         let mut t = self.0.lock().unwrap();
         for r in records {
             let (op, contact) = match r {
@@ -63,6 +65,8 @@ struct Node {
     /// What this node's "SER" holds: local changes are written here
     /// directly (as save() would), remote ones by the engine's applier.
     table: Table,
+    /// Held by a test to keep the applier from writing `table`.
+    gate: Arc<Mutex<()>>,
     retention_records: Option<u64>,
 }
 
@@ -93,7 +97,7 @@ impl Node {
         if let Some(n) = self.retention_records {
             cfg.retention_records = n;
         }
-        let sink = Box::new(MemorySink(self.table.clone()));
+        let sink = Box::new(MemorySink(self.table.clone(), self.gate.clone()));
         self.engine = Some(Engine::start(cfg, self.shared.clone(), Some(sink)).unwrap());
     }
 
@@ -168,6 +172,7 @@ fn cluster(n: usize) -> Vec<Node> {
             shared: Arc::new(Shared::create(1 << 14).unwrap()),
             engine: None,
             table: Arc::default(),
+            gate: Arc::default(),
             retention_records: None,
         })
         .collect();
@@ -290,7 +295,7 @@ fn a_node_with_another_secret_gets_nothing() {
     let intruder = Engine::start(
         raw.clone().check().unwrap(),
         shared.clone(),
-        Some(Box::new(MemorySink(table.clone()))),
+        Some(Box::new(MemorySink(table.clone(), Arc::default()))),
     )
     .unwrap();
     let c = contact("intruder", 1, 1);
@@ -564,6 +569,7 @@ fn a_new_node_joins_through_one_seed_and_is_forgotten_for_good() {
         shared: Arc::new(Shared::create(1 << 12).unwrap()),
         engine: None,
         table: Arc::default(),
+        gate: Arc::default(),
         retention_records: None,
     };
     n4.start();
@@ -718,4 +724,72 @@ fn a_scan_does_not_undo_a_peer_change_made_while_it_ran() {
             .contains_key(&key("sales", "alice")),
         "the scan brought the alias back"
     );
+}
+
+#[test]
+fn a_scan_does_not_undo_an_older_peer_change_applied_while_it_ran() {
+    // The change is made on n2 before n1's scan starts (its stamp is older
+    // than the scan), but n1's SER takes it only after the scan read the
+    // table: the scan must not take the missing row for a deletion.
+    let nodes = cluster(2);
+    let key = |a: &str, t: &str| (a.as_bytes().to_vec(), t.as_bytes().to_vec());
+    let x = alias("sales", "alice");
+    let gate = nodes[0].gate.lock().unwrap();
+    nodes[1].table.lock().unwrap().insert(
+        key("sales", "alice"),
+        Contact {
+            aor: b"sales".to_vec(),
+            contact: b"alice".to_vec(),
+            ..Default::default()
+        },
+    );
+    nodes[1]
+        .shared
+        .publish(&RecordRef::Alias {
+            op: Op::Upsert,
+            alias: x.as_ref(),
+        })
+        .unwrap();
+    let n1 = nodes[0].engine.as_ref().unwrap();
+    wait_for(
+        "the alias to be staged on n1",
+        Duration::from_secs(10),
+        || n1.status().apply_pending > 0,
+    );
+    // n1's scan: the table as read lacks the alias (not applied yet).
+    let table: &[u8] = b"dbaliases";
+    nodes[0]
+        .shared
+        .publish(&RecordRef::AliasScan { table, end: false })
+        .unwrap();
+    assert!(nodes[0].shared.wait_durable(Duration::from_secs(10)));
+    // Now SER takes the staged alias; then the scan ends.
+    drop(gate);
+    wait_for(
+        "the alias to be applied on n1",
+        Duration::from_secs(10),
+        || {
+            n1.status().apply_pending == 0
+                && nodes[0]
+                    .table
+                    .lock()
+                    .unwrap()
+                    .contains_key(&key("sales", "alice"))
+        },
+    );
+    nodes[0]
+        .shared
+        .publish(&RecordRef::AliasScan { table, end: true })
+        .unwrap();
+    assert!(nodes[0].shared.wait_durable(Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(500));
+    wait_converged(&nodes, Duration::from_secs(10));
+    assert_eq!(n1.status().journaled, 0, "the scan journaled a deletion");
+    for n in &nodes {
+        assert!(
+            n.table.lock().unwrap().contains_key(&key("sales", "alice")),
+            "{}: the scan deleted an alias applied while it ran",
+            n.id
+        );
+    }
 }
