@@ -414,6 +414,8 @@ pub struct Node {
     pub ip: String,
     pub server_id: u32,
     pub dir: PathBuf,
+    /// Shared and private (per process) memory in MB: `kamailio -m -M`.
+    pub memory_mb: (u32, u32),
     child: Option<Child>,
 }
 
@@ -430,6 +432,11 @@ pub struct ClusterOptions {
     /// usrloc tables created beside "location" in every node's database,
     /// with location's schema (e.g. "aliases" for SER-0.9 style aliases).
     pub usrloc_tables: Vec<String>,
+    /// Kamailio's shared memory in MB (`-m`); None: 64, Kamailio's default.
+    /// A contact takes about 1 KiB of it: 64 MB holds ~50,000.
+    pub shm_mb: Option<u32>,
+    /// Config template instead of tests/e2e/kamailio.cfg.in (same @NAMES@).
+    pub template: Option<PathBuf>,
 }
 
 /// The kamailio.cfg for one node, from tests/e2e/kamailio.cfg.in.
@@ -462,8 +469,12 @@ pub fn node_config_with(
     secret: &str,
     opts: &ClusterOptions,
 ) -> String {
-    let template = fs::read_to_string(e2e_dir().join("kamailio.cfg.in"))
-        .expect("reading tests/e2e/kamailio.cfg.in");
+    let template_path = opts
+        .template
+        .clone()
+        .unwrap_or_else(|| e2e_dir().join("kamailio.cfg.in"));
+    let template = fs::read_to_string(&template_path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", template_path.display()));
     let d = dir.to_str().expect("utf-8 dir");
     let db_url = format!("sqlite:///{d}/kamailio.db");
     let sersync = match module {
@@ -580,6 +591,7 @@ impl Node {
             ip: ip.to_string(),
             server_id: index as u32,
             dir: dir.to_path_buf(),
+            memory_mb: (opts.shm_mb.unwrap_or(64), 16),
             child: None,
         }
     }
@@ -641,7 +653,10 @@ impl Node {
             .arg(d)
             .arg("-P")
             .arg(d.join("kamailio.pid"))
-            .args(["-m", "64", "-M", "16"])
+            .arg("-m")
+            .arg(self.memory_mb.0.to_string())
+            .arg("-M")
+            .arg(self.memory_mb.1.to_string())
             .current_dir(d)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
