@@ -392,6 +392,7 @@ static int child_init(int rank)
 {
 	if(rank == PROC_INIT)
 		return sersync_ul_register_domains();
+	sersync_ul_child_init(rank);
 	if(rank != PROC_MAIN)
 		return 0;
 	if(sersync_proc_start() < 0)

@@ -44,6 +44,9 @@ extern usrloc_api_t _sersync_ul;
 extern int _sersync_replaying;
 int sersync_ul_init(void);
 int sersync_ul_register_domains(void);
+void sersync_ul_child_init(int rank);
+/* usrloc has loaded its tables: sersync.apply may write into them */
+int sersync_ul_is_loaded(void);
 
 /* the sersync process (sersync_proc.c) */
 int sersync_proc_start(void);

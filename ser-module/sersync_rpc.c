@@ -501,6 +501,11 @@ static void sersync_rpc_apply(rpc_t *rpc, void *ctx)
 
 	if(sersync_rpc_one_param(rpc, ctx, "payload", &payload) < 0)
 		return;
+	if(!sersync_ul_is_loaded()) {
+		/* the engine retries; see sersync_ul_is_loaded() */
+		rpc->fault(ctx, 503, "usrloc is still loading its tables; retry");
+		return;
+	}
 
 	count = 0;
 	_sersync_replaying = 1;

@@ -17,6 +17,7 @@
 #include "../../core/dprint.h"
 #include "../../core/ip_addr.h"
 #include "../../core/mem/mem.h"
+#include "../../core/mem/shm_mem.h"
 #include "../usrloc/ucontact.h"
 
 #include "sersync_mod.h"
@@ -29,6 +30,60 @@
 int _sersync_replaying = 0;
 
 usrloc_api_t _sersync_ul;
+
+/*
+ * Set (shared memory) once usrloc has loaded its tables from the database.
+ * usrloc does that in the child_init of its load rank (the first SIP
+ * worker by default), while processes forked later, RPC processes among
+ * them, already run: a contact sersync.apply inserted before the load is
+ * inserted again by it, twice in memory, and the database refuses the
+ * second ruid. sersync.apply waits for this flag (503, retried).
+ */
+static int *_sersync_ul_loaded = NULL;
+static int _sersync_ul_load_rank = PROC_SIPINIT;
+
+/*
+ * Our child_init must run after usrloc's for the same rank, which SER
+ * does in load order: sersync has to be loaded after usrloc.
+ */
+static int sersync_ul_check_order(void)
+{
+	sr_module_t *m;
+	modparam_t type;
+	int *rank;
+
+	/* SER keeps its module list newest first */
+	for(m = modules; m != NULL; m = m->next) {
+		if(strcmp(m->exports.name, "sersync") == 0)
+			break;
+		if(strcmp(m->exports.name, "usrloc") == 0) {
+			LM_ERR("loadmodule \"sersync.so\" must come after loadmodule"
+				   " \"usrloc.so\" in the config\n");
+			return -1;
+		}
+	}
+	m = find_module_by_name("usrloc");
+	/* (find_param_export writes through its last argument) */
+	rank = (m != NULL) ? (int *)find_param_export(m, "load_rank", PARAM_INT,
+								 &type)
+					   : NULL;
+	if(rank != NULL)
+		_sersync_ul_load_rank = *rank;
+	return 0;
+}
+
+/* child_init: usrloc has done its own child_init for this rank */
+void sersync_ul_child_init(int rank)
+{
+	if(rank == _sersync_ul_load_rank && _sersync_ul_loaded != NULL)
+		__atomic_store_n(_sersync_ul_loaded, 1, __ATOMIC_RELEASE);
+}
+
+int sersync_ul_is_loaded(void)
+{
+	return _sersync_ul_loaded != NULL
+		   && __atomic_load_n(_sersync_ul_loaded, __ATOMIC_ACQUIRE);
+}
 
 /*
  * Marks a contact that usrloc deleted (callback DELETE) but, in write-back
@@ -128,6 +183,14 @@ int sersync_ul_init(void)
 		LM_ERR("cannot bind the usrloc API\n");
 		return -1;
 	}
+	if(sersync_ul_check_order() < 0)
+		return -1;
+	_sersync_ul_loaded = (int *)shm_malloc(sizeof(int));
+	if(_sersync_ul_loaded == NULL) {
+		SHM_MEM_ERROR;
+		return -1;
+	}
+	*_sersync_ul_loaded = 0;
 	types = UL_CONTACT_INSERT | UL_CONTACT_UPDATE | UL_CONTACT_DELETE
 			| UL_CONTACT_EXPIRE;
 	if(_sersync_ul.register_ulcb(types, sersync_ul_cb, 0) < 0) {
