@@ -21,7 +21,7 @@ use crate::record::{Change, Record};
 use crate::wire::codec;
 
 /// Schema version this code writes (PRAGMA user_version).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 pub struct Journal {
     conn: Connection,
@@ -30,9 +30,20 @@ pub struct Journal {
 
 /// Keeps the newer of two versions of a key: last writer wins on
 /// (hlc, origin). Executes to 0 rows when the held version is newer.
-const STATE_LWW: &str = "INSERT INTO state (key, hlc, origin, body) VALUES (?1, ?2, ?3, ?4)
-     ON CONFLICT(key) DO UPDATE SET hlc = excluded.hlc, origin = excluded.origin, body = excluded.body
+const STATE_LWW: &str = "INSERT INTO state (key, hlc, origin, body, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT(key) DO UPDATE SET hlc = excluded.hlc, origin = excluded.origin, body = excluded.body,
+                                    expires_at = excluded.expires_at
      WHERE excluded.hlc > state.hlc OR (excluded.hlc = state.hlc AND excluded.origin > state.origin)";
+
+/// When a key's state row may go (see [`Journal::purge_state`]): a
+/// contact's absolute expiry, live or deleted. None for what never
+/// expires (aliases, permanent contacts): kept, tombstones included.
+fn expires_at(rec: &Record) -> Option<i64> {
+    match rec {
+        Record::Contact { contact, .. } if contact.expires > 0 => Some(contact.expires),
+        _ => None,
+    }
+}
 
 /// One row of a snapshot: a key's latest version and where it came from.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -202,6 +213,33 @@ impl Journal {
                  PRAGMA user_version = 3;",
             )?;
         }
+        if version < 4 {
+            // Expired contacts and their tombstones leave the state once
+            // retention has passed (purge_state); the expiry is a column so
+            // that the purge needs no decoding.
+            tx.execute_batch(
+                "ALTER TABLE state ADD COLUMN expires_at INTEGER;
+                 CREATE INDEX state_expiry ON state (expires_at) WHERE expires_at IS NOT NULL;",
+            )?;
+            let rows: Vec<(Vec<u8>, Vec<u8>)> = {
+                let mut q =
+                    tx.prepare("SELECT key, body FROM state WHERE key >= X'63' AND key < X'64'")?;
+                let r = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                r.collect::<Result<_, _>>()?
+            };
+            let mut up = tx.prepare("UPDATE state SET expires_at = ?2 WHERE key = ?1")?;
+            for (key, body) in rows {
+                if let Some(at) = codec::decode::<Record>(&body)
+                    .ok()
+                    .as_ref()
+                    .and_then(expires_at)
+                {
+                    up.execute(params![key, at])?;
+                }
+            }
+            drop(up);
+            tx.execute_batch("PRAGMA user_version = 4;")?;
+        }
         tx.commit()
     }
 
@@ -264,7 +302,7 @@ impl Journal {
                 seq += 1;
                 ins.execute(params![seq as i64, *hlc as i64, body])
                     .map_err(sq)?;
-                st.execute(params![key, *hlc as i64, node_id, body])
+                st.execute(params![key, *hlc as i64, node_id, body, expires_at(rec)])
                     .map_err(sq)?;
                 appended += 1;
             }
@@ -443,6 +481,20 @@ impl Journal {
         }
         tx.commit().map_err(sq)?;
         Ok(n)
+    }
+
+    /// Drops the state of contacts that expired before `now` (unix s) and
+    /// were last changed before `before_hlc` (retention): present or
+    /// deleted, no version of them can matter any more, and without this
+    /// the state would keep every contact ever seen. Contacts that never
+    /// expire and aliases keep their tombstones. Returns rows removed.
+    pub fn purge_state(&mut self, now: i64, before_hlc: u64) -> Result<usize, JournalError> {
+        self.conn
+            .execute(
+                "DELETE FROM state WHERE expires_at IS NOT NULL AND expires_at < ?1 AND hlc < ?2",
+                params![now, before_hlc as i64],
+            )
+            .map_err(|e| self.err(e))
     }
 
     /// Highest sequence among entries older than `hlc` (for age-based
@@ -652,7 +704,13 @@ impl Journal {
                 codec::encode_into(&row.record, &mut body)
                     .expect("encoding into a Vec cannot fail");
                 if st
-                    .execute(params![row.record.key(), row.hlc as i64, row.origin, body])
+                    .execute(params![
+                        row.record.key(),
+                        row.hlc as i64,
+                        row.origin,
+                        body,
+                        expires_at(&row.record)
+                    ])
                     .map_err(sq)?
                     == 0
                 {
@@ -811,7 +869,13 @@ impl Journal {
                 body.clear();
                 codec::encode_into(&ch.record, &mut body).expect("encoding into a Vec cannot fail");
                 let won = st
-                    .execute(params![ch.record.key(), ch.hlc as i64, origin, body])
+                    .execute(params![
+                        ch.record.key(),
+                        ch.hlc as i64,
+                        origin,
+                        body,
+                        expires_at(&ch.record)
+                    ])
                     .map_err(sq)?;
                 if won == 0 {
                     out.superseded += 1;
@@ -964,7 +1028,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Contact, Op};
+    use crate::record::{Change, Contact, Op};
 
     fn rec(aor: &str, cseq: i32) -> Record {
         Record::Contact {
@@ -977,6 +1041,70 @@ mod tests {
                 ..Default::default()
             },
         }
+    }
+
+    fn expiring(aor: &str, op: Op, expires: i64) -> Record {
+        let Record::Contact { mut contact, .. } = rec(aor, 1) else {
+            unreachable!()
+        };
+        contact.expires = expires;
+        Record::Contact { op, contact }
+    }
+
+    #[test]
+    fn expired_contacts_leave_the_state_after_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let now = 1_800_000_000;
+        j.append_local(
+            "n1",
+            &[
+                (10, expiring("gone", Op::Upsert, now - 5)),
+                (11, expiring("deleted", Op::Delete, now - 5)),
+                (12, expiring("live", Op::Upsert, now + 3600)),
+                (13, expiring("permanent", Op::Delete, 0)),
+                (50, expiring("recent", Op::Delete, now - 5)),
+            ],
+        )
+        .unwrap();
+        let remote = [Change {
+            seq: 1,
+            hlc: 14,
+            record: expiring("remote", Op::Upsert, now - 5),
+        }];
+        assert_eq!(j.stage_remote("n2", &remote).unwrap().fresh, 1);
+        assert_eq!(j.state_len().unwrap(), 6);
+        // Retention reaches up to stamp 20: "recent" changed after it.
+        assert_eq!(j.purge_state(now, 20).unwrap(), 3);
+        let left: Vec<String> = ["gone", "deleted", "live", "permanent", "recent", "remote"]
+            .into_iter()
+            .filter(|a| {
+                j.state_stamp(&expiring(a, Op::Upsert, 0).key())
+                    .unwrap()
+                    .is_some()
+            })
+            .map(String::from)
+            .collect();
+        assert_eq!(left, ["live", "permanent", "recent"]);
+    }
+
+    #[test]
+    fn a_version_3_journal_learns_its_contacts_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        {
+            let mut j = Journal::open(&path).unwrap();
+            j.append_local("n1", &[(10, expiring("gone", Op::Upsert, 100))])
+                .unwrap();
+            j.conn
+                .execute_batch(
+                    "DROP INDEX state_expiry; ALTER TABLE state DROP COLUMN expires_at;
+                     PRAGMA user_version = 3;",
+                )
+                .unwrap();
+        }
+        let mut j = Journal::open(&path).unwrap();
+        assert_eq!(j.purge_state(101, 11).unwrap(), 1);
     }
 
     #[test]

@@ -36,6 +36,11 @@ const MAX_OUTBUF: usize = 8 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// An accepted connection that sends nothing for this long is dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A dialed peer that acknowledges nothing for this long while records,
+/// snapshot chunks or bytes are outstanding is dropped (it is not reading).
+/// A live peer acknowledges within milliseconds, or reports a temporary
+/// failure within its journal's busy timeout (10 s).
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(100);
@@ -74,8 +79,15 @@ struct Conn {
     out: Vec<u8>,
     out_pos: usize,
     remote_id: String,
+    /// Accepted connections: the remote address, for log lines.
+    addr: Option<std::net::SocketAddr>,
+    /// Some byte has been received on this connection.
+    got_bytes: bool,
     deadline: Option<Instant>,
     last_rx: Instant,
+    /// Dialer streaming: since when output has been outstanding (waiting
+    /// for acknowledgements); see ACK_TIMEOUT.
+    ack_wait_from: Instant,
     // Dialer streaming state: next_send is the last sequence sent.
     next_send: u64,
     acked: u64,
@@ -153,6 +165,10 @@ pub struct Net {
 }
 
 static STAGE_ERR: RateLimit = RateLimit::new(1000);
+/// Incoming connections refused or dropped before they authenticated: a
+/// flood of them (a port scan, a misconfigured client) logs once a second.
+static INCOMING_REFUSED: RateLimit = RateLimit::new(1000);
+static INCOMING_DROPPED: RateLimit = RateLimit::new(1000);
 
 impl Net {
     pub fn new(
@@ -333,6 +349,7 @@ impl Net {
                     }
                     let nonce_a = auth::fresh_nonce();
                     let mut c = Conn::new(sock, Side::Accept, Phase::AwaitHello { nonce_a });
+                    c.addr = Some(addr);
                     c.send(&Frame::Challenge {
                         magic: MAGIC,
                         version: VERSION,
@@ -397,18 +414,42 @@ impl Net {
                 self.dial(idx);
             }
         }
-        let expired: Vec<Token> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                c.deadline.is_some_and(|d| now >= d)
-                    || (matches!(c.side, Side::Accept)
-                        && now.duration_since(c.last_rx) > IDLE_TIMEOUT)
-            })
-            .map(|(t, _)| *t)
-            .collect();
-        for t in expired {
-            self.close(t, Verdict::Close("timed out".into()));
+        let mut expired = Vec::new();
+        for (t, c) in self.conns.iter_mut() {
+            let why = if c.deadline.is_some_and(|d| now >= d) {
+                match c.phase {
+                    Phase::AwaitHello { .. } => {
+                        format!("sent no hello within {} s", HANDSHAKE_TIMEOUT.as_secs())
+                    }
+                    _ => "handshake timed out".to_string(),
+                }
+            } else if matches!(c.side, Side::Accept) && now.duration_since(c.last_rx) > IDLE_TIMEOUT
+            {
+                format!("nothing received for {} s", IDLE_TIMEOUT.as_secs())
+            } else if matches!(c.side, Side::Dial { .. }) && matches!(c.phase, Phase::Streaming) {
+                let waiting = c.next_send > c.acked
+                    || c.snap.as_ref().is_some_and(|s| s.inflight > 0)
+                    || c.out_pos < c.out.len();
+                if !waiting {
+                    c.ack_wait_from = now;
+                    continue;
+                }
+                if now.duration_since(c.ack_wait_from.max(c.last_rx)) <= ACK_TIMEOUT {
+                    continue;
+                }
+                format!(
+                    "acknowledged nothing for {} s with {} records and {} bytes outstanding: not reading",
+                    ACK_TIMEOUT.as_secs(),
+                    c.next_send - c.acked,
+                    c.out.len() - c.out_pos
+                )
+            } else {
+                continue;
+            };
+            expired.push((*t, why));
+        }
+        for (t, why) in expired {
+            self.close(t, Verdict::Close(why));
         }
     }
 
@@ -437,9 +478,16 @@ impl Net {
                     return;
                 };
                 match c.sock.read(&mut buf) {
-                    Ok(0) => return self.close(t, Verdict::Close("closed by peer".into())),
+                    Ok(0) => {
+                        let why = match c.reader.buffered() {
+                            0 => "closed by peer".to_string(),
+                            n => format!("closed by peer in the middle of a frame ({n} bytes)"),
+                        };
+                        return self.close(t, Verdict::Close(why));
+                    }
                     Ok(n) => {
                         c.last_rx = Instant::now();
+                        c.got_bytes = true;
                         c.reader.extend(&buf[..n]);
                         if let Verdict::Close(_) | Verdict::Refused(_) = self.drain_frames(t) {
                             return;
@@ -1214,6 +1262,14 @@ impl Net {
             if self.cfg.retention_records > 0 {
                 upto = upto.max(last.saturating_sub(self.cfg.retention_records));
             }
+            let purged = self
+                .journal
+                .purge_state(crate::hlc::wall_ms() as i64 / 1000, cutoff)?;
+            if purged > 0 {
+                log::debug(format_args!(
+                    "journal: {purged} expired keys left the state"
+                ));
+            }
             if upto < self.journal.first_available()? {
                 return Ok(0);
             }
@@ -1302,13 +1358,27 @@ impl Net {
                 }
             }
             Side::Accept => {
+                let from = c.addr.map_or_else(String::new, |a| format!(" from {a}"));
                 if refused {
-                    log::error(format_args!("refused incoming connection: {reason}"));
+                    if let Some(n) = INCOMING_REFUSED.allow() {
+                        log::error(format_args!(
+                            "refused incoming connection{from}: {reason}{}",
+                            suppressed(n)
+                        ));
+                    }
                 } else if !c.remote_id.is_empty() {
                     log::debug(format_args!(
-                        "incoming connection from {} closed: {reason}",
+                        "incoming connection from {}{from} closed: {reason}",
                         c.remote_id
                     ));
+                } else if c.got_bytes || reason != "closed by peer" {
+                    // (One closed without sending a byte is a port probe.)
+                    if let Some(n) = INCOMING_DROPPED.allow() {
+                        log::warn(format_args!(
+                            "dropped incoming connection{from} before it authenticated: {reason}{}",
+                            suppressed(n)
+                        ));
+                    }
                 }
             }
         }
@@ -1362,6 +1432,15 @@ impl Net {
     }
 }
 
+/// " (N similar suppressed)" after a rate-limited line, when N > 0.
+fn suppressed(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} similar suppressed)")
+    }
+}
+
 fn deregister(r: &Registry, s: &mut TcpStream) -> io::Result<()> {
     r.deregister(s)
 }
@@ -1392,8 +1471,11 @@ impl Conn {
             out: Vec::new(),
             out_pos: 0,
             remote_id: String::new(),
+            addr: None,
+            got_bytes: false,
             deadline: Some(now + HANDSHAKE_TIMEOUT),
             last_rx: now,
+            ack_wait_from: now,
             next_send: 0,
             acked: 0,
             interest_writable: false,
