@@ -117,12 +117,19 @@ fn main() {
         "{:>6} {:>9} {:>26} {:>26}",
         "burst", "records", "journaled rec/s (min–max)", "delivered rec/s (min–max)"
     );
+    // ENGINE_BURST=1000 runs one burst size only (profiling).
+    let only: Option<usize> = std::env::var("ENGINE_BURST")
+        .ok()
+        .and_then(|v| v.parse().ok());
     for (burst, total) in [
         (1usize, 2_000usize),
         (10, 20_000),
         (100, 100_000),
         (1000, 200_000),
     ] {
+        if only.is_some_and(|b| b != burst) {
+            continue;
+        }
         let runs: Vec<(f64, f64)> = (0..3).map(|_| run(burst, total)).collect();
         let (jm, jl, jh) = stats(runs.iter().map(|r| r.0).collect());
         let (dm, dl, dh) = stats(runs.iter().map(|r| r.1).collect());

@@ -62,6 +62,10 @@ pub enum ApplyError {
     DoorAbsent { path: String, detail: String },
     #[error("SER answered sersync.apply with an error: {0}")]
     Rejected(String),
+    /// SER is starting (usrloc still loading its tables): retried, and
+    /// not worth an error line.
+    #[error("SER is not ready for sersync.apply yet: {0}")]
+    NotReady(String),
     #[error("database {url}: {detail}")]
     Database { url: String, detail: String },
     #[error("malformed apply payload: {0}")]

@@ -134,6 +134,10 @@ impl Door {
                 .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("unknown error");
+            // 503: the module's "not yet" (usrloc still loading).
+            if err.get("code").and_then(Value::as_i64) == Some(503) {
+                return Err(ApplyError::NotReady(msg.to_string()));
+            }
             return Err(ApplyError::Rejected(msg.to_string()));
         }
         Ok(v.get("result").and_then(Value::as_u64).unwrap_or(0))

@@ -32,6 +32,8 @@ const BATCH: usize = 2000;
 /// starting; records written to the database reach usrloc only when SER
 /// next loads it).
 const DOOR_GRACE: Duration = Duration::from_secs(3);
+/// How often a starting SER is asked again.
+const NOT_READY_WAIT: Duration = Duration::from_millis(50);
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -107,6 +109,7 @@ static APPLY_ERR: RateLimit = RateLimit::new(2000);
 impl Applier {
     pub fn run(mut self, stop: &AtomicBool) {
         let mut door_failing_since: Option<Instant> = None;
+        let mut waiting_for_ser = false;
         let mut retry = RETRY_MIN;
         while !stop.load(Ordering::Acquire) {
             let (staged, last_read) = match self.journal.inbox_current(BATCH) {
@@ -159,11 +162,21 @@ impl Applier {
                         _ => Err(e.to_string()),
                     }
                 }
+                Err(e @ ApplyError::NotReady(_)) => {
+                    door_failing_since = None;
+                    if !waiting_for_ser {
+                        log::info(format_args!("{e}; waiting"));
+                        waiting_for_ser = true;
+                    }
+                    std::thread::sleep(NOT_READY_WAIT);
+                    continue;
+                }
                 Err(e) => {
                     door_failing_since = None;
                     Err(e.to_string())
                 }
             };
+            waiting_for_ser = false;
             match outcome {
                 Ok(via_db) => {
                     // Before inbox_done: a scan that finds a key neither
