@@ -645,7 +645,7 @@ impl Http {
     /// usrloc's live contact count.
     fn contacts(&mut self) -> Result<u64, String> {
         let v = self
-            .call("stats.get_statistics", json!(["usrloc:location_contacts"]))?
+            .call("stats.get_statistics", json!(["location_contacts"]))?
             .map_err(|e| e.to_string())?;
         let text = match &v {
             Value::Array(a) => a
@@ -1010,6 +1010,7 @@ fn catchup_run(c: &mut Cluster, s: &Settings, repl: Repl, round: usize) -> Catch
         note += &format!("TIMEOUT: node 2 at {last} of {n}; ");
     }
     if sersync {
+        sleep(Duration::from_millis(500)); // sersync.status is republished every 200 ms
         if let Ok(st) = c.node(2).sersync_status() {
             let p = st.peers.first();
             note += &format!(
@@ -1203,9 +1204,6 @@ fn print_load(s: &Settings, runs: &[LoadRun]) {
 fn main() {
     let s = Settings::from_env();
     let started = Instant::now();
-    if s.pin {
-        set_affinity(0, 1);
-    }
     println!("register: {s:?}");
     println!(
         "machine: nproc {}, memory {}, {}, {}",
@@ -1231,6 +1229,9 @@ fn main() {
         shm_mb: Some(s.shm_mb),
         ..ClusterOptions::default()
     };
+    if s.pin {
+        set_affinity(0, 1);
+    }
     let mut c = Cluster::start_with_options(NAME, FIRST_IP, 3, &opts);
     println!(
         "cluster up (machine lock held) after {:.1} s",
