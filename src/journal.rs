@@ -797,6 +797,54 @@ impl Journal {
             .map_err(|e| self.err(e))
     }
 
+    /// Whether this journal ever recorded a position of `peer` (from a
+    /// welcome or an acknowledgement).
+    pub fn has_acked(&self, peer: &str) -> Result<bool, JournalError> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM peer_acked WHERE node_id = ?1",
+                [peer],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|v| v.is_some())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Moves every local sequence of this journal (log entries and the
+    /// floor) up by at least `after`, so that all of them come after it.
+    /// For a peer holding changes up to `after` from an earlier journal of
+    /// this node (one moved aside or deleted): it skips every sequence up
+    /// to its position, so it would never take ours numbered below. Peers
+    /// that already hold some of ours get them again under the new numbers,
+    /// which staging recognises as versions it has. Returns the new last
+    /// sequence.
+    pub fn renumber_after(&mut self, after: u64) -> Result<u64, JournalError> {
+        let path = self.path.display().to_string();
+        let sq = |source| JournalError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sq)?;
+        let last = Self::last_seq_in(&tx).map_err(sq)?;
+        // Beyond the last sequence too: no new number meets an old one.
+        let shift = after.max(last) as i64;
+        tx.execute("UPDATE log SET seq = seq + ?1", [shift])
+            .map_err(sq)?;
+        tx.execute(
+            "INSERT INTO meta (k, v) VALUES ('seq_floor', ?1)
+             ON CONFLICT(k) DO UPDATE SET v = v + ?1",
+            [shift],
+        )
+        .map_err(sq)?;
+        let new_last = Self::last_seq_in(&tx).map_err(sq)?;
+        tx.commit().map_err(sq)?;
+        Ok(new_last)
+    }
+
     /// Records that `peer` holds every local change up to `upto`.
     pub fn set_acked(&mut self, peer: &str, upto: u64) -> Result<(), JournalError> {
         self.conn
@@ -1129,6 +1177,24 @@ mod tests {
         assert_eq!(pending[0].seq, 2);
         assert_eq!(pending[0].record, rec("b", 1));
         assert_eq!(j.append_local("n1", &[(12, rec("c", 1))]).unwrap(), (3, 1));
+    }
+
+    #[test]
+    fn renumbering_puts_every_entry_after_a_peers_old_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let three = [(10, rec("a", 1)), (11, rec("b", 1)), (12, rec("c", 1))];
+        assert_eq!(j.append_local("n1", &three).unwrap(), (3, 3));
+        j.trim(1).unwrap();
+        assert!(!j.has_acked("n2").unwrap());
+        // n2 holds 2 from an earlier journal: entries 2 and 3 become 5, 6.
+        assert_eq!(j.renumber_after(2).unwrap(), 6);
+        assert_eq!(j.last_seq().unwrap(), 6);
+        let after: Vec<u64> = j.read_log(2, 10).unwrap().iter().map(|c| c.seq).collect();
+        assert_eq!(after, vec![5, 6]);
+        assert_eq!(j.append_local("n1", &[(13, rec("d", 1))]).unwrap(), (7, 1));
+        j.set_acked("n2", 2).unwrap();
+        assert!(j.has_acked("n2").unwrap());
     }
 
     #[test]

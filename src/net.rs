@@ -162,6 +162,9 @@ pub struct Net {
     /// The member list changed: tell every connected peer.
     members_dirty: bool,
     cmds: crossbeam_channel::Receiver<NetCmd>,
+    /// The last sequence after renumbering the journal: the ingest thread
+    /// may store an older value in the status counter just after it.
+    renumbered_last: u64,
 }
 
 static STAGE_ERR: RateLimit = RateLimit::new(1000);
@@ -253,6 +256,7 @@ impl Net {
             forgotten,
             members_dirty: false,
             cmds,
+            renumbered_last: 0,
         };
         Ok((net, waker))
     }
@@ -614,7 +618,32 @@ impl Net {
                 c.next_send = resume_after;
                 c.acked = resume_after;
                 let remote = c.remote_id.clone();
-                let last = self.status.counters.last_seq.load(Ordering::Relaxed);
+                let mut last = self.status.counters.last_seq.load(Ordering::Relaxed);
+                match self.journal.has_acked(&remote) {
+                    // A position this journal never gave out: the peer holds
+                    // changes from an earlier journal of this node (moved
+                    // aside as corrupt, or deleted). It would skip ours
+                    // numbered up to it: number them after it.
+                    Ok(false) if resume_after > 0 => {
+                        match self.journal.renumber_after(resume_after) {
+                            Ok(new_last) => {
+                                log::warn(format_args!(
+                                    "peer {remote} holds changes up to {resume_after} from an earlier journal of this node: \
+                                     this journal's entries now come after it (sequences up to {new_last})"
+                                ));
+                                self.status
+                                    .counters
+                                    .last_seq
+                                    .fetch_max(new_last, Ordering::Relaxed);
+                                self.renumbered_last = self.renumbered_last.max(new_last);
+                                last = new_last;
+                            }
+                            Err(e) => return Verdict::Close(format!("journal: {e}")),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Verdict::Close(format!("journal: {e}")),
+                }
                 if resume_after > last {
                     log::error(format_args!(
                         "peer {remote} holds our changes up to {resume_after} but our journal ends at {last}: was this node's journal replaced?"
@@ -954,7 +983,12 @@ impl Net {
 
     /// Fills every streaming dialer's window from the journal.
     fn pump_all(&mut self) {
-        let last = self.status.counters.last_seq.load(Ordering::Relaxed);
+        let last = self
+            .status
+            .counters
+            .last_seq
+            .load(Ordering::Relaxed)
+            .max(self.renumbered_last);
         let now = Instant::now();
         for idx in 0..self.peers.len() {
             let Some(t) = self.peers[idx].conn else {
