@@ -5,49 +5,22 @@
 //! and delivered, median and min–max over 3 runs.
 //! Run: cargo bench --bench engine
 
+mod engines;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sersync::apply::Sink;
-use sersync::config::RawConfig;
+use engines::{config, free_port, Counter};
 use sersync::engine::Engine;
-use sersync::error::ApplyError;
 use sersync::queue::Shared;
-use sersync::record::{Contact, Op, Record, RecordRef};
-
-struct Counter(Arc<AtomicU64>);
-
-impl Sink for Counter {
-    fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
-        self.0.fetch_add(records.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use sersync::record::{Contact, Op, RecordRef};
 
 fn run(burst: usize, total: usize) -> (f64, f64) {
     let (p1, p2) = (free_port(), free_port());
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let cfg = |id: &str, me: u16, peer: u16, dir: &std::path::Path| {
-        RawConfig {
-            node_id: id.into(),
-            listen: format!("tcp:127.0.0.1:{me}"),
-            peers: vec![format!("tcp:127.0.0.1:{peer}")],
-            secret: b"bench-secret-123".to_vec(),
-            journal: dir.join("j.db").display().to_string(),
-            ..Default::default()
-        }
-        .check()
-        .unwrap()
-    };
+    let cfg =
+        |id: &str, me: u16, peer: u16, dir: &std::path::Path| config(id, me, &[peer], dir, |_| {});
     let q1 = Arc::new(Shared::create(1 << 15).unwrap());
     let delivered = Arc::new(AtomicU64::new(0));
     let e1 = Engine::start(

@@ -4,25 +4,16 @@
 //! holds them all, and the sender process's CPU time per record.
 //! Run: cargo bench --bench fanout
 
+mod engines;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sersync::apply::Sink;
-use sersync::config::RawConfig;
+use engines::{config, free_port, Counter};
 use sersync::engine::Engine;
-use sersync::error::ApplyError;
 use sersync::queue::Shared;
-use sersync::record::{Contact, Op, Record, RecordRef};
-
-struct Counter(Arc<AtomicU64>);
-
-impl Sink for Counter {
-    fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
-        self.0.fetch_add(records.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-}
+use sersync::record::{Contact, Op, RecordRef};
 
 fn cpu_secs() -> f64 {
     // SAFETY: getrusage fills our struct.
@@ -33,34 +24,13 @@ fn cpu_secs() -> f64 {
 }
 
 fn run(n: usize, total: usize) -> (f64, f64) {
-    let ports: Vec<u16> = (0..n)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
     let q1 = Arc::new(Shared::create(1 << 15).unwrap());
     let counters: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::default()).collect();
     let engines: Vec<Engine> = (0..n)
         .map(|i| {
-            let cfg = RawConfig {
-                node_id: format!("n{i}"),
-                listen: format!("tcp:127.0.0.1:{}", ports[i]),
-                peers: ports
-                    .iter()
-                    .filter(|p| **p != ports[i])
-                    .map(|p| format!("tcp:127.0.0.1:{p}"))
-                    .collect(),
-                secret: b"fanout-secret-1".to_vec(),
-                journal: dirs[i].path().join("j.db").display().to_string(),
-                ..Default::default()
-            }
-            .check()
-            .unwrap();
+            let cfg = config(&format!("n{i}"), ports[i], &ports, dirs[i].path(), |_| {});
             let q = if i == 0 {
                 q1.clone()
             } else {

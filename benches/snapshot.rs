@@ -13,6 +13,8 @@
 //! Run: cargo bench --bench snapshot
 //! Knobs: SNAPSHOT_N (1000000), SNAPSHOT_RUNS (3).
 
+mod engines;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -20,25 +22,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sersync::apply::Sink;
-use sersync::config::RawConfig;
+use engines::{free_port, Counter};
 use sersync::engine::Engine;
-use sersync::error::ApplyError;
 use sersync::hlc::Hlc;
 use sersync::journal::Journal;
 use sersync::queue::Shared;
 use sersync::record::{Contact, Op, Record};
 
 const RETENTION: u64 = 10_000;
-
-struct Counter(Arc<AtomicU64>);
-
-impl Sink for Counter {
-    fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
-        self.0.fetch_add(records.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-}
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -47,26 +38,10 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn config(id: &str, me: u16, peer: u16, dir: &Path) -> sersync::config::Config {
-    RawConfig {
-        node_id: id.into(),
-        listen: format!("tcp:127.0.0.1:{me}"),
-        peers: vec![format!("tcp:127.0.0.1:{peer}")],
-        secret: b"bench-snapshot-secret".to_vec(),
-        journal: dir.join("journal.db").display().to_string(),
-        retention_records: RETENTION,
-        ..Default::default()
-    }
-    .check()
-    .unwrap()
+    engines::config(id, me, &[peer], dir, |raw| {
+        raw.retention_records = RETENTION
+    })
 }
 
 /// A registration as sipp's would look in usrloc: every field set.

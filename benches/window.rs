@@ -12,45 +12,18 @@
 //!
 //! Run: cargo bench --bench window   (WINDOW_SECS, default 5 per load)
 
-use std::sync::atomic::{AtomicU64, Ordering};
+mod engines;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sersync::apply::Sink;
-use sersync::config::RawConfig;
+use engines::{free_port, Counter};
 use sersync::engine::Engine;
-use sersync::error::ApplyError;
 use sersync::queue::Shared;
-use sersync::record::{Contact, Op, Record, RecordRef};
-
-struct Counter(Arc<AtomicU64>);
-
-impl Sink for Counter {
-    fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
-        self.0.fetch_add(records.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use sersync::record::{Contact, Op, RecordRef};
 
 fn config(id: &str, me: u16, peer: u16, dir: &std::path::Path) -> sersync::config::Config {
-    RawConfig {
-        node_id: id.into(),
-        listen: format!("tcp:127.0.0.1:{me}"),
-        peers: vec![format!("tcp:127.0.0.1:{peer}")],
-        secret: b"bench-window-secret".to_vec(),
-        journal: dir.join("j.db").display().to_string(),
-        ..Default::default()
-    }
-    .check()
-    .unwrap()
+    engines::config(id, me, &[peer], dir, |_| {})
 }
 
 /// One worker: `rate` changes/s for `secs`; the window of each, in µs.

@@ -1,0 +1,55 @@
+//! What the engine-level benches share: engines on loopback with real
+//! SQLite journals, and a sink that counts what SER would have been given.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sersync::apply::Sink;
+use sersync::config::{Config, RawConfig};
+use sersync::error::ApplyError;
+use sersync::record::Record;
+
+/// Stands in for SER: counts the records applied.
+pub struct Counter(pub Arc<AtomicU64>);
+
+impl Sink for Counter {
+    fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
+        self.0.fetch_add(records.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Node `id` listening on 127.0.0.1:`me`, with the others as peers and
+/// its journal in `dir`; `tune` sets anything else (retention).
+pub fn config(
+    id: &str,
+    me: u16,
+    peers: &[u16],
+    dir: &Path,
+    tune: impl FnOnce(&mut RawConfig),
+) -> Config {
+    let mut raw = RawConfig {
+        node_id: id.into(),
+        listen: format!("tcp:127.0.0.1:{me}"),
+        peers: peers
+            .iter()
+            .filter(|p| **p != me)
+            .map(|p| format!("tcp:127.0.0.1:{p}"))
+            .collect(),
+        secret: b"engine-bench-secret".to_vec(),
+        journal: dir.join("journal.db").display().to_string(),
+        ..Default::default()
+    };
+    tune(&mut raw);
+    raw.check().unwrap()
+}
