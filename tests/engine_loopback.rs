@@ -122,6 +122,29 @@ impl Node {
             .unwrap();
     }
 
+    /// A local alias change, as the alias RPCs publish it.
+    fn publish_alias(&self, op: Op, a: &sersync::record::Alias) {
+        self.shared
+            .publish(&RecordRef::Alias {
+                op,
+                alias: a.as_ref(),
+            })
+            .unwrap();
+    }
+
+    /// A scan of the alias table starts (false) or ends (true).
+    fn scan_mark(&self, end: bool) {
+        let table: &[u8] = b"dbaliases";
+        self.shared
+            .publish(&RecordRef::AliasScan { table, end })
+            .unwrap();
+    }
+
+    fn holds_alias(&self, a: &str, target: &str) -> bool {
+        let key = (a.as_bytes().to_vec(), target.as_bytes().to_vec());
+        self.table.lock().unwrap().contains_key(&key)
+    }
+
     fn unregister(&self, user: u32) {
         let c = contact(&self.id, user, 0);
         self.table
@@ -377,12 +400,7 @@ fn alias_scans_journal_changes_only_and_find_deletions() {
         &[("sales", "alice"), ("support", "carol")],
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while nodes[1]
-        .table
-        .lock()
-        .unwrap()
-        .contains_key(&key("support", "bob"))
-    {
+    while nodes[1].holds_alias("support", "bob") {
         assert!(
             Instant::now() < deadline,
             "deletion found by the scan did not arrive"
@@ -663,65 +681,28 @@ fn a_scan_does_not_undo_a_peer_change_made_while_it_ran() {
     let nodes = cluster(2);
     let key = |a: &str, t: &str| (a.as_bytes().to_vec(), t.as_bytes().to_vec());
     let x = alias("sales", "alice");
-    nodes[1]
-        .shared
-        .publish(&RecordRef::Alias {
-            op: Op::Upsert,
-            alias: x.as_ref(),
-        })
-        .unwrap();
+    nodes[1].publish_alias(Op::Upsert, &x);
     wait_for("the alias to reach n1", Duration::from_secs(10), || {
-        nodes[0]
-            .table
-            .lock()
-            .unwrap()
-            .contains_key(&key("sales", "alice"))
+        nodes[0].holds_alias("sales", "alice")
     });
     // n1 scans its table and reads the row; meanwhile n2 deletes it.
-    let table: &[u8] = b"dbaliases";
-    nodes[0]
-        .shared
-        .publish(&RecordRef::AliasScan { table, end: false })
-        .unwrap();
-    nodes[0]
-        .shared
-        .publish(&RecordRef::Alias {
-            op: Op::Upsert,
-            alias: x.as_ref(),
-        })
-        .unwrap();
+    nodes[0].scan_mark(false);
+    nodes[0].publish_alias(Op::Upsert, &x);
     std::thread::sleep(Duration::from_millis(100));
     nodes[1]
         .table
         .lock()
         .unwrap()
         .remove(&key("sales", "alice"));
-    nodes[1]
-        .shared
-        .publish(&RecordRef::Alias {
-            op: Op::Delete,
-            alias: x.as_ref(),
-        })
-        .unwrap();
+    nodes[1].publish_alias(Op::Delete, &x);
     wait_for("the deletion to reach n1", Duration::from_secs(10), || {
-        !nodes[0]
-            .table
-            .lock()
-            .unwrap()
-            .contains_key(&key("sales", "alice"))
+        !nodes[0].holds_alias("sales", "alice")
     });
-    nodes[0]
-        .shared
-        .publish(&RecordRef::AliasScan { table, end: true })
-        .unwrap();
+    nodes[0].scan_mark(true);
     std::thread::sleep(Duration::from_millis(500));
     wait_converged(&nodes, Duration::from_secs(10));
     assert!(
-        !nodes[1]
-            .table
-            .lock()
-            .unwrap()
-            .contains_key(&key("sales", "alice")),
+        !nodes[1].holds_alias("sales", "alice"),
         "the scan brought the alias back"
     );
 }
@@ -743,13 +724,7 @@ fn a_scan_does_not_undo_an_older_peer_change_applied_while_it_ran() {
             ..Default::default()
         },
     );
-    nodes[1]
-        .shared
-        .publish(&RecordRef::Alias {
-            op: Op::Upsert,
-            alias: x.as_ref(),
-        })
-        .unwrap();
+    nodes[1].publish_alias(Op::Upsert, &x);
     let n1 = nodes[0].engine.as_ref().unwrap();
     wait_for(
         "the alias to be staged on n1",
@@ -757,37 +732,23 @@ fn a_scan_does_not_undo_an_older_peer_change_applied_while_it_ran() {
         || n1.status().apply_pending > 0,
     );
     // n1's scan: the table as read lacks the alias (not applied yet).
-    let table: &[u8] = b"dbaliases";
-    nodes[0]
-        .shared
-        .publish(&RecordRef::AliasScan { table, end: false })
-        .unwrap();
+    nodes[0].scan_mark(false);
     assert!(nodes[0].shared.wait_durable(Duration::from_secs(10)));
     // Now SER takes the staged alias; then the scan ends.
     drop(gate);
     wait_for(
         "the alias to be applied on n1",
         Duration::from_secs(10),
-        || {
-            n1.status().apply_pending == 0
-                && nodes[0]
-                    .table
-                    .lock()
-                    .unwrap()
-                    .contains_key(&key("sales", "alice"))
-        },
+        || n1.status().apply_pending == 0 && nodes[0].holds_alias("sales", "alice"),
     );
-    nodes[0]
-        .shared
-        .publish(&RecordRef::AliasScan { table, end: true })
-        .unwrap();
+    nodes[0].scan_mark(true);
     assert!(nodes[0].shared.wait_durable(Duration::from_secs(10)));
     std::thread::sleep(Duration::from_millis(500));
     wait_converged(&nodes, Duration::from_secs(10));
     assert_eq!(n1.status().journaled, 0, "the scan journaled a deletion");
     for n in &nodes {
         assert!(
-            n.table.lock().unwrap().contains_key(&key("sales", "alice")),
+            n.holds_alias("sales", "alice"),
             "{}: the scan deleted an alias applied while it ran",
             n.id
         );
