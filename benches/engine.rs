@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engines::{config, free_port, Counter};
+use engines::{config, cpu_secs, free_port, Counter};
 use sersync::engine::Engine;
 use sersync::queue::Shared;
 use sersync::record::{Contact, Op, RecordRef};
 
-fn run(burst: usize, total: usize) -> (f64, f64) {
+fn run(burst: usize, total: usize) -> (f64, f64, f64) {
     let (p1, p2) = (free_port(), free_port());
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let cfg =
@@ -45,6 +45,7 @@ fn run(burst: usize, total: usize) -> (f64, f64) {
         ..Default::default()
     };
     let t0 = Instant::now();
+    let cpu0 = cpu_secs();
     let mut i = 0;
     while i < total {
         for _ in 0..burst.min(total - i) {
@@ -69,11 +70,13 @@ fn run(burst: usize, total: usize) -> (f64, f64) {
         std::thread::sleep(Duration::from_millis(1));
     }
     let done = t0.elapsed();
+    let cpu = cpu_secs() - cpu0;
     e1.stop();
     e2.stop();
     (
         total as f64 / journaled.as_secs_f64(),
         total as f64 / done.as_secs_f64(),
+        cpu * 1e6 / total as f64,
     )
 }
 
@@ -87,8 +90,12 @@ fn main() {
         "engine: publish → durable journal → delivered to a second engine (loopback), 3 runs each"
     );
     println!(
-        "{:>6} {:>9} {:>26} {:>26}",
-        "burst", "records", "journaled rec/s (min–max)", "delivered rec/s (min–max)"
+        "{:>6} {:>9} {:>26} {:>26} {:>22}",
+        "burst",
+        "records",
+        "journaled rec/s (min–max)",
+        "delivered rec/s (min–max)",
+        "CPU µs/record, both"
     );
     // ENGINE_BURST=1000 runs one burst size only (profiling).
     let only: Option<usize> = std::env::var("ENGINE_BURST")
@@ -103,12 +110,13 @@ fn main() {
         if only.is_some_and(|b| b != burst) {
             continue;
         }
-        let runs: Vec<(f64, f64)> = (0..3).map(|_| run(burst, total)).collect();
+        let runs: Vec<(f64, f64, f64)> = (0..3).map(|_| run(burst, total)).collect();
         let (jm, jl, jh) = stats(runs.iter().map(|r| r.0).collect());
         let (dm, dl, dh) = stats(runs.iter().map(|r| r.1).collect());
+        let (cm, cl, ch) = stats(runs.iter().map(|r| r.2).collect());
         println!(
-            "{burst:>6} {total:>9} {:>9.0} ({:>6.0}–{:>6.0}) {:>9.0} ({:>6.0}–{:>6.0})",
-            jm, jl, jh, dm, dl, dh
+            "{burst:>6} {total:>9} {:>9.0} ({:>6.0}–{:>6.0}) {:>9.0} ({:>6.0}–{:>6.0}) {:>6.1} ({:>4.1}–{:>4.1})",
+            jm, jl, jh, dm, dl, dh, cm, cl, ch
         );
     }
 }

@@ -10,18 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engines::{config, free_port, Counter};
+use engines::{config, cpu_secs, free_port, Counter};
 use sersync::engine::Engine;
 use sersync::queue::Shared;
 use sersync::record::{Contact, Op, RecordRef};
-
-fn cpu_secs() -> f64 {
-    // SAFETY: getrusage fills our struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(ru.ru_utime) + t(ru.ru_stime)
-}
 
 fn run(n: usize, total: usize) -> (f64, f64) {
     let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();

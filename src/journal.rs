@@ -21,7 +21,7 @@ use crate::record::{Change, Record};
 use crate::wire::codec;
 
 /// Schema version this code writes (PRAGMA user_version).
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 pub struct Journal {
     conn: Connection,
@@ -34,6 +34,15 @@ const STATE_LWW: &str = "INSERT INTO state (key, hlc, origin, body, expires_at) 
      ON CONFLICT(key) DO UPDATE SET hlc = excluded.hlc, origin = excluded.origin, body = excluded.body,
                                     expires_at = excluded.expires_at
      WHERE excluded.hlc > state.hlc OR (excluded.hlc = state.hlc AND excluded.origin > state.origin)";
+
+/// [`STATE_LWW`] for this node's own changes: also executes to 0 rows when
+/// the state already holds the same body (a scan or a start-up comparison
+/// reporting what is known: nothing to journal).
+const STATE_LOCAL: &str = "INSERT INTO state (key, hlc, origin, body, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT(key) DO UPDATE SET hlc = excluded.hlc, origin = excluded.origin, body = excluded.body,
+                                    expires_at = excluded.expires_at
+     WHERE (excluded.hlc > state.hlc OR (excluded.hlc = state.hlc AND excluded.origin > state.origin))
+       AND excluded.body IS NOT state.body";
 
 /// When a key's state row may go (see [`Journal::purge_state`]): a
 /// contact's absolute expiry, live or deleted. None for what never
@@ -240,6 +249,24 @@ impl Journal {
             drop(up);
             tx.execute_batch("PRAGMA user_version = 4;")?;
         }
+        if version < 5 {
+            // The state is looked up and written by key for every change:
+            // clustered on its key it is one b-tree instead of a table and
+            // its key index.
+            tx.execute_batch(
+                "CREATE TABLE state_by_key (
+                     key BLOB PRIMARY KEY,
+                     hlc INTEGER NOT NULL,
+                     origin TEXT NOT NULL,
+                     body BLOB NOT NULL,
+                     expires_at INTEGER) WITHOUT ROWID;
+                 INSERT INTO state_by_key SELECT key, hlc, origin, body, expires_at FROM state;
+                 DROP TABLE state;
+                 ALTER TABLE state_by_key RENAME TO state;
+                 CREATE INDEX state_expiry ON state (expires_at) WHERE expires_at IS NOT NULL;
+                 PRAGMA user_version = 5;",
+            )?;
+        }
         tx.commit()
     }
 
@@ -279,30 +306,30 @@ impl Journal {
         let mut appended = 0;
         let mut seq = Self::last_seq_in(&tx).map_err(sq)?;
         {
-            let mut same = tx
-                .prepare_cached("SELECT body = ?2 FROM state WHERE key = ?1")
-                .map_err(sq)?;
             let mut ins = tx
                 .prepare_cached("INSERT INTO log (seq, hlc, body) VALUES (?1, ?2, ?3)")
                 .map_err(sq)?;
-            let mut st = tx.prepare_cached(STATE_LWW).map_err(sq)?;
+            let mut st = tx.prepare_cached(STATE_LOCAL).map_err(sq)?;
             let mut body = Vec::with_capacity(512);
             for (hlc, rec) in records {
                 body.clear();
                 codec::encode_into(rec, &mut body).expect("encoding into a Vec cannot fail");
-                let key = rec.key();
-                let unchanged: bool = same
-                    .query_row(params![key, body], |r| r.get(0))
-                    .optional()
-                    .map_err(sq)?
-                    .unwrap_or(false);
-                if unchanged {
+                // Journaled only if it changes the state: not a version
+                // the state already holds, nor one older than it holds.
+                let changed = st
+                    .execute(params![
+                        rec.key(),
+                        *hlc as i64,
+                        node_id,
+                        body,
+                        expires_at(rec)
+                    ])
+                    .map_err(sq)?;
+                if changed == 0 {
                     continue;
                 }
                 seq += 1;
                 ins.execute(params![seq as i64, *hlc as i64, body])
-                    .map_err(sq)?;
-                st.execute(params![key, *hlc as i64, node_id, body, expires_at(rec)])
                     .map_err(sq)?;
                 appended += 1;
             }

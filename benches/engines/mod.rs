@@ -1,6 +1,8 @@
 //! What the engine-level benches share: engines on loopback with real
 //! SQLite journals, and a sink that counts what SER would have been given.
 
+#![allow(dead_code)] // each bench uses part of it
+
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,4 +54,14 @@ pub fn config(
     };
     tune(&mut raw);
     raw.check().unwrap()
+}
+
+/// CPU seconds this process has used (user + system): per-record costs
+/// measured this way hold up on a machine shared with other work.
+pub fn cpu_secs() -> f64 {
+    // SAFETY: getrusage fills our struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
 }
