@@ -21,7 +21,7 @@ use crate::record::{Change, Record};
 use crate::wire::codec;
 
 /// Schema version this code writes (PRAGMA user_version).
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 pub struct Journal {
     conn: Connection,
@@ -53,6 +53,10 @@ fn expires_at(rec: &Record) -> Option<i64> {
         _ => None,
     }
 }
+
+/// Stages a remote change; its key lets the applier check it against the
+/// state in the same query that reads it.
+const INBOX_INSERT: &str = "INSERT INTO inbox (origin, hlc, body, key) VALUES (?1, ?2, ?3, ?4)";
 
 /// One row of a snapshot: a key's latest version and where it came from.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -267,6 +271,23 @@ impl Journal {
                  PRAGMA user_version = 5;",
             )?;
         }
+        if version < 6 {
+            // Staged changes carry their key (see INBOX_INSERT).
+            tx.execute_batch("ALTER TABLE inbox ADD COLUMN key BLOB;")?;
+            let rows: Vec<(i64, Vec<u8>)> = {
+                let mut q = tx.prepare("SELECT id, body FROM inbox")?;
+                let r = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                r.collect::<Result<_, _>>()?
+            };
+            let mut up = tx.prepare("UPDATE inbox SET key = ?2 WHERE id = ?1")?;
+            for (id, body) in rows {
+                if let Ok(rec) = codec::decode::<Record>(&body) {
+                    up.execute(params![id, rec.key()])?;
+                }
+            }
+            drop(up);
+            tx.execute_batch("PRAGMA user_version = 6;")?;
+        }
         tx.commit()
     }
 
@@ -421,14 +442,12 @@ impl Journal {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sq)?;
         {
-            let mut ins = tx
-                .prepare_cached("INSERT INTO inbox (origin, hlc, body) VALUES (?1, ?2, ?3)")
-                .map_err(sq)?;
+            let mut ins = tx.prepare_cached(INBOX_INSERT).map_err(sq)?;
             let mut body = Vec::with_capacity(512);
             for (hlc, origin, rec) in records {
                 body.clear();
                 codec::encode_into(rec, &mut body).expect("encoding into a Vec cannot fail");
-                ins.execute(params![origin, *hlc as i64, body])
+                ins.execute(params![origin, *hlc as i64, body, rec.key()])
                     .map_err(sq)?;
             }
         }
@@ -721,18 +740,17 @@ impl Journal {
         };
         {
             let mut st = tx.prepare_cached(STATE_LWW).map_err(sq)?;
-            let mut ins = tx
-                .prepare_cached("INSERT INTO inbox (origin, hlc, body) VALUES (?1, ?2, ?3)")
-                .map_err(sq)?;
+            let mut ins = tx.prepare_cached(INBOX_INSERT).map_err(sq)?;
             let mut body = Vec::with_capacity(512);
             for row in rows {
                 out.fresh += 1;
                 body.clear();
                 codec::encode_into(&row.record, &mut body)
                     .expect("encoding into a Vec cannot fail");
+                let key = row.record.key();
                 if st
                     .execute(params![
-                        row.record.key(),
+                        key,
                         row.hlc as i64,
                         row.origin,
                         body,
@@ -744,7 +762,7 @@ impl Journal {
                     out.superseded += 1;
                     continue;
                 }
-                ins.execute(params![row.origin, row.hlc as i64, body])
+                ins.execute(params![row.origin, row.hlc as i64, body, key])
                     .map_err(sq)?;
             }
         }
@@ -931,9 +949,7 @@ impl Journal {
         };
         {
             let mut st = tx.prepare_cached(STATE_LWW).map_err(sq)?;
-            let mut ins = tx
-                .prepare_cached("INSERT INTO inbox (origin, hlc, body) VALUES (?1, ?2, ?3)")
-                .map_err(sq)?;
+            let mut ins = tx.prepare_cached(INBOX_INSERT).map_err(sq)?;
             let mut body = Vec::with_capacity(512);
             for ch in changes {
                 if ch.seq <= out.upto {
@@ -943,9 +959,10 @@ impl Journal {
                 out.fresh += 1;
                 body.clear();
                 codec::encode_into(&ch.record, &mut body).expect("encoding into a Vec cannot fail");
+                let key = ch.record.key();
                 let won = st
                     .execute(params![
-                        ch.record.key(),
+                        key,
                         ch.hlc as i64,
                         origin,
                         body,
@@ -956,7 +973,7 @@ impl Journal {
                     out.superseded += 1;
                     continue;
                 }
-                ins.execute(params![origin, ch.hlc as i64, body])
+                ins.execute(params![origin, ch.hlc as i64, body, key])
                     .map_err(sq)?;
             }
         }
@@ -993,39 +1010,41 @@ impl Journal {
         let mut out = Vec::new();
         let mut last_id = None;
         {
+            // A change is still current unless the state holds another
+            // version of its key (a newer one, local or remote).
             let mut peek = tx
-                .prepare_cached("SELECT id, origin, hlc, body FROM inbox ORDER BY id LIMIT ?1")
-                .map_err(sq)?;
-            let mut current = tx
-                .prepare_cached("SELECT hlc = ?2 AND origin = ?3 FROM state WHERE key = ?1")
+                .prepare_cached(
+                    "SELECT i.id, i.origin, i.hlc, i.body,
+                            s.key IS NULL OR (s.hlc = i.hlc AND s.origin = i.origin)
+                     FROM inbox i LEFT JOIN state s ON s.key = i.key
+                     ORDER BY i.id LIMIT ?1",
+                )
                 .map_err(sq)?;
             let mut rows = peek.query([limit as i64]).map_err(sq)?;
             while let Some(r) = rows.next().map_err(sq)? {
-                let (id, origin, hlc, body): (i64, String, i64, Vec<u8>) = (
+                let (id, origin, hlc, body, current): (i64, String, i64, Vec<u8>, bool) = (
                     r.get(0).map_err(sq)?,
                     r.get(1).map_err(sq)?,
                     r.get(2).map_err(sq)?,
                     r.get(3).map_err(sq)?,
+                    r.get(4).map_err(sq)?,
                 );
                 last_id = Some(id);
+                if !current {
+                    continue;
+                }
                 let record: Record =
                     codec::decode(&body).map_err(|detail| JournalError::BadRecord {
                         path: path.clone(),
                         seq: id,
                         detail,
                     })?;
-                let still: Option<bool> = current
-                    .query_row(params![record.key(), hlc, origin], |r| r.get(0))
-                    .optional()
-                    .map_err(sq)?;
-                if still.unwrap_or(true) {
-                    out.push(Staged {
-                        id,
-                        origin,
-                        hlc: hlc as u64,
-                        record,
-                    });
-                }
+                out.push(Staged {
+                    id,
+                    origin,
+                    hlc: hlc as u64,
+                    record,
+                });
             }
         }
         tx.commit().map_err(sq)?;
@@ -1036,18 +1055,12 @@ impl Journal {
     pub fn inbox_keys(&self) -> Result<std::collections::HashSet<Vec<u8>>, JournalError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT body FROM inbox")
+            .prepare_cached("SELECT key FROM inbox WHERE key IS NOT NULL")
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| r.get::<_, Vec<u8>>(0))
             .map_err(|e| self.err(e))?;
-        let mut out = std::collections::HashSet::new();
-        for body in rows {
-            if let Ok(rec) = codec::decode::<Record>(&body.map_err(|e| self.err(e))?) {
-                out.insert(rec.key());
-            }
-        }
-        Ok(out)
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
     /// The oldest staged changes, at most `limit`.
@@ -1164,22 +1177,28 @@ mod tests {
     }
 
     #[test]
-    fn a_version_3_journal_learns_its_contacts_expiry() {
+    fn a_version_3_journal_is_brought_up_to_date() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.db");
         {
             let mut j = Journal::open(&path).unwrap();
             j.append_local("n1", &[(10, expiring("gone", Op::Upsert, 100))])
                 .unwrap();
+            j.stage_restore(&[(5, "n2".into(), expiring("staged", Op::Upsert, 200))])
+                .unwrap();
             j.conn
                 .execute_batch(
                     "DROP INDEX state_expiry; ALTER TABLE state DROP COLUMN expires_at;
-                     PRAGMA user_version = 3;",
+                     ALTER TABLE inbox DROP COLUMN key; PRAGMA user_version = 3;",
                 )
                 .unwrap();
         }
         let mut j = Journal::open(&path).unwrap();
         assert_eq!(j.purge_state(101, 11).unwrap(), 1);
+        // The inbox learnt the keys of what was staged.
+        let want: std::collections::HashSet<Vec<u8>> =
+            [expiring("staged", Op::Upsert, 200).key()].into();
+        assert_eq!(j.inbox_keys().unwrap(), want);
     }
 
     #[test]
