@@ -34,7 +34,12 @@
 //! are other machines). Other knobs: REGISTER_QUICK=1 (one round, smaller
 //! counts), REGISTER_RUNS (3), REGISTER_CHILDREN (4 UDP workers),
 //! REGISTER_DB_MODE (0), REGISTER_HASH_SIZE (14), REGISTER_SHM_MB (1024),
-//! REGISTER_CONVERGE_TIMEOUT_S (60).
+//! REGISTER_CONVERGE_TIMEOUT_S (60), REGISTER_BURST_N, REGISTER_RATE_N,
+//! REGISTER_RATE (3000/s), REGISTER_WINDOW (20), REGISTER_M64_N,
+//! REGISTER_CATCHUP_N, REGISTER_PROBE_MS (20). Diagnostics:
+//! REGISTER_LAG_TRACE=1 prints every probe over 10 ms with its time;
+//! REGISTER_JOURNAL_DIR=<dir> puts sersync's journals there (e.g. a tmpfs,
+//! to see what the journal's fsyncs cost).
 
 #[path = "../tests/e2e_support/mod.rs"]
 mod support;
@@ -246,6 +251,22 @@ fn node_cfg(s: &Settings, repl: Repl, index: usize, nodes: usize, dir: &Path) ->
         cfg = cfg.replace(
             &from,
             &format!("modparam(\"sersync\", \"fifo\", \"{d}/rpc.sock\")"),
+        );
+    }
+    if let (Some(_), Ok(jdir)) = (&module, std::env::var("REGISTER_JOURNAL_DIR")) {
+        // diagnostic: the journal elsewhere (e.g. on tmpfs, to see what its
+        // fsyncs cost)
+        let from = format!("modparam(\"sersync\", \"journal\", \"{d}/sersync.db\")");
+        assert!(cfg.contains(&from), "harness changed: no `{from}`");
+        let sub = dir
+            .strip_prefix(repo_root().join("target"))
+            .unwrap_or(dir)
+            .to_string_lossy()
+            .replace('/', "_");
+        let _ = fs::create_dir_all(&jdir);
+        cfg = cfg.replace(
+            &from,
+            &format!("modparam(\"sersync\", \"journal\", \"{jdir}/{sub}.db\")"),
         );
     }
     let (first, rest) = cfg.split_once('\n').expect("config has lines");
@@ -704,6 +725,8 @@ fn wait_counts(ips: &[String], target: u64, timeout: Duration) -> Result<Instant
 struct Probes {
     /// per probe: 200 OK at node 1 -> the last peer holds it, ms
     lags_ms: Vec<f64>,
+    /// per probe: its 200 OK, s since the prober started
+    at_s: Vec<f64>,
     /// probes registered (200 OK)
     registered: u64,
     /// probes some peer never showed within the timeout
@@ -797,6 +820,7 @@ fn probe_loop(
             }
             if seen.iter().all(|&x| x) {
                 out.lags_ms.push((last - t0).as_secs_f64() * 1e3);
+                out.at_s.push((t0 - start).as_secs_f64());
                 break;
             }
             if t0.elapsed() > Duration::from_secs(30) {
@@ -988,8 +1012,16 @@ fn catchup_run(c: &mut Cluster, s: &Settings, repl: Repl, round: usize) -> Catch
     let mut h = Http::new(&ip_of(2));
     let (mut first, mut done, mut last) = (None, None, 0);
     let mut repinned = false;
+    let mut progress = Instant::now();
     while t0.elapsed() < Duration::from_secs(300) {
+        if progress.elapsed() > Duration::from_secs(15) {
+            note += "STALLED: no progress for 15 s; ";
+            break;
+        }
         if let Ok(k) = h.contacts() {
+            if k > last {
+                progress = Instant::now();
+            }
             last = k;
             let t = t0.elapsed().as_secs_f64();
             if k > 0 && first.is_none() {
@@ -1008,6 +1040,12 @@ fn catchup_run(c: &mut Cluster, s: &Settings, repl: Repl, round: usize) -> Catch
     }
     if done.is_none() {
         note += &format!("TIMEOUT: node 2 at {last} of {n}; ");
+    }
+    for i in 1..=2 {
+        let k = c.node(i).log_grep("could not allocate shared memory").len();
+        if k > 0 {
+            note += &format!("node {i} logged {k} shm allocation failures; ");
+        }
     }
     if sersync {
         sleep(Duration::from_millis(500)); // sersync.status is republished every 200 ms
@@ -1271,6 +1309,20 @@ fn main() {
                     r.note,
                     r.busy
                 );
+                if std::env::var_os("REGISTER_LAG_TRACE").is_some() {
+                    let slow: Vec<String> = r
+                        .probes
+                        .lags_ms
+                        .iter()
+                        .zip(&r.probes.at_s)
+                        .filter(|(l, _)| **l > 10.0)
+                        .map(|(l, a)| format!("{a:.2}s:{l:.0}ms"))
+                        .collect();
+                    println!(
+                        "   probes over 10 ms (time since the rated run's start: lag): {}",
+                        slow.join(" ")
+                    );
+                }
                 if !r.burst.exit_ok || !r.rated.exit_ok {
                     println!(
                         "   sipp exited with an error: see {}",
