@@ -16,29 +16,6 @@ const CONVERGE: Duration = Duration::from_secs(90);
 /// Registrations per second sipp sends.
 const RATE: u32 = 500;
 
-/// `n` users `<prefix><i>` with a mix of what save() stores: Path (with a
-/// received parameter, path_use_received), X-NAT (received from
-/// fix_nated_register), +sip.instance with and without reg-id, a branch
-/// flag (cflags), q-values, no Allow header (all methods), varied Expires
-/// and CSeq.
-fn mixed_users(prefix: &str, n: usize, uuid_base: u64) -> Vec<Reg> {
-    (0..n)
-        .map(|i| {
-            let mut r = Reg::new(format!("{prefix}{i:05}"), 1800 + ((i * 37) % 1800) as u32);
-            r.path = i % 4 == 1;
-            r.nat = i % 5 == 2;
-            r.instance = i % 3 == 0;
-            r.reg_id = i % 6 == 0;
-            r.flags = i % 7 == 3;
-            r.cseq = 1 + (i % 1000) as u32;
-            r.uuid = uuid_base + i as u64;
-            r.q = (i % 9 == 4).then_some(((i * 7) % 1001) as u16);
-            r.allow = i % 8 != 5;
-            r
-        })
-        .collect()
-}
-
 /// usrloc's Methods for the scenario's Allow header: INVITE, ACK, CANCEL,
 /// BYE, OPTIONS, MESSAGE, NOTIFY.
 const ALLOW_METHODS: i64 = 911;

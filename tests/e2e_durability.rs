@@ -14,9 +14,8 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -56,25 +55,6 @@ impl Rng {
     fn millis(&mut self, lo: u64, hi: u64) -> Duration {
         Duration::from_millis(lo + self.next() % (hi - lo))
     }
-}
-
-/// Users `<prefix><i>` with a mix of what save() stores.
-fn users(prefix: &str, n: usize, uuid_base: u64) -> Vec<Reg> {
-    (0..n)
-        .map(|i| {
-            let mut r = Reg::new(format!("{prefix}{i:05}"), 1800 + ((i * 37) % 1800) as u32);
-            r.path = i % 4 == 1;
-            r.nat = i % 5 == 2;
-            r.instance = i % 3 == 0;
-            r.reg_id = i % 6 == 0;
-            r.flags = i % 7 == 3;
-            r.cseq = 1 + (i % 1000) as u32;
-            r.uuid = uuid_base + i as u64;
-            r.q = (i % 9 == 4).then_some(((i * 7) % 1001) as u16);
-            r.allow = i % 8 != 5;
-            r
-        })
-        .collect()
 }
 
 /// Users (AOR user parts) present in `c`, with how many contacts each.
@@ -122,47 +102,15 @@ fn start_load(node: &Node, regs: &[Reg], rate: u32, calls: usize, label: &str) -
     write_injection_csv(&dir.join("users.csv"), regs, &node.ip);
     let scenario = logging_scenario(&dir);
     let out = File::create(dir.join("sipp.out")).unwrap();
-    let mut cmd = Command::new(SIPP);
-    cmd.arg(format!("{}:{SIP_PORT}", node.ip))
-        .arg("-sf")
-        .arg(&scenario)
-        .arg("-inf")
-        .arg(dir.join("users.csv"))
-        .args([
-            "-m",
-            &calls.to_string(),
-            "-r",
-            &rate.to_string(),
-            "-rp",
-            "1000",
-        ])
-        .args(["-l", "2000", "-t", "u1", "-i", &node.ip, "-bind_local"])
-        .args(["-max_retrans", "8"])
+    let mut cmd = sipp_command(node, &scenario, &dir, calls, rate, "u1");
+    cmd.args(["-max_retrans", "8"])
         .args(["-trace_logs", "-log_file"])
         .arg(dir.join("ok.log"))
-        .args(["-trace_err", "-error_file"])
-        .arg(dir.join("errors.log"))
         .args(["-trace_stat", "-stf"])
         .arg(dir.join("stat.csv"))
-        .args(["-fd", "1", "-nostdin"])
-        .current_dir(&dir)
-        .stdin(Stdio::null())
+        .args(["-fd", "1"])
         .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .process_group(0);
-    // SAFETY: prctl is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            Ok(())
-        });
-    }
+        .stderr(out);
     let child = cmd.spawn().expect("starting sipp");
     Load {
         child: Some(child),
@@ -307,11 +255,11 @@ fn crash_cycles(name: &str, load_on_node1: bool, rate: u32) {
     // the nodes' shared memory.
     let distinct = 4000;
     let a = if load_on_node1 {
-        users("a", distinct, 0)
+        mixed_users("a", distinct, 0)
     } else {
         Vec::new()
     };
-    let b = users("b", distinct, 100_000);
+    let b = mixed_users("b", distinct, 100_000);
     let calls = rate as usize * (cycles * 8 + 20);
     let mut load1 = load_on_node1.then(|| start_load(cluster.node(1), &a, rate, calls, "n1-a"));
     let mut load2 = start_load(cluster.node(2), &b, rate, calls, "n2-b");
@@ -483,7 +431,7 @@ fn door_absent_changes_go_to_ser_database() {
     assert!(!nodoor.exists());
 
     // Phase A: door absent, database fine.
-    let f = users("f", 1000, 0);
+    let f = mixed_users("f", 1000, 0);
     sipp_register(cluster.node(1), &f, 500, "n1-f");
     let n3 = cluster.node(3);
     let mut last = String::new();
@@ -568,10 +516,10 @@ fn door_and_database_unusable_keep_everything_staged() {
     opts.extra.insert(3, vec![door_off.clone(), db_off.clone()]);
     let mut cluster = Cluster::start_private("dur-stuck", 71, 3, &opts);
     let mut last = String::new();
-    let f = users("f", 1000, 0);
+    let f = mixed_users("f", 1000, 0);
     sipp_register(cluster.node(1), &f, 500, "n1-f");
-    let g = users("g", 800, 10_000);
-    let h = users("h", 200, 20_000);
+    let g = mixed_users("g", 800, 10_000);
+    let h = mixed_users("h", 200, 20_000);
     // De-registrations on node 2 of contacts registered on node 1.
     let ip1 = cluster.node(1).ip.clone();
     let dereg: Vec<Reg> = f[..100]
@@ -660,9 +608,9 @@ fn door_and_database_unusable_keep_everything_staged() {
 fn contacts_held_before_sersync_reach_the_peers() {
     let mut cluster = Cluster::start_without_sersync("dur-existing", 71, 3);
     let sets = [
-        users("e", 700, 0),
-        users("k", 300, 10_000),
-        users("m", 50, 20_000),
+        mixed_users("e", 700, 0),
+        mixed_users("k", 300, 10_000),
+        mixed_users("m", 50, 20_000),
     ];
     for (i, regs) in sets.iter().enumerate() {
         sipp_register(cluster.node(i + 1), regs, 500, &format!("n{}-pre", i + 1));
@@ -757,7 +705,7 @@ fn contacts_held_before_sersync_reach_the_peers() {
 fn returning_peer_gets_exactly_what_it_missed() {
     let n = env_usize("SERSYNC_OUTAGE_N", 5000);
     let mut cluster = Cluster::start_private("dur-outage", 71, 3, &ClusterOptions::default());
-    let base = users("p", 3000.max(n / 10), 0);
+    let base = mixed_users("p", 3000.max(n / 10), 0);
     sipp_register(cluster.node(1), &base, 1000, "n1-base");
     wait_converged(
         &cluster.all(),
@@ -776,9 +724,9 @@ fn returning_peer_gets_exactly_what_it_missed() {
         .sent;
     let dereg_n = n / 10;
     let new_n = n - dereg_n;
-    let q = users("q", new_n, 10_000);
+    let q = mixed_users("q", new_n, 10_000);
     let dereg: Vec<Reg> = base[..dereg_n].iter().map(Reg::deregistration).collect();
-    let w = users("w", 500, 50_000);
+    let w = mixed_users("w", 500, 50_000);
     sipp_register(n1, &q, 1000, "n1-q");
     sipp_register(n1, &dereg, 1000, "n1-dereg");
     // Not while node 2 applies node 1's changes (db_sqlite "database is
@@ -921,7 +869,7 @@ fn full_journal_disk_keeps_ser_serving_and_recovers() {
     opts.extra
         .insert(1, vec![sersync_line("journal", journal.to_str().unwrap())]);
     let mut cluster = Cluster::start_private("dur-disk", 71, 3, &opts);
-    let pre = users("d", 200, 0);
+    let pre = mixed_users("d", 200, 0);
     sipp_register(cluster.node(1), &pre, 500, "n1-pre");
     wait_converged(
         &cluster.all(),
@@ -934,7 +882,7 @@ fn full_journal_disk_keeps_ser_serving_and_recovers() {
     let filler = mnt.0.join("filler");
     let filled = fill(&filler);
     eprintln!("e2e: tmpfs filled with {filled} bytes");
-    let full = users("z", 1500, 10_000);
+    let full = mixed_users("z", 1500, 10_000);
     sipp_register(cluster.node(1), &full, 300, "n1-full");
     sleep(Duration::from_secs(2));
     let st = cluster.node(1).status();

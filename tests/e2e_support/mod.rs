@@ -1492,6 +1492,29 @@ impl Reg {
     }
 }
 
+/// `n` users `<prefix><i>` with a mix of what save() stores: Path (with a
+/// received parameter, path_use_received), X-NAT (received from
+/// fix_nated_register), +sip.instance with and without reg-id, a branch
+/// flag (cflags), q-values, no Allow header (all methods), varied Expires
+/// and CSeq.
+pub fn mixed_users(prefix: &str, n: usize, uuid_base: u64) -> Vec<Reg> {
+    (0..n)
+        .map(|i| {
+            let mut r = Reg::new(format!("{prefix}{i:05}"), 1800 + ((i * 37) % 1800) as u32);
+            r.path = i % 4 == 1;
+            r.nat = i % 5 == 2;
+            r.instance = i % 3 == 0;
+            r.reg_id = i % 6 == 0;
+            r.flags = i % 7 == 3;
+            r.cseq = 1 + (i % 1000) as u32;
+            r.uuid = uuid_base + i as u64;
+            r.q = (i % 9 == 4).then_some(((i * 7) % 1001) as u16);
+            r.allow = i % 8 != 5;
+            r
+        })
+        .collect()
+}
+
 /// Writes sipp's injection file for a sipp sending from `source_ip`; no
 /// field may hold a ';'.
 pub fn write_injection_csv(path: &Path, regs: &[Reg], source_ip: &str) {
@@ -1533,9 +1556,13 @@ fn sipp_run_dir(node: &Node, label: &str) -> PathBuf {
     d
 }
 
-fn sipp_command(
+/// sipp against `node` from its own address, running `scenario` (a file
+/// name under tests/e2e/, or a path) with `dir/users.csv` as injection
+/// file, `n` calls at `rate`/s, errors to `dir/errors.log`. One-shot runs
+/// add `-timeout`; loads that run until told to stop do not.
+pub fn sipp_command(
     node: &Node,
-    scenario: &str,
+    scenario: &Path,
     dir: &Path,
     n: usize,
     rate: u32,
@@ -1548,12 +1575,12 @@ fn sipp_command(
         .arg("-inf")
         .arg(dir.join("users.csv"))
         .args(["-m", &n.to_string(), "-r", &rate.to_string(), "-rp", "1000"])
-        .args(["-l", &n.max(1).to_string()])
+        .args(["-l", &n.clamp(1, 2000).to_string()])
         .args(["-t", transport])
         .args(["-i", &node.ip, "-bind_local"])
         .args(["-trace_err", "-error_file"])
         .arg(dir.join("errors.log"))
-        .args(["-nostdin", "-timeout", "120"])
+        .arg("-nostdin")
         .current_dir(dir)
         .stdin(Stdio::null())
         .process_group(0)
@@ -1567,7 +1594,15 @@ pub fn sipp_register(node: &Node, regs: &[Reg], rate: u32, label: &str) {
     let dir = sipp_run_dir(node, label);
     write_injection_csv(&dir.join("users.csv"), regs, &node.ip);
     let out = File::create(dir.join("sipp.out")).expect("sipp.out");
-    let mut cmd = sipp_command(node, "register.xml", &dir, regs.len(), rate, "u1");
+    let mut cmd = sipp_command(
+        node,
+        Path::new("register.xml"),
+        &dir,
+        regs.len(),
+        rate,
+        "u1",
+    );
+    cmd.args(["-timeout", "120"]);
     cmd.args(["-trace_stat", "-stf"])
         .arg(dir.join("stat.csv"))
         .stdout(out.try_clone().expect("fd"))
@@ -1639,7 +1674,15 @@ pub fn sipp_register_keep(node: &Node, regs: &[Reg], rate: u32, label: &str) -> 
     let dir = sipp_run_dir(node, label);
     write_injection_csv(&dir.join("users.csv"), regs, &node.ip);
     let out = File::create(dir.join("sipp.out")).expect("sipp.out");
-    let mut cmd = sipp_command(node, "register_keep.xml", &dir, regs.len(), rate, "t1");
+    let mut cmd = sipp_command(
+        node,
+        Path::new("register_keep.xml"),
+        &dir,
+        regs.len(),
+        rate,
+        "t1",
+    );
+    cmd.args(["-timeout", "120"]);
     cmd.args(["-trace_msg", "-message_file"])
         .arg(dir.join("messages.log"))
         .stdout(out.try_clone().expect("fd"))
@@ -1987,7 +2030,15 @@ pub fn sipp_register_aliases(node: &Node, aliases: &[(&str, &str)], label: &str)
     }
     fs::write(dir.join("users.csv"), csv).expect("writing injection CSV");
     let out = File::create(dir.join("sipp.out")).expect("sipp.out");
-    let mut cmd = sipp_command(node, "register_alias.xml", &dir, aliases.len(), 10, "u1");
+    let mut cmd = sipp_command(
+        node,
+        Path::new("register_alias.xml"),
+        &dir,
+        aliases.len(),
+        10,
+        "u1",
+    );
+    cmd.args(["-timeout", "120"]);
     cmd.args(["-trace_stat", "-stf"])
         .arg(dir.join("stat.csv"))
         .stdout(out.try_clone().expect("fd"))
