@@ -96,6 +96,29 @@ static const char *sersync_status_doc[2] = {
 		" per member as sersync.peers gives it.",
 		0};
 
+/* After rpc->scan(ctx, "*.S", ...) returned 0: 1 if a parameter is left
+ * (one neither string nor number: jsonrpcs answers 0 for it as for the end
+ * of the parameters, and does not move past it), 0 at the end. "d" reads
+ * a parameter of any type. */
+static int sersync_rpc_left(rpc_t *rpc, void *ctx)
+{
+	int any = 0;
+
+	return rpc->scan(ctx, "*d", &any) == 1;
+}
+
+/* 0 when the call has no parameter, else a 400 fault */
+static int sersync_rpc_no_params(rpc_t *rpc, void *ctx, const char *name)
+{
+	str extra = STR_NULL;
+
+	if(rpc->scan(ctx, "*.S", &extra) != 0 || sersync_rpc_left(rpc, ctx)) {
+		rpc->fault(ctx, 400, "%s takes no parameters", name);
+		return -1;
+	}
+	return 0;
+}
+
 static void sersync_rpc_status(rpc_t *rpc, void *ctx)
 {
 	struct sersync_status *st;
@@ -104,6 +127,8 @@ static void sersync_rpc_status(rpc_t *rpc, void *ctx)
 	void *ph;
 	uint32_t i;
 
+	if(sersync_rpc_no_params(rpc, ctx, "sersync.status") < 0)
+		return;
 	st = sersync_status_get(rpc, ctx);
 	if(st == NULL)
 		return;
@@ -154,6 +179,8 @@ static void sersync_rpc_peers(rpc_t *rpc, void *ctx)
 	void *ph;
 	uint32_t i;
 
+	if(sersync_rpc_no_params(rpc, ctx, "sersync.peers") < 0)
+		return;
 	st = sersync_status_get(rpc, ctx);
 	if(st == NULL)
 		return;
@@ -176,7 +203,7 @@ static int sersync_rpc_one_param(
 		rpc->fault(ctx, 400, "Expected one string parameter: the %s", what);
 		return -1;
 	}
-	if(rpc->scan(ctx, "*.S", &extra) != 0) {
+	if(rpc->scan(ctx, "*.S", &extra) != 0 || sersync_rpc_left(rpc, ctx)) {
 		rpc->fault(ctx, 400, "Too many parameters: expected only the %s",
 				what);
 		return -1;
@@ -624,7 +651,7 @@ static int sersync_alias_params(
 		s.s = NULL;
 		s.len = 0;
 		rc = rpc->scan(ctx, "*.S", &s);
-		if(rc == 0)
+		if(rc == 0 && !sersync_rpc_left(rpc, ctx))
 			return 0;
 		if(rc != 1) {
 			rpc->fault(ctx, 400, "Parameter %d is not a string",
@@ -1249,15 +1276,12 @@ static const char *sersync_alias_rescan_doc[2] = {
 static void sersync_rpc_alias_rescan(rpc_t *rpc, void *ctx)
 {
 	char err[SERSYNC_ERR_MAX];
-	str extra = STR_NULL;
 	int attempt;
 	int rows;
 	int rc;
 
-	if(rpc->scan(ctx, "*.S", &extra) != 0) {
-		rpc->fault(ctx, 400, "sersync.alias_rescan takes no parameters");
+	if(sersync_rpc_no_params(rpc, ctx, "sersync.alias_rescan") < 0)
 		return;
-	}
 	if(sersync_alias_no_db(rpc, ctx))
 		return;
 	/* a scan gives up when remote alias changes arrive meanwhile */

@@ -41,5 +41,6 @@ pub fn encode_to_slice<T: Serialize + ?Sized>(value: &T, out: &mut [u8]) -> Resu
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     options(bytes.len() as u64)
         .deserialize(bytes)
-        .map_err(|e| e.to_string())
+        // one line: some of bincode's messages span several
+        .map_err(|e| e.to_string().replace('\n', " "))
 }
