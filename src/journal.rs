@@ -54,6 +54,21 @@ fn expires_at(rec: &Record) -> Option<i64> {
     }
 }
 
+/// Waits for another of this process's connections (ingest, network,
+/// applier) to finish its write: in steps of 0.2 ms, then 1 ms, about 10 s
+/// in all. SQLite's own busy timeout sleeps up to 100 ms a step, which
+/// stalls the network thread behind a stream of small commits
+/// (durability "journal").
+fn busy_wait(retries: i32) -> bool {
+    let step = match retries {
+        0..=1999 => Duration::from_micros(200),
+        2000..=11_599 => Duration::from_millis(1),
+        _ => return false,
+    };
+    std::thread::sleep(step);
+    true
+}
+
 /// Stages a remote change; its key lets the applier check it against the
 /// state in the same query that reads it.
 const INBOX_INSERT: &str = "INSERT INTO inbox (origin, hlc, body, key) VALUES (?1, ?2, ?3, ?4)";
@@ -147,7 +162,7 @@ impl Journal {
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.busy_handler(Some(busy_wait))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "OFF")?;
@@ -534,26 +549,48 @@ impl Journal {
     /// deleted, no version of them can matter any more, and without this
     /// the state would keep every contact ever seen. Contacts that never
     /// expire and aliases keep their tombstones. Returns rows removed.
-    pub fn purge_state(&mut self, now: i64, before_hlc: u64) -> Result<usize, JournalError> {
+    pub fn purge_state(
+        &mut self,
+        now: i64,
+        before_hlc: u64,
+        limit: usize,
+    ) -> Result<usize, JournalError> {
         self.conn
             .execute(
-                "DELETE FROM state WHERE expires_at IS NOT NULL AND expires_at < ?1 AND hlc < ?2",
-                params![now, before_hlc as i64],
+                "DELETE FROM state WHERE key IN (
+                     SELECT key FROM state
+                     WHERE expires_at IS NOT NULL AND expires_at < ?1 AND hlc < ?2
+                     LIMIT ?3)",
+                params![now, before_hlc as i64, limit as i64],
             )
             .map_err(|e| self.err(e))
     }
 
-    /// Highest sequence among entries older than `hlc` (for age-based
-    /// retention).
+    /// The sequence before the first entry stamped at or after `hlc` (for
+    /// age-based retention): local stamps grow with the sequence, so the
+    /// scan stops at the first young entry and costs what is to be
+    /// trimmed. An old-stamped entry among young ones (a start-up
+    /// comparison's row keeps its age) never lets younger ones go early.
     pub fn last_seq_before(&self, hlc: u64) -> Result<u64, JournalError> {
-        self.conn
+        let first_young: Option<i64> = self
+            .conn
             .query_row(
-                "SELECT coalesce(max(seq), 0) FROM log WHERE hlc < ?1",
+                "SELECT seq FROM log WHERE hlc >= ?1 ORDER BY seq LIMIT 1",
                 [hlc as i64],
-                |r| r.get::<_, i64>(0),
+                |r| r.get(0),
             )
-            .map(|v| v as u64)
-            .map_err(|e| self.err(e))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match first_young {
+            Some(seq) => Ok(seq as u64 - 1),
+            None => self
+                .conn
+                .query_row("SELECT coalesce(max(seq), 0) FROM log", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map(|v| v as u64)
+                .map_err(|e| self.err(e)),
+        }
     }
 
     pub fn log_len(&self) -> Result<u64, JournalError> {
@@ -1163,7 +1200,7 @@ mod tests {
         assert_eq!(j.stage_remote("n2", &remote).unwrap().fresh, 1);
         assert_eq!(j.state_len().unwrap(), 6);
         // Retention reaches up to stamp 20: "recent" changed after it.
-        assert_eq!(j.purge_state(now, 20).unwrap(), 3);
+        assert_eq!(j.purge_state(now, 20, 100).unwrap(), 3);
         let left: Vec<String> = ["gone", "deleted", "live", "permanent", "recent", "remote"]
             .into_iter()
             .filter(|a| {
@@ -1194,11 +1231,32 @@ mod tests {
                 .unwrap();
         }
         let mut j = Journal::open(&path).unwrap();
-        assert_eq!(j.purge_state(101, 11).unwrap(), 1);
+        assert_eq!(j.purge_state(101, 11, 100).unwrap(), 1);
         // The inbox learnt the keys of what was staged.
         let want: std::collections::HashSet<Vec<u8>> =
             [expiring("staged", Op::Upsert, 200).key()].into();
         assert_eq!(j.inbox_keys().unwrap(), want);
+    }
+
+    #[test]
+    fn age_retention_stops_at_the_first_young_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        // Stamps 10, 20, then 5 (a start-up comparison's old row), 30.
+        j.append_local(
+            "n1",
+            &[
+                (10, rec("a", 1)),
+                (20, rec("b", 1)),
+                (5, rec("c", 1)),
+                (30, rec("d", 1)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(j.last_seq_before(15).unwrap(), 1);
+        assert_eq!(j.last_seq_before(25).unwrap(), 3);
+        assert_eq!(j.last_seq_before(100).unwrap(), 4);
+        assert_eq!(j.last_seq_before(1).unwrap(), 0);
     }
 
     #[test]

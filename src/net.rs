@@ -47,7 +47,14 @@ const TICK: Duration = Duration::from_millis(100);
 /// Rows per snapshot chunk, and chunks in flight.
 const SNAPSHOT_ROWS: usize = 2000;
 const SNAPSHOT_WINDOW: u64 = 4;
+/// How often the trim target is worked out; the entries up to it then go
+/// TRIM_CHUNK at a time each TICK, so that a trim never holds the journal
+/// (and with it sending and staging) for long.
 const TRIM_EVERY: Duration = Duration::from_secs(5);
+const TRIM_CHUNK: u64 = 2000;
+/// Acknowledged positions reach the journal at most this often: losing
+/// the last ones in a crash only means resending what the peer skips.
+const ACK_SAVE_EVERY: Duration = Duration::from_millis(500);
 
 enum Phase {
     /// Dialer: TCP connect in progress.
@@ -153,6 +160,14 @@ pub struct Net {
     shared: Option<Arc<crate::queue::Shared>>,
     last_status: Instant,
     last_trim: Instant,
+    last_trim_chunk: Instant,
+    /// Journal entries up to this may go (see TRIM_EVERY).
+    trim_target: u64,
+    /// The state still holds expired keys beyond the last purge's chunk.
+    purge_more: bool,
+    /// Acknowledged positions not yet saved in the journal, per peer id.
+    acks_unsaved: HashMap<String, u64>,
+    last_ack_save: Instant,
     /// Per origin node id: (records, snapshot rows) received. Keyed by id:
     /// a peer's inbound connection may authenticate before our outbound
     /// one tells us which configured address it is.
@@ -252,6 +267,11 @@ impl Net {
             shared,
             last_status: now - TICK,
             last_trim: now,
+            last_trim_chunk: now,
+            trim_target: 0,
+            purge_more: false,
+            acks_unsaved: HashMap::new(),
+            last_ack_save: now,
             received_from: HashMap::new(),
             forgotten,
             members_dirty: false,
@@ -297,6 +317,7 @@ impl Net {
             }
             self.publish_status(false);
         }
+        self.save_acks(true);
         for t in self.conns.keys().copied().collect::<Vec<_>>() {
             self.close(t, Verdict::Close("engine stopping".into()));
         }
@@ -700,9 +721,7 @@ impl Net {
                 }
                 c.acked = c.acked.max(upto);
                 let (remote, acked) = (c.remote_id.clone(), c.acked);
-                if let Err(e) = self.journal.set_acked(&remote, acked) {
-                    log::error(format_args!("{e}"));
-                }
+                self.acks_unsaved.insert(remote, acked);
                 let last = self.status.counters.last_seq.load(Ordering::Relaxed);
                 self.status.with_peer(peer, |s| {
                     s.acked = acked;
@@ -1281,44 +1300,78 @@ impl Net {
         }
     }
 
-    /// Drops journal entries every peer holds, and those past retention.
-    fn trim(&mut self) {
-        let now = Instant::now();
-        if now.duration_since(self.last_trim) < TRIM_EVERY {
+    /// Saves acknowledged positions (see ACK_SAVE_EVERY).
+    fn save_acks(&mut self, force: bool) {
+        if self.acks_unsaved.is_empty() || (!force && self.last_ack_save.elapsed() < ACK_SAVE_EVERY)
+        {
             return;
         }
-        self.last_trim = now;
+        self.last_ack_save = Instant::now();
+        for (peer, upto) in std::mem::take(&mut self.acks_unsaved) {
+            // A forgotten peer's row is gone for good.
+            if self.forgotten.contains(&peer) {
+                continue;
+            }
+            if let Err(e) = self.journal.set_acked(&peer, upto) {
+                log::error(format_args!("{e}"));
+            }
+        }
+    }
+
+    /// Drops journal entries every peer holds, and those past retention,
+    /// and expired keys from the state: the targets every TRIM_EVERY, the
+    /// deleting a chunk per TICK.
+    fn trim(&mut self) {
+        self.save_acks(false);
+        let now = Instant::now();
+        if now.duration_since(self.last_trim_chunk) < TICK {
+            return;
+        }
+        self.last_trim_chunk = now;
         let result = (|| -> Result<usize, crate::error::JournalError> {
-            let last = self.journal.last_seq()?;
-            let mut upto = self.journal.min_acked()?.unwrap_or(0).min(last);
             let cutoff = crate::hlc::wall_ms().saturating_sub(self.cfg.retention_ms) << 16;
-            upto = upto.max(self.journal.last_seq_before(cutoff)?);
-            if self.cfg.retention_records > 0 {
-                upto = upto.max(last.saturating_sub(self.cfg.retention_records));
+            if now.duration_since(self.last_trim) >= TRIM_EVERY {
+                self.last_trim = now;
+                self.save_acks(true);
+                let last = self.journal.last_seq()?;
+                let mut upto = self.journal.min_acked()?.unwrap_or(0).min(last);
+                upto = upto.max(self.journal.last_seq_before(cutoff)?);
+                if self.cfg.retention_records > 0 {
+                    upto = upto.max(last.saturating_sub(self.cfg.retention_records));
+                }
+                self.trim_target = upto;
+                self.purge_more = true;
             }
-            let purged = self
-                .journal
-                .purge_state(crate::hlc::wall_ms() as i64 / 1000, cutoff)?;
-            if purged > 0 {
-                log::debug(format_args!(
-                    "journal: {purged} expired keys left the state"
-                ));
+            if self.purge_more {
+                let now_s = crate::hlc::wall_ms() as i64 / 1000;
+                let purged = self
+                    .journal
+                    .purge_state(now_s, cutoff, TRIM_CHUNK as usize)?;
+                self.purge_more = purged == TRIM_CHUNK as usize;
+                if purged > 0 {
+                    log::debug(format_args!(
+                        "journal: {purged} expired keys left the state"
+                    ));
+                }
             }
-            if upto < self.journal.first_available()? {
+            let first = self.journal.first_available()?;
+            if self.trim_target < first {
                 return Ok(0);
             }
-            self.journal.trim(upto)
+            self.journal
+                .trim(self.trim_target.min(first + TRIM_CHUNK - 1))
         })();
         match result {
             Ok(0) => {}
             Ok(n) => log::debug(format_args!("journal: trimmed {n} entries")),
             Err(e) => log::error(format_args!("journal trim: {e}")),
         }
-        if let Ok(n) = self.journal.log_len() {
+        // The log holds every sequence from its first entry to the last.
+        if let (Ok(first), Ok(last)) = (self.journal.first_available(), self.journal.last_seq()) {
             self.status
                 .counters
                 .journal_entries
-                .store(n, Ordering::Relaxed);
+                .store((last + 1).saturating_sub(first), Ordering::Relaxed);
         }
     }
 
