@@ -36,6 +36,9 @@ const MAX_OUTBUF: usize = 8 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// An accepted connection that sends nothing for this long is dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Every member sends its member list this often on every connection, so
+/// that an idle link is not taken for a dead one (and lists converge).
+const KEEPALIVE: Duration = Duration::from_secs(20);
 /// A dialed peer that acknowledges nothing for this long while records,
 /// snapshot chunks or bytes are outstanding is dropped (it is not reading).
 /// A live peer acknowledges within milliseconds, or reports a temporary
@@ -161,6 +164,7 @@ pub struct Net {
     last_status: Instant,
     last_trim: Instant,
     last_trim_chunk: Instant,
+    last_keepalive: Instant,
     /// Journal entries up to this may go (see TRIM_EVERY).
     trim_target: u64,
     /// The state still holds expired keys beyond the last purge's chunk.
@@ -268,6 +272,7 @@ impl Net {
             last_status: now - TICK,
             last_trim: now,
             last_trim_chunk: now,
+            last_keepalive: now,
             trim_target: 0,
             purge_more: false,
             acks_unsaved: HashMap::new(),
@@ -475,6 +480,10 @@ impl Net {
         }
         for (t, why) in expired {
             self.close(t, Verdict::Close(why));
+        }
+        if now.duration_since(self.last_keepalive) >= KEEPALIVE {
+            self.last_keepalive = now;
+            self.broadcast_members();
         }
     }
 
@@ -696,6 +705,7 @@ impl Net {
                     s.node_id = remote.clone();
                     s.acked = resume_after;
                     s.last_error.clear();
+                    s.connects += 1;
                 });
                 let text = p.text.clone();
                 log::info(format_args!(

@@ -31,6 +31,8 @@ pub struct PeerStatus {
     pub snapshot_sent: u64,
     pub snapshot_total: u64,
     pub snapshot_received: u64,
+    /// Times our connection to it came up (1 while it never dropped).
+    pub connects: u64,
     /// Removed with sersync.forget: no longer reported.
     pub forgotten: bool,
 }
@@ -50,6 +52,7 @@ impl PeerStatus {
             snapshot_sent: 0,
             snapshot_total: 0,
             snapshot_received: 0,
+            connects: 0,
             forgotten: false,
         }
     }

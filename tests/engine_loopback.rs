@@ -754,3 +754,28 @@ fn a_scan_does_not_undo_an_older_peer_change_applied_while_it_ran() {
         );
     }
 }
+
+#[test]
+fn an_idle_cluster_keeps_its_connections() {
+    // Nothing to replicate for longer than the 60 s after which a silent
+    // inbound connection is dropped: the member list sent every 20 s keeps
+    // the links up, so there is no reconnect churn and no error.
+    let nodes = cluster(2);
+    nodes[0].register(1, 1);
+    wait_converged(&nodes, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(65));
+    for n in &nodes {
+        let st = n.engine.as_ref().unwrap().status();
+        for p in &st.peers {
+            assert!(
+                p.state == sersync::status::PeerState::Up && p.connects == 1,
+                "{}: peer {} after 65 s idle: {:?}, connected {} times, last error {:?}",
+                n.id,
+                p.node_id,
+                p.state,
+                p.connects,
+                p.last_error
+            );
+        }
+    }
+}
