@@ -24,7 +24,7 @@ pub enum JournalError {
         path: String,
         source: rusqlite::Error,
     },
-    #[error("journal {path} is corrupt ({detail}); it was moved aside to {moved_to}: replication starts from an empty journal")]
+    #[error("journal {path} is corrupt ({detail}); it was moved aside to {moved_to} (kept for inspection): restart SER to replicate again from a new, empty journal (peers resend what this node lacks)")]
     CorruptMovedAside {
         path: String,
         detail: String,
