@@ -1262,9 +1262,14 @@ fn main() {
 
     // The harness' start (machine lock, fresh directory, a sersync mesh
     // from this bench's template); every run then reconfigures the nodes.
+    // REGISTER_SHM_MANAGER=tlsf: Kamailio's `-x` (shared memory manager).
+    let kamailio_args = std::env::var("REGISTER_SHM_MANAGER")
+        .map(|m| vec!["-x".to_string(), m])
+        .unwrap_or_default();
     let opts = ClusterOptions {
         template: Some(repo_root().join("bench/register.cfg.in")),
         shm_mb: Some(s.shm_mb),
+        kamailio_args,
         ..ClusterOptions::default()
     };
     if s.pin {

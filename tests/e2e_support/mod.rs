@@ -416,6 +416,8 @@ pub struct Node {
     pub dir: PathBuf,
     /// Shared and private (per process) memory in MB: `kamailio -m -M`.
     pub memory_mb: (u32, u32),
+    /// More `kamailio` arguments (ClusterOptions::kamailio_args).
+    pub kamailio_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -437,6 +439,8 @@ pub struct ClusterOptions {
     pub shm_mb: Option<u32>,
     /// Config template instead of tests/e2e/kamailio.cfg.in (same @NAMES@).
     pub template: Option<PathBuf>,
+    /// More `kamailio` arguments, e.g. `["-x", "tlsf"]` (memory manager).
+    pub kamailio_args: Vec<String>,
 }
 
 /// The kamailio.cfg for one node, from tests/e2e/kamailio.cfg.in.
@@ -592,6 +596,7 @@ impl Node {
             server_id: index as u32,
             dir: dir.to_path_buf(),
             memory_mb: (opts.shm_mb.unwrap_or(64), 16),
+            kamailio_args: opts.kamailio_args.clone(),
             child: None,
         }
     }
@@ -657,6 +662,7 @@ impl Node {
             .arg(self.memory_mb.0.to_string())
             .arg("-M")
             .arg(self.memory_mb.1.to_string())
+            .args(&self.kamailio_args)
             .current_dir(d)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
