@@ -310,6 +310,16 @@ impl Journal {
         &self.path
     }
 
+    /// Maps SQLite errors to this journal's error naming its file, for
+    /// use while a transaction borrows the connection.
+    fn sq(&self) -> impl Fn(rusqlite::Error) -> JournalError {
+        let path = self.path.display().to_string();
+        move |source| JournalError::Sqlite {
+            path: path.clone(),
+            source,
+        }
+    }
+
     fn err(&self, source: rusqlite::Error) -> JournalError {
         JournalError::Sqlite {
             path: self.path.display().to_string(),
@@ -330,22 +340,18 @@ impl Journal {
         if records.is_empty() {
             return Ok((self.last_seq()?, 0));
         }
-        let path = self.path.display().to_string();
-        let sq = |source| JournalError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sq = self.sq();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sq)?;
+            .map_err(&sq)?;
         let mut appended = 0;
-        let mut seq = Self::last_seq_in(&tx).map_err(sq)?;
+        let mut seq = Self::last_seq_in(&tx).map_err(&sq)?;
         {
             let mut ins = tx
                 .prepare_cached("INSERT INTO log (seq, hlc, body) VALUES (?1, ?2, ?3)")
-                .map_err(sq)?;
-            let mut st = tx.prepare_cached(STATE_LOCAL).map_err(sq)?;
+                .map_err(&sq)?;
+            let mut st = tx.prepare_cached(STATE_LOCAL).map_err(&sq)?;
             let mut body = Vec::with_capacity(512);
             for (hlc, rec) in records {
                 body.clear();
@@ -360,17 +366,17 @@ impl Journal {
                         body,
                         expires_at(rec)
                     ])
-                    .map_err(sq)?;
+                    .map_err(&sq)?;
                 if changed == 0 {
                     continue;
                 }
                 seq += 1;
                 ins.execute(params![seq as i64, *hlc as i64, body])
-                    .map_err(sq)?;
+                    .map_err(&sq)?;
                 appended += 1;
             }
         }
-        tx.commit().map_err(sq)?;
+        tx.commit().map_err(&sq)?;
         Ok((seq, appended))
     }
 
@@ -447,26 +453,22 @@ impl Journal {
     /// Stages versions the state already holds for applying into SER again
     /// (SER lost them). They keep their stamp, so they stay current.
     pub fn stage_restore(&mut self, records: &[(u64, String, Record)]) -> Result<(), JournalError> {
-        let path = self.path.display().to_string();
-        let sq = |source| JournalError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sq = self.sq();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sq)?;
+            .map_err(&sq)?;
         {
-            let mut ins = tx.prepare_cached(INBOX_INSERT).map_err(sq)?;
+            let mut ins = tx.prepare_cached(INBOX_INSERT).map_err(&sq)?;
             let mut body = Vec::with_capacity(512);
             for (hlc, origin, rec) in records {
                 body.clear();
                 codec::encode_into(rec, &mut body).expect("encoding into a Vec cannot fail");
                 ins.execute(params![origin, *hlc as i64, body, rec.key()])
-                    .map_err(sq)?;
+                    .map_err(&sq)?;
             }
         }
-        tx.commit().map_err(sq)
+        tx.commit().map_err(&sq)
     }
 
     /// The stamp of the version the state holds for `key`.
@@ -520,27 +522,23 @@ impl Journal {
     /// ended for them). The state table keeps the latest version of every
     /// key, which is what a snapshot sends. Returns entries removed.
     pub fn trim(&mut self, upto: u64) -> Result<usize, JournalError> {
-        let path = self.path.display().to_string();
-        let sq = |source| JournalError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sq = self.sq();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sq)?;
+            .map_err(&sq)?;
         let n = tx
             .execute("DELETE FROM log WHERE seq <= ?1", [upto as i64])
-            .map_err(sq)?;
+            .map_err(&sq)?;
         if n > 0 {
             tx.execute(
                 "INSERT INTO meta (k, v) VALUES ('seq_floor', ?1)
                  ON CONFLICT(k) DO UPDATE SET v = max(v, excluded.v)",
                 [upto as i64],
             )
-            .map_err(sq)?;
+            .map_err(&sq)?;
         }
-        tx.commit().map_err(sq)?;
+        tx.commit().map_err(&sq)?;
         Ok(n)
     }
 
@@ -658,21 +656,17 @@ impl Journal {
     /// Removes a member for good: it no longer holds back trimming, no
     /// snapshot or position is kept for it, and gossip cannot bring it back.
     pub fn forget_member(&mut self, node_id: &str) -> Result<(), JournalError> {
-        let path = self.path.display().to_string();
-        let sq = |source| JournalError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sq = self.sq();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sq)?;
+            .map_err(&sq)?;
         tx.execute(
             "INSERT INTO members (node_id, address, forgotten) VALUES (?1, '', 1)
              ON CONFLICT(node_id) DO UPDATE SET forgotten = 1",
             [node_id],
         )
-        .map_err(sq)?;
+        .map_err(&sq)?;
         for table in ["peer_acked", "snapshot_in"] {
             let col = if table == "peer_acked" {
                 "node_id"
@@ -680,9 +674,9 @@ impl Journal {
                 "origin"
             };
             tx.execute(&format!("DELETE FROM {table} WHERE {col} = ?1"), [node_id])
-                .map_err(sq)?;
+                .map_err(&sq)?;
         }
-        tx.commit().map_err(sq)
+        tx.commit().map_err(&sq)
     }
 
     pub fn is_forgotten(&self, node_id: &str) -> Result<bool, JournalError> {
@@ -762,22 +756,18 @@ impl Journal {
         rows: &[SnapRow],
         last: bool,
     ) -> Result<StageOutcome, JournalError> {
-        let path = self.path.display().to_string();
-        let sq = |source| JournalError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sq = self.sq();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sq)?;
+            .map_err(&sq)?;
         let mut out = StageOutcome {
             upto,
             ..Default::default()
         };
         {
-            let mut st = tx.prepare_cached(STATE_LWW).map_err(sq)?;
-            let mut ins = tx.prepare_cached(INBOX_INSERT).map_err(sq)?;
+            let mut st = tx.prepare_cached(STATE_LWW).map_err(&sq)?;
+            let mut ins = tx.prepare_cached(INBOX_INSERT).map_err(&sq)?;
             let mut body = Vec::with_capacity(512);
             for row in rows {
                 out.fresh += 1;
@@ -793,34 +783,34 @@ impl Journal {
                         body,
                         expires_at(&row.record)
                     ])
-                    .map_err(sq)?
+                    .map_err(&sq)?
                     == 0
                 {
                     out.superseded += 1;
                     continue;
                 }
                 ins.execute(params![row.origin, row.hlc as i64, body, key])
-                    .map_err(sq)?;
+                    .map_err(&sq)?;
             }
         }
         if last {
             tx.execute("DELETE FROM snapshot_in WHERE origin = ?1", [origin])
-                .map_err(sq)?;
+                .map_err(&sq)?;
             tx.execute(
                 "INSERT INTO received (origin, seq) VALUES (?1, ?2)
                  ON CONFLICT(origin) DO UPDATE SET seq = max(seq, excluded.seq)",
                 params![origin, upto as i64],
             )
-            .map_err(sq)?;
+            .map_err(&sq)?;
         } else if let Some(lastrow) = rows.last() {
             tx.execute(
                 "INSERT INTO snapshot_in (origin, upto, after_key) VALUES (?1, ?2, ?3)
                  ON CONFLICT(origin) DO UPDATE SET upto = excluded.upto, after_key = excluded.after_key",
                 params![origin, upto as i64, lastrow.record.key()],
             )
-            .map_err(sq)?;
+            .map_err(&sq)?;
         }
-        tx.commit().map_err(sq)?;
+        tx.commit().map_err(&sq)?;
         Ok(out)
     }
 
@@ -902,28 +892,24 @@ impl Journal {
     /// which staging recognises as versions it has. Returns the new last
     /// sequence.
     pub fn renumber_after(&mut self, after: u64) -> Result<u64, JournalError> {
-        let path = self.path.display().to_string();
-        let sq = |source| JournalError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sq = self.sq();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sq)?;
-        let last = Self::last_seq_in(&tx).map_err(sq)?;
+            .map_err(&sq)?;
+        let last = Self::last_seq_in(&tx).map_err(&sq)?;
         // Beyond the last sequence too: no new number meets an old one.
         let shift = after.max(last) as i64;
         tx.execute("UPDATE log SET seq = seq + ?1", [shift])
-            .map_err(sq)?;
+            .map_err(&sq)?;
         tx.execute(
             "INSERT INTO meta (k, v) VALUES ('seq_floor', ?1)
              ON CONFLICT(k) DO UPDATE SET v = v + ?1",
             [shift],
         )
-        .map_err(sq)?;
-        let new_last = Self::last_seq_in(&tx).map_err(sq)?;
-        tx.commit().map_err(sq)?;
+        .map_err(&sq)?;
+        let new_last = Self::last_seq_in(&tx).map_err(&sq)?;
+        tx.commit().map_err(&sq)?;
         Ok(new_last)
     }
 
@@ -962,15 +948,11 @@ impl Journal {
         origin: &str,
         changes: &[Change],
     ) -> Result<StageOutcome, JournalError> {
-        let path = self.path.display().to_string();
-        let sq = |source| JournalError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sq = self.sq();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sq)?;
+            .map_err(&sq)?;
         let held: u64 = tx
             .query_row(
                 "SELECT seq FROM received WHERE origin = ?1",
@@ -978,15 +960,15 @@ impl Journal {
                 |r| r.get::<_, i64>(0),
             )
             .optional()
-            .map_err(sq)?
+            .map_err(&sq)?
             .unwrap_or(0) as u64;
         let mut out = StageOutcome {
             upto: held,
             ..Default::default()
         };
         {
-            let mut st = tx.prepare_cached(STATE_LWW).map_err(sq)?;
-            let mut ins = tx.prepare_cached(INBOX_INSERT).map_err(sq)?;
+            let mut st = tx.prepare_cached(STATE_LWW).map_err(&sq)?;
+            let mut ins = tx.prepare_cached(INBOX_INSERT).map_err(&sq)?;
             let mut body = Vec::with_capacity(512);
             for ch in changes {
                 if ch.seq <= out.upto {
@@ -1005,13 +987,13 @@ impl Journal {
                         body,
                         expires_at(&ch.record)
                     ])
-                    .map_err(sq)?;
+                    .map_err(&sq)?;
                 if won == 0 {
                     out.superseded += 1;
                     continue;
                 }
                 ins.execute(params![origin, ch.hlc as i64, body, key])
-                    .map_err(sq)?;
+                    .map_err(&sq)?;
             }
         }
         if out.upto > held {
@@ -1020,9 +1002,9 @@ impl Journal {
                  ON CONFLICT(origin) DO UPDATE SET seq = excluded.seq",
                 params![origin, out.upto as i64],
             )
-            .map_err(sq)?;
+            .map_err(&sq)?;
         }
-        tx.commit().map_err(sq)?;
+        tx.commit().map_err(&sq)?;
         Ok(out)
     }
 
@@ -1034,16 +1016,12 @@ impl Journal {
         &mut self,
         limit: usize,
     ) -> Result<(Vec<Staged>, Option<i64>), JournalError> {
-        let path = self.path.display().to_string();
-        let sq = |source| JournalError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sq = self.sq();
         // One read transaction: one consistent view, one lock.
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Deferred)
-            .map_err(sq)?;
+            .map_err(&sq)?;
         let mut out = Vec::new();
         let mut last_id = None;
         {
@@ -1056,15 +1034,15 @@ impl Journal {
                      FROM inbox i LEFT JOIN state s ON s.key = i.key
                      ORDER BY i.id LIMIT ?1",
                 )
-                .map_err(sq)?;
-            let mut rows = peek.query([limit as i64]).map_err(sq)?;
-            while let Some(r) = rows.next().map_err(sq)? {
+                .map_err(&sq)?;
+            let mut rows = peek.query([limit as i64]).map_err(&sq)?;
+            while let Some(r) = rows.next().map_err(&sq)? {
                 let (id, origin, hlc, body, current): (i64, String, i64, Vec<u8>, bool) = (
-                    r.get(0).map_err(sq)?,
-                    r.get(1).map_err(sq)?,
-                    r.get(2).map_err(sq)?,
-                    r.get(3).map_err(sq)?,
-                    r.get(4).map_err(sq)?,
+                    r.get(0).map_err(&sq)?,
+                    r.get(1).map_err(&sq)?,
+                    r.get(2).map_err(&sq)?,
+                    r.get(3).map_err(&sq)?,
+                    r.get(4).map_err(&sq)?,
                 );
                 last_id = Some(id);
                 if !current {
@@ -1072,7 +1050,7 @@ impl Journal {
                 }
                 let record: Record =
                     codec::decode(&body).map_err(|detail| JournalError::BadRecord {
-                        path: path.clone(),
+                        path: self.path.display().to_string(),
                         seq: id,
                         detail,
                     })?;
@@ -1084,7 +1062,7 @@ impl Journal {
                 });
             }
         }
-        tx.commit().map_err(sq)?;
+        tx.commit().map_err(&sq)?;
         Ok((out, last_id))
     }
 

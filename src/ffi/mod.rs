@@ -410,7 +410,9 @@ pub unsafe extern "C" fn sersync_engine_run(
                 Err(crate::engine::EngineError::Journal(
                     e @ (JournalError::CorruptMovedAside { .. } | JournalError::TooNew { .. }),
                 )) => {
-                    log::error(format_args!("{e}; until then replication is off, SER keeps serving"));
+                    log::error(format_args!(
+                        "{e}; until then replication is off, SER keeps serving"
+                    ));
                     let st = crate::status::Status::new(&cfg.node_id);
                     st.set_error(&e.to_string());
                     shared.write_status(&st.to_c());
