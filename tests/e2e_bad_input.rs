@@ -393,6 +393,70 @@ impl Drop for StuckMember {
     }
 }
 
+/// The attacked node: paces the attacks (log lines about connections
+/// refused before authenticating are limited to one a second) and checks
+/// after each that replication with its peer still works.
+struct Target<'a> {
+    node: &'a Node,
+    peer: &'a Node,
+    last: Instant,
+    step: u32,
+}
+
+impl<'a> Target<'a> {
+    fn new(node: &'a Node, peer: &'a Node) -> Self {
+        Target {
+            node,
+            peer,
+            last: Instant::now() - Duration::from_secs(2),
+            step: 0,
+        }
+    }
+
+    fn pace(&mut self) {
+        let since = self.last.elapsed();
+        if since < Duration::from_millis(1200) {
+            sleep(Duration::from_millis(1200) - since);
+        }
+        self.last = Instant::now();
+    }
+
+    fn still_replicates(&mut self) {
+        self.step += 1;
+        still_replicates(self.node, self.peer, "bg", &format!("{:02}", self.step));
+    }
+
+    /// One hostile connection: `act` gets it after the node's challenge;
+    /// then the node must close it and log a line with every one of
+    /// `needles` (the first counts lines before the attack). Returns it.
+    fn attack(
+        &mut self,
+        what: &str,
+        needles: &[&str],
+        act: impl FnOnce(&mut TcpStream, &str, &Nonce),
+    ) -> String {
+        self.pace();
+        let before = count_log(self.node, &needles[..1]);
+        let mut s = connect_from(ATTACKER, &self.node.ip, SERSYNC_PORT);
+        let (id, nonce) = challenge(&mut s);
+        act(&mut s, &id, &nonce);
+        closed_by_node(&mut s, Duration::from_secs(10), what);
+        let line = expect_log(self.node, needles, before, what);
+        self.still_replicates();
+        line
+    }
+}
+
+/// Reads the node's answer to a hello: a refusal whose reason says `why`.
+fn expect_refusal(s: &mut TcpStream, why: &str, what: &str) {
+    match read_frame(s) {
+        Some(Frame::Refuse { reason }) => {
+            assert!(reason.contains(why), "{what} refused with {reason:?}")
+        }
+        other => panic!("{what}: expected a refusal, got {other:?}"),
+    }
+}
+
 #[test]
 fn hostile_connections_are_dropped_while_sipp_registers() {
     let t0 = Instant::now();
@@ -405,60 +469,33 @@ fn hostile_connections_are_dropped_while_sipp_registers() {
     let secret = secret("bad-peers");
     let ip = n1.ip.clone();
     let rss_before = rss_kib(sersync_pid(n1));
-    // Log lines about connections refused before authenticating are rate
-    // limited to one a second: space the attacks.
-    let mut last_attack = Instant::now() - Duration::from_secs(2);
-    let mut pace = || {
-        let since = last_attack.elapsed();
-        if since < Duration::from_millis(1200) {
-            sleep(Duration::from_millis(1200) - since);
-        }
-        last_attack = Instant::now();
-    };
+    let mut target = Target::new(n1, n2);
     let dropped = "dropped incoming connection from 127.0.0.97";
     let refused = "refused incoming connection from 127.0.0.97";
 
     let registered = with_background_sipp(n1, "bg", || {
         // -- Random bytes ----------------------------------------------------
-        pace();
-        let before = count_log(n1, &[dropped]);
-        let mut s = connect_from(ATTACKER, &ip, SERSYNC_PORT);
-        challenge(&mut s);
-        let _ = s.write_all(&noise(64 << 10, 0x9e37_79b9_7f4a_7c15));
-        closed_by_node(&mut s, Duration::from_secs(10), "random bytes");
-        let line = expect_log(n1, &[dropped, "protocol error"], before, "random bytes");
+        let line = target.attack("random bytes", &[dropped, "protocol error"], |s, _, _| {
+            let _ = s.write_all(&noise(64 << 10, 0x9e37_79b9_7f4a_7c15));
+        });
         eprintln!("e2e: random bytes: {line}");
-        still_replicates(n1, n2, "bg", "01");
 
         // -- A small frame whose body is garbage -----------------------------
-        pace();
-        let before = count_log(n1, &[dropped]);
-        let mut s = connect_from(ATTACKER, &ip, SERSYNC_PORT);
-        challenge(&mut s);
-        let mut bytes = 8u32.to_be_bytes().to_vec();
-        bytes.extend_from_slice(&[0xff; 8]);
-        s.write_all(&bytes).expect("sending");
-        closed_by_node(&mut s, Duration::from_secs(10), "garbage frame");
-        expect_log(n1, &[dropped, "malformed frame"], before, "garbage frame");
-        still_replicates(n1, n2, "bg", "02");
+        target.attack("garbage frame", &[dropped, "malformed frame"], |s, _, _| {
+            let mut bytes = 8u32.to_be_bytes().to_vec();
+            bytes.extend_from_slice(&[0xff; 8]);
+            s.write_all(&bytes).expect("sending");
+        });
 
         // -- A length prefix of 4 GiB: refused before anything is allocated --
-        pace();
-        let before = count_log(n1, &[dropped]);
-        let mut s = connect_from(ATTACKER, &ip, SERSYNC_PORT);
-        challenge(&mut s);
-        s.write_all(&u32::MAX.to_be_bytes()).expect("sending");
-        closed_by_node(&mut s, Duration::from_secs(10), "oversize length");
-        expect_log(
-            n1,
-            &[dropped, "4294967295 bytes exceeds the maximum"],
-            before,
+        target.attack(
             "oversize length prefix",
+            &[dropped, "4294967295 bytes exceeds the maximum"],
+            |s, _, _| s.write_all(&u32::MAX.to_be_bytes()).expect("sending"),
         );
-        still_replicates(n1, n2, "bg", "03");
 
         // -- Half a hello, then the peer goes away ---------------------------
-        pace();
+        target.pace();
         let before = count_log(n1, &[dropped]);
         let mut s = connect_from(ATTACKER, &ip, SERSYNC_PORT);
         let (id, nonce) = challenge(&mut s);
@@ -474,44 +511,30 @@ fn hostile_connections_are_dropped_while_sipp_registers() {
             before,
             "truncated frame",
         );
-        still_replicates(n1, n2, "bg", "04");
+        target.still_replicates();
 
         // -- Another cluster's secret -----------------------------------------
-        pace();
-        let before = count_log(n1, &[refused]);
-        let mut s = connect_from(ATTACKER, &ip, SERSYNC_PORT);
-        let (id, nonce) = challenge(&mut s);
-        send(
-            &mut s,
-            &hello(
-                b"another-clusters-secret",
-                "intruder",
-                &id,
-                &nonce,
-                VERSION,
-                "tcp:127.0.0.99:5999",
-            ),
-        );
-        match read_frame(&mut s) {
-            Some(Frame::Refuse { reason }) => assert!(
-                reason.contains("authentication failed"),
-                "wrong secret refused with {reason:?}"
-            ),
-            other => panic!("wrong secret: expected a refusal, got {other:?}"),
-        }
-        closed_by_node(&mut s, Duration::from_secs(10), "wrong secret");
-        expect_log(
-            n1,
-            &[refused, "intruder failed authentication"],
-            before,
+        target.attack(
             "wrong secret",
+            &[refused, "intruder failed authentication"],
+            |s, id, nonce| {
+                let h = hello(
+                    b"another-clusters-secret",
+                    "intruder",
+                    id,
+                    nonce,
+                    VERSION,
+                    "tcp:127.0.0.99:5999",
+                );
+                send(s, &h);
+                expect_refusal(s, "authentication failed", "wrong secret");
+            },
         );
-        still_replicates(n1, n2, "bg", "05");
 
         // -- A valid hello recorded on one connection, replayed on another ----
         // The original is valid (the node welcomes it); it names the node's
         // own address as its listen address, so the node learns no member.
-        pace();
+        target.pace();
         let before = count_log(n1, &[refused]);
         let mut s = connect_from(ATTACKER, &ip, SERSYNC_PORT);
         let (id, nonce) = challenge(&mut s);
@@ -536,46 +559,29 @@ fn hostile_connections_are_dropped_while_sipp_registers() {
             before,
             "replayed handshake",
         );
-        still_replicates(n1, n2, "bg", "06");
+        target.still_replicates();
 
         // -- A protocol version this node does not speak ---------------------
-        pace();
-        let before = count_log(n1, &[refused]);
-        let mut s = connect_from(ATTACKER, &ip, SERSYNC_PORT);
-        let (id, nonce) = challenge(&mut s);
-        send(
-            &mut s,
-            &hello(
-                &secret,
-                "future",
-                &id,
-                &nonce,
-                VERSION + 1,
-                "tcp:127.0.0.99:5999",
-            ),
-        );
-        match read_frame(&mut s) {
-            Some(Frame::Refuse { reason }) => assert!(
-                reason.contains(&format!("v{VERSION}")),
-                "unknown version refused with {reason:?}"
-            ),
-            other => panic!("unknown version: expected a refusal, got {other:?}"),
-        }
-        closed_by_node(&mut s, Duration::from_secs(10), "unknown version");
-        expect_log(
-            n1,
-            &[
-                refused,
-                "future speaks protocol",
-                &format!("v{}", VERSION + 1),
-            ],
-            before,
+        let newer = format!("v{}", VERSION + 1);
+        target.attack(
             "unknown protocol version",
+            &[refused, "future speaks protocol", &newer],
+            |s, id, nonce| {
+                let h = hello(
+                    &secret,
+                    "future",
+                    id,
+                    nonce,
+                    VERSION + 1,
+                    "tcp:127.0.0.99:5999",
+                );
+                send(s, &h);
+                expect_refusal(s, &format!("v{VERSION}"), "unknown version");
+            },
         );
-        still_replicates(n1, n2, "bg", "07");
 
         // -- Connects, reads the challenge, sends nothing --------------------
-        pace();
+        target.pace();
         let before = count_log(n1, &[dropped]);
         let mut s = connect_from(ATTACKER, &ip, SERSYNC_PORT);
         challenge(&mut s);
@@ -590,7 +596,7 @@ fn hostile_connections_are_dropped_while_sipp_registers() {
             before,
             "silent peer",
         );
-        still_replicates(n1, n2, "bg", "08");
+        target.still_replicates();
 
         // -- A member that authenticates, then never reads --------------------
         // It announces itself (a valid hello whose listen address is the
@@ -654,7 +660,7 @@ fn hostile_connections_are_dropped_while_sipp_registers() {
             json!("ok")
         );
         drop(stuck);
-        still_replicates(n1, n2, "bg", "09");
+        target.still_replicates();
     });
 
     // Everything sipp registered on the attacked node is on its peer too.

@@ -356,21 +356,28 @@ impl Cluster {
     }
 
     /// Waits until every running node's peers are up and have acknowledged
-    /// everything it journaled (acked = last_seq, nothing pending).
+    /// everything it journaled (acked = last_seq, nothing pending, nothing
+    /// queued), the same on two status reads 0.3 s apart: sersync.status
+    /// is republished every 0.2 s, so one read may predate the last
+    /// change.
     pub fn wait_settled(&self, timeout: Duration) {
         let mut last = String::new();
         let running: Vec<&Node> = self.nodes.iter().filter(|n| n.is_running()).collect();
+        let mut seen: Option<Vec<u64>> = None;
         let ok = wait_until(timeout, || {
             last.clear();
             let mut all = true;
+            let mut seqs = Vec::new();
             for node in &running {
                 match node.sersync_status() {
                     Ok(st) => {
+                        seqs.push(st.last_seq);
                         let done = st.peers.len() == self.nodes.len() - 1
                             && st.peers.iter().all(|p| {
                                 p.state == "up" && p.acked == st.last_seq && p.pending == 0
                             })
-                            && st.apply_pending == 0;
+                            && st.apply_pending == 0
+                            && st.queue_depth == 0;
                         if !done {
                             all = false;
                             let _ = writeln!(last, "{}: {}", node.name(), st.summary());
@@ -382,7 +389,16 @@ impl Cluster {
                     }
                 }
             }
-            all
+            if !all {
+                seen = None;
+                return false;
+            }
+            if seen.as_ref() == Some(&seqs) {
+                return true;
+            }
+            seen = Some(seqs);
+            sleep(Duration::from_millis(300));
+            false
         });
         assert!(
             ok,
