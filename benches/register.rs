@@ -137,6 +137,15 @@ impl Settings {
     fn part(&self, p: &str) -> bool {
         self.parts.iter().any(|x| x == p)
     }
+
+    /// The configurations of `candidates` this run measures.
+    fn chosen(&self, candidates: &[Repl]) -> Vec<Repl> {
+        candidates
+            .iter()
+            .copied()
+            .filter(|r| self.configs.contains(r))
+            .collect()
+    }
 }
 
 /// What replicates node 1's registrations.
@@ -1341,17 +1350,14 @@ fn main() {
 
     let mut m64 = Vec::new();
     if s.part("m64") {
-        let cfgs: Vec<Repl> = [
+        let cfgs = s.chosen(&[
             Repl::None,
             Repl::Sersync {
                 peers: 1,
                 journal: false,
             },
             Repl::Dmq { peers: 1 },
-        ]
-        .into_iter()
-        .filter(|r| s.configs.contains(r))
-        .collect();
+        ]);
         for round in 1..=s.runs {
             for &repl in &cfgs {
                 let r = m64_run(&mut c, &s, repl, round);
@@ -1373,16 +1379,13 @@ fn main() {
 
     let mut catchup = Vec::new();
     if s.part("catchup") {
-        let cfgs: Vec<Repl> = [
+        let cfgs = s.chosen(&[
             Repl::Sersync {
                 peers: 1,
                 journal: false,
             },
             Repl::Dmq { peers: 1 },
-        ]
-        .into_iter()
-        .filter(|r| s.configs.contains(r))
-        .collect();
+        ]);
         for round in 1..=s.runs {
             for &repl in &cfgs {
                 let r = catchup_run(&mut c, &s, repl, round);
