@@ -17,22 +17,25 @@
 //!
 //! Addresses 127.0.0.91–99 only.
 
+#[path = "peer_support/mod.rs"]
+mod peer;
 #[path = "e2e_support/mod.rs"]
 mod support;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddrV4, TcpListener, TcpStream};
+use std::net::{SocketAddrV4, TcpStream};
 use std::os::unix::io::FromRawFd;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use peer::*;
 use serde_json::{json, Value};
 use sersync::record::{Alias, Contact, Op, Record};
-use sersync::wire::auth::{self, Nonce, Role, Transcript};
-use sersync::wire::{Frame, FrameReader, MAGIC, VERSION};
+use sersync::wire::auth::Nonce;
+use sersync::wire::{Frame, VERSION};
 use support::*;
 
 // ---------------------------------------------------------------------------
@@ -126,20 +129,6 @@ fn connect_from(src: &str, dst: &str, port: u16) -> TcpStream {
     }
 }
 
-fn read_frame(s: &mut TcpStream) -> Option<Frame> {
-    let mut r = FrameReader::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Ok(Some(f)) = r.next_frame() {
-            return Some(f);
-        }
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => r.extend(&buf[..n]),
-        }
-    }
-}
-
 /// Waits for the node to close the connection (EOF or reset); how long it
 /// took. Panics if it stays open for `limit`.
 fn closed_by_node(s: &mut TcpStream, limit: Duration, what: &str) -> Duration {
@@ -160,49 +149,6 @@ fn closed_by_node(s: &mut TcpStream, limit: Duration, what: &str) -> Duration {
             t0.elapsed() < limit,
             "{what}: the node kept the connection open for {limit:?}"
         );
-    }
-}
-
-fn challenge(s: &mut TcpStream) -> (String, Nonce) {
-    match read_frame(s) {
-        Some(Frame::Challenge { node_id, nonce, .. }) => (node_id, nonce),
-        other => panic!("expected the node's challenge, got {other:?}"),
-    }
-}
-
-fn send(s: &mut TcpStream, f: &Frame) {
-    let mut out = Vec::new();
-    f.write_to(&mut out).expect("encoding a frame");
-    s.write_all(&out).expect("sending a frame");
-}
-
-/// A hello from dialer `id` answering `nonce_a` of `acceptor`.
-fn hello(
-    secret: &[u8],
-    id: &str,
-    acceptor: &str,
-    nonce_a: &Nonce,
-    version: u16,
-    listen: &str,
-) -> Frame {
-    let nonce_d = auth::fresh_nonce();
-    let tag = auth::tag(
-        secret,
-        Role::Dialer,
-        &Transcript {
-            nonce_a,
-            nonce_d: &nonce_d,
-            dialer: id,
-            acceptor,
-        },
-    );
-    Frame::Hello {
-        magic: MAGIC,
-        version,
-        node_id: id.into(),
-        listen: listen.into(),
-        nonce: nonce_d,
-        tag,
     }
 }
 
@@ -316,82 +262,6 @@ fn noise(n: usize, mut x: u64) -> Vec<u8> {
 const ATTACKER: &str = "127.0.0.97";
 /// Where the fake member of the never-reading test listens.
 const STUCK_IP: &str = "127.0.0.98";
-
-/// A fake member at STUCK_IP that completes the handshake of every node
-/// dialing it (it knows the secret) and then never reads a byte.
-struct StuckMember {
-    stop: std::sync::Arc<AtomicBool>,
-    accepted: std::sync::Arc<AtomicUsize>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl StuckMember {
-    fn start(secret: Vec<u8>, id: &'static str) -> StuckMember {
-        let l = TcpListener::bind((STUCK_IP, SERSYNC_PORT)).expect("binding the fake member");
-        l.set_nonblocking(true).expect("nonblocking");
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
-        let (st, acc) = (stop.clone(), accepted.clone());
-        let thread = std::thread::spawn(move || {
-            let mut held = Vec::new();
-            while !st.load(Ordering::Relaxed) {
-                let Ok((mut s, _)) = l.accept() else {
-                    sleep(Duration::from_millis(50));
-                    continue;
-                };
-                let _ = s.set_nonblocking(false);
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let nonce_a = auth::fresh_nonce();
-                send(
-                    &mut s,
-                    &Frame::Challenge {
-                        magic: MAGIC,
-                        version: VERSION,
-                        node_id: id.into(),
-                        nonce: nonce_a,
-                    },
-                );
-                let Some(Frame::Hello { node_id, nonce, .. }) = read_frame(&mut s) else {
-                    continue;
-                };
-                let tag = auth::tag(
-                    &secret,
-                    Role::Acceptor,
-                    &Transcript {
-                        nonce_a: &nonce_a,
-                        nonce_d: &nonce,
-                        dialer: &node_id,
-                        acceptor: id,
-                    },
-                );
-                send(
-                    &mut s,
-                    &Frame::Welcome {
-                        tag,
-                        resume_after: 0,
-                        snapshot: None,
-                    },
-                );
-                acc.fetch_add(1, Ordering::Relaxed);
-                held.push(s); // and never read from it again
-            }
-        });
-        StuckMember {
-            stop,
-            accepted,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for StuckMember {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// The attacked node: paces the attacks (log lines about connections
 /// refused before authenticating are limited to one a second) and checks
@@ -603,7 +473,7 @@ fn hostile_connections_are_dropped_while_sipp_registers() {
         // fake member's); the node dials it, the fake completes the
         // handshake and reads nothing more. The node streams to it until
         // its window is full, must not grow in memory, and drops it.
-        let stuck = StuckMember::start(secret.clone(), "n8");
+        let stuck = StuckMember::start((STUCK_IP, SERSYNC_PORT), secret.clone(), "n8");
         let before = count_log(n1, &["lost peer n8", "not reading"]);
         let mut s = connect_from(ATTACKER, &ip, SERSYNC_PORT);
         let (id, nonce) = challenge(&mut s);

@@ -1,19 +1,22 @@
 //! A live engine facing hostile or broken peers: each is refused or
 //! dropped, and replication between the real members goes on throughout.
 
+#[path = "peer_support/mod.rs"]
+mod peer;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use peer::{challenge, read_frame, send, StuckMember};
 use sersync::apply::Sink;
 use sersync::config::RawConfig;
 use sersync::engine::Engine;
 use sersync::error::ApplyError;
 use sersync::queue::Shared;
 use sersync::record::{Contact, Op, Record, RecordRef};
-use sersync::wire::auth::{self, Role, Transcript};
-use sersync::wire::{Frame, FrameReader, MAGIC, VERSION};
+use sersync::wire::{Frame, VERSION};
 
 const SECRET: &[u8] = b"bad-peer-test-secret";
 
@@ -42,6 +45,20 @@ struct Pair {
     _dirs: Vec<tempfile::TempDir>,
 }
 
+/// Node `id` on 127.0.0.1:`me` with one peer, its journal in `dir`.
+fn config(id: &str, me: u16, peer: u16, dir: &std::path::Path) -> sersync::config::Config {
+    RawConfig {
+        node_id: id.into(),
+        listen: format!("tcp:127.0.0.1:{me}"),
+        peers: vec![format!("tcp:127.0.0.1:{peer}")],
+        secret: SECRET.to_vec(),
+        journal: dir.join("j.db").display().to_string(),
+        ..Default::default()
+    }
+    .check()
+    .unwrap()
+}
+
 fn pair() -> Pair {
     let (p1, p2) = (free_port(), free_port());
     let mut engines = Vec::new();
@@ -50,16 +67,7 @@ fn pair() -> Pair {
     let applied2 = Arc::new(Mutex::new(0));
     for (id, me, peer) in [("n1", p1, p2), ("n2", p2, p1)] {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = RawConfig {
-            node_id: id.into(),
-            listen: format!("tcp:127.0.0.1:{me}"),
-            peers: vec![format!("tcp:127.0.0.1:{peer}")],
-            secret: SECRET.to_vec(),
-            journal: dir.path().join("j.db").display().to_string(),
-            ..Default::default()
-        }
-        .check()
-        .unwrap();
+        let cfg = config(id, me, peer, dir.path());
         let (shared, sink) = if id == "n1" {
             (shared1.clone(), Count(Arc::default()))
         } else {
@@ -113,20 +121,6 @@ impl Pair {
     }
 }
 
-fn read_frame(s: &mut TcpStream) -> Option<Frame> {
-    let mut r = FrameReader::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Ok(Some(f)) = r.next_frame() {
-            return Some(f);
-        }
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => r.extend(&buf[..n]),
-        }
-    }
-}
-
 /// True once the engine has closed the connection.
 fn closed_by_engine(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 4096];
@@ -139,41 +133,10 @@ fn closed_by_engine(s: &mut TcpStream) -> bool {
     }
 }
 
-fn challenge(s: &mut TcpStream) -> (String, [u8; 32]) {
-    match read_frame(s) {
-        Some(Frame::Challenge { node_id, nonce, .. }) => (node_id, nonce),
-        other => panic!("expected a challenge, got {other:?}"),
-    }
-}
-
-fn send(s: &mut TcpStream, f: &Frame) {
-    let mut out = Vec::new();
-    f.write_to(&mut out).unwrap();
-    s.write_all(&out).unwrap();
-}
-
+/// A hello whose listen address is port 9, where nothing listens: a
+/// member the engine learns from it is dialed in vain, which costs nothing.
 fn hello(secret: &[u8], id: &str, acceptor: &str, nonce_a: &[u8; 32], version: u16) -> Frame {
-    let nonce_d = [42u8; 32];
-    let tag = auth::tag(
-        secret,
-        Role::Dialer,
-        &Transcript {
-            nonce_a,
-            nonce_d: &nonce_d,
-            dialer: id,
-            acceptor,
-        },
-    );
-    // Nothing listens on port 9: a member the engine learns from this
-    // hello is dialed in vain, which costs nothing.
-    Frame::Hello {
-        magic: MAGIC,
-        version,
-        node_id: id.into(),
-        listen: "tcp:127.0.0.1:9".into(),
-        nonce: nonce_d,
-        tag,
-    }
+    peer::hello(secret, id, acceptor, nonce_a, version, "tcp:127.0.0.1:9")
 }
 
 #[test]
@@ -273,4 +236,77 @@ fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
         "dropped after {waited:?}"
     );
     p.replicates(4);
+}
+
+#[test]
+fn a_member_that_never_reads_costs_a_bounded_output_and_is_dropped() {
+    // n1's only peer completes the handshake and never reads. n1 has far
+    // more to send than its limits: it must stop producing at its output
+    // bound (8 MiB, well before its 20,000-record window with records this
+    // large), then drop the peer after 30 s without an acknowledgement and
+    // dial it again.
+    let port = free_port();
+    let stuck = StuckMember::start(("127.0.0.1", port), SECRET.to_vec(), "stuck");
+    let dir = tempfile::tempdir().unwrap();
+    let me = free_port();
+    let cfg = config("n1", me, port, dir.path());
+    let shared = Arc::new(Shared::create(1 << 15).unwrap());
+    let engine = Engine::start(cfg, shared.clone(), Some(Box::new(Count(Arc::default())))).unwrap();
+    let path = vec![b'p'; 1400];
+    let total = 30_000u32;
+    for user in 0..total {
+        let c = Contact {
+            domain: b"location".to_vec(),
+            aor: format!("u{user}").into_bytes(),
+            contact: format!("sip:u{user}@192.0.2.1").into_bytes(),
+            path: path.clone(),
+            ..Default::default()
+        };
+        while shared
+            .publish(&RecordRef::Contact {
+                op: Op::Upsert,
+                contact: c.as_ref(),
+            })
+            .is_err()
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert!(
+        shared.wait_durable(Duration::from_secs(60)),
+        "not journaled"
+    );
+    let record_bytes = 1500u64;
+    let t0 = Instant::now();
+    let mut most_sent = 0;
+    let mut dropped = false;
+    while t0.elapsed() < Duration::from_secs(45) {
+        let st = engine.status();
+        let p = &st.peers[0];
+        most_sent = most_sent.max(p.sent);
+        if p.connects >= 2 {
+            dropped = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        stuck.accepted.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "the engine never completed a connection to the member"
+    );
+    assert!(
+        dropped,
+        "a member that never reads was not dropped and dialed again within 45 s"
+    );
+    // What was handed to the socket: the output bound plus what the two
+    // kernel socket buffers took, far below what there was to send.
+    assert!(
+        most_sent < 20_000 && most_sent * record_bytes < 24 << 20,
+        "{most_sent} records (~{} MiB) queued for a member that reads nothing",
+        most_sent * record_bytes >> 20
+    );
+    eprintln!(
+        "never-reading member: at most {most_sent} of {total} records queued before the drop"
+    );
+    engine.stop();
 }
