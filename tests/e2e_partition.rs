@@ -97,7 +97,37 @@ fn a_partitioned_node_converges_after_healing() {
         })
         .collect();
     sipp_register(cluster.node(2), &gone, 500, "n2-dereg");
-    let total = base.len() + side_a.len() + side_b.len() - gone.len();
+    // The same phones changed on both sides, the later change winning:
+    // de-registered on the majority, then refreshed on node 3 ...
+    let at_1 = |r: &Reg| Reg {
+        host: Some(ip1.clone()),
+        ..r.clone()
+    };
+    let revived: Vec<Reg> = base[50..100].iter().map(at_1).collect();
+    let dropped: Vec<Reg> = revived.iter().map(Reg::deregistration).collect();
+    sipp_register(cluster.node(2), &dropped, 500, "n2-dereg-first");
+    let refreshed: Vec<Reg> = revived
+        .iter()
+        .map(|r| Reg {
+            cseq: r.cseq + 10,
+            ..r.clone()
+        })
+        .collect();
+    sipp_register(cluster.node(3), &refreshed, 500, "n3-refresh-later");
+    // ... and refreshed on node 3, then de-registered on the majority.
+    let ended: Vec<Reg> = base[100..150].iter().map(at_1).collect();
+    let refreshed: Vec<Reg> = ended
+        .iter()
+        .map(|r| Reg {
+            cseq: r.cseq + 10,
+            ..r.clone()
+        })
+        .collect();
+    sipp_register(cluster.node(3), &refreshed, 500, "n3-refresh-first");
+    std::thread::sleep(Duration::from_millis(50));
+    let ended_later: Vec<Reg> = refreshed.iter().map(Reg::deregistration).collect();
+    sipp_register(cluster.node(1), &ended_later, 500, "n1-dereg-later");
+    let total = base.len() + side_a.len() + side_b.len() - gone.len() - ended.len();
     std::thread::sleep(Duration::from_secs(3));
     // Cut off for real: node 3 has none of the majority's changes.
     let n3 = cluster.node(3).contacts();
@@ -106,6 +136,7 @@ fn a_partitioned_node_converges_after_healing() {
         base.len() + side_b.len(),
         "node 3 should only hold its own side"
     );
+    let holds = |c: &Contacts, r: &Reg| c.keys().any(|(aor, _)| aor.starts_with(&r.user));
     drop(cut);
 
     wait_converged(
@@ -115,4 +146,19 @@ fn a_partitioned_node_converges_after_healing() {
         expect_contacts(total),
     );
     assert_eq!(assert_same_contacts(&cluster.all()), total);
+    let after = cluster.node(1).contacts();
+    for r in &revived {
+        assert!(
+            holds(&after, r),
+            "{}: refreshed on node 3 after its de-registration elsewhere, yet gone",
+            r.user
+        );
+    }
+    for r in &ended {
+        assert!(
+            !holds(&after, r),
+            "{}: de-registered on node 1 after its refresh on node 3, yet present",
+            r.user
+        );
+    }
 }
