@@ -207,6 +207,23 @@ fn registrations_replicate_field_by_field() {
         local1 as u64,
         "node 1 journaled more after the timer ran"
     );
+    // Bounded journal: with every peer up and caught up, each node's
+    // journal trims to nothing (every 5 s) while its sequence goes on.
+    let entries = |n: &Node| {
+        n.status()
+            .raw
+            .get("journal_entries")
+            .and_then(serde_json::Value::as_u64)
+    };
+    let trimmed = wait_until(Duration::from_secs(20), || {
+        cluster.all().iter().all(|n| entries(n) == Some(0))
+    });
+    assert!(
+        trimmed,
+        "journals not trimmed once acknowledged: {:?}",
+        cluster.all().iter().map(|n| entries(n)).collect::<Vec<_>>()
+    );
+    assert_eq!(n1.status().last_seq, local1 as u64);
 
     cluster.stop_all();
 }
