@@ -255,10 +255,12 @@ struct sersync_apply_ops {
  * RPC door) and calls the matching callback once per record, in order
  * (aliases only with SERSYNC_OP_UPSERT or SERSYNC_OP_DELETE). Stops at the
  * first callback failure and returns SERSYNC_E_CALLBACK; a malformed
- * payload returns SERSYNC_E_DECODE before any callback runs. If count is
- * not NULL it receives the number of records applied. */
+ * payload returns SERSYNC_E_DECODE before any callback runs, and what is
+ * wrong with it in err (NUL-terminated, at most errlen bytes; err may be
+ * NULL). If count is not NULL it receives the number of records applied. */
 int sersync_apply_decode(const char *payload, size_t len,
-		const struct sersync_apply_ops *ops, uint32_t *count);
+		const struct sersync_apply_ops *ops, uint32_t *count, char *err,
+		size_t errlen);
 
 #ifdef __cplusplus
 }

@@ -523,6 +523,7 @@ static const struct sersync_apply_ops sersync_apply_ops = {
 static void sersync_rpc_apply(rpc_t *rpc, void *ctx)
 {
 	str payload = STR_NULL;
+	char err[SERSYNC_ERR_MAX];
 	uint32_t count;
 	int rc;
 
@@ -536,15 +537,16 @@ static void sersync_rpc_apply(rpc_t *rpc, void *ctx)
 
 	count = 0;
 	_sersync_replaying = 1;
-	rc = sersync_apply_decode(
-			payload.s, (size_t)payload.len, &sersync_apply_ops, &count);
+	err[0] = '\0';
+	rc = sersync_apply_decode(payload.s, (size_t)payload.len,
+			&sersync_apply_ops, &count, err, sizeof(err));
 	_sersync_replaying = 0;
 
 	switch(rc) {
 		case SERSYNC_OK:
 			break;
 		case SERSYNC_E_DECODE:
-			rpc->fault(ctx, 400, "Malformed payload");
+			rpc->fault(ctx, 400, "Malformed payload: %s", err);
 			return;
 		case SERSYNC_E_CALLBACK:
 			rpc->fault(ctx, 500, "Apply failed after %u record(s)",

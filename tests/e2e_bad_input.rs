@@ -739,7 +739,7 @@ fn garbage_rpc_parameters_get_clear_errors_and_change_nothing() {
             "sersync.apply",
             json!(["not base64 at all!"]),
             400,
-            "Malformed payload",
+            "Malformed payload: not base64",
         ),
         (
             "sersync.apply",
@@ -903,7 +903,10 @@ fn garbage_rpc_parameters_get_clear_errors_and_change_nothing() {
         (&["sersync.status", "x"][..], "takes no parameters"),
         (&["sersync.peers", "1", "2"][..], "takes no parameters"),
         (&["sersync.forget"][..], "Expected one string parameter"),
-        (&["sersync.apply", "%%%"][..], "Malformed payload"),
+        (
+            &["sersync.apply", "%%%"][..],
+            "Malformed payload: not base64",
+        ),
         (
             &["sersync.alias_list", "a", "b"][..],
             "at most one parameter",

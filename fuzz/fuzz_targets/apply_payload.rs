@@ -26,11 +26,16 @@ extern "C" fn on_alias(_: *mut c_void, _: *const sersync_alias) -> c_int {
 fuzz_target!(|data: &[u8]| {
     let ops = sersync_apply_ops { contact: Some(on_contact), alias: Some(on_alias), ctx: std::ptr::null_mut() };
     let mut n = 0u32;
-    let rc = unsafe { sersync::ffi::sersync_apply_decode(data.as_ptr().cast(), data.len(), &ops, &mut n) };
+    let mut err = [0 as std::os::raw::c_char; 256];
+    let rc = unsafe {
+        sersync::ffi::sersync_apply_decode(data.as_ptr().cast(), data.len(), &ops, &mut n, err.as_mut_ptr(), err.len())
+    };
     assert!(rc == 0 || rc == 6, "unexpected rc {rc}");
     // Valid encodings too: base64 of the raw bytes reaches the decoder proper.
     use base64::Engine as _;
     let text = base64::engine::general_purpose::STANDARD.encode(data);
-    let rc = unsafe { sersync::ffi::sersync_apply_decode(text.as_ptr().cast(), text.len(), &ops, &mut n) };
+    let rc = unsafe {
+        sersync::ffi::sersync_apply_decode(text.as_ptr().cast(), text.len(), &ops, &mut n, err.as_mut_ptr(), err.len())
+    };
     assert!(rc == 0 || rc == 6, "unexpected rc {rc}");
 });

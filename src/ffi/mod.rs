@@ -462,6 +462,8 @@ pub unsafe extern "C" fn sersync_apply_decode(
     len: usize,
     ops: *const sersync_apply_ops,
     count: *mut u32,
+    err: *mut c_char,
+    errlen: usize,
 ) -> c_int {
     boundary(|| {
         // SAFETY: NULL checked; validity per sersync.h.
@@ -479,6 +481,7 @@ pub unsafe extern "C" fn sersync_apply_decode(
             Ok(r) => r,
             Err(e) => {
                 log::error(format_args!("sersync.apply: malformed payload: {e}"));
+                write_err(err, errlen, &e.to_string());
                 return sersync_rc::SERSYNC_E_DECODE;
             }
         };
@@ -532,6 +535,12 @@ const _SIGNATURES: () = {
         [sys::sersync_status_read, sersync_status_read];
     let _: [unsafe extern "C" fn(*mut sersync_shared, *const sersync_alias) -> c_int; 2] =
         [sys::sersync_publish_alias, sersync_publish_alias];
-    let _: [unsafe extern "C" fn(*const c_char, usize, *const sersync_apply_ops, *mut u32) -> c_int;
-        2] = [sys::sersync_apply_decode, sersync_apply_decode];
+    let _: [unsafe extern "C" fn(
+        *const c_char,
+        usize,
+        *const sersync_apply_ops,
+        *mut u32,
+        *mut c_char,
+        usize,
+    ) -> c_int; 2] = [sys::sersync_apply_decode, sersync_apply_decode];
 };
