@@ -169,7 +169,8 @@ static int (*const fn_status_read)(struct sersync_shared *,
 static int (*const fn_publish_alias)(struct sersync_shared *,
 		const struct sersync_alias *) = sersync_publish_alias;
 static int (*const fn_apply_decode)(const char *, size_t,
-		const struct sersync_apply_ops *, uint32_t *) = sersync_apply_decode;
+		const struct sersync_apply_ops *, uint32_t *, char *,
+		size_t) = sersync_apply_decode;
 
 int main(void)
 {
