@@ -1590,16 +1590,24 @@ pub fn sipp_command(
     rate: u32,
     transport: &str,
 ) -> Command {
-    let mut cmd = Command::new(SIPP);
+    let mut cmd = sipp_base(scenario, dir);
     cmd.arg(format!("{}:{SIP_PORT}", node.ip))
-        .arg("-sf")
-        .arg(e2e_dir().join(scenario))
         .arg("-inf")
         .arg(dir.join("users.csv"))
         .args(["-m", &n.to_string(), "-r", &rate.to_string(), "-rp", "1000"])
         .args(["-l", &n.clamp(1, 2000).to_string()])
         .args(["-t", transport])
-        .args(["-i", &node.ip, "-bind_local"])
+        .args(["-i", &node.ip, "-bind_local"]);
+    cmd
+}
+
+/// What every sipp run shares: `scenario` (under tests/e2e/, or a path),
+/// errors to `dir/errors.log`, run in `dir`, no terminal, its own process
+/// group, killed with the test.
+fn sipp_base(scenario: &Path, dir: &Path) -> Command {
+    let mut cmd = Command::new(SIPP);
+    cmd.arg("-sf")
+        .arg(e2e_dir().join(scenario))
         .args(["-trace_err", "-error_file"])
         .arg(dir.join("errors.log"))
         .arg("-nostdin")
@@ -1919,22 +1927,14 @@ pub fn sipp_server(
 ) -> SippServer {
     let dir = sipp_run_dir(node, label);
     let out = File::create(dir.join("sipp.out")).expect("sipp.out");
-    let child = Command::new(SIPP)
-        .arg("-sf")
-        .arg(e2e_dir().join(scenario))
+    let child = sipp_base(Path::new(scenario), &dir)
         .args(["-i", ip, "-p", &port.to_string(), "-bind_local"])
         .args(["-t", "u1", "-m", &calls.to_string()])
         .args(["-trace_msg", "-message_file"])
         .arg(dir.join("messages.log"))
-        .args(["-trace_err", "-error_file"])
-        .arg(dir.join("errors.log"))
-        .args(["-nostdin", "-timeout", "120"])
-        .current_dir(&dir)
-        .stdin(Stdio::null())
+        .args(["-timeout", "120"])
         .stdout(out.try_clone().expect("fd"))
         .stderr(out)
-        .process_group(0)
-        .pre_exec_parent_death(libc::SIGKILL)
         .spawn()
         .unwrap_or_else(|e| panic!("starting sipp: {e}"));
     // listening once it has written its first screen
@@ -2005,24 +2005,16 @@ pub fn sipp_call(
 ) -> Result<(), String> {
     let dir = sipp_run_dir(node, label);
     let out = File::create(dir.join("sipp.out")).expect("sipp.out");
-    let mut child = Command::new(SIPP)
+    let mut child = sipp_base(Path::new(scenario), &dir)
         .arg(format!("{}:{SIP_PORT}", node.ip))
-        .arg("-sf")
-        .arg(e2e_dir().join(scenario))
         .args(["-s", user, "-key", "domain", domain])
         .args(["-i", &node.ip, "-bind_local", "-t", "u1"])
         .args(["-m", "1", "-l", "1"])
         .args(["-trace_msg", "-message_file"])
         .arg(dir.join("messages.log"))
-        .args(["-trace_err", "-error_file"])
-        .arg(dir.join("errors.log"))
-        .args(["-nostdin", "-timeout", "30"])
-        .current_dir(&dir)
-        .stdin(Stdio::null())
+        .args(["-timeout", "30"])
         .stdout(out.try_clone().expect("fd"))
         .stderr(out)
-        .process_group(0)
-        .pre_exec_parent_death(libc::SIGKILL)
         .spawn()
         .unwrap_or_else(|e| panic!("starting sipp: {e}"));
     let guard = ChildGuard(Some(child.id()));
