@@ -121,10 +121,10 @@ impl RawConfig {
             ));
         }
         let listen = parse_endpoint("listen", &self.listen)?;
-        if self.peers.len() > crate::status::MAX_PEERS {
+        if self.peers.len() > crate::abi::MAX_PEERS {
             return Err(ConfigError::invalid(
                 "peer",
-                format!("at most {} peers", crate::status::MAX_PEERS),
+                format!("at most {} peers", crate::abi::MAX_PEERS),
             ));
         }
         let mut peers = Vec::with_capacity(self.peers.len());

@@ -10,6 +10,7 @@ use std::time::Duration;
 use mio::Waker;
 
 use crate::apply::{db::Database, door::Door, Applier, ScanWatch, Sink};
+use crate::codec;
 use crate::config::Config;
 use crate::error::JournalError;
 use crate::hlc::Hlc;
@@ -19,7 +20,6 @@ use crate::net::Net;
 use crate::queue::Shared;
 use crate::record::{Op, Record};
 use crate::status::{Snapshot, Status};
-use crate::wire::codec;
 use std::collections::HashSet;
 
 #[derive(Debug, thiserror::Error)]

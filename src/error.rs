@@ -1,6 +1,6 @@
 //! Errors per subsystem, and their one mapping onto the C return codes.
 
-use crate::ffi::sys::sersync_rc;
+use crate::abi::sersync_rc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

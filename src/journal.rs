@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
+use crate::codec;
 use crate::error::JournalError;
 use crate::record::{Change, Record};
-use crate::wire::codec;
 
 /// Schema version this code writes (PRAGMA user_version).
 const SCHEMA_VERSION: i64 = 6;

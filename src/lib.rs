@@ -5,7 +5,9 @@
 //! received records → [`journal`] inbox → [`apply`] → SER's RPC door or DB.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod abi;
 pub mod apply;
+pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod error;

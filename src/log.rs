@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::ffi::sys::sersync_log_fn;
+use crate::abi::sersync_log_fn;
 
 pub const ERR: i32 = 1;
 pub const WARN: i32 = 2;

@@ -233,7 +233,7 @@ impl Net {
                     let Ok(addr) = crate::config::parse_endpoint("member", &address) else {
                         continue;
                     };
-                    let room = peers.len() < crate::status::MAX_PEERS;
+                    let room = peers.len() < crate::abi::MAX_PEERS;
                     match peers.iter_mut().find(|p| p.addr == addr) {
                         Some(p) => p.node_id = id,
                         None if room && id != cfg.node_id => {
@@ -1122,10 +1122,10 @@ impl Net {
                 }
             }
             None => {
-                if self.peers.len() >= crate::status::MAX_PEERS {
+                if self.peers.len() >= crate::abi::MAX_PEERS {
                     log::error(format_args!(
                         "cannot add member {node_id}: at most {} peers",
-                        crate::status::MAX_PEERS
+                        crate::abi::MAX_PEERS
                     ));
                     return;
                 }

@@ -17,10 +17,10 @@ use std::ptr;
 use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::abi::sersync_status;
+use crate::codec;
 use crate::error::QueueError;
-use crate::ffi::sys::sersync_status;
 use crate::record::RecordRef;
-use crate::wire::codec;
 
 /// Bytes per slot, including its 16-byte header.
 pub const SLOT_SIZE: usize = 2048;

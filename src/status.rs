@@ -5,9 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::ffi::sys::{sersync_peer_state, sersync_peer_status, sersync_status, SERSYNC_MAX_PEERS};
-
-pub const MAX_PEERS: usize = SERSYNC_MAX_PEERS as usize;
+use crate::abi::{sersync_peer_state, sersync_peer_status, sersync_status, MAX_PEERS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerState {

@@ -5,8 +5,8 @@
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use crate::codec;
 use crate::record::Record;
-use crate::wire::codec;
 
 pub const PAYLOAD_VERSION: u8 = 1;
 

@@ -2,13 +2,13 @@
 //! export goes through [`boundary`], which catches panics (a panic must
 //! never unwind into SER) and maps them to `SERSYNC_E_PANIC`.
 
-pub mod sys;
+use crate::abi;
 
 use std::os::raw::{c_char, c_int};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use sys::{
+use crate::abi::{
     sersync_alias, sersync_apply_ops, sersync_config, sersync_contact, sersync_log_fn, sersync_rc,
     sersync_shared, sersync_status, sersync_str,
 };
@@ -53,8 +53,8 @@ fn c_str(b: &[u8]) -> sersync_str {
 /// `c` must be a valid sersync_contact whose strings live for `'a`.
 unsafe fn contact_ref<'a>(c: &'a sersync_contact) -> Option<RecordRef<'a>> {
     let op = match c.op {
-        x if x == sys::sersync_op::SERSYNC_OP_UPSERT as i32 => Op::Upsert,
-        x if x == sys::sersync_op::SERSYNC_OP_DELETE as i32 => Op::Delete,
+        x if x == abi::sersync_op::SERSYNC_OP_UPSERT as i32 => Op::Upsert,
+        x if x == abi::sersync_op::SERSYNC_OP_DELETE as i32 => Op::Delete,
         _ => return None,
     };
     // SAFETY: per the function contract, for each field.
@@ -111,8 +111,8 @@ fn contact_view(op: Op, c: &Contact) -> sersync_contact {
 
 fn op_code(op: Op) -> i32 {
     (match op {
-        Op::Upsert => sys::sersync_op::SERSYNC_OP_UPSERT,
-        Op::Delete => sys::sersync_op::SERSYNC_OP_DELETE,
+        Op::Upsert => abi::sersync_op::SERSYNC_OP_UPSERT,
+        Op::Delete => abi::sersync_op::SERSYNC_OP_DELETE,
     }) as i32
 }
 
@@ -122,14 +122,14 @@ unsafe fn alias_ref<'a>(a: &'a sersync_alias) -> Option<RecordRef<'a>> {
     // SAFETY: per the function contract, for each field.
     let table = unsafe { bytes(&a.table)? };
     let op = match a.op {
-        x if x == sys::sersync_op::SERSYNC_OP_SCAN_BEGIN as i32 => {
+        x if x == abi::sersync_op::SERSYNC_OP_SCAN_BEGIN as i32 => {
             return Some(RecordRef::AliasScan { table, end: false })
         }
-        x if x == sys::sersync_op::SERSYNC_OP_SCAN_END as i32 => {
+        x if x == abi::sersync_op::SERSYNC_OP_SCAN_END as i32 => {
             return Some(RecordRef::AliasScan { table, end: true })
         }
-        x if x == sys::sersync_op::SERSYNC_OP_UPSERT as i32 => Op::Upsert,
-        x if x == sys::sersync_op::SERSYNC_OP_DELETE as i32 => Op::Delete,
+        x if x == abi::sersync_op::SERSYNC_OP_UPSERT as i32 => Op::Upsert,
+        x if x == abi::sersync_op::SERSYNC_OP_DELETE as i32 => Op::Delete,
         _ => return None,
     };
     // SAFETY: as above.
@@ -518,23 +518,23 @@ pub unsafe extern "C" fn sersync_apply_decode(
 #[allow(dead_code)]
 const _SIGNATURES: () = {
     let _: [unsafe extern "C" fn(sersync_log_fn) -> c_int; 2] =
-        [sys::sersync_set_logger, sersync_set_logger];
+        [abi::sersync_set_logger, sersync_set_logger];
     let _: [unsafe extern "C" fn(*const sersync_config, *mut c_char, usize) -> c_int; 2] =
-        [sys::sersync_config_check, sersync_config_check];
+        [abi::sersync_config_check, sersync_config_check];
     let _: [unsafe extern "C" fn(u32, *mut *mut sersync_shared) -> c_int; 2] =
-        [sys::sersync_shared_create, sersync_shared_create];
+        [abi::sersync_shared_create, sersync_shared_create];
     let _: [unsafe extern "C" fn(*mut sersync_shared, *const sersync_contact) -> c_int; 2] =
-        [sys::sersync_publish, sersync_publish];
+        [abi::sersync_publish, sersync_publish];
     let _: [unsafe extern "C" fn(*mut sersync_shared, *const c_char, usize) -> c_int; 2] =
-        [sys::sersync_forget, sersync_forget];
+        [abi::sersync_forget, sersync_forget];
     let _: [unsafe extern "C" fn(*mut sersync_shared, u32) -> c_int; 2] =
-        [sys::sersync_journal_wait, sersync_journal_wait];
+        [abi::sersync_journal_wait, sersync_journal_wait];
     let _: [unsafe extern "C" fn(*mut sersync_shared, *const sersync_config) -> c_int; 2] =
-        [sys::sersync_engine_run, sersync_engine_run];
+        [abi::sersync_engine_run, sersync_engine_run];
     let _: [unsafe extern "C" fn(*mut sersync_shared, *mut sersync_status) -> c_int; 2] =
-        [sys::sersync_status_read, sersync_status_read];
+        [abi::sersync_status_read, sersync_status_read];
     let _: [unsafe extern "C" fn(*mut sersync_shared, *const sersync_alias) -> c_int; 2] =
-        [sys::sersync_publish_alias, sersync_publish_alias];
+        [abi::sersync_publish_alias, sersync_publish_alias];
     let _: [unsafe extern "C" fn(
         *const c_char,
         usize,
@@ -542,5 +542,5 @@ const _SIGNATURES: () = {
         *mut u32,
         *mut c_char,
         usize,
-    ) -> c_int; 2] = [sys::sersync_apply_decode, sersync_apply_decode];
+    ) -> c_int; 2] = [abi::sersync_apply_decode, sersync_apply_decode];
 };

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::auth::{Nonce, Tag};
-use super::codec;
+use crate::codec;
 use crate::error::WireError;
 use crate::journal::SnapRow;
 use crate::record::Change;

@@ -22,7 +22,6 @@
 //! interrupted snapshot resumes after the last key the acceptor staged.
 
 pub mod auth;
-pub mod codec;
 pub mod frame;
 
 pub use frame::{Frame, FrameReader, Member, SnapshotResume, MAGIC, MAX_FRAME, VERSION};
