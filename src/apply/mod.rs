@@ -8,9 +8,8 @@ pub mod db;
 pub mod door;
 pub mod payload;
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -19,6 +18,7 @@ use crate::error::ApplyError;
 use crate::journal::Journal;
 use crate::log::{self, RateLimit};
 use crate::record::Record;
+use crate::scan::ScanWatch;
 use crate::status::Status;
 
 /// Where applied records go.
@@ -44,64 +44,6 @@ pub struct Applier {
     pub status: Arc<Status>,
     pub wake: Receiver<()>,
     pub scan_watch: Arc<ScanWatch>,
-}
-
-/// Alias keys the applier wrote into SER while an alias table scan was
-/// open. A scan reads the table at some moment after it opened; a remote
-/// change applied after that moment is not in what it read, and its
-/// origin stamp may well be older than the scan, so only this record of
-/// *when it was applied here* keeps the scan from undoing it.
-#[derive(Default)]
-pub struct ScanWatch(Mutex<Watch>);
-
-#[derive(Default)]
-enum Watch {
-    #[default]
-    Idle,
-    Open(HashSet<Vec<u8>>),
-    /// More applied during one scan than is worth remembering: the scan
-    /// concludes nothing.
-    Overflowed,
-}
-
-/// Keys remembered per scan before it gives up (an abandoned scan stays
-/// open until the next one starts).
-const WATCH_MAX: usize = 1 << 20;
-
-impl ScanWatch {
-    /// A scan starts: remember alias keys applied from now on.
-    pub fn open(&self) {
-        *self.lock() = Watch::Open(HashSet::new());
-    }
-
-    /// The alias keys applied since [`ScanWatch::open`], or None when the
-    /// scan must conclude nothing (never opened, or overflowed).
-    pub fn close(&self) -> Option<HashSet<Vec<u8>>> {
-        match std::mem::take(&mut *self.lock()) {
-            Watch::Open(keys) => Some(keys),
-            Watch::Idle | Watch::Overflowed => None,
-        }
-    }
-
-    /// Called after `records` reached SER and before they leave the inbox.
-    fn note(&self, records: &[Record]) {
-        let mut w = self.lock();
-        if let Watch::Open(keys) = &mut *w {
-            keys.extend(
-                records
-                    .iter()
-                    .filter(|r| matches!(r, Record::Alias { .. }))
-                    .map(Record::key),
-            );
-            if keys.len() > WATCH_MAX {
-                *w = Watch::Overflowed;
-            }
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Watch> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 static APPLY_ERR: RateLimit = RateLimit::new(2000);
