@@ -1,0 +1,135 @@
+//! One connection: its socket, frame reader and output buffer, and where
+//! it stands in the handshake. A dialed connection carries this node's
+//! journal to a peer; an accepted one carries a peer's changes here.
+
+use std::io::{self, Write};
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use super::snapshot::SnapSend;
+use super::HANDSHAKE_TIMEOUT;
+use crate::log;
+use crate::wire::auth::Nonce;
+use crate::wire::{Frame, FrameReader};
+
+pub(super) enum Phase {
+    /// Dialer: TCP connect in progress.
+    Connecting,
+    /// Dialer: waiting for the acceptor's challenge.
+    AwaitChallenge,
+    /// Dialer: hello sent, waiting for welcome.
+    AwaitWelcome {
+        nonce_a: Nonce,
+        nonce_d: Nonce,
+    },
+    /// Acceptor: challenge sent, waiting for hello.
+    AwaitHello {
+        nonce_a: Nonce,
+    },
+    Streaming,
+}
+
+pub(super) enum Side {
+    Dial { peer: usize },
+    Accept,
+}
+
+pub(super) struct Conn {
+    pub(super) sock: TcpStream,
+    pub(super) side: Side,
+    pub(super) phase: Phase,
+    pub(super) reader: FrameReader,
+    pub(super) out: Vec<u8>,
+    pub(super) out_pos: usize,
+    pub(super) remote_id: String,
+    /// Accepted connections: the remote address, for log lines.
+    pub(super) addr: Option<std::net::SocketAddr>,
+    /// Some byte has been received on this connection.
+    pub(super) got_bytes: bool,
+    pub(super) deadline: Option<Instant>,
+    pub(super) last_rx: Instant,
+    /// Dialer streaming: since when output has been outstanding (waiting
+    /// for acknowledgements); see ACK_TIMEOUT.
+    pub(super) ack_wait_from: Instant,
+    // Dialer streaming state: next_send is the last sequence sent.
+    pub(super) next_send: u64,
+    pub(super) acked: u64,
+    pub(super) interest_writable: bool,
+    /// Dialer: a snapshot being sent before the journal stream.
+    pub(super) snap: Option<SnapSend>,
+}
+
+/// What a handler decides about its connection.
+pub(super) enum Verdict {
+    Continue,
+    Close(String),
+    /// Refused: a state worth showing in status and not retrying fast.
+    Refused(String),
+}
+
+pub(super) fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Challenge { .. } => "challenge",
+        Frame::Hello { .. } => "hello",
+        Frame::Welcome { .. } => "welcome",
+        Frame::Refuse { .. } => "refuse",
+        Frame::Batch { .. } => "batch",
+        Frame::Ack { .. } => "ack",
+        Frame::TempFail { .. } => "temporary-failure",
+        Frame::SnapshotChunk { .. } => "snapshot-chunk",
+        Frame::SnapshotAck { .. } => "snapshot-ack",
+        Frame::Members { .. } => "members",
+    }
+}
+
+impl Conn {
+    pub(super) fn new(sock: TcpStream, side: Side, phase: Phase) -> Conn {
+        let now = Instant::now();
+        Conn {
+            sock,
+            side,
+            phase,
+            reader: FrameReader::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            remote_id: String::new(),
+            addr: None,
+            got_bytes: false,
+            deadline: Some(now + HANDSHAKE_TIMEOUT),
+            last_rx: now,
+            ack_wait_from: now,
+            next_send: 0,
+            acked: 0,
+            interest_writable: false,
+            snap: None,
+        }
+    }
+
+    pub(super) fn send(&mut self, f: &Frame) {
+        if let Err(e) = f.write_to(&mut self.out) {
+            log::error(format_args!("cannot encode {} frame: {e}", frame_name(f)));
+        }
+    }
+
+    /// Writes buffered output until the socket would block.
+    pub(super) fn write_now(&mut self) -> io::Result<()> {
+        while self.out_pos < self.out.len() {
+            match self.sock.write(&self.out[self.out_pos..]) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "socket closed")),
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        } else if self.out_pos > (1 << 20) {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! The receiver's side: staging a peer's batches durably in the journal
+//! before acknowledging them.
+
+use std::sync::atomic::Ordering;
+
+use mio::Token;
+
+use super::conn::Verdict;
+use super::{Net, STAGE_ERR};
+use crate::log;
+use crate::wire::Frame;
+
+impl Net {
+    pub(super) fn receive_batch(
+        &mut self,
+        t: Token,
+        origin: &str,
+        changes: Vec<crate::record::Change>,
+    ) -> Verdict {
+        if let Some(max) = changes.iter().map(|c| c.hlc).max() {
+            self.hlc
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .observe(max);
+        }
+        let n = changes.len() as u64;
+        let reply = match self.journal.stage_remote(origin, &changes) {
+            Ok(out) => {
+                if out.fresh > out.superseded {
+                    self.status
+                        .counters
+                        .apply_pending
+                        .fetch_add((out.fresh - out.superseded) as u64, Ordering::Relaxed);
+                    let _ = self.apply_notify.try_send(());
+                }
+                Frame::Ack { upto: out.upto }
+            }
+            Err(e) => {
+                if let Some(skipped) = STAGE_ERR.allow() {
+                    log::error(format_args!(
+                        "cannot stage changes from {origin}: {e} ({skipped} similar suppressed)"
+                    ));
+                }
+                self.status.set_error(&format!("staging: {e}"));
+                let upto = self.journal.received_upto(origin).unwrap_or(0);
+                Frame::TempFail {
+                    upto,
+                    reason: "journal write failed on receiver".into(),
+                }
+            }
+        };
+        self.received_from.entry(origin.to_string()).or_default().0 += n;
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.send(&reply);
+        }
+        Verdict::Continue
+    }
+}

@@ -1,0 +1,191 @@
+//! Membership: members learned from peers and remembered in the journal,
+//! members forgotten for good, the member list sent on every link, dial
+//! backoff.
+
+use std::time::{Duration, Instant};
+
+use mio::Token;
+
+use super::conn::{Phase, Side, Verdict};
+use super::{Net, BACKOFF_MAX, BACKOFF_MIN};
+use crate::log;
+use crate::wire::Frame;
+
+pub(super) struct Peer {
+    pub(super) text: String,
+    pub(super) addr: std::net::SocketAddr,
+    pub(super) conn: Option<Token>,
+    pub(super) backoff: Duration,
+    pub(super) retry_at: Instant,
+    pub(super) resend_at: Option<Instant>,
+    pub(super) node_id: String,
+    /// Removed with sersync.forget: never dialed again. Kept as an entry
+    /// because connections refer to peers by index.
+    pub(super) forgotten: bool,
+}
+
+impl Net {
+    /// Takes in a member (node id, "tcp:ip:port"): a new one is dialed and
+    /// remembered in the journal; a known one may have a new address.
+    pub(super) fn learn(&mut self, node_id: &str, address: &str) {
+        if node_id == self.cfg.node_id || self.forgotten.contains(node_id) || node_id.is_empty() {
+            return;
+        }
+        let addr = match crate::config::parse_endpoint("member", address) {
+            Ok(a) => a,
+            Err(e) => {
+                log::warn(format_args!(
+                    "member {node_id} advertises an unusable address: {e}"
+                ));
+                return;
+            }
+        };
+        if addr == self.cfg.listen {
+            return;
+        }
+        let known = self.peers.iter().position(|p| {
+            !p.forgotten && (p.node_id == node_id || (p.node_id.is_empty() && p.addr == addr))
+        });
+        match known {
+            Some(idx) => {
+                let p = &mut self.peers[idx];
+                if p.node_id.is_empty() {
+                    p.node_id = node_id.to_string();
+                }
+                if p.addr == addr {
+                    if let Err(e) = self.journal.save_member(node_id, &p.text) {
+                        log::error(format_args!("{e}"));
+                    }
+                    return;
+                }
+                if p.conn.is_none() {
+                    log::info(format_args!("member {node_id} moved to {address}"));
+                    p.addr = addr;
+                    p.text = address.to_string();
+                    self.status
+                        .with_peer(idx, |s| s.address = address.to_string());
+                }
+            }
+            None => {
+                if self.peers.len() >= crate::abi::MAX_PEERS {
+                    log::error(format_args!(
+                        "cannot add member {node_id}: at most {} peers",
+                        crate::abi::MAX_PEERS
+                    ));
+                    return;
+                }
+                log::info(format_args!("new member {node_id} at {address}"));
+                self.peers.push(Peer {
+                    text: address.to_string(),
+                    addr,
+                    conn: None,
+                    backoff: BACKOFF_MIN,
+                    retry_at: Instant::now(),
+                    resend_at: None,
+                    node_id: node_id.to_string(),
+                    forgotten: false,
+                });
+                let mut st = crate::status::PeerStatus::new(address);
+                st.node_id = node_id.to_string();
+                self.status
+                    .peers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(st);
+            }
+        }
+        if let Err(e) = self.journal.save_member(node_id, address) {
+            log::error(format_args!("{e}"));
+        }
+        self.members_dirty = true;
+    }
+
+    /// Removes a member for good and tells the others.
+    pub(super) fn forget(&mut self, node_id: &str) {
+        if node_id == self.cfg.node_id {
+            log::error(format_args!(
+                "sersync.forget names this node ({node_id}); ignored"
+            ));
+            return;
+        }
+        if let Err(e) = self.journal.forget_member(node_id) {
+            log::error(format_args!("cannot forget {node_id}: {e}"));
+            return;
+        }
+        self.forgotten.insert(node_id.to_string());
+        for idx in 0..self.peers.len() {
+            if self.peers[idx].node_id != node_id {
+                continue;
+            }
+            self.peers[idx].forgotten = true;
+            self.status.with_peer(idx, |s| s.forgotten = true);
+            if let Some(t) = self.peers[idx].conn.take() {
+                self.close(t, Verdict::Close("member forgotten".into()));
+                self.peers[idx].conn = None;
+            }
+        }
+        let inbound: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.side, Side::Accept) && c.remote_id == node_id)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in inbound {
+            self.close(t, Verdict::Close("member forgotten".into()));
+        }
+        self.received_from.remove(node_id);
+        log::info(format_args!(
+            "member {node_id} forgotten: its journal positions are released"
+        ));
+        self.members_dirty = true;
+    }
+
+    pub(super) fn member_list(&self) -> Vec<crate::wire::Member> {
+        let mut out = vec![crate::wire::Member {
+            node_id: self.cfg.node_id.clone(),
+            address: format!("tcp:{}", self.cfg.listen),
+            forgotten: false,
+        }];
+        for p in &self.peers {
+            if !p.forgotten && !p.node_id.is_empty() {
+                out.push(crate::wire::Member {
+                    node_id: p.node_id.clone(),
+                    address: p.text.clone(),
+                    forgotten: false,
+                });
+            }
+        }
+        for id in &self.forgotten {
+            out.push(crate::wire::Member {
+                node_id: id.clone(),
+                address: String::new(),
+                forgotten: true,
+            });
+        }
+        out
+    }
+
+    pub(super) fn broadcast_members(&mut self) {
+        let members = self.member_list();
+        let tokens: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Streaming))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in tokens {
+            if let Some(c) = self.conns.get_mut(&t) {
+                c.send(&Frame::Members {
+                    members: members.clone(),
+                });
+            }
+            self.flush(t);
+        }
+    }
+
+    pub(super) fn schedule_retry(&mut self, idx: usize) {
+        let p = &mut self.peers[idx];
+        p.retry_at = Instant::now() + p.backoff;
+        p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
+    }
+}

@@ -1,0 +1,100 @@
+//! The sender's side: filling each peer's window from the journal, and
+//! saving what peers acknowledged.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::conn::Phase;
+use super::{Net, ACK_SAVE_EVERY, BATCH_RECORDS, MAX_OUTBUF, WINDOW_RECORDS};
+use crate::log;
+use crate::wire::Frame;
+
+impl Net {
+    /// Fills every streaming dialer's window from the journal.
+    pub(super) fn pump_all(&mut self) {
+        let last = self
+            .status
+            .counters
+            .last_seq
+            .load(Ordering::Relaxed)
+            .max(self.renumbered_last);
+        let now = Instant::now();
+        for idx in 0..self.peers.len() {
+            let Some(t) = self.peers[idx].conn else {
+                continue;
+            };
+            if self.peers[idx].resend_at.is_some_and(|r| now < r) {
+                continue;
+            }
+            self.peers[idx].resend_at = None;
+            self.pump_snapshot(idx, t);
+            // Retention may have trimmed entries this peer still needs.
+            if let Some(c) = self.conns.get(&t) {
+                if matches!(c.phase, Phase::Streaming) && c.snap.is_none() {
+                    let first = self.journal.first_available().unwrap_or(0);
+                    if c.next_send + 1 < first {
+                        let next = c.next_send;
+                        match self.plan_snapshot(next, None) {
+                            Ok(snap) => {
+                                let c = self.conns.get_mut(&t).expect("checked");
+                                log::warn(format_args!(
+                                    "peer {} fell behind the journal's retention: switching to a snapshot",
+                                    c.remote_id
+                                ));
+                                c.acked = c.acked.min(next);
+                                c.snap = snap;
+                            }
+                            Err(e) => log::error(format_args!("{e}")),
+                        }
+                        continue;
+                    }
+                }
+            }
+            while let Some(c) = self.conns.get_mut(&t) {
+                if c.snap.is_some() {
+                    break;
+                }
+                if !matches!(c.phase, Phase::Streaming)
+                    || c.next_send >= last
+                    || c.next_send - c.acked >= WINDOW_RECORDS
+                    || c.out.len() - c.out_pos >= MAX_OUTBUF
+                {
+                    break;
+                }
+                let room =
+                    (WINDOW_RECORDS - (c.next_send - c.acked)).min(BATCH_RECORDS as u64) as usize;
+                let changes = match self.journal.read_log(c.next_send, room) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        log::error(format_args!("reading journal for {}: {e}", c.remote_id));
+                        break;
+                    }
+                };
+                let Some(lastc) = changes.last() else { break };
+                c.next_send = lastc.seq;
+                let n = changes.len() as u64;
+                c.send(&Frame::Batch { changes });
+                self.status.with_peer(idx, |s| s.sent += n);
+            }
+            self.flush(t);
+        }
+    }
+
+    /// Saves acknowledged positions (see ACK_SAVE_EVERY).
+    pub(super) fn save_acks(&mut self, force: bool) {
+        if self.acks_unsaved.is_empty() || (!force && self.last_ack_save.elapsed() < ACK_SAVE_EVERY)
+        {
+            return;
+        }
+        self.last_ack_save = Instant::now();
+        for (peer, upto) in std::mem::take(&mut self.acks_unsaved) {
+            // A forgotten peer's row is gone for good.
+            if self.forgotten.contains(&peer) {
+                continue;
+            }
+            if let Err(e) = self.journal.set_acked(&peer, upto) {
+                log::error(format_args!("{e}"));
+            }
+        }
+    }
+}

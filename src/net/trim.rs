@@ -1,0 +1,68 @@
+//! Journal retention as the network thread runs it: entries every peer
+//! holds, and those past retention, leave the log; expired keys leave the
+//! state.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::{Net, TICK, TRIM_CHUNK, TRIM_EVERY};
+use crate::log;
+
+impl Net {
+    /// Drops journal entries every peer holds, and those past retention,
+    /// and expired keys from the state: the targets every TRIM_EVERY, the
+    /// deleting a chunk per TICK.
+    pub(super) fn trim(&mut self) {
+        self.save_acks(false);
+        let now = Instant::now();
+        if now.duration_since(self.last_trim_chunk) < TICK {
+            return;
+        }
+        self.last_trim_chunk = now;
+        let result = (|| -> Result<usize, crate::error::JournalError> {
+            let cutoff = crate::hlc::wall_ms().saturating_sub(self.cfg.retention_ms) << 16;
+            if now.duration_since(self.last_trim) >= TRIM_EVERY {
+                self.last_trim = now;
+                self.save_acks(true);
+                let last = self.journal.last_seq()?;
+                let mut upto = self.journal.min_acked()?.unwrap_or(0).min(last);
+                upto = upto.max(self.journal.last_seq_before(cutoff)?);
+                if self.cfg.retention_records > 0 {
+                    upto = upto.max(last.saturating_sub(self.cfg.retention_records));
+                }
+                self.trim_target = upto;
+                self.purge_more = true;
+            }
+            if self.purge_more {
+                let now_s = crate::hlc::wall_ms() as i64 / 1000;
+                let purged = self
+                    .journal
+                    .purge_state(now_s, cutoff, TRIM_CHUNK as usize)?;
+                self.purge_more = purged == TRIM_CHUNK as usize;
+                if purged > 0 {
+                    log::debug(format_args!(
+                        "journal: {purged} expired keys left the state"
+                    ));
+                }
+            }
+            let first = self.journal.first_available()?;
+            if self.trim_target < first {
+                return Ok(0);
+            }
+            self.journal
+                .trim(self.trim_target.min(first + TRIM_CHUNK - 1))
+        })();
+        match result {
+            Ok(0) => {}
+            Ok(n) => log::debug(format_args!("journal: trimmed {n} entries")),
+            Err(e) => log::error(format_args!("journal trim: {e}")),
+        }
+        // The log holds every sequence from its first entry to the last.
+        if let (Ok(first), Ok(last)) = (self.journal.first_available(), self.journal.last_seq()) {
+            self.status
+                .counters
+                .journal_entries
+                .store((last + 1).saturating_sub(first), Ordering::Relaxed);
+        }
+    }
+}
