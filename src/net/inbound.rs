@@ -7,6 +7,7 @@ use mio::Token;
 
 use super::conn::Verdict;
 use super::{Net, STAGE_ERR};
+use crate::journal::SnapRow;
 use crate::log;
 use crate::wire::Frame;
 
@@ -54,5 +55,52 @@ impl Net {
             c.send(&reply);
         }
         Verdict::Continue
+    }
+
+    pub(super) fn on_snapshot_chunk(
+        &mut self,
+        t: Token,
+        upto: u64,
+        chunk: u64,
+        rows: Vec<SnapRow>,
+        last: bool,
+    ) -> Verdict {
+        let c = self.conns.get_mut(&t).expect("caller checked");
+        let origin = c.remote_id.clone();
+        if let Some(max) = rows.iter().map(|r| r.hlc).max() {
+            self.hlc
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .observe(max);
+        }
+        let nrows = rows.len() as u64;
+        match self.journal.stage_snapshot(&origin, upto, &rows, last) {
+            Ok(out) => {
+                self.received_from.entry(origin.clone()).or_default().1 += nrows;
+                if out.fresh > out.superseded {
+                    let n = (out.fresh - out.superseded) as u64;
+                    self.status
+                        .counters
+                        .apply_pending
+                        .fetch_add(n, Ordering::Relaxed);
+                    let _ = self.apply_notify.try_send(());
+                }
+                if last {
+                    log::info(format_args!(
+                        "snapshot from {origin} complete at its sequence {upto}"
+                    ));
+                } else if chunk % 50 == 0 {
+                    log::info(format_args!(
+                        "snapshot from {origin}: {} chunks staged",
+                        chunk + 1
+                    ));
+                }
+                let c = self.conns.get_mut(&t).expect("still open");
+                c.send(&Frame::SnapshotAck { chunk });
+                Verdict::Continue
+            }
+            // The sender resumes after the last chunk staged.
+            Err(e) => Verdict::Close(format!("cannot stage snapshot from {origin}: {e}")),
+        }
     }
 }

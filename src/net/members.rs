@@ -9,7 +9,7 @@ use mio::Token;
 use super::conn::{Phase, Side, Verdict};
 use super::{Net, BACKOFF_MAX, BACKOFF_MIN};
 use crate::log;
-use crate::wire::Frame;
+use crate::wire::{Frame, Member};
 
 pub(super) struct Peer {
     pub(super) text: String,
@@ -187,5 +187,34 @@ impl Net {
         let p = &mut self.peers[idx];
         p.retry_at = Instant::now() + p.backoff;
         p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    pub(super) fn on_members(&mut self, t: Token, members: Vec<Member>) -> Verdict {
+        let me = self.cfg.node_id.clone();
+        let c = self.conns.get_mut(&t).expect("caller checked");
+        let from = c.remote_id.clone();
+        for m in members {
+            if m.node_id == me {
+                if m.forgotten {
+                    log::error(format_args!(
+                        "peer {from} says this node ({me}) was removed with sersync.forget; restart it under a new node id to rejoin"
+                    ));
+                }
+            } else if m.forgotten {
+                if !self.forgotten.contains(&m.node_id) {
+                    log::info(format_args!(
+                        "peer {from}: member {} was removed from the cluster",
+                        m.node_id
+                    ));
+                    self.forget(&m.node_id);
+                }
+            } else {
+                self.learn(&m.node_id, &m.address);
+            }
+        }
+        if self.forgotten.contains(&from) {
+            return Verdict::Refused(format!("{from} was removed from the cluster"));
+        }
+        Verdict::Continue
     }
 }

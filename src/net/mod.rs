@@ -20,10 +20,11 @@ use crate::hlc::Hlc;
 use crate::journal::Journal;
 use crate::log::{self, RateLimit};
 use crate::status::{PeerState, Status};
-use crate::wire::auth::{self, Role, Transcript};
-use crate::wire::{Frame, SnapshotResume, MAGIC, VERSION};
+use crate::wire::auth;
+use crate::wire::{Frame, MAGIC, VERSION};
 
 mod conn;
+mod handshake;
 mod inbound;
 mod members;
 mod outbound;
@@ -486,9 +487,10 @@ impl Net {
         }
     }
 
+    /// Dispatches one frame to the handler of its stage; the handler says
+    /// what happens to the connection next.
     fn handle(&mut self, t: Token, frame: Frame) -> Verdict {
-        let me = self.cfg.node_id.clone();
-        let c = self.conns.get_mut(&t).expect("caller checked");
+        let c = self.conns.get(&t).expect("caller checked");
         match (&c.side, &c.phase, frame) {
             (
                 Side::Dial { .. },
@@ -499,49 +501,7 @@ impl Net {
                     node_id,
                     nonce,
                 },
-            ) => {
-                if magic != MAGIC || version != VERSION {
-                    return Verdict::Refused(format!(
-                        "peer speaks protocol {magic:?} v{version}, we speak v{VERSION}"
-                    ));
-                }
-                if node_id == me {
-                    return Verdict::Refused(format!(
-                        "peer has our own node id \"{me}\": node ids must be unique"
-                    ));
-                }
-                if self.forgotten.contains(&node_id) {
-                    return Verdict::Refused(format!(
-                        "peer is {node_id}, removed from the cluster with sersync.forget"
-                    ));
-                }
-                let nonce_d = auth::fresh_nonce();
-                let tag = auth::tag(
-                    &self.cfg.secret,
-                    Role::Dialer,
-                    &Transcript {
-                        nonce_a: &nonce,
-                        nonce_d: &nonce_d,
-                        dialer: &me,
-                        acceptor: &node_id,
-                    },
-                );
-                c.remote_id = node_id;
-                let listen = format!("tcp:{}", self.cfg.listen);
-                c.send(&Frame::Hello {
-                    magic: MAGIC,
-                    version: VERSION,
-                    node_id: me,
-                    listen,
-                    nonce: nonce_d,
-                    tag,
-                });
-                c.phase = Phase::AwaitWelcome {
-                    nonce_a: nonce,
-                    nonce_d,
-                };
-                Verdict::Continue
-            }
+            ) => self.on_challenge(t, magic, version, node_id, nonce),
             (
                 Side::Dial { peer },
                 Phase::AwaitWelcome { nonce_a, nonce_d },
@@ -551,129 +511,19 @@ impl Net {
                     snapshot,
                 },
             ) => {
-                let peer = *peer;
-                let tr = Transcript {
-                    nonce_a,
-                    nonce_d,
-                    dialer: &me,
-                    acceptor: &c.remote_id,
-                };
-                if !auth::verify(&self.cfg.secret, Role::Acceptor, &tr, &tag) {
-                    return Verdict::Refused(
-                        "peer failed authentication: different secret?".into(),
-                    );
-                }
-                c.phase = Phase::Streaming;
-                c.deadline = None;
-                c.next_send = resume_after;
-                c.acked = resume_after;
-                let remote = c.remote_id.clone();
-                let mut last = self.status.counters.last_seq.load(Ordering::Relaxed);
-                match self.journal.has_acked(&remote) {
-                    // A position this journal never gave out: the peer holds
-                    // changes from an earlier journal of this node (moved
-                    // aside as corrupt, or deleted). It would skip ours
-                    // numbered up to it: number them after it.
-                    Ok(false) if resume_after > 0 => {
-                        match self.journal.renumber_after(resume_after) {
-                            Ok(new_last) => {
-                                log::warn(format_args!(
-                                    "peer {remote} holds changes up to {resume_after} from an earlier journal of this node: \
-                                     this journal's entries now come after it (sequences up to {new_last})"
-                                ));
-                                self.status
-                                    .counters
-                                    .last_seq
-                                    .fetch_max(new_last, Ordering::Relaxed);
-                                self.renumbered_last = self.renumbered_last.max(new_last);
-                                last = new_last;
-                            }
-                            Err(e) => return Verdict::Close(format!("journal: {e}")),
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Verdict::Close(format!("journal: {e}")),
-                }
-                if resume_after > last {
-                    log::error(format_args!(
-                        "peer {remote} holds our changes up to {resume_after} but our journal ends at {last}: was this node's journal replaced?"
-                    ));
-                }
-                if let Err(e) = self.journal.set_acked(&remote, resume_after) {
-                    log::error(format_args!("{e}"));
-                }
-                match self.plan_snapshot(resume_after, snapshot) {
-                    Ok(Some(snap)) => {
-                        log::info(format_args!(
-                            "peer {remote} needs changes before our journal's start: sending a snapshot of {} keys consistent with sequence {}{}",
-                            snap.rows_total,
-                            snap.upto,
-                            if snap.cursor.is_empty() { "" } else { " (resuming an interrupted one)" }
-                        ));
-                        let c = self.conns.get_mut(&t).expect("still open");
-                        c.snap = Some(snap);
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Verdict::Close(format!("journal: {e}")),
-                }
-                let p = &mut self.peers[peer];
-                p.backoff = BACKOFF_MIN;
-                p.resend_at = None;
-                p.node_id = remote.clone();
-                self.status.with_peer(peer, |s| {
-                    s.state = PeerState::Up;
-                    s.node_id = remote.clone();
-                    s.acked = resume_after;
-                    s.last_error.clear();
-                    s.connects += 1;
-                });
-                let text = p.text.clone();
-                log::info(format_args!(
-                    "connected to peer {remote} at {text}, resuming after {resume_after}"
-                ));
-                self.learn(&remote, &text);
-                let members = self.member_list();
-                if let Some(c) = self.conns.get_mut(&t) {
-                    c.send(&Frame::Members { members });
-                }
-                Verdict::Continue
+                let (peer, nonce_a, nonce_d) = (*peer, *nonce_a, *nonce_d);
+                self.on_welcome(t, peer, (nonce_a, nonce_d), tag, resume_after, snapshot)
             }
             (Side::Dial { .. }, _, Frame::Refuse { reason }) => {
                 Verdict::Refused(format!("peer refused: {reason}"))
             }
             (Side::Dial { peer }, Phase::Streaming, Frame::Ack { upto }) => {
                 let peer = *peer;
-                if upto > c.next_send {
-                    return Verdict::Close(format!(
-                        "peer acknowledged {upto}, beyond {} sent",
-                        c.next_send
-                    ));
-                }
-                c.acked = c.acked.max(upto);
-                let (remote, acked) = (c.remote_id.clone(), c.acked);
-                self.acks_unsaved.insert(remote, acked);
-                let last = self.status.counters.last_seq.load(Ordering::Relaxed);
-                self.status.with_peer(peer, |s| {
-                    s.acked = acked;
-                    s.pending = last.saturating_sub(acked);
-                });
-                Verdict::Continue
+                self.on_ack(t, peer, upto)
             }
             (Side::Dial { peer }, Phase::Streaming, Frame::TempFail { upto, reason }) => {
                 let peer = *peer;
-                log::warn(format_args!(
-                    "peer {} reports a temporary failure: {reason}; resending after {upto}",
-                    c.remote_id
-                ));
-                c.acked = c.acked.max(upto);
-                c.next_send = c.acked;
-                let p = &mut self.peers[peer];
-                p.resend_at = Some(Instant::now() + p.backoff);
-                p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
-                self.status.with_peer(peer, |s| {
-                    s.last_error = format!("peer temporary failure: {reason}")
-                });
-                Verdict::Continue
+                self.on_temp_fail(t, peer, upto, reason)
             }
             (
                 Side::Accept,
@@ -687,99 +537,8 @@ impl Net {
                     tag,
                 },
             ) => {
-                if magic != MAGIC || version != VERSION {
-                    c.send(&Frame::Refuse {
-                        reason: format!("protocol v{VERSION} only"),
-                    });
-                    let _ = c.write_now();
-                    return Verdict::Refused(format!(
-                        "peer {node_id} speaks protocol {magic:?} v{version}"
-                    ));
-                }
-                if node_id == me {
-                    c.send(&Frame::Refuse {
-                        reason: format!("node id \"{me}\" is already taken by the node you dialed"),
-                    });
-                    let _ = c.write_now();
-                    return Verdict::Refused(format!(
-                        "a peer connected with our own node id \"{me}\": node ids must be unique"
-                    ));
-                }
-                let tr = Transcript {
-                    nonce_a,
-                    nonce_d: &nonce,
-                    dialer: &node_id,
-                    acceptor: &me,
-                };
-                if self.forgotten.contains(&node_id) {
-                    c.send(&Frame::Refuse {
-                        reason: format!("node id \"{node_id}\" was removed from the cluster with sersync.forget; rejoin under a new node id"),
-                    });
-                    let _ = c.write_now();
-                    return Verdict::Refused(format!(
-                        "refused {node_id}: removed from the cluster with sersync.forget"
-                    ));
-                }
-                if !auth::verify(&self.cfg.secret, Role::Dialer, &tr, &tag) {
-                    c.send(&Frame::Refuse {
-                        reason: "authentication failed".into(),
-                    });
-                    let _ = c.write_now();
-                    return Verdict::Refused(format!(
-                        "peer claiming to be {node_id} failed authentication: different secret?"
-                    ));
-                }
-                let (resume_after, snapshot) = match (
-                    self.journal.received_upto(&node_id),
-                    self.journal.snapshot_progress(&node_id),
-                ) {
-                    (Ok(v), Ok(p)) => (
-                        v,
-                        p.map(|(upto, after_key)| SnapshotResume { upto, after_key }),
-                    ),
-                    (Err(e), _) | (_, Err(e)) => return Verdict::Close(format!("journal: {e}")),
-                };
-                let mine = Role::Acceptor;
-                let reply = auth::tag(&self.cfg.secret, mine, &tr);
-                c.remote_id = node_id.clone();
-                c.phase = Phase::Streaming;
-                c.deadline = None;
-                c.send(&Frame::Welcome {
-                    tag: reply,
-                    resume_after,
-                    snapshot,
-                });
-                // A newer connection from the same node replaces an old one
-                // (the peer reconnected before we noticed the old one died).
-                let stale: Vec<Token> = self
-                    .conns
-                    .iter()
-                    .filter(|(ot, oc)| {
-                        **ot != t && matches!(oc.side, Side::Accept) && oc.remote_id == node_id
-                    })
-                    .map(|(ot, _)| *ot)
-                    .collect();
-                for ot in stale {
-                    self.close(ot, Verdict::Close("replaced by a newer connection".into()));
-                }
-                log::info(format_args!(
-                    "peer {node_id} connected, resuming after {resume_after}"
-                ));
-                // It is back: redial it now rather than when the backoff ends.
-                for p in self
-                    .peers
-                    .iter_mut()
-                    .filter(|p| p.node_id == node_id && p.conn.is_none())
-                {
-                    p.backoff = BACKOFF_MIN;
-                    p.retry_at = Instant::now();
-                }
-                self.learn(&node_id, &listen);
-                let members = self.member_list();
-                if let Some(c) = self.conns.get_mut(&t) {
-                    c.send(&Frame::Members { members });
-                }
-                Verdict::Continue
+                let nonce_a = *nonce_a;
+                self.on_hello(t, nonce_a, (magic, version), node_id, listen, nonce, tag)
             }
             (Side::Accept, Phase::Streaming, Frame::Batch { changes }) => {
                 let origin = c.remote_id.clone();
@@ -794,93 +553,14 @@ impl Net {
                     rows,
                     last,
                 },
-            ) => {
-                let origin = c.remote_id.clone();
-                if let Some(max) = rows.iter().map(|r| r.hlc).max() {
-                    self.hlc
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .observe(max);
-                }
-                let nrows = rows.len() as u64;
-                match self.journal.stage_snapshot(&origin, upto, &rows, last) {
-                    Ok(out) => {
-                        self.received_from.entry(origin.clone()).or_default().1 += nrows;
-                        if out.fresh > out.superseded {
-                            let n = (out.fresh - out.superseded) as u64;
-                            self.status
-                                .counters
-                                .apply_pending
-                                .fetch_add(n, Ordering::Relaxed);
-                            let _ = self.apply_notify.try_send(());
-                        }
-                        if last {
-                            log::info(format_args!(
-                                "snapshot from {origin} complete at its sequence {upto}"
-                            ));
-                        } else if chunk % 50 == 0 {
-                            log::info(format_args!(
-                                "snapshot from {origin}: {} chunks staged",
-                                chunk + 1
-                            ));
-                        }
-                        let c = self.conns.get_mut(&t).expect("still open");
-                        c.send(&Frame::SnapshotAck { chunk });
-                        Verdict::Continue
-                    }
-                    // The sender resumes after the last chunk staged.
-                    Err(e) => Verdict::Close(format!("cannot stage snapshot from {origin}: {e}")),
-                }
-            }
+            ) => self.on_snapshot_chunk(t, upto, chunk, rows, last),
             (Side::Dial { peer }, Phase::Streaming, Frame::SnapshotAck { .. })
                 if c.snap.is_some() =>
             {
                 let peer = *peer;
-                let snap = c.snap.as_mut().expect("guarded");
-                snap.inflight = snap.inflight.saturating_sub(1);
-                if snap.all_sent && snap.inflight == 0 {
-                    let upto = snap.upto;
-                    log::info(format_args!(
-                        "snapshot to {} complete ({} rows)",
-                        c.remote_id, snap.rows_sent
-                    ));
-                    c.snap = None;
-                    c.next_send = upto;
-                    c.acked = upto;
-                    let remote = c.remote_id.clone();
-                    if let Err(e) = self.journal.set_acked(&remote, upto) {
-                        log::error(format_args!("{e}"));
-                    }
-                    self.status.with_peer(peer, |s| s.acked = upto);
-                }
-                Verdict::Continue
+                self.on_snapshot_ack(t, peer)
             }
-            (_, Phase::Streaming, Frame::Members { members }) => {
-                let from = c.remote_id.clone();
-                for m in members {
-                    if m.node_id == me {
-                        if m.forgotten {
-                            log::error(format_args!(
-                                "peer {from} says this node ({me}) was removed with sersync.forget; restart it under a new node id to rejoin"
-                            ));
-                        }
-                    } else if m.forgotten {
-                        if !self.forgotten.contains(&m.node_id) {
-                            log::info(format_args!(
-                                "peer {from}: member {} was removed from the cluster",
-                                m.node_id
-                            ));
-                            self.forget(&m.node_id);
-                        }
-                    } else {
-                        self.learn(&m.node_id, &m.address);
-                    }
-                }
-                if self.forgotten.contains(&from) {
-                    return Verdict::Refused(format!("{from} was removed from the cluster"));
-                }
-                Verdict::Continue
-            }
+            (_, Phase::Streaming, Frame::Members { members }) => self.on_members(t, members),
             (_, _, f) => Verdict::Close(format!("unexpected {} frame", frame_name(&f))),
         }
     }

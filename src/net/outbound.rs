@@ -4,8 +4,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::conn::Phase;
-use super::{Net, ACK_SAVE_EVERY, BATCH_RECORDS, MAX_OUTBUF, WINDOW_RECORDS};
+use mio::Token;
+
+use super::conn::{Phase, Verdict};
+use super::{Net, ACK_SAVE_EVERY, BACKOFF_MAX, BATCH_RECORDS, MAX_OUTBUF, WINDOW_RECORDS};
 use crate::log;
 use crate::wire::Frame;
 
@@ -96,5 +98,47 @@ impl Net {
                 log::error(format_args!("{e}"));
             }
         }
+    }
+
+    pub(super) fn on_ack(&mut self, t: Token, peer: usize, upto: u64) -> Verdict {
+        let c = self.conns.get_mut(&t).expect("caller checked");
+        if upto > c.next_send {
+            return Verdict::Close(format!(
+                "peer acknowledged {upto}, beyond {} sent",
+                c.next_send
+            ));
+        }
+        c.acked = c.acked.max(upto);
+        let (remote, acked) = (c.remote_id.clone(), c.acked);
+        self.acks_unsaved.insert(remote, acked);
+        let last = self.status.counters.last_seq.load(Ordering::Relaxed);
+        self.status.with_peer(peer, |s| {
+            s.acked = acked;
+            s.pending = last.saturating_sub(acked);
+        });
+        Verdict::Continue
+    }
+
+    pub(super) fn on_temp_fail(
+        &mut self,
+        t: Token,
+        peer: usize,
+        upto: u64,
+        reason: String,
+    ) -> Verdict {
+        let c = self.conns.get_mut(&t).expect("caller checked");
+        log::warn(format_args!(
+            "peer {} reports a temporary failure: {reason}; resending after {upto}",
+            c.remote_id
+        ));
+        c.acked = c.acked.max(upto);
+        c.next_send = c.acked;
+        let p = &mut self.peers[peer];
+        p.resend_at = Some(Instant::now() + p.backoff);
+        p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
+        self.status.with_peer(peer, |s| {
+            s.last_error = format!("peer temporary failure: {reason}")
+        });
+        Verdict::Continue
     }
 }

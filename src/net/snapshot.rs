@@ -3,6 +3,7 @@
 
 use mio::Token;
 
+use super::conn::Verdict;
 use super::{Net, MAX_OUTBUF, SNAPSHOT_ROWS, SNAPSHOT_WINDOW};
 use crate::log;
 use crate::wire::{Frame, SnapshotResume};
@@ -94,5 +95,27 @@ impl Net {
                 s.snapshot_total = total;
             });
         }
+    }
+
+    pub(super) fn on_snapshot_ack(&mut self, t: Token, peer: usize) -> Verdict {
+        let c = self.conns.get_mut(&t).expect("caller checked");
+        let snap = c.snap.as_mut().expect("guarded");
+        snap.inflight = snap.inflight.saturating_sub(1);
+        if snap.all_sent && snap.inflight == 0 {
+            let upto = snap.upto;
+            log::info(format_args!(
+                "snapshot to {} complete ({} rows)",
+                c.remote_id, snap.rows_sent
+            ));
+            c.snap = None;
+            c.next_send = upto;
+            c.acked = upto;
+            let remote = c.remote_id.clone();
+            if let Err(e) = self.journal.set_acked(&remote, upto) {
+                log::error(format_args!("{e}"));
+            }
+            self.status.with_peer(peer, |s| s.acked = upto);
+        }
+        Verdict::Continue
     }
 }
