@@ -11,6 +11,7 @@ use mio::Waker;
 use crate::apply::{db::Database, door::Door, Applier, Sink};
 use crate::config::Config;
 use crate::error::JournalError;
+use crate::handoff::handoff;
 use crate::hlc::Hlc;
 use crate::ingest::Ingest;
 use crate::journal::Journal;
@@ -71,7 +72,6 @@ impl Engine {
         let net_journal = open()?;
         let apply_journal = open()?;
         let last = ingest_journal.last_seq()?;
-        status.counters.last_seq.store(last, Ordering::Relaxed);
         status
             .counters
             .apply_pending
@@ -80,7 +80,7 @@ impl Engine {
         let hlc = Arc::new(Mutex::new(Hlc::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (wake_apply, wake_rx) = crossbeam_channel::bounded(1);
-        let (net_cmd, net_cmds) = crossbeam_channel::unbounded();
+        let (to_net, from_ingest) = handoff(last);
         let (net, waker) = Net::new(
             cfg.clone(),
             status.clone(),
@@ -88,7 +88,7 @@ impl Engine {
             net_journal,
             wake_apply.clone(),
             Some(shared.clone()),
-            net_cmds,
+            from_ingest,
         )
         .map_err(EngineError::Net)?;
 
@@ -141,11 +141,10 @@ impl Engine {
                 shared,
                 status: status.clone(),
                 hlc,
-                waker: waker.clone(),
+                net: to_net.connect(waker.clone()),
                 node_id: cfg.node_id.clone(),
                 scan: None,
                 scan_watch,
-                net_cmd,
             };
             let stop = stop.clone();
             threads.push(spawn(

@@ -7,10 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mio::Waker;
-
 use crate::codec;
 use crate::error::JournalError;
+use crate::handoff::{NetCmd, ToNet};
 use crate::hlc::Hlc;
 use crate::journal::Journal;
 use crate::log::{self, RateLimit};
@@ -29,13 +28,13 @@ pub struct Ingest {
     pub shared: Arc<Shared>,
     pub status: Arc<Status>,
     pub hlc: Arc<Mutex<Hlc>>,
-    pub waker: Arc<Waker>,
+    /// Tells the network thread what was committed and asked for.
+    pub net: ToNet,
     pub node_id: String,
     /// An alias table scan in progress.
     pub scan: Option<Scan>,
     /// What the applier wrote into SER since the scan started.
     pub scan_watch: Arc<ScanWatch>,
-    pub net_cmd: crossbeam_channel::Sender<crate::net::NetCmd>,
 }
 
 impl Ingest {
@@ -142,8 +141,7 @@ impl Ingest {
                         self.finish_scan(&table, &mut pending)
                     }
                     Ok(Record::Forget { node_id }) => {
-                        let _ = self.net_cmd.send(crate::net::NetCmd::Forget(node_id));
-                        let _ = self.waker.wake();
+                        self.net.send(NetCmd::Forget(node_id));
                     }
                     Ok(rec) => {
                         if let (
@@ -178,11 +176,10 @@ impl Ingest {
                 Ok((last, appended)) => {
                     let c = &self.status.counters;
                     c.journaled.fetch_add(appended as u64, Ordering::Relaxed);
-                    c.last_seq.store(last, Ordering::Release);
                     pending.clear();
                     self.shared.mark_durable();
                     retry = Duration::from_millis(100);
-                    let _ = self.waker.wake();
+                    self.net.committed(last);
                 }
                 Err(e) => {
                     // Kept in memory; the worker queue absorbs new changes

@@ -12,6 +12,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod ffi;
+pub mod handoff;
 pub mod hlc;
 pub mod ingest;
 pub mod journal;

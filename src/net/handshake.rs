@@ -2,7 +2,6 @@
 //! state moves before it completes; each side proves it knows the secret
 //! (see [`crate::wire::auth`]).
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use mio::Token;
@@ -93,7 +92,7 @@ impl Net {
         c.next_send = resume_after;
         c.acked = resume_after;
         let remote = c.remote_id.clone();
-        let mut last = self.status.counters.last_seq.load(Ordering::Relaxed);
+        let mut last = self.ingest.tail.last();
         match self.journal.has_acked(&remote) {
             // A position this journal never gave out: the peer holds
             // changes from an earlier journal of this node (moved
@@ -105,11 +104,7 @@ impl Net {
                             "peer {remote} holds changes up to {resume_after} from an earlier journal of this node: \
                              this journal's entries now come after it (sequences up to {new_last})"
                         ));
-                    self.status
-                        .counters
-                        .last_seq
-                        .fetch_max(new_last, Ordering::Relaxed);
-                    self.renumbered_last = self.renumbered_last.max(new_last);
+                    self.ingest.tail.advance(new_last);
                     last = new_last;
                 }
                 Err(e) => return Verdict::Close(format!("journal: {e}")),

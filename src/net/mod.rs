@@ -16,6 +16,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use crate::config::Config;
+use crate::handoff::{FromIngest, NetCmd};
 use crate::hlc::Hlc;
 use crate::journal::Journal;
 use crate::log::{self, RateLimit};
@@ -70,11 +71,6 @@ const TRIM_CHUNK: u64 = 2000;
 /// the last ones in a crash only means resending what the peer skips.
 const ACK_SAVE_EVERY: Duration = Duration::from_millis(500);
 
-/// Requests from other threads of the engine.
-pub enum NetCmd {
-    Forget(String),
-}
-
 pub struct Net {
     cfg: Arc<Config>,
     status: Arc<Status>,
@@ -107,10 +103,8 @@ pub struct Net {
     forgotten: std::collections::HashSet<String>,
     /// The member list changed: tell every connected peer.
     members_dirty: bool,
-    cmds: crossbeam_channel::Receiver<NetCmd>,
-    /// The last sequence after renumbering the journal: the ingest thread
-    /// may store an older value in the status counter just after it.
-    renumbered_last: u64,
+    /// What the ingest stage committed and asked for.
+    ingest: FromIngest,
 }
 
 static STAGE_ERR: RateLimit = RateLimit::new(1000);
@@ -127,7 +121,7 @@ impl Net {
         journal: Journal,
         apply_notify: Sender<()>,
         shared: Option<Arc<crate::queue::Shared>>,
-        cmds: crossbeam_channel::Receiver<NetCmd>,
+        ingest: FromIngest,
     ) -> io::Result<(Net, Arc<Waker>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -207,8 +201,7 @@ impl Net {
             received_from: HashMap::new(),
             forgotten,
             members_dirty: false,
-            cmds,
-            renumbered_last: 0,
+            ingest,
         };
         Ok((net, waker))
     }
@@ -236,7 +229,7 @@ impl Net {
                     ),
                 }
             }
-            while let Ok(cmd) = self.cmds.try_recv() {
+            while let Ok(cmd) = self.ingest.cmds.try_recv() {
                 match cmd {
                     NetCmd::Forget(id) => self.forget(&id),
                 }
@@ -667,7 +660,8 @@ impl Net {
             return;
         }
         self.last_status = now;
-        let last = self.status.counters.last_seq.load(Ordering::Relaxed);
+        let last = self.ingest.tail.last();
+        self.status.counters.last_seq.store(last, Ordering::Relaxed);
         let wall = crate::hlc::wall_ms();
         for idx in 0..self.peers.len() {
             let acked = self.peers[idx]

@@ -1,7 +1,6 @@
 //! The sender's side: filling each peer's window from the journal, and
 //! saving what peers acknowledged.
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use mio::Token;
@@ -14,12 +13,7 @@ use crate::wire::Frame;
 impl Net {
     /// Fills every streaming dialer's window from the journal.
     pub(super) fn pump_all(&mut self) {
-        let last = self
-            .status
-            .counters
-            .last_seq
-            .load(Ordering::Relaxed)
-            .max(self.renumbered_last);
+        let last = self.ingest.tail.last();
         let now = Instant::now();
         for idx in 0..self.peers.len() {
             let Some(t) = self.peers[idx].conn else {
@@ -111,7 +105,7 @@ impl Net {
         c.acked = c.acked.max(upto);
         let (remote, acked) = (c.remote_id.clone(), c.acked);
         self.acks_unsaved.insert(remote, acked);
-        let last = self.status.counters.last_seq.load(Ordering::Relaxed);
+        let last = self.ingest.tail.last();
         self.status.with_peer(peer, |s| {
             s.acked = acked;
             s.pending = last.saturating_sub(acked);
