@@ -25,6 +25,7 @@
 //! in that run (jsonrpcs serves its FIFO and its datagram socket in two
 //! separate processes), so the polling does not queue behind the applier.
 
+mod common;
 #[path = "../tests/e2e_support/mod.rs"]
 mod support;
 
@@ -35,19 +36,13 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use common::*;
 use serde_json::{json, Value};
 use support::*;
 
 const NAME: &str = "bench-catchup";
 const FIRST_IP: u8 = 41;
 const POLL: Duration = Duration::from_millis(20);
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Door {
@@ -101,29 +96,21 @@ fn config(index: usize, ip: &str, dir: &Path, peers: &[String], door: Door, db_m
         .parse()
         .expect("transport bits");
     let mut out = cfg;
-    let mut edit = |from: &str, to: &str| {
-        assert!(
-            out.contains(from),
-            "node template changed: no `{from}` in the generated kamailio.cfg"
-        );
-        out = out.replace(from, to);
-    };
-    edit(
+    cfg_replace(
+        &mut out,
         &line,
         &format!(
             "{key}{})\nmodparam(\"jsonrpcs\", \"dgram_socket\", \"{d}/rpc.sock\")",
             bits | 4
         ),
     );
-    edit(
+    cfg_replace(
+        &mut out,
         "modparam(\"usrloc\", \"db_mode\", 1)",
         &format!("modparam(\"usrloc\", \"db_mode\", {db_mode})"),
     );
     if door == Door::Dgram {
-        edit(
-            &format!("modparam(\"sersync\", \"fifo\", \"{d}/rpc.fifo\")"),
-            &format!("modparam(\"sersync\", \"fifo\", \"{d}/rpc.sock\")"),
-        );
+        apply_through_dgram(&mut out, dir);
     }
     out
 }
@@ -210,24 +197,7 @@ fn contacts(node: &Node, via: Door, dgram: &mut Option<DgramRpc>) -> Result<u64,
         "stats.get_statistics",
         json!(["location_contacts"]),
     )?;
-    let text = match &v {
-        Value::Array(a) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(" "),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    text.rsplit('=')
-        .next()
-        .and_then(|s| {
-            s.trim()
-                .trim_matches(|c: char| !c.is_ascii_digit())
-                .parse()
-                .ok()
-        })
-        .ok_or_else(|| format!("odd statistics reply: {text}"))
+    location_contacts(&v)
 }
 
 /// AORs in `ul.dump brief` (the full dump of 20,000 contacts does not fit
@@ -389,7 +359,7 @@ fn run_once(
     assert!(!node.is_running());
     node.dir = dir.clone();
 
-    let busy = busy_note();
+    let busy = busy_note(&[]);
     let t0 = Instant::now();
     node.start();
     let up_s = t0.elapsed().as_secs_f64();
@@ -537,12 +507,7 @@ fn run_once(
                 "ul.dump {d} AoRs, applied {}, peer received {}{}, via_db {}, failures {}{}",
                 st.applied,
                 st.peers.first().map_or(0, |p| p.received),
-                // newer engines catch a fresh peer up by snapshot once the
-                // journal is pruned
-                st.raw
-                    .pointer("/peers/0/snapshot_received")
-                    .and_then(Value::as_u64)
-                    .map_or(String::new(), |k| format!(" + snapshot rows {k}")),
+                snapshot_received(st).map_or(String::new(), |k| format!(" + snapshot rows {k}")),
                 st.applied_via_db,
                 st.apply_failures,
                 if st.last_error.is_empty() {
@@ -590,44 +555,6 @@ fn run_once(
     }
 }
 
-/// Other CPU-heavy work on this 2-core machine skews a run: say so.
-fn busy_note() -> String {
-    let others = sh("ps -eo comm= | grep -cxE 'rustc|cc1|cc1plus|ld|rust-lld|bindgen' || true");
-    let load = sh("cut -d' ' -f1 /proc/loadavg");
-    match others.parse::<u32>() {
-        Ok(k) if k > 0 => format!("MACHINE BUSY: {k} compiler processes, load {load}"),
-        _ => String::new(),
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let k = v.len();
-    if k == 0 {
-        return f64::NAN;
-    }
-    if k % 2 == 1 {
-        v[k / 2]
-    } else {
-        (v[k / 2 - 1] + v[k / 2]) / 2.0
-    }
-}
-
-fn minmax(v: &[f64]) -> (f64, f64) {
-    v.iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-            (a.min(x), b.max(x))
-        })
-}
-
-fn sh(cmd: &str) -> String {
-    Command::new("sh")
-        .args(["-c", cmd])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
 fn main() {
     let n: usize = env_or("CATCHUP_N", 20_000);
     let runs: usize = env_or("CATCHUP_RUNS", 5);
@@ -649,20 +576,8 @@ fn main() {
     let started = Instant::now();
 
     println!("catchup: N={n} runs={runs} db_modes={modes:?} sipp rate={rate}/s");
-    println!(
-        "machine: nproc {}, memory {}, {}",
-        sh("nproc"),
-        sh("free -h | awk '/^Mem:/{print $2}'"),
-        sh("kamailio -V | head -1")
-    );
-    println!(
-        "module: {} sha256 {}",
-        module_path().display(),
-        sh(&format!(
-            "sha256sum {} | cut -c1-16",
-            module_path().display()
-        ))
-    );
+    println!("machine: {}", machine());
+    println!("module: {}", module_sum());
 
     // Both nodes up once (the harness' start), then node 2 stopped and node
     // 1 restarted in db_mode 0 (only to register quickly; node 1 is the
@@ -689,10 +604,7 @@ fn main() {
     sipp_register(c.node(1), &regs, rate, "catchup");
     let reg_s = t.elapsed().as_secs_f64();
     let n1 = c.node(1);
-    let journaled = wait_until(Duration::from_secs(60), || {
-        n1.sersync_status()
-            .is_ok_and(|s| s.last_seq >= n as u64 && s.queue_depth == 0)
-    });
+    let journaled = wait_journaled(n1, n as u64, Duration::from_secs(60));
     let st1 = n1.status();
     assert!(
         journaled && st1.queue_dropped == 0,
@@ -797,13 +709,13 @@ fn main() {
                 "{:<22} {:>4}  {:>9.0} ({:>6.0}-{:>6.0})  {:>9.0} ({:>6.0}-{:>6.0})  {:>10.2}{}",
                 format!("db_mode {m}, {}", door.name()),
                 rs.len(),
-                median(a),
+                median(&a),
                 amin,
                 amax,
-                median(cu),
+                median(&cu),
                 cmin,
                 cmax,
-                median(secs),
+                median(&secs),
                 if failed > 0 {
                     format!("  ({failed} failed)")
                 } else {
@@ -832,10 +744,10 @@ fn main() {
                 "{:<22} {:>4}  {:>9.2} ({:>6.2}-{:>6.2})  {:>9.2} ({:>6.2}-{:>6.2})",
                 format!("db_mode {m}, dgram/FIFO"),
                 ratios.len(),
-                median(ratios.iter().map(|r| r.1).collect()),
+                median(&ratios.iter().map(|r| r.1).collect::<Vec<_>>()),
                 minmax(&ratios.iter().map(|r| r.1).collect::<Vec<_>>()).0,
                 minmax(&ratios.iter().map(|r| r.1).collect::<Vec<_>>()).1,
-                median(ratios.iter().map(|r| r.2).collect()),
+                median(&ratios.iter().map(|r| r.2).collect::<Vec<_>>()),
                 minmax(&ratios.iter().map(|r| r.2).collect::<Vec<_>>()).0,
                 minmax(&ratios.iter().map(|r| r.2).collect::<Vec<_>>()).1,
             );

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::common::*;
 use crate::probes::pin_group;
 use crate::settings::*;
 use crate::support::*;
@@ -65,27 +66,21 @@ pub fn node_cfg(s: &Settings, repl: Repl, index: usize, nodes: usize, dir: &Path
         &opts,
     );
     if module.is_some() {
-        // sersync applies through jsonrpcs' datagram socket (its default
-        // door when configured; the harness names the FIFO).
-        let from = format!("modparam(\"sersync\", \"fifo\", \"{d}/rpc.fifo\")");
-        assert!(cfg.contains(&from), "harness changed: no `{from}`");
-        cfg = cfg.replace(
-            &from,
-            &format!("modparam(\"sersync\", \"fifo\", \"{d}/rpc.sock\")"),
-        );
+        // sersync's default door when configured; the harness names the FIFO
+        apply_through_dgram(&mut cfg, dir);
     }
     if let (Some(_), Ok(jdir)) = (&module, std::env::var("REGISTER_JOURNAL_DIR")) {
         // diagnostic: the journal elsewhere (e.g. on tmpfs, to see what its
         // fsyncs cost)
         let from = format!("modparam(\"sersync\", \"journal\", \"{d}/sersync.db\")");
-        assert!(cfg.contains(&from), "harness changed: no `{from}`");
         let sub = dir
             .strip_prefix(repo_root().join("target"))
             .unwrap_or(dir)
             .to_string_lossy()
             .replace('/', "_");
         let _ = fs::create_dir_all(&jdir);
-        cfg = cfg.replace(
+        cfg_replace(
+            &mut cfg,
             &from,
             &format!("modparam(\"sersync\", \"journal\", \"{jdir}/{sub}.db\")"),
         );

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::common::location_contacts;
 use crate::HTTP_PORT;
 
 pub struct Http {
@@ -94,23 +95,7 @@ impl Http {
         let v = self
             .call("stats.get_statistics", json!(["location_contacts"]))?
             .map_err(|e| e.to_string())?;
-        let text = match &v {
-            Value::Array(a) => a
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(" "),
-            other => other.to_string(),
-        };
-        text.rsplit('=')
-            .next()
-            .and_then(|x| {
-                x.trim()
-                    .trim_matches(|c: char| !c.is_ascii_digit())
-                    .parse()
-                    .ok()
-            })
-            .ok_or_else(|| format!("odd statistics reply: {text}"))
+        location_contacts(&v)
     }
 
     /// Whether usrloc holds AOR `user`.

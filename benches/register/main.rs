@@ -74,19 +74,13 @@ fn main() {
     let started = Instant::now();
     println!("register: {s:?}");
     println!(
-        "machine: nproc {}, memory {}, {}, {}",
-        sh("nproc"),
-        sh("free -h | awk '/^Mem:/{print $2}'"),
-        sh("kamailio -V | head -1"),
+        "machine: {}, {}",
+        machine(),
         sh("sipp -v 2>&1 | grep -o 'SIPp v[0-9.]*' | head -1")
     );
     println!(
-        "module: {} sha256 {}; git {}",
-        module_path().display(),
-        sh(&format!(
-            "sha256sum {} | cut -c1-16",
-            module_path().display()
-        )),
+        "module: {}; git {}",
+        module_sum(),
         sh("git rev-parse --short HEAD")
     );
 

@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::cluster::*;
 use crate::common::*;
 use crate::http::*;
@@ -40,7 +38,7 @@ pub fn load_run(c: &mut Cluster, s: &Settings, repl: Repl, round: usize) -> Load
     let mut r = LoadRun {
         repl: Some(repl),
         round,
-        busy: busy_note(),
+        busy: busy_note(&["cargo-fuzz"]),
         ..LoadRun::default()
     };
 
@@ -91,7 +89,7 @@ pub fn load_run(c: &mut Cluster, s: &Settings, repl: Repl, round: usize) -> Load
             }
         }
     }
-    let b = busy_note();
+    let b = busy_note(&["cargo-fuzz"]);
     if !b.is_empty() && r.busy.is_empty() {
         r.busy = b;
     }
@@ -114,7 +112,7 @@ pub struct M64Run {
 pub fn m64_run(c: &mut Cluster, s: &Settings, repl: Repl, round: usize) -> M64Run {
     let label = format!("m64-r{round}-{}", repl.label());
     start_config(c, s, repl, &label, 64);
-    let busy = busy_note();
+    let busy = busy_note(&["cargo-fuzz"]);
     let sipp = sipp_load(
         s,
         c.node(1),
@@ -178,14 +176,10 @@ pub fn catchup_run(c: &mut Cluster, s: &Settings, repl: Repl, round: usize) -> C
         note += &format!("{} REGISTERs failed on node 1; ", burst.failed);
     }
     if sersync {
-        let n1 = c.node(1);
-        let journaled = wait_until(Duration::from_secs(120), || {
-            n1.sersync_status()
-                .is_ok_and(|st| st.last_seq >= n && st.queue_depth == 0)
-        });
+        let journaled = wait_journaled(c.node(1), n, Duration::from_secs(120));
         assert!(journaled, "node 1 did not journal {n}");
     }
-    let busy = busy_note();
+    let busy = busy_note(&["cargo-fuzz"]);
     let t0 = Instant::now();
     start_node(c, s, 2);
     let up_s = t0.elapsed().as_secs_f64();
@@ -234,10 +228,7 @@ pub fn catchup_run(c: &mut Cluster, s: &Settings, repl: Repl, round: usize) -> C
             note += &format!(
                 "node 2 received {} (snapshot rows {}), applied {}",
                 p.map_or(0, |p| p.received),
-                st.raw
-                    .pointer("/peers/0/snapshot_received")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0),
+                snapshot_received(&st).unwrap_or(0),
                 st.applied
             );
         }

@@ -22,8 +22,7 @@ pub fn stat(v: &[f64], prec: usize) -> String {
     if f.is_empty() {
         return "—".into();
     }
-    let lo = f.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = f.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = minmax(&f);
     if f.len() == 1 {
         return format!("{:.prec$}", f[0]);
     }
