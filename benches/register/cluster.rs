@@ -92,11 +92,7 @@ pub fn node_cfg(s: &Settings, repl: Repl, index: usize, nodes: usize, dir: &Path
 /// Stops every node, then configures nodes 1..=repl.nodes() from fresh
 /// directories `<cluster>/<label>/nN` with shared memory `shm_mb`.
 pub fn configure(c: &mut Cluster, s: &Settings, repl: Repl, label: &str, shm_mb: u32) {
-    for node in &mut c.nodes {
-        if let Err(e) = node.stop() {
-            eprintln!("register: {e}");
-        }
-    }
+    stop_nodes(c);
     let nodes = repl.nodes();
     for i in 1..=nodes {
         let dir = c.dir.join(label).join(format!("n{i}"));
@@ -109,12 +105,31 @@ pub fn configure(c: &mut Cluster, s: &Settings, repl: Repl, label: &str, shm_mb:
     }
 }
 
+/// Stops every node; one that does not stop cleanly is reported, and the
+/// bench goes on.
+pub fn stop_nodes(c: &mut Cluster) {
+    for node in &mut c.nodes {
+        if let Err(e) = node.stop() {
+            eprintln!("register: {e}");
+        }
+    }
+}
+
+/// The CPU node `i`'s processes are pinned to: node 1 has CPU 0, the peers
+/// share CPU 1 with sipp and this bench.
+pub fn cpu_of(i: usize) -> usize {
+    if i == 1 {
+        0
+    } else {
+        1
+    }
+}
+
 /// Starts node `i` and pins its processes.
 pub fn start_node(c: &mut Cluster, s: &Settings, i: usize) {
     c.node_mut(i).start();
     if s.pin {
-        let cpu = if i == 1 { 0 } else { 1 };
-        pin_group(c.node(i).pid().expect("running"), cpu);
+        pin_group(c.node(i).pid().expect("running"), cpu_of(i));
     }
 }
 
@@ -168,10 +183,7 @@ pub fn wait_ready(c: &Cluster, s: &Settings, repl: Repl, which: &[usize]) {
     if s.pin {
         // the sersync process starts its threads late: pin them too
         for &i in which {
-            pin_group(
-                c.node(i).pid().expect("running"),
-                if i == 1 { 0 } else { 1 },
-            );
+            pin_group(c.node(i).pid().expect("running"), cpu_of(i));
         }
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use crate::probes::set_affinity;
 use crate::settings::Settings;
 use crate::support::*;
 use crate::SIPP_IP;
@@ -65,8 +66,8 @@ pub fn sipp_load(
         .stdout(out.try_clone().expect("fd"))
         .stderr(out)
         .process_group(0);
-    // SAFETY: prctl and sched_setaffinity are async-signal-safe; nothing
-    // else runs between fork and exec.
+    // SAFETY: prctl and sched_setaffinity (set_affinity) are
+    // async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             libc::prctl(
@@ -77,9 +78,7 @@ pub fn sipp_load(
                 0,
             );
             if pin {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(1, &mut set);
-                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                set_affinity(0, 1);
             }
             Ok(())
         });

@@ -165,14 +165,7 @@ fn main() {
 
     let mut m64 = Vec::new();
     if s.part("m64") {
-        let cfgs = s.chosen(&[
-            Repl::None,
-            Repl::Sersync {
-                peers: 1,
-                journal: false,
-            },
-            Repl::Dmq { peers: 1 },
-        ]);
+        let cfgs = s.chosen(&Repl::M64_PART);
         for round in 1..=s.runs {
             for &repl in &cfgs {
                 let r = m64_run(&mut c, &s, repl, round);
@@ -194,13 +187,7 @@ fn main() {
 
     let mut catchup = Vec::new();
     if s.part("catchup") {
-        let cfgs = s.chosen(&[
-            Repl::Sersync {
-                peers: 1,
-                journal: false,
-            },
-            Repl::Dmq { peers: 1 },
-        ]);
+        let cfgs = s.chosen(&Repl::CATCHUP_PART);
         for round in 1..=s.runs {
             for &repl in &cfgs {
                 let r = catchup_run(&mut c, &s, repl, round);
@@ -232,14 +219,7 @@ fn main() {
             "{:<18} {:>24} {:>22}",
             "configuration", "failed, median (min–max)", "shm max_used MB"
         );
-        for repl in [
-            Repl::None,
-            Repl::Sersync {
-                peers: 1,
-                journal: false,
-            },
-            Repl::Dmq { peers: 1 },
-        ] {
+        for repl in Repl::M64_PART {
             let rs: Vec<&M64Run> = m64.iter().filter(|r| r.repl == repl).collect();
             if rs.is_empty() {
                 continue;
@@ -266,13 +246,7 @@ fn main() {
             "{:<18} {:>22} {:>22} {:>22}",
             "configuration", "all held, s", "first contact, s", "first -> all, rec/s"
         );
-        for repl in [
-            Repl::Sersync {
-                peers: 1,
-                journal: false,
-            },
-            Repl::Dmq { peers: 1 },
-        ] {
+        for repl in Repl::CATCHUP_PART {
             let rs: Vec<&CatchupRun> = catchup.iter().filter(|r| r.repl == repl).collect();
             if rs.is_empty() {
                 continue;

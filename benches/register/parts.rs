@@ -93,11 +93,7 @@ pub fn load_run(c: &mut Cluster, s: &Settings, repl: Repl, round: usize) -> Load
     if !b.is_empty() && r.busy.is_empty() {
         r.busy = b;
     }
-    for node in &mut c.nodes {
-        if let Err(e) = node.stop() {
-            eprintln!("register: {e}");
-        }
-    }
+    stop_nodes(c);
     r
 }
 
@@ -123,11 +119,7 @@ pub fn m64_run(c: &mut Cluster, s: &Settings, repl: Repl, round: usize) -> M64Ru
         &c.dir.join(&label),
     );
     let mem = memory(c.node(1));
-    for node in &mut c.nodes {
-        if let Err(e) = node.stop() {
-            eprintln!("register: {e}");
-        }
-    }
+    stop_nodes(c);
     M64Run {
         repl,
         sipp,
@@ -207,7 +199,7 @@ pub fn catchup_run(c: &mut Cluster, s: &Settings, repl: Repl, round: usize) -> C
             }
         }
         if s.pin && !repinned && t0.elapsed() > Duration::from_millis(300) {
-            pin_group(c.node(2).pid().expect("running"), 1);
+            pin_group(c.node(2).pid().expect("running"), cpu_of(2));
             repinned = true;
         }
         sleep(Duration::from_millis(10));
@@ -233,11 +225,7 @@ pub fn catchup_run(c: &mut Cluster, s: &Settings, repl: Repl, round: usize) -> C
             );
         }
     }
-    for node in &mut c.nodes {
-        if let Err(e) = node.stop() {
-            eprintln!("register: {e}");
-        }
-    }
+    stop_nodes(c);
     CatchupRun {
         repl,
         up_s,

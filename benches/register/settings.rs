@@ -82,13 +82,20 @@ pub enum Repl {
 }
 
 impl Repl {
+    const SERSYNC_1: Repl = Repl::Sersync {
+        peers: 1,
+        journal: false,
+    };
+    const DMQ_1: Repl = Repl::Dmq { peers: 1 };
+    /// What the m64 part measures (those of them REGISTER_CONFIGS names).
+    pub const M64_PART: [Repl; 3] = [Repl::None, Repl::SERSYNC_1, Repl::DMQ_1];
+    /// What the catch-up part measures (those of them REGISTER_CONFIGS names).
+    pub const CATCHUP_PART: [Repl; 2] = [Repl::SERSYNC_1, Repl::DMQ_1];
+
     pub fn parse(s: &str) -> Option<Repl> {
         Some(match s {
             "none" => Repl::None,
-            "sersync-1" => Repl::Sersync {
-                peers: 1,
-                journal: false,
-            },
+            "sersync-1" => Repl::SERSYNC_1,
             "sersync-2" => Repl::Sersync {
                 peers: 2,
                 journal: false,
@@ -101,7 +108,7 @@ impl Repl {
                 peers: 2,
                 journal: true,
             },
-            "dmq-1" => Repl::Dmq { peers: 1 },
+            "dmq-1" => Repl::DMQ_1,
             "dmq-2" => Repl::Dmq { peers: 2 },
             _ => return None,
         })
