@@ -113,51 +113,7 @@ fn main() {
                 // rotate the order so that slow drift hits every configuration
                 let repl = s.configs[(j + round - 1) % k];
                 let r = load_run(&mut c, &s, repl, round);
-                println!(
-                    "load {} round {round}: burst {} ok {} failed in {:.2} s = {:.0}/s; shm {:.1} MB (max {:.1}), PSS {:.1} MB in {} procs; burst converged {}; rated {:.0}/s ok {} failed {}, converged {}, probes {} (lost {}, failed {}) p50 {:.1} p99 {:.1} max {:.1} ms {} {}",
-                    repl.label(),
-                    r.burst.ok,
-                    r.burst.failed,
-                    r.burst.secs,
-                    r.burst.rate(),
-                    mb(r.mem.shm_used),
-                    mb(r.mem.shm_max),
-                    mb(r.mem.pss),
-                    r.mem.procs,
-                    r.burst_converge_s.map_or("-".into(), |x| format!("{x:.2} s")),
-                    r.rated.rate(),
-                    r.rated.ok,
-                    r.rated.failed,
-                    r.converge_s.map_or("-".into(), |x| format!("{x:.2} s")),
-                    r.probes.lags_ms.len(),
-                    r.probes.lost,
-                    r.probes.failed,
-                    percentile(&r.probes.lags_ms, 50.0),
-                    percentile(&r.probes.lags_ms, 99.0),
-                    percentile(&r.probes.lags_ms, 100.0),
-                    r.note,
-                    r.busy
-                );
-                if std::env::var_os("REGISTER_LAG_TRACE").is_some() {
-                    let slow: Vec<String> = r
-                        .probes
-                        .lags_ms
-                        .iter()
-                        .zip(&r.probes.at_s)
-                        .filter(|(l, _)| **l > 10.0)
-                        .map(|(l, a)| format!("{a:.2}s:{l:.0}ms"))
-                        .collect();
-                    println!(
-                        "   probes over 10 ms (time since the rated run's start: lag): {}",
-                        slow.join(" ")
-                    );
-                }
-                if !r.burst.exit_ok || !r.rated.exit_ok {
-                    println!(
-                        "   sipp exited with an error: see {}",
-                        r.burst.dir.display()
-                    );
-                }
+                print_load_run(repl, round, &r);
                 load.push(r);
             }
         }
@@ -169,17 +125,7 @@ fn main() {
         for round in 1..=s.runs {
             for &repl in &cfgs {
                 let r = m64_run(&mut c, &s, repl, round);
-                println!(
-                    "m64 {} round {round}: {} of {} failed ({} ok) in {:.2} s; shm {:.1} MB (max {:.1}) {}",
-                    repl.label(),
-                    r.sipp.failed,
-                    s.m64_n,
-                    r.sipp.ok,
-                    r.sipp.secs,
-                    mb(r.mem.shm_used),
-                    mb(r.mem.shm_max),
-                    r.busy
-                );
+                print_m64_run(&s, repl, round, &r);
                 m64.push(r);
             }
         }
@@ -191,16 +137,7 @@ fn main() {
         for round in 1..=s.runs {
             for &repl in &cfgs {
                 let r = catchup_run(&mut c, &s, repl, round);
-                println!(
-                    "catchup {} round {round}: {} contacts; node 2 up {:.2} s, first {} s, all {} s; {} {}",
-                    repl.label(),
-                    r.n,
-                    r.up_s,
-                    r.first_s.map_or("-".into(), |x| format!("{x:.2}")),
-                    r.done_s.map_or("-".into(), |x| format!("{x:.2}")),
-                    r.note,
-                    r.busy
-                );
+                print_catchup_run(repl, round, &r);
                 catchup.push(r);
             }
         }
@@ -211,69 +148,10 @@ fn main() {
         print_load(&s, &load);
     }
     if !m64.is_empty() {
-        println!(
-            "\n(2b) Kamailio's default -m 64: burst of {} REGISTERs, one peer",
-            s.m64_n
-        );
-        println!(
-            "{:<18} {:>24} {:>22}",
-            "configuration", "failed, median (min–max)", "shm max_used MB"
-        );
-        for repl in Repl::M64_PART {
-            let rs: Vec<&M64Run> = m64.iter().filter(|r| r.repl == repl).collect();
-            if rs.is_empty() {
-                continue;
-            }
-            let failed: Vec<f64> = rs
-                .iter()
-                .map(|r| (s.m64_n as u64 - r.sipp.ok) as f64)
-                .collect();
-            let max: Vec<f64> = rs.iter().map(|r| mb(r.mem.shm_max)).collect();
-            println!(
-                "{:<18} {:>24} {:>22}",
-                repl.label(),
-                stat(&failed, 0),
-                stat(&max, 1)
-            );
-        }
+        print_m64(&s, &m64);
     }
     if !catchup.is_empty() {
-        println!(
-            "\n(4) catch-up of node 2: {} changes on node 1 while node 2 was down (sersync) / before an empty node 2 joins (dmq); s from node 2's start",
-            s.catchup_n
-        );
-        println!(
-            "{:<18} {:>22} {:>22} {:>22}",
-            "configuration", "all held, s", "first contact, s", "first -> all, rec/s"
-        );
-        for repl in Repl::CATCHUP_PART {
-            let rs: Vec<&CatchupRun> = catchup.iter().filter(|r| r.repl == repl).collect();
-            if rs.is_empty() {
-                continue;
-            }
-            let done: Vec<f64> = rs.iter().map(|r| r.done_s.unwrap_or(f64::NAN)).collect();
-            let first: Vec<f64> = rs.iter().map(|r| r.first_s.unwrap_or(f64::NAN)).collect();
-            let rate: Vec<f64> = rs
-                .iter()
-                .map(|r| match (r.first_s, r.done_s) {
-                    (Some(a), Some(b)) => r.n as f64 / (b - a).max(1e-3),
-                    _ => f64::NAN,
-                })
-                .collect();
-            let missing = rs.iter().filter(|r| r.done_s.is_none()).count();
-            println!(
-                "{:<18} {:>22} {:>22} {:>22}{}",
-                repl.label(),
-                stat(&done, 2),
-                stat(&first, 2),
-                stat(&rate, 0),
-                if missing > 0 {
-                    format!("  ({missing} runs never complete)")
-                } else {
-                    String::new()
-                }
-            );
-        }
+        print_catchup(&s, &catchup);
     }
     let busy = load
         .iter()
