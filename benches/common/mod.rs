@@ -2,9 +2,9 @@
 //! share: environment knobs, the run's header, edits of the harness'
 //! kamailio.cfg, readings of usrloc and sersync.status, and figures.
 //!
-//! Included with `mod common;` (from `benches/register/`:
-//! `#[path = "../common/mod.rs"]`); it uses the end-to-end harness as
-//! `crate::support`, which both benches include.
+//! Included from `benches/<bench>/main.rs` with
+//! `#[path = "../common/mod.rs"] mod common;`; it uses the end-to-end
+//! harness as `crate::support`, which both benches include.
 
 use std::path::Path;
 use std::process::Command;
