@@ -8,7 +8,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use super::snapshot::SnapSend;
-use super::HANDSHAKE_TIMEOUT;
+use super::{ACK_TIMEOUT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT};
 use crate::log;
 use crate::wire::auth::Nonce;
 use crate::wire::{Frame, FrameReader};
@@ -131,5 +131,52 @@ impl Conn {
             self.out_pos = 0;
         }
         Ok(())
+    }
+
+    /// Why this connection has waited too long at `now` (handshake, an
+    /// idle inbound link, a peer that stopped acknowledging), if it has.
+    pub(super) fn overdue(&mut self, now: Instant) -> Option<String> {
+        let why = if self.deadline.is_some_and(|d| now >= d) {
+            match self.phase {
+                Phase::AwaitHello { .. } => {
+                    format!("sent no hello within {} s", HANDSHAKE_TIMEOUT.as_secs())
+                }
+                _ => "handshake timed out".to_string(),
+            }
+        } else if matches!(self.side, Side::Accept)
+            && now.duration_since(self.last_rx) > IDLE_TIMEOUT
+        {
+            format!("nothing received for {} s", IDLE_TIMEOUT.as_secs())
+        } else if matches!(self.side, Side::Dial { .. }) && matches!(self.phase, Phase::Streaming) {
+            let waiting = self.next_send > self.acked
+                || self.snap.as_ref().is_some_and(|s| s.inflight > 0)
+                || self.out_pos < self.out.len();
+            if !waiting {
+                self.ack_wait_from = now;
+                return None;
+            }
+            if now.duration_since(self.ack_wait_from.max(self.last_rx)) <= ACK_TIMEOUT {
+                return None;
+            }
+            format!(
+                "acknowledged nothing for {} s with {} records and {} bytes outstanding: not reading",
+                ACK_TIMEOUT.as_secs(),
+                self.next_send - self.acked,
+                self.out.len() - self.out_pos
+            )
+        } else {
+            return None;
+        };
+        Some(why)
+    }
+
+    /// Tells the peer why it is refused (best effort: the connection
+    /// closes next) and gives the verdict logged here.
+    pub(super) fn refuse(&mut self, to_peer: impl Into<String>, here: String) -> Verdict {
+        self.send(&Frame::Refuse {
+            reason: to_peer.into(),
+        });
+        let _ = self.write_now();
+        Verdict::Refused(here)
     }
 }

@@ -171,22 +171,16 @@ impl Net {
         let me = self.cfg.node_id.clone();
         let c = self.conns.get_mut(&t).expect("caller checked");
         if magic != MAGIC || version != VERSION {
-            c.send(&Frame::Refuse {
-                reason: format!("protocol v{VERSION} only"),
-            });
-            let _ = c.write_now();
-            return Verdict::Refused(format!(
-                "peer {node_id} speaks protocol {magic:?} v{version}"
-            ));
+            return c.refuse(
+                format!("protocol v{VERSION} only"),
+                format!("peer {node_id} speaks protocol {magic:?} v{version}"),
+            );
         }
         if node_id == me {
-            c.send(&Frame::Refuse {
-                reason: format!("node id \"{me}\" is already taken by the node you dialed"),
-            });
-            let _ = c.write_now();
-            return Verdict::Refused(format!(
-                "a peer connected with our own node id \"{me}\": node ids must be unique"
-            ));
+            return c.refuse(
+                format!("node id \"{me}\" is already taken by the node you dialed"),
+                format!("a peer connected with our own node id \"{me}\": node ids must be unique"),
+            );
         }
         let tr = Transcript {
             nonce_a: &nonce_a,
@@ -195,22 +189,15 @@ impl Net {
             acceptor: &me,
         };
         if self.forgotten.contains(&node_id) {
-            c.send(&Frame::Refuse {
-                reason: format!("node id \"{node_id}\" was removed from the cluster with sersync.forget; rejoin under a new node id"),
-            });
-            let _ = c.write_now();
-            return Verdict::Refused(format!(
+            return c.refuse(format!("node id \"{node_id}\" was removed from the cluster with sersync.forget; rejoin under a new node id"), format!(
                 "refused {node_id}: removed from the cluster with sersync.forget"
             ));
         }
         if !auth::verify(&self.cfg.secret, Role::Dialer, &tr, &tag) {
-            c.send(&Frame::Refuse {
-                reason: "authentication failed".into(),
-            });
-            let _ = c.write_now();
-            return Verdict::Refused(format!(
-                "peer claiming to be {node_id} failed authentication: different secret?"
-            ));
+            return c.refuse(
+                "authentication failed",
+                format!("peer claiming to be {node_id} failed authentication: different secret?"),
+            );
         }
         let (resume_after, snapshot) = match (
             self.journal.received_upto(&node_id),

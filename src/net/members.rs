@@ -2,12 +2,16 @@
 //! members forgotten for good, the member list sent on every link, dial
 //! backoff.
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mio::Token;
 
 use super::conn::{Phase, Side, Verdict};
 use super::{Net, BACKOFF_MAX, BACKOFF_MIN};
+use crate::config::Config;
+use crate::journal::Journal;
 use crate::log;
 use crate::wire::{Frame, Member};
 
@@ -22,6 +26,62 @@ pub(super) struct Peer {
     /// Removed with sersync.forget: never dialed again. Kept as an entry
     /// because connections refer to peers by index.
     pub(super) forgotten: bool,
+}
+
+/// The members to dial at start: the configured seeds, and the members
+/// learned before a restart (reachable even if every configured seed is
+/// down now); and the node ids forgotten for good.
+pub(super) fn initial(
+    cfg: &Config,
+    journal: &Journal,
+    now: Instant,
+) -> (Vec<Peer>, HashSet<String>) {
+    let mut peers: Vec<Peer> = cfg
+        .peers
+        .iter()
+        .map(|p| Peer::new(&p.text, p.addr, "", now))
+        .collect();
+    // Members learned before a restart: reachable even if every
+    // configured seed is down now.
+    let mut forgotten = std::collections::HashSet::new();
+    match journal.members() {
+        Ok(members) => {
+            for (id, address, gone) in members {
+                if gone {
+                    forgotten.insert(id);
+                    continue;
+                }
+                let Ok(addr) = crate::config::parse_endpoint("member", &address) else {
+                    continue;
+                };
+                let room = peers.len() < crate::abi::MAX_PEERS;
+                match peers.iter_mut().find(|p| p.addr == addr) {
+                    Some(p) => p.node_id = id,
+                    None if room && id != cfg.node_id => {
+                        peers.push(Peer::new(&address, addr, &id, now))
+                    }
+                    None => {}
+                }
+            }
+        }
+        Err(e) => log::error(format_args!("cannot read the member list: {e}")),
+    }
+    (peers, forgotten)
+}
+
+impl Peer {
+    fn new(text: &str, addr: SocketAddr, node_id: &str, now: Instant) -> Peer {
+        Peer {
+            text: text.to_string(),
+            addr,
+            conn: None,
+            backoff: BACKOFF_MIN,
+            retry_at: now,
+            resend_at: None,
+            node_id: node_id.to_string(),
+            forgotten: false,
+        }
+    }
 }
 
 impl Net {
@@ -75,16 +135,8 @@ impl Net {
                     return;
                 }
                 log::info(format_args!("new member {node_id} at {address}"));
-                self.peers.push(Peer {
-                    text: address.to_string(),
-                    addr,
-                    conn: None,
-                    backoff: BACKOFF_MIN,
-                    retry_at: Instant::now(),
-                    resend_at: None,
-                    node_id: node_id.to_string(),
-                    forgotten: false,
-                });
+                self.peers
+                    .push(Peer::new(address, addr, node_id, Instant::now()));
                 let mut st = crate::status::PeerStatus::new(address);
                 st.node_id = node_id.to_string();
                 self.status

@@ -126,46 +126,7 @@ impl Net {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let now = Instant::now();
-        let new_peer = |text: &str, addr, node_id: &str| Peer {
-            text: text.to_string(),
-            addr,
-            conn: None,
-            backoff: BACKOFF_MIN,
-            retry_at: now,
-            resend_at: None,
-            node_id: node_id.to_string(),
-            forgotten: false,
-        };
-        let mut peers: Vec<Peer> = cfg
-            .peers
-            .iter()
-            .map(|p| new_peer(&p.text, p.addr, ""))
-            .collect();
-        // Members learned before a restart: reachable even if every
-        // configured seed is down now.
-        let mut forgotten = std::collections::HashSet::new();
-        match journal.members() {
-            Ok(members) => {
-                for (id, address, gone) in members {
-                    if gone {
-                        forgotten.insert(id);
-                        continue;
-                    }
-                    let Ok(addr) = crate::config::parse_endpoint("member", &address) else {
-                        continue;
-                    };
-                    let room = peers.len() < crate::abi::MAX_PEERS;
-                    match peers.iter_mut().find(|p| p.addr == addr) {
-                        Some(p) => p.node_id = id,
-                        None if room && id != cfg.node_id => {
-                            peers.push(new_peer(&address, addr, &id))
-                        }
-                        None => {}
-                    }
-                }
-            }
-            Err(e) => log::error(format_args!("cannot read the member list: {e}")),
-        }
+        let (peers, forgotten) = members::initial(&cfg, &journal, now);
         {
             let mut ps = status.peers.lock().unwrap_or_else(|p| p.into_inner());
             *ps = peers
@@ -360,37 +321,9 @@ impl Net {
         }
         let mut expired = Vec::new();
         for (t, c) in self.conns.iter_mut() {
-            let why = if c.deadline.is_some_and(|d| now >= d) {
-                match c.phase {
-                    Phase::AwaitHello { .. } => {
-                        format!("sent no hello within {} s", HANDSHAKE_TIMEOUT.as_secs())
-                    }
-                    _ => "handshake timed out".to_string(),
-                }
-            } else if matches!(c.side, Side::Accept) && now.duration_since(c.last_rx) > IDLE_TIMEOUT
-            {
-                format!("nothing received for {} s", IDLE_TIMEOUT.as_secs())
-            } else if matches!(c.side, Side::Dial { .. }) && matches!(c.phase, Phase::Streaming) {
-                let waiting = c.next_send > c.acked
-                    || c.snap.as_ref().is_some_and(|s| s.inflight > 0)
-                    || c.out_pos < c.out.len();
-                if !waiting {
-                    c.ack_wait_from = now;
-                    continue;
-                }
-                if now.duration_since(c.ack_wait_from.max(c.last_rx)) <= ACK_TIMEOUT {
-                    continue;
-                }
-                format!(
-                    "acknowledged nothing for {} s with {} records and {} bytes outstanding: not reading",
-                    ACK_TIMEOUT.as_secs(),
-                    c.next_send - c.acked,
-                    c.out.len() - c.out_pos
-                )
-            } else {
-                continue;
-            };
-            expired.push((*t, why));
+            if let Some(why) = c.overdue(now) {
+                expired.push((*t, why));
+            }
         }
         for (t, why) in expired {
             self.close(t, Verdict::Close(why));
@@ -651,54 +584,6 @@ impl Net {
                     }
                 }
             }
-        }
-    }
-
-    fn publish_status(&mut self, force: bool) {
-        let now = Instant::now();
-        if !force && now.duration_since(self.last_status) < Duration::from_millis(200) {
-            return;
-        }
-        self.last_status = now;
-        let last = self.ingest.tail.last();
-        self.status.counters.last_seq.store(last, Ordering::Relaxed);
-        let wall = crate::hlc::wall_ms();
-        for idx in 0..self.peers.len() {
-            let acked = self.peers[idx]
-                .conn
-                .and_then(|t| self.conns.get(&t))
-                .filter(|c| matches!(c.phase, Phase::Streaming))
-                .map(|c| c.acked)
-                .or_else(|| {
-                    let id = &self.peers[idx].node_id;
-                    (!id.is_empty()).then(|| self.journal.acked(id).unwrap_or(0))
-                })
-                .unwrap_or(0);
-            let pending = last.saturating_sub(acked);
-            let lag_ms = if pending > 0 {
-                self.journal
-                    .hlc_of(acked + 1)
-                    .ok()
-                    .flatten()
-                    .map_or(0, |h| wall.saturating_sub(Hlc::millis(h)))
-            } else {
-                0
-            };
-            let (received, snap_received) = self
-                .received_from
-                .get(&self.peers[idx].node_id)
-                .copied()
-                .unwrap_or_default();
-            self.status.with_peer(idx, |s| {
-                s.acked = acked;
-                s.pending = pending;
-                s.lag_ms = lag_ms;
-                s.received = received;
-                s.snapshot_received = snap_received;
-            });
-        }
-        if let Some(sh) = &self.shared {
-            sh.write_status(&self.status.to_c());
         }
     }
 }

@@ -1,12 +1,14 @@
 //! The sender's side: filling each peer's window from the journal, and
 //! saving what peers acknowledged.
 
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use mio::Token;
 
 use super::conn::{Phase, Verdict};
 use super::{Net, ACK_SAVE_EVERY, BACKOFF_MAX, BATCH_RECORDS, MAX_OUTBUF, WINDOW_RECORDS};
+use crate::hlc::Hlc;
 use crate::log;
 use crate::wire::Frame;
 
@@ -134,5 +136,56 @@ impl Net {
             s.last_error = format!("peer temporary failure: {reason}")
         });
         Verdict::Continue
+    }
+
+    /// Reports each peer's position, lag and what it sent here, and copies
+    /// the status into the shared area SER's RPC reads (at most every
+    /// 200 ms unless `force`).
+    pub(super) fn publish_status(&mut self, force: bool) {
+        let now = Instant::now();
+        if !force && now.duration_since(self.last_status) < Duration::from_millis(200) {
+            return;
+        }
+        self.last_status = now;
+        let last = self.ingest.tail.last();
+        self.status.counters.last_seq.store(last, Ordering::Relaxed);
+        let wall = crate::hlc::wall_ms();
+        for idx in 0..self.peers.len() {
+            let acked = self.peers[idx]
+                .conn
+                .and_then(|t| self.conns.get(&t))
+                .filter(|c| matches!(c.phase, Phase::Streaming))
+                .map(|c| c.acked)
+                .or_else(|| {
+                    let id = &self.peers[idx].node_id;
+                    (!id.is_empty()).then(|| self.journal.acked(id).unwrap_or(0))
+                })
+                .unwrap_or(0);
+            let pending = last.saturating_sub(acked);
+            let lag_ms = if pending > 0 {
+                self.journal
+                    .hlc_of(acked + 1)
+                    .ok()
+                    .flatten()
+                    .map_or(0, |h| wall.saturating_sub(Hlc::millis(h)))
+            } else {
+                0
+            };
+            let (received, snap_received) = self
+                .received_from
+                .get(&self.peers[idx].node_id)
+                .copied()
+                .unwrap_or_default();
+            self.status.with_peer(idx, |s| {
+                s.acked = acked;
+                s.pending = pending;
+                s.lag_ms = lag_ms;
+                s.received = received;
+                s.snapshot_received = snap_received;
+            });
+        }
+        if let Some(sh) = &self.shared {
+            sh.write_status(&self.status.to_c());
+        }
     }
 }
