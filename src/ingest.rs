@@ -8,14 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::codec;
-use crate::error::JournalError;
 use crate::handoff::{NetCmd, ToNet};
 use crate::hlc::Hlc;
 use crate::journal::Journal;
 use crate::log::{self, RateLimit};
 use crate::queue::Shared;
-use crate::record::{Op, Record};
-use crate::scan::{Scan, ScanWatch};
+use crate::record::Record;
+use crate::scan::{Conclusion, Scan, ScanWatch};
 use crate::status::Status;
 
 /// Records taken from the worker queue per journal transaction.
@@ -50,61 +49,27 @@ impl Ingest {
             return;
         };
         let name = String::from_utf8_lossy(table).into_owned();
-        if scan.table != table {
+        if scan.table() != table {
             log::warn(format_args!(
                 "alias scan of one table ended by another; ignored"
             ));
             return;
         }
-        let result = (|| -> Result<Option<(Vec<Record>, usize, usize)>, JournalError> {
-            // Staged first, then applied: the applier notes a key before it
-            // leaves the inbox, so every key is seen in one or the other.
-            let staged = self.journal.inbox_keys()?;
-            let Some(applied) = self.scan_watch.close() else {
-                return Ok(None);
-            };
-            let changed_since = |key: &[u8]| -> Result<bool, JournalError> {
-                Ok(staged.contains(key)
-                    || applied.contains(key)
-                    || self
-                        .journal
-                        .state_stamp(key)?
-                        .is_some_and(|h| h > scan.started))
-            };
-            let mut out = Vec::new();
-            let mut skipped = 0;
-            for rec in scan.rows {
-                if changed_since(&rec.key())? {
-                    skipped += 1;
-                } else {
-                    out.push(rec);
-                }
-            }
-            let pending_keys: HashSet<Vec<u8>> = pending.iter().map(|(_, r)| r.key()).collect();
-            let mut removed = 0;
-            for key in self.journal.live_alias_keys(table)? {
-                if scan.seen.contains(&key) || pending_keys.contains(&key) || changed_since(&key)? {
-                    continue;
-                }
-                if let Some(Record::Alias { alias, .. }) = self.journal.state_of(&key)? {
-                    out.push(Record::Alias {
-                        op: Op::Delete,
-                        alias,
-                    });
-                    removed += 1;
-                }
-            }
-            Ok(Some((out, removed, skipped)))
-        })();
+        let pending_keys: HashSet<Vec<u8>> = pending.iter().map(|(_, r)| r.key()).collect();
+        let result = scan.conclude(&self.journal, &self.scan_watch, &pending_keys);
         match result {
-            Ok(Some((records, removed, skipped))) => {
+            Ok(Some(Conclusion {
+                records,
+                present,
+                removed,
+                skipped,
+            })) => {
                 for rec in records {
                     let stamp = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).now();
                     pending.push((stamp, rec));
                 }
                 log::info(format_args!(
-                    "alias scan of {name}: {} aliases present, {removed} removed, {skipped} left to changes in flight",
-                    scan.seen.len()
+                    "alias scan of {name}: {present} aliases present, {removed} removed, {skipped} left to changes in flight"
                 ));
             }
             Ok(None) => log::warn(format_args!(
@@ -130,12 +95,7 @@ impl Ingest {
                         // Opened before the scan's process may read the
                         // table: it waits until this marker is settled.
                         self.scan_watch.open();
-                        self.scan = Some(Scan {
-                            table,
-                            started,
-                            rows: Vec::new(),
-                            seen: HashSet::new(),
-                        });
+                        self.scan = Some(Scan::begin(table, started));
                     }
                     Ok(Record::AliasScan { table, end: true }) => {
                         self.finish_scan(&table, &mut pending)
@@ -144,20 +104,13 @@ impl Ingest {
                         self.net.send(NetCmd::Forget(node_id));
                     }
                     Ok(rec) => {
-                        if let (
-                            Some(scan),
-                            Record::Alias {
-                                op: Op::Upsert,
-                                alias,
+                        let rec = match &mut self.scan {
+                            Some(scan) => match scan.hold(rec) {
+                                Some(rec) => rec,
+                                None => continue,
                             },
-                        ) = (&mut self.scan, &rec)
-                        {
-                            if scan.table == alias.table {
-                                scan.seen.insert(rec.key());
-                                scan.rows.push(rec);
-                                continue;
-                            }
-                        }
+                            None => rec,
+                        };
                         let stamp = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).now();
                         pending.push((stamp, rec));
                     }

@@ -8,7 +8,9 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use crate::record::Record;
+use crate::error::JournalError;
+use crate::journal::Journal;
+use crate::record::{Op, Record};
 
 /// Alias keys the applier wrote into SER while an alias table scan was
 /// open. A scan reads the table at some moment after it opened; a remote
@@ -72,10 +74,115 @@ impl ScanWatch {
 /// held back until the end: what the scan concludes about a key is only
 /// trusted if nothing else changed that key meanwhile.
 pub struct Scan {
-    pub table: Vec<u8>,
+    table: Vec<u8>,
     /// Stamp at the start: a newer version in the state means the key
     /// changed during the scan, and the table row read may predate it.
-    pub started: u64,
-    pub rows: Vec<Record>,
-    pub seen: HashSet<Vec<u8>>,
+    started: u64,
+    rows: Vec<Record>,
+    seen: HashSet<Vec<u8>>,
+}
+
+/// What a finished scan concludes: the changes to journal, and counts for
+/// the log line.
+pub struct Conclusion {
+    pub records: Vec<Record>,
+    /// Aliases the table held.
+    pub present: usize,
+    /// Aliases deleted behind SER's back.
+    pub removed: usize,
+    /// Rows left to changes in flight.
+    pub skipped: usize,
+}
+
+impl Scan {
+    /// A scan of `table` starting at stamp `started`.
+    pub fn begin(table: Vec<u8>, started: u64) -> Scan {
+        Scan {
+            table,
+            started,
+            rows: Vec::new(),
+            seen: HashSet::new(),
+        }
+    }
+
+    pub fn table(&self) -> &[u8] {
+        &self.table
+    }
+
+    /// Holds back a row of the scanned table until the scan ends; any
+    /// other record is given back to be journaled now.
+    pub fn hold(&mut self, rec: Record) -> Option<Record> {
+        match &rec {
+            Record::Alias {
+                op: Op::Upsert,
+                alias,
+            } if alias.table == self.table => {
+                self.seen.insert(rec.key());
+                self.rows.push(rec);
+                None
+            }
+            _ => Some(rec),
+        }
+    }
+
+    /// Ends the scan: rows the journal does not hold are to be journaled,
+    /// and every alias the state holds for the table that the scan did not
+    /// report was deleted behind SER's back. Keys a peer changed here after
+    /// the scan started (staged, or applied meanwhile), keys changed
+    /// locally since, and `pending` keys (read from the queue, not yet
+    /// journaled) are left alone: the row the scan read may be older than
+    /// that change, or missing because of it. None: too much was applied
+    /// meanwhile to conclude anything.
+    pub fn conclude(
+        self,
+        journal: &Journal,
+        watch: &ScanWatch,
+        pending: &HashSet<Vec<u8>>,
+    ) -> Result<Option<Conclusion>, JournalError> {
+        let Scan {
+            table,
+            started,
+            rows,
+            seen,
+        } = self;
+        // Staged first, then applied: the applier notes a key before it
+        // leaves the inbox, so every key is seen in one or the other.
+        let staged = journal.inbox_keys()?;
+        let Some(applied) = watch.close() else {
+            return Ok(None);
+        };
+        let changed_since = |key: &[u8]| -> Result<bool, JournalError> {
+            Ok(staged.contains(key)
+                || applied.contains(key)
+                || journal.state_stamp(key)?.is_some_and(|h| h > started))
+        };
+        let mut records = Vec::new();
+        let mut skipped = 0;
+        for rec in rows {
+            if changed_since(&rec.key())? {
+                skipped += 1;
+            } else {
+                records.push(rec);
+            }
+        }
+        let mut removed = 0;
+        for key in journal.live_alias_keys(&table)? {
+            if seen.contains(&key) || pending.contains(&key) || changed_since(&key)? {
+                continue;
+            }
+            if let Some(Record::Alias { alias, .. }) = journal.state_of(&key)? {
+                records.push(Record::Alias {
+                    op: Op::Delete,
+                    alias,
+                });
+                removed += 1;
+            }
+        }
+        Ok(Some(Conclusion {
+            records,
+            present: seen.len(),
+            removed,
+            skipped,
+        }))
+    }
 }
