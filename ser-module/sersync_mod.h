@@ -40,13 +40,16 @@ extern struct sersync_config _sersync_config;
 extern struct sersync_shared *_sersync_shared;
 extern usrloc_api_t _sersync_ul;
 
-/* usrloc binding and callbacks (sersync_ul.c) */
+/* usrloc binding, callback and writer (sersync_ul.c) */
 extern int _sersync_replaying;
 int sersync_ul_init(void);
 int sersync_ul_register_domains(void);
 void sersync_ul_child_init(int rank);
 /* usrloc has loaded its tables: sersync.apply may write into them */
 int sersync_ul_is_loaded(void);
+/* sersync_apply_fn, sersync.apply's writer: one decoded contact from a
+ * peer into usrloc; the caller sets _sersync_replaying around it */
+int sersync_apply_one(void *ctx, const struct sersync_contact *sc);
 
 /* the sersync process (sersync_proc.c) */
 int sersync_proc_start(void);
