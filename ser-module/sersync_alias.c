@@ -137,6 +137,12 @@ int sersync_alias_init(void)
 		return -1;
 	}
 	*_sersync_alias_applied = 0;
+	return sersync_alias_timer_init();
+}
+
+/* mod_init: declare the rescan process, if asked for */
+int sersync_alias_timer_init(void)
+{
 	if(_sersync_alias_rescan_interval > 0) {
 		/* one process of our own: a scan may take seconds, which SER's
 		 * shared timer process must not wait for */
@@ -154,7 +160,7 @@ int sersync_alias_init(void)
 /* child_init(PROC_MAIN): fork the rescan process, if asked for */
 int sersync_alias_timer_start(void)
 {
-	if(!_sersync_db_bound || _sersync_alias_rescan_interval <= 0)
+	if(!sersync_alias_enabled() || _sersync_alias_rescan_interval <= 0)
 		return 0;
 	if(fork_basic_timer(PROC_TIMER, "sersync alias rescan", 1,
 			   sersync_alias_timer, NULL, _sersync_alias_rescan_interval)
@@ -168,6 +174,12 @@ int sersync_alias_timer_start(void)
 int sersync_alias_enabled(void)
 {
 	return _sersync_db_bound;
+}
+
+/* remote alias records sersync.apply has applied on this node so far */
+uint64_t sersync_alias_applied(void)
+{
+	return __atomic_load_n(_sersync_alias_applied, __ATOMIC_SEQ_CST);
 }
 
 void sersync_alias_lock(void)
@@ -614,7 +626,7 @@ static int sersync_scan_mark(struct sersync_scan_mark *m)
 	memset(&st, 0, sizeof(st));
 	if(sersync_status_read(_sersync_shared, &st) != SERSYNC_OK)
 		return -1;
-	m->applied = __atomic_load_n(_sersync_alias_applied, __ATOMIC_SEQ_CST);
+	m->applied = sersync_alias_applied();
 	m->via_db = st.applied_via_db;
 	m->pending = st.apply_pending;
 	m->depth = st.queue_depth;
@@ -794,7 +806,7 @@ int sersync_alias_scan(int wait_ms, int *rows, char *err, int errlen)
 	int rc;
 
 	*rows = 0;
-	if(!_sersync_db_bound) {
+	if(!sersync_alias_enabled()) {
 		snprintf(err, errlen, "no db_url: the alias table is out of reach");
 		return -1;
 	}

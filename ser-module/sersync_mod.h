@@ -75,8 +75,10 @@ typedef int (*sersync_alias_row_f)(
 		const struct sersync_alias_row *r, void *param);
 
 int sersync_alias_init(void);
+int sersync_alias_timer_init(void);
 int sersync_alias_timer_start(void);
 int sersync_alias_enabled(void);
+uint64_t sersync_alias_applied(void);
 int sersync_alias_table_ok(const char *s, size_t len);
 const char *sersync_alias_uri(const str *uri, str *user, str *host);
 void sersync_alias_lock(void);
