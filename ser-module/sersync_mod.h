@@ -75,8 +75,6 @@ typedef int (*sersync_alias_row_f)(
 		const struct sersync_alias_row *r, void *param);
 
 int sersync_alias_init(void);
-int sersync_alias_timer_init(void);
-int sersync_alias_timer_start(void);
 int sersync_alias_enabled(void);
 uint64_t sersync_alias_applied(void);
 int sersync_alias_table_ok(const char *s, size_t len);
@@ -89,8 +87,12 @@ int sersync_alias_exists(const str *table, const struct sersync_alias_row *r);
 int sersync_alias_insert(const str *table, const struct sersync_alias_row *r);
 int sersync_alias_delete(const str *table, const struct sersync_alias_row *r);
 int sersync_alias_publish(int op, const struct sersync_alias_row *r);
-int sersync_alias_scan(int wait_ms, int *rows, char *err, int errlen);
 int sersync_alias_apply(void *ctx, const struct sersync_alias *a);
+
+/* alias table scans and the rescan process (sersync_alias_scan.c) */
+int sersync_alias_timer_init(void);
+int sersync_alias_timer_start(void);
+int sersync_alias_scan(int wait_ms, int *rows, char *err, int errlen);
 
 /* RPC commands (sersync_rpc.c) */
 extern rpc_export_t sersync_rpc_cmds[];
