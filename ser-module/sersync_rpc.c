@@ -762,6 +762,55 @@ static int sersync_alias_pairs_req(
 	return 0;
 }
 
+/* items of an rm call: alias_uri [target_uri], or one string of lines,
+ * all checked; 0, or -1 after a fault */
+static int sersync_alias_rm_req(
+		rpc_t *rpc, void *ctx, struct sersync_alias_req *req)
+{
+	if(sersync_alias_params(rpc, ctx, req) < 0)
+		return -1;
+	if(req->nparams == 1 && sersync_has_space(&req->params[0])) {
+		if(sersync_alias_lines(rpc, ctx, req, &req->params[0], 1, 2) < 0)
+			return -1;
+	} else if(req->nparams == 1 || req->nparams == 2) {
+		if(sersync_alias_item_add(rpc, ctx, req, &req->params[0],
+				   req->nparams == 2 ? &req->params[1] : NULL, 1)
+				< 0)
+			return -1;
+	} else {
+		rpc->fault(ctx, 400, "Expected alias_uri [target_uri], or one string"
+							 " of lines 'alias_uri [target_uri]'; got %d"
+							 " parameters",
+				req->nparams);
+		return -1;
+	}
+	if(sersync_alias_validate(rpc, ctx, req) < 0
+			|| sersync_alias_no_db(rpc, ctx))
+		return -1;
+	return 0;
+}
+
+/* the item of a list call: none (the whole table) or one alias_uri,
+ * checked; 0, or -1 after a fault */
+static int sersync_alias_list_req(
+		rpc_t *rpc, void *ctx, struct sersync_alias_req *req)
+{
+	if(sersync_alias_params(rpc, ctx, req) < 0)
+		return -1;
+	if(req->nparams > 1) {
+		rpc->fault(ctx, 400, "Expected at most one parameter: alias_uri");
+		return -1;
+	}
+	if(req->nparams == 1
+			&& (sersync_alias_item_add(rpc, ctx, req, &req->params[0], NULL, 1)
+							< 0
+					|| sersync_alias_validate(rpc, ctx, req) < 0))
+		return -1;
+	if(sersync_alias_no_db(rpc, ctx))
+		return -1;
+	return 0;
+}
+
 static int sersync_item_cmp(const void *pa, const void *pb);
 
 /* one step of a write call on items[from..to); 0 or -1 (DB error) */
@@ -954,31 +1003,11 @@ static void sersync_rpc_alias_rm(rpc_t *rpc, void *ctx)
 
 	memset(&req, 0, sizeof(req));
 	memset(&done, 0, sizeof(done));
-	if(sersync_alias_params(rpc, ctx, &req) < 0)
-		goto end;
-	if(req.nparams == 1 && sersync_has_space(&req.params[0])) {
-		if(sersync_alias_lines(rpc, ctx, &req, &req.params[0], 1, 2) < 0)
-			goto end;
-	} else if(req.nparams == 1 || req.nparams == 2) {
-		if(sersync_alias_item_add(rpc, ctx, &req, &req.params[0],
-				   req.nparams == 2 ? &req.params[1] : NULL, 1)
-				< 0)
-			goto end;
-	} else {
-		rpc->fault(ctx, 400, "Expected alias_uri [target_uri], or one string"
-							 " of lines 'alias_uri [target_uri]'; got %d"
-							 " parameters",
-				req.nparams);
-		goto end;
-	}
-	if(sersync_alias_validate(rpc, ctx, &req) < 0
-			|| sersync_alias_no_db(rpc, ctx))
-		goto end;
-
-	if(sersync_alias_run(rpc, ctx, &req, &done, sersync_alias_rm_items, 0)
-			== 0)
+	if(sersync_alias_rm_req(rpc, ctx, &req) == 0
+			&& sersync_alias_run(rpc, ctx, &req, &done, sersync_alias_rm_items,
+					   0)
+					   == 0)
 		rpc->add(ctx, "d", done.removed);
-end:
 	sersync_alias_req_free(&req);
 }
 
@@ -1021,18 +1050,7 @@ static void sersync_rpc_alias_list(rpc_t *rpc, void *ctx)
 	int rc;
 
 	memset(&req, 0, sizeof(req));
-	if(sersync_alias_params(rpc, ctx, &req) < 0)
-		goto end;
-	if(req.nparams > 1) {
-		rpc->fault(ctx, 400, "Expected at most one parameter: alias_uri");
-		goto end;
-	}
-	if(req.nparams == 1
-			&& (sersync_alias_item_add(rpc, ctx, &req, &req.params[0], NULL, 1)
-							< 0
-					|| sersync_alias_validate(rpc, ctx, &req) < 0))
-		goto end;
-	if(sersync_alias_no_db(rpc, ctx))
+	if(sersync_alias_list_req(rpc, ctx, &req) < 0)
 		goto end;
 
 	lc.rpc = rpc;
