@@ -4,7 +4,8 @@
  * Module exports, parameters, mod_init, child_init and destroy. The work
  * is done by the Rust engine (libsersync.a) in a process this module
  * forks (sersync_proc.c); SIP workers only hand it changes (sersync_ul.c),
- * alias RPCs and rescans hand it alias rows (sersync_alias.c).
+ * alias RPCs and rescans hand it alias rows (sersync_alias_rpc.c,
+ * sersync_alias_scan.c, through sersync_alias.c).
  *
  * This file is part of sersync, released under the GNU GPL v2 or later.
  */

@@ -96,6 +96,22 @@ int sersync_alias_scan(int wait_ms, int *rows, char *err, int errlen);
 
 /* RPC commands (sersync_rpc.c) */
 extern rpc_export_t sersync_rpc_cmds[];
+/* after rpc->scan(ctx, "*.S", ...) returned 0: 1 if a parameter is left */
+int sersync_rpc_left(rpc_t *rpc, void *ctx);
+/* 0 when the call has no parameter, else a 400 fault */
+int sersync_rpc_no_params(rpc_t *rpc, void *ctx, const char *name);
+
+/* the alias RPCs (sersync_alias_rpc.c), listed in sersync_rpc_cmds */
+extern const char *sersync_alias_add_doc[2];
+extern const char *sersync_alias_replace_doc[2];
+extern const char *sersync_alias_rm_doc[2];
+extern const char *sersync_alias_list_doc[2];
+extern const char *sersync_alias_rescan_doc[2];
+void sersync_rpc_alias_add(rpc_t *rpc, void *ctx);
+void sersync_rpc_alias_replace(rpc_t *rpc, void *ctx);
+void sersync_rpc_alias_rm(rpc_t *rpc, void *ctx);
+void sersync_rpc_alias_list(rpc_t *rpc, void *ctx);
+void sersync_rpc_alias_rescan(rpc_t *rpc, void *ctx);
 
 /* sersync_sqlite.c: busy timeout for every SQLite connection of SER */
 int sersync_sqlite_init(void);
