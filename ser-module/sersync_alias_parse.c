@@ -14,6 +14,8 @@
 #include "../../core/dprint.h"
 #include "../../core/mem/mem.h"
 #include "../../core/rpc.h"
+#include "../../core/parser/msg_parser.h"
+#include "../../core/parser/parse_uri.h"
 
 #include "sersync_mod.h"
 #include "sersync_alias_rpc.h"
@@ -212,6 +214,43 @@ static int sersync_alias_pairs(
 			return -1;
 	}
 	return 0;
+}
+
+/*
+ * The user and host of a SIP URI, each at most SERSYNC_ALIAS_FIELD_MAX
+ * (dbaliases' column size). Returns NULL, or what is wrong with it.
+ * Port, parameters and headers are not stored (alias_db ignores them).
+ */
+static const char *sersync_alias_uri(const str *uri, str *user, str *host)
+{
+	struct sip_uri pu;
+
+	if(uri->s == NULL || uri->len <= 0)
+		return "empty";
+	if(uri->len > SERSYNC_ALIAS_URI_MAX)
+		return "longer than 256 characters";
+	if(uri->len < 4
+			|| (strncasecmp(uri->s, "sip:", 4) != 0
+					&& (uri->len < 5 || strncasecmp(uri->s, "sips:", 5) != 0)))
+		return "not a SIP URI (it must start with sip: or sips:)";
+	if(uri->s[uri->len - 1] == '@')
+		return "no host (domain) part";
+	memset(&pu, 0, sizeof(pu));
+	if(parse_uri(uri->s, uri->len, &pu) < 0)
+		return "not a valid SIP URI";
+	if(pu.type != SIP_URI_T && pu.type != SIPS_URI_T)
+		return "not a SIP URI (it must start with sip: or sips:)";
+	if(pu.user.len <= 0)
+		return "no user part (expected sip:user@domain)";
+	if(pu.host.len <= 0)
+		return "no host (domain) part";
+	if(pu.user.len > SERSYNC_ALIAS_FIELD_MAX)
+		return "user part longer than 64 characters";
+	if(pu.host.len > SERSYNC_ALIAS_FIELD_MAX)
+		return "domain longer than 64 characters";
+	*user = pu.user;
+	*host = pu.host;
+	return NULL;
 }
 
 static void sersync_alias_bad(rpc_t *rpc, void *ctx,

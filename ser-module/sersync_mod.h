@@ -78,7 +78,6 @@ int sersync_alias_init(void);
 int sersync_alias_enabled(void);
 uint64_t sersync_alias_applied(void);
 int sersync_alias_table_ok(const char *s, size_t len);
-const char *sersync_alias_uri(const str *uri, str *user, str *host);
 void sersync_alias_lock(void);
 void sersync_alias_unlock(void);
 int sersync_alias_select(const str *table, const str *auser,
