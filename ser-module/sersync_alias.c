@@ -455,12 +455,6 @@ int sersync_alias_delete(const str *table, const struct sersync_alias_row *r)
 	return sersync_alias_write(table, r, 1);
 }
 
-static void sersync_alias_str(struct sersync_str *dst, const str *src)
-{
-	dst->s = (src != NULL && src->len > 0) ? src->s : NULL;
-	dst->len = (src != NULL && src->len > 0) ? (size_t)src->len : 0;
-}
-
 /* slots of the worker queue: queue_size rounded up to a power of two, at
  * least 64, as sersync_shared_create() maps it */
 static uint64_t sersync_queue_slots(void)
@@ -508,12 +502,12 @@ int sersync_alias_publish(int op, const struct sersync_alias_row *r)
 
 	memset(&a, 0, sizeof(a));
 	a.op = op;
-	sersync_alias_str(&a.table, &_sersync_alias_table);
+	sersync_str_from(&a.table, &_sersync_alias_table);
 	if(r != NULL) {
-		sersync_alias_str(&a.alias_username, &r->auser);
-		sersync_alias_str(&a.alias_domain, &r->adomain);
-		sersync_alias_str(&a.username, &r->user);
-		sersync_alias_str(&a.domain, &r->domain);
+		sersync_str_from(&a.alias_username, &r->auser);
+		sersync_str_from(&a.alias_domain, &r->adomain);
+		sersync_str_from(&a.username, &r->user);
+		sersync_str_from(&a.domain, &r->domain);
 	}
 	/* another process may take the room we waited for: a few rounds */
 	for(tries = 0;; tries++) {
@@ -559,16 +553,11 @@ int sersync_alias_apply(void *ctx, const struct sersync_alias *a)
 				a->table.s ? a->table.s : "");
 		return -1;
 	}
-	table.s = (char *)a->table.s;
-	table.len = (int)a->table.len;
-	r.auser.s = (char *)a->alias_username.s;
-	r.auser.len = (int)a->alias_username.len;
-	r.adomain.s = (char *)a->alias_domain.s;
-	r.adomain.len = (int)a->alias_domain.len;
-	r.user.s = (char *)a->username.s;
-	r.user.len = (int)a->username.len;
-	r.domain.s = (char *)a->domain.s;
-	r.domain.len = (int)a->domain.len;
+	sersync_str_to(&table, &a->table);
+	sersync_str_to(&r.auser, &a->alias_username);
+	sersync_str_to(&r.adomain, &a->alias_domain);
+	sersync_str_to(&r.user, &a->username);
+	sersync_str_to(&r.domain, &a->domain);
 
 	__atomic_fetch_add(_sersync_alias_applied, 1, __ATOMIC_SEQ_CST);
 	switch(a->op) {

@@ -1,9 +1,10 @@
 /*
  * sersync - replication of usrloc between SER (Kamailio) nodes
  *
- * State shared by the module's C files. Everything here is set in
- * mod_init (before SER forks) and only read afterwards, except
- * _sersync_replaying, which is per process.
+ * What the module's C files share: the str conversions, the state
+ * (set in mod_init, before SER forks, and only read afterwards, except
+ * _sersync_replaying, which is per process) and, file by file, the
+ * functions each offers the others.
  *
  * This file is part of sersync, released under the GNU GPL v2 or later.
  */
@@ -16,6 +17,32 @@
 #include "../usrloc/usrloc.h"
 
 #include "sersync.h"
+
+/*
+ * SER's str <-> the contract's struct sersync_str, both ways without a
+ * copy: the result points at the source's bytes.
+ */
+
+/* to the engine: an unset or empty str (or none) is {NULL, 0} */
+static inline void sersync_str_from(struct sersync_str *dst, const str *src)
+{
+	if(src != NULL && src->s != NULL && src->len > 0) {
+		dst->s = src->s;
+		dst->len = (size_t)src->len;
+	} else {
+		dst->s = NULL;
+		dst->len = 0;
+	}
+}
+
+/* from the engine: str has char *, and its users here (usrloc, the DB
+ * API) copy, never write through it. Empty strings point at "":
+ * shm_str_dup() warns on a NULL source. */
+static inline void sersync_str_to(str *dst, const struct sersync_str *src)
+{
+	dst->s = (src->len > 0 && src->s != NULL) ? (char *)src->s : "";
+	dst->len = (src->s != NULL) ? (int)src->len : 0;
+}
 
 /* modparams (sersync_mod.c) */
 extern str _sersync_node_id;

@@ -238,17 +238,6 @@ static int sersync_domain_wanted(const str *d)
 	return 0;
 }
 
-static void sersync_str_from(struct sersync_str *dst, const str *src)
-{
-	if(src != NULL && src->s != NULL && src->len > 0) {
-		dst->s = src->s;
-		dst->len = (size_t)src->len;
-	} else {
-		dst->s = NULL;
-		dst->len = 0;
-	}
-}
-
 /* copies every field save() stores; the strings stay usrloc's until
  * sersync_publish() returns, which copies them into the queue */
 static void sersync_contact_fill(
@@ -371,14 +360,6 @@ static void sersync_ul_cb(ucontact_t *c, int type, void *param)
 #define SERSYNC_DOMAIN_MAX 128
 /* "proto:[ipv6]:port" fits easily */
 #define SERSYNC_SOCKET_MAX 128
-
-/* usrloc wants str with char *; it copies, never writes through them.
- * Empty strings point at "": shm_str_dup() warns on a NULL source. */
-static void sersync_str_to(str *dst, const struct sersync_str *src)
-{
-	dst->s = (src->len > 0 && src->s != NULL) ? (char *)src->s : "";
-	dst->len = (src->s != NULL) ? (int)src->len : 0;
-}
 
 /* the local socket a peer's "proto:ip:port" names, if it is one of ours */
 static struct socket_info *sersync_local_socket(const struct sersync_str *s)
