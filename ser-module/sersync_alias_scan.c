@@ -27,7 +27,8 @@
 
 static void sersync_alias_timer(unsigned int ticks, void *param);
 
-/* mod_init: declare the rescan process, if asked for */
+/* mod_init, from sersync_alias_init() once the database is bound:
+ * declare the rescan process, if asked for */
 int sersync_alias_timer_init(void)
 {
 	if(_sersync_alias_rescan_interval > 0) {

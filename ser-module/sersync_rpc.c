@@ -16,7 +16,6 @@
 #include <string.h>
 
 #include "../../core/dprint.h"
-#include "../../core/mem/mem.h"
 #include "../../core/rpc.h"
 
 #include "sersync_mod.h"
@@ -296,6 +295,8 @@ static const char *sersync_apply_doc[2] = {
 		" records applied. Used by the engine itself.",
 		0};
 
+/* the writers: contacts into usrloc (sersync_ul.c), aliases into their
+ * table (sersync_alias.c) */
 static const struct sersync_apply_ops sersync_apply_ops = {
 		.contact = sersync_apply_one,
 		.alias = sersync_alias_apply,
