@@ -2,14 +2,14 @@
  * sersync - replication of usrloc between SER (Kamailio) nodes
  *
  * The alias table (alias_db's dbaliases) through SER's DB API: reads and
- * writes for the alias RPCs, table scans, the periodic rescan process and
- * the apply callback for alias records received from peers.
+ * writes for the alias RPCs and scans (sersync_alias_scan.c), publishing
+ * changes to the engine, and the apply callback for alias records
+ * received from peers.
  *
  * Alias RPCs publish every row they change explicitly; a scan publishes
- * SCAN_BEGIN, one UPSERT per row, SCAN_END, and the engine journals only
- * rows that changed plus a deletion for every alias the scan no longer
- * reports. Writers on one node (RPC processes, the rescan process) take
- * _sersync_alias_lock, so a scan never sees half of a bulk change.
+ * the whole table. Writers on one node (RPC processes, the rescan
+ * process) take _sersync_alias_lock, so a scan never sees half of a bulk
+ * change.
  *
  * DB connections are opened lazily, one per process that needs one, never
  * before SER forks.
@@ -17,7 +17,6 @@
  * This file is part of sersync, released under the GNU GPL v2 or later.
  */
 
-#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -25,11 +24,8 @@
 #include "../../core/dprint.h"
 #include "../../core/ut.h"
 #include "../../core/locking.h"
-#include "../../core/timer_proc.h"
 #include "../../core/mem/mem.h"
 #include "../../core/mem/shm_mem.h"
-#include "../../core/parser/msg_parser.h"
-#include "../../core/parser/parse_uri.h"
 #include "../../lib/srdb1/db.h"
 
 #include "sersync_mod.h"
@@ -44,8 +40,6 @@
 #define SERSYNC_DB_RETRY_US 50000
 /* rows per fetch when the DB driver can fetch in chunks */
 #define SERSYNC_DB_FETCH_ROWS 1000
-/* a scan waits at most this long for staged remote records to be applied */
-#define SERSYNC_SCAN_SETTLE_MS 5000
 
 /* alias_db's default column names */
 static str _sersync_col_auser = str_init("alias_username");
@@ -66,8 +60,6 @@ static uint64_t *_sersync_alias_applied = NULL;
 
 /* alias records received while db_url is empty, logged once per minute */
 static time_t _sersync_alias_ignored_logged = 0;
-
-static void sersync_alias_timer(unsigned int ticks, void *param);
 
 /* a table name fit for SQL without quoting: [A-Za-z0-9_], 1..64 */
 int sersync_alias_table_ok(const char *s, size_t len)
@@ -137,37 +129,18 @@ int sersync_alias_init(void)
 		return -1;
 	}
 	*_sersync_alias_applied = 0;
-	if(_sersync_alias_rescan_interval > 0) {
-		/* one process of our own: a scan may take seconds, which SER's
-		 * shared timer process must not wait for */
-		if(register_basic_timers(1) < 0) {
-			LM_ERR("cannot register the alias rescan process\n");
-			return -1;
-		}
-		LM_INFO("alias table %.*s rescanned every %d s\n",
-				_sersync_alias_table.len, _sersync_alias_table.s,
-				_sersync_alias_rescan_interval);
-	}
-	return 0;
-}
-
-/* child_init(PROC_MAIN): fork the rescan process, if asked for */
-int sersync_alias_timer_start(void)
-{
-	if(!_sersync_db_bound || _sersync_alias_rescan_interval <= 0)
-		return 0;
-	if(fork_basic_timer(PROC_TIMER, "sersync alias rescan", 1,
-			   sersync_alias_timer, NULL, _sersync_alias_rescan_interval)
-			< 0) {
-		LM_ERR("cannot fork the alias rescan process\n");
-		return -1;
-	}
-	return 0;
+	return sersync_alias_timer_init();
 }
 
 int sersync_alias_enabled(void)
 {
 	return _sersync_db_bound;
+}
+
+/* remote alias records sersync.apply has applied on this node so far */
+uint64_t sersync_alias_applied(void)
+{
+	return __atomic_load_n(_sersync_alias_applied, __ATOMIC_SEQ_CST);
 }
 
 void sersync_alias_lock(void)
@@ -200,43 +173,6 @@ static db1_con_t *sersync_alias_db(const str *table)
 		return NULL;
 	}
 	return _sersync_db;
-}
-
-/*
- * The user and host of a SIP URI, each at most SERSYNC_ALIAS_FIELD_MAX
- * (dbaliases' column size). Returns NULL, or what is wrong with it.
- * Port, parameters and headers are not stored (alias_db ignores them).
- */
-const char *sersync_alias_uri(const str *uri, str *user, str *host)
-{
-	struct sip_uri pu;
-
-	if(uri->s == NULL || uri->len <= 0)
-		return "empty";
-	if(uri->len > SERSYNC_ALIAS_URI_MAX)
-		return "longer than 256 characters";
-	if(uri->len < 4
-			|| (strncasecmp(uri->s, "sip:", 4) != 0
-					&& (uri->len < 5 || strncasecmp(uri->s, "sips:", 5) != 0)))
-		return "not a SIP URI (it must start with sip: or sips:)";
-	if(uri->s[uri->len - 1] == '@')
-		return "no host (domain) part";
-	memset(&pu, 0, sizeof(pu));
-	if(parse_uri(uri->s, uri->len, &pu) < 0)
-		return "not a valid SIP URI";
-	if(pu.type != SIP_URI_T && pu.type != SIPS_URI_T)
-		return "not a SIP URI (it must start with sip: or sips:)";
-	if(pu.user.len <= 0)
-		return "no user part (expected sip:user@domain)";
-	if(pu.host.len <= 0)
-		return "no host (domain) part";
-	if(pu.user.len > SERSYNC_ALIAS_FIELD_MAX)
-		return "user part longer than 64 characters";
-	if(pu.host.len > SERSYNC_ALIAS_FIELD_MAX)
-		return "domain longer than 64 characters";
-	*user = pu.user;
-	*host = pu.host;
-	return NULL;
 }
 
 static void sersync_alias_val(db_val_t *v, const str *s)
@@ -519,12 +455,6 @@ int sersync_alias_delete(const str *table, const struct sersync_alias_row *r)
 	return sersync_alias_write(table, r, 1);
 }
 
-static void sersync_alias_str(struct sersync_str *dst, const str *src)
-{
-	dst->s = (src != NULL && src->len > 0) ? src->s : NULL;
-	dst->len = (src != NULL && src->len > 0) ? (size_t)src->len : 0;
-}
-
 /* slots of the worker queue: queue_size rounded up to a power of two, at
  * least 64, as sersync_shared_create() maps it */
 static uint64_t sersync_queue_slots(void)
@@ -572,12 +502,12 @@ int sersync_alias_publish(int op, const struct sersync_alias_row *r)
 
 	memset(&a, 0, sizeof(a));
 	a.op = op;
-	sersync_alias_str(&a.table, &_sersync_alias_table);
+	sersync_str_from(&a.table, &_sersync_alias_table);
 	if(r != NULL) {
-		sersync_alias_str(&a.alias_username, &r->auser);
-		sersync_alias_str(&a.alias_domain, &r->adomain);
-		sersync_alias_str(&a.username, &r->user);
-		sersync_alias_str(&a.domain, &r->domain);
+		sersync_str_from(&a.alias_username, &r->auser);
+		sersync_str_from(&a.alias_domain, &r->adomain);
+		sersync_str_from(&a.username, &r->user);
+		sersync_str_from(&a.domain, &r->domain);
 	}
 	/* another process may take the room we waited for: a few rounds */
 	for(tries = 0;; tries++) {
@@ -591,305 +521,6 @@ int sersync_alias_publish(int op, const struct sersync_alias_row *r)
 			   " %d%s); the table is changed: run sersync.alias_rescan\n",
 				op, rc, rc == SERSYNC_E_QUEUE_FULL ? ", queue full" : "");
 	return rc;
-}
-
-/*
- * What a scan must not race with: remote alias records applied to the
- * table (by sersync.apply here, or by the engine's database fallback)
- * and remote records staged but not applied yet.
- */
-struct sersync_scan_mark
-{
-	uint64_t applied; /* alias records applied by sersync.apply */
-	uint64_t via_db;  /* records the engine wrote to the database */
-	uint64_t pending; /* remote records staged, not applied */
-	uint64_t depth;   /* records waiting in the worker queue */
-};
-
-static int sersync_scan_mark(struct sersync_scan_mark *m)
-{
-	/* about 12 KiB: static, one scan at a time per process */
-	static struct sersync_status st;
-
-	memset(&st, 0, sizeof(st));
-	if(sersync_status_read(_sersync_shared, &st) != SERSYNC_OK)
-		return -1;
-	m->applied = __atomic_load_n(_sersync_alias_applied, __ATOMIC_SEQ_CST);
-	m->via_db = st.applied_via_db;
-	m->pending = st.apply_pending;
-	m->depth = st.queue_depth;
-	return 0;
-}
-
-/*
- * Waits up to wait_ms until the engine has nothing staged to apply (seen
- * twice, 20 ms apart: the counter may lag a fresh staging by moments).
- */
-static int sersync_scan_settle(struct sersync_scan_mark *m, int wait_ms)
-{
-	int waited;
-	int calm;
-
-	calm = 0;
-	for(waited = 0;; waited += 20) {
-		if(sersync_scan_mark(m) < 0)
-			return -1;
-		calm = (m->pending == 0) ? calm + 1 : 0;
-		if(calm >= 2)
-			return 0;
-		if(waited >= wait_ms)
-			return -2;
-		sleep_us(20000);
-	}
-}
-
-/* waits up to wait_ms until the engine has taken everything queued */
-static int sersync_scan_drain(int wait_ms)
-{
-	struct sersync_scan_mark m;
-	int waited;
-
-	for(waited = 0;; waited += 2) {
-		if(sersync_scan_mark(&m) < 0)
-			return -1;
-		if(m.depth == 0)
-			return 0;
-		if(waited >= wait_ms)
-			return -2;
-		sleep_us(2000);
-	}
-}
-
-/* nothing applied and nothing staged since m0 */
-static int sersync_scan_calm(const struct sersync_scan_mark *m0)
-{
-	struct sersync_scan_mark m;
-
-	if(sersync_scan_mark(&m) < 0)
-		return 0;
-	return m.pending == 0 && m.applied == m0->applied
-		   && m.via_db == m0->via_db;
-}
-
-/*
- * The table as read, in one malloc'd arena (system memory: a big table
- * must not exhaust the process's pkg memory): per row four 16-bit lengths,
- * then the four strings.
- */
-struct sersync_snapshot
-{
-	char *buf;
-	size_t len;
-	size_t cap;
-	int rows;
-	int too_long; /* rows skipped: a field over 65535 bytes */
-};
-
-static int sersync_snapshot_row(const struct sersync_alias_row *r, void *param)
-{
-	struct sersync_snapshot *sn = (struct sersync_snapshot *)param;
-	const str *f[4] = {&r->auser, &r->adomain, &r->user, &r->domain};
-	size_t need;
-	size_t ncap;
-	uint16_t l;
-	char *p;
-	int i;
-
-	need = 4 * sizeof(uint16_t);
-	for(i = 0; i < 4; i++) {
-		if(f[i]->len > 65535) {
-			sn->too_long++;
-			return 0;
-		}
-		need += f[i]->len;
-	}
-	if(sn->len + need > sn->cap) {
-		ncap = sn->cap ? sn->cap * 2 : 65536;
-		while(ncap < sn->len + need)
-			ncap *= 2;
-		p = realloc(sn->buf, ncap);
-		if(p == NULL) {
-			LM_ERR("out of memory reading the alias table (%d rows)\n",
-					sn->rows);
-			return -1;
-		}
-		sn->buf = p;
-		sn->cap = ncap;
-	}
-	p = sn->buf + sn->len;
-	for(i = 0; i < 4; i++) {
-		l = (uint16_t)f[i]->len;
-		memcpy(p, &l, sizeof(l));
-		p += sizeof(l);
-	}
-	for(i = 0; i < 4; i++) {
-		if(f[i]->len > 0)
-			memcpy(p, f[i]->s, f[i]->len);
-		p += f[i]->len;
-	}
-	sn->len += need;
-	sn->rows++;
-	return 0;
-}
-
-/* publishes every row of the snapshot; the sersync_rc of the first
- * failure, rows published in *done */
-static int sersync_snapshot_publish(struct sersync_snapshot *sn, int *done)
-{
-	struct sersync_alias_row r;
-	str *f[4] = {&r.auser, &r.adomain, &r.user, &r.domain};
-	uint16_t l[4];
-	char *p;
-	int i;
-	int rc;
-
-	*done = 0;
-	p = sn->buf;
-	while(p < sn->buf + sn->len) {
-		for(i = 0; i < 4; i++) {
-			memcpy(&l[i], p, sizeof(l[i]));
-			p += sizeof(l[i]);
-		}
-		for(i = 0; i < 4; i++) {
-			f[i]->s = p;
-			f[i]->len = l[i];
-			p += l[i];
-		}
-		rc = sersync_alias_publish(SERSYNC_OP_UPSERT, &r);
-		if(rc == SERSYNC_E_TOO_LARGE) {
-			/* written by another tool with oversize fields */
-			LM_ERR("alias %.*s@%.*s does not fit a queue slot; not"
-				   " replicated\n",
-					r.auser.len, r.auser.s, r.adomain.len, r.adomain.s);
-			continue;
-		}
-		if(rc != SERSYNC_OK)
-			return rc;
-		(*done)++;
-	}
-	return SERSYNC_OK;
-}
-
-/*
- * Publishes a scan of _sersync_alias_table: SCAN_BEGIN, one UPSERT per
- * row, SCAN_END; the engine journals what changed, and deletions.
- *
- * A scan must not contradict remote alias changes that the table does not
- * show (staged, not applied yet, or applied after the read): it would
- * resurrect an alias deleted elsewhere, or delete one just added
- * elsewhere. The engine guarantees this: at SCAN_END it leaves alone every
- * key staged, or applied since it took SCAN_BEGIN, and the table is read
- * only after that. The checks here only spare work: the scan starts when
- * nothing is staged, and gives up (no SCAN_END, nothing deleted) when
- * remote aliases were applied while it read, to try again later.
- *
- * Returns 0 and the row count, -1 on error, -2 when it gave up (retry
- * later); err says why.
- */
-int sersync_alias_scan(int wait_ms, int *rows, char *err, int errlen)
-{
-	struct sersync_snapshot sn;
-	struct sersync_scan_mark m0;
-	int published;
-	int rc;
-
-	*rows = 0;
-	if(!_sersync_db_bound) {
-		snprintf(err, errlen, "no db_url: the alias table is out of reach");
-		return -1;
-	}
-	memset(&sn, 0, sizeof(sn));
-	sersync_alias_lock();
-	rc = sersync_scan_settle(&m0, wait_ms);
-	if(rc != 0) {
-		snprintf(err, errlen, (rc == -2) ? "remote changes are still being"
-										   " applied; scan not started"
-										 : "cannot read the engine's status");
-		goto done;
-	}
-	rc = sersync_alias_publish(SERSYNC_OP_SCAN_BEGIN, NULL);
-	if(rc != SERSYNC_OK) {
-		snprintf(err, errlen, "the engine's queue took no scan (rc %d)", rc);
-		rc = -1;
-		goto done;
-	}
-	/* the engine has taken SCAN_BEGIN once it is settled: from then on it
-	 * notes every remote alias it applies, so the table read below cannot
-	 * miss a change the scan would then undo */
-	if(sersync_journal_wait(_sersync_shared, (uint32_t)wait_ms)
-			!= SERSYNC_OK) {
-		snprintf(err, errlen, "the engine does not take its queue; scan"
-							  " not started");
-		rc = -2;
-		goto done;
-	}
-	if(sersync_alias_select(&_sersync_alias_table, NULL, NULL,
-			   sersync_snapshot_row, &sn)
-			!= 0) {
-		snprintf(err, errlen, "cannot read table %.*s",
-				_sersync_alias_table.len, _sersync_alias_table.s);
-		rc = -1;
-		goto done;
-	}
-	if(!sersync_scan_calm(&m0)) {
-		snprintf(err, errlen, "remote alias changes arrived while reading;"
-							  " scan abandoned, nothing changed");
-		rc = -2;
-		goto done;
-	}
-	rc = sersync_snapshot_publish(&sn, &published);
-	if(rc != SERSYNC_OK) {
-		snprintf(err, errlen,
-				"the engine's queue took only %d row(s) (rc %d); scan"
-				" abandoned, nothing deleted",
-				published, rc);
-		rc = -1;
-		goto done;
-	}
-	if(sersync_scan_drain(wait_ms) != 0 || !sersync_scan_calm(&m0)) {
-		/* no SCAN_END: the engine deletes nothing for this scan */
-		snprintf(err, errlen, "remote alias changes arrived during the scan;"
-							  " scan abandoned, nothing deleted");
-		rc = -2;
-		goto done;
-	}
-	rc = sersync_alias_publish(SERSYNC_OP_SCAN_END, NULL);
-	if(rc != SERSYNC_OK) {
-		snprintf(err, errlen, "the engine's queue took no scan end (rc %d)",
-				rc);
-		rc = -1;
-		goto done;
-	}
-	if(sn.too_long > 0)
-		LM_ERR("%d row(s) of %.*s have a field over 65535 bytes; not"
-			   " replicated\n",
-				sn.too_long, _sersync_alias_table.len,
-				_sersync_alias_table.s);
-	*rows = published;
-	rc = 0;
-done:
-	sersync_alias_unlock();
-	if(sn.buf != NULL)
-		free(sn.buf);
-	return rc;
-}
-
-/* the rescan process: one scan per alias_rescan_interval */
-static void sersync_alias_timer(unsigned int ticks, void *param)
-{
-	char err[SERSYNC_ERR_MAX];
-	int rows;
-	int rc;
-
-	err[0] = '\0';
-	rc = sersync_alias_scan(SERSYNC_SCAN_SETTLE_MS, &rows, err, sizeof(err));
-	if(rc == 0)
-		LM_DBG("alias table %.*s scanned: %d row(s)\n",
-				_sersync_alias_table.len, _sersync_alias_table.s, rows);
-	else if(rc == -2)
-		LM_INFO("alias rescan skipped: %s\n", err);
-	else
-		LM_ERR("alias rescan failed: %s\n", err);
 }
 
 /*
@@ -922,16 +553,11 @@ int sersync_alias_apply(void *ctx, const struct sersync_alias *a)
 				a->table.s ? a->table.s : "");
 		return -1;
 	}
-	table.s = (char *)a->table.s;
-	table.len = (int)a->table.len;
-	r.auser.s = (char *)a->alias_username.s;
-	r.auser.len = (int)a->alias_username.len;
-	r.adomain.s = (char *)a->alias_domain.s;
-	r.adomain.len = (int)a->alias_domain.len;
-	r.user.s = (char *)a->username.s;
-	r.user.len = (int)a->username.len;
-	r.domain.s = (char *)a->domain.s;
-	r.domain.len = (int)a->domain.len;
+	sersync_str_to(&table, &a->table);
+	sersync_str_to(&r.auser, &a->alias_username);
+	sersync_str_to(&r.adomain, &a->alias_domain);
+	sersync_str_to(&r.user, &a->username);
+	sersync_str_to(&r.domain, &a->domain);
 
 	__atomic_fetch_add(_sersync_alias_applied, 1, __ATOMIC_SEQ_CST);
 	switch(a->op) {

@@ -4,7 +4,8 @@
  * Module exports, parameters, mod_init, child_init and destroy. The work
  * is done by the Rust engine (libsersync.a) in a process this module
  * forks (sersync_proc.c); SIP workers only hand it changes (sersync_ul.c),
- * alias RPCs and rescans hand it alias rows (sersync_alias.c).
+ * alias RPCs and rescans hand it alias rows (sersync_alias_rpc.c,
+ * sersync_alias_scan.c, through sersync_alias.c).
  *
  * This file is part of sersync, released under the GNU GPL v2 or later.
  */
@@ -258,12 +259,6 @@ static int sersync_resolve_fifo(void)
 	return sersync_door_set(name, "jsonrpcs FIFO");
 }
 
-static void sersync_str_set(struct sersync_str *dst, const str *src)
-{
-	dst->s = (src->s != NULL && src->len > 0) ? src->s : NULL;
-	dst->len = (src->s != NULL && src->len > 0) ? (size_t)src->len : 0;
-}
-
 /* longest durability_timeout: a SIP worker never waits longer */
 #define SERSYNC_DURABILITY_TIMEOUT_MAX 5000
 
@@ -330,16 +325,16 @@ static int sersync_config_build(void)
 		return -1;
 
 	memset(&_sersync_config, 0, sizeof(_sersync_config));
-	sersync_str_set(&_sersync_config.node_id, &_sersync_node_id);
-	sersync_str_set(&_sersync_config.listen, &_sersync_listen);
+	sersync_str_from(&_sersync_config.node_id, &_sersync_node_id);
+	sersync_str_from(&_sersync_config.listen, &_sersync_listen);
 	_sersync_config.peers = _sersync_peers;
 	_sersync_config.npeers = (size_t)_sersync_npeers;
-	sersync_str_set(&_sersync_config.secret, &_sersync_secret);
-	sersync_str_set(&_sersync_config.journal, &_sersync_journal);
-	sersync_str_set(&_sersync_config.fifo, &_sersync_fifo);
-	sersync_str_set(&_sersync_config.db_url, &_sersync_db_url);
-	sersync_str_set(&_sersync_config.fifo_reply_dir, &_sersync_fifo_reply_dir);
-	sersync_str_set(&_sersync_config.domains, &_sersync_domains);
+	sersync_str_from(&_sersync_config.secret, &_sersync_secret);
+	sersync_str_from(&_sersync_config.journal, &_sersync_journal);
+	sersync_str_from(&_sersync_config.fifo, &_sersync_fifo);
+	sersync_str_from(&_sersync_config.db_url, &_sersync_db_url);
+	sersync_str_from(&_sersync_config.fifo_reply_dir, &_sersync_fifo_reply_dir);
+	sersync_str_from(&_sersync_config.domains, &_sersync_domains);
 	_sersync_config.retention_secs = (uint64_t)_sersync_retention_secs;
 	_sersync_config.retention_records = (uint64_t)_sersync_retention_records;
 

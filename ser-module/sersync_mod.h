@@ -1,9 +1,10 @@
 /*
  * sersync - replication of usrloc between SER (Kamailio) nodes
  *
- * State shared by the module's C files. Everything here is set in
- * mod_init (before SER forks) and only read afterwards, except
- * _sersync_replaying, which is per process.
+ * What the module's C files share: the str conversions, the state
+ * (set in mod_init, before SER forks, and only read afterwards, except
+ * _sersync_replaying, which is per process) and, file by file, the
+ * functions each offers the others.
  *
  * This file is part of sersync, released under the GNU GPL v2 or later.
  */
@@ -16,6 +17,32 @@
 #include "../usrloc/usrloc.h"
 
 #include "sersync.h"
+
+/*
+ * SER's str <-> the contract's struct sersync_str, both ways without a
+ * copy: the result points at the source's bytes.
+ */
+
+/* to the engine: an unset or empty str (or none) is {NULL, 0} */
+static inline void sersync_str_from(struct sersync_str *dst, const str *src)
+{
+	if(src != NULL && src->s != NULL && src->len > 0) {
+		dst->s = src->s;
+		dst->len = (size_t)src->len;
+	} else {
+		dst->s = NULL;
+		dst->len = 0;
+	}
+}
+
+/* from the engine: str has char *, and its users here (usrloc, the DB
+ * API) copy, never write through it. Empty strings point at "":
+ * shm_str_dup() warns on a NULL source. */
+static inline void sersync_str_to(str *dst, const struct sersync_str *src)
+{
+	dst->s = (src->len > 0 && src->s != NULL) ? (char *)src->s : "";
+	dst->len = (src->s != NULL) ? (int)src->len : 0;
+}
 
 /* modparams (sersync_mod.c) */
 extern str _sersync_node_id;
@@ -40,13 +67,16 @@ extern struct sersync_config _sersync_config;
 extern struct sersync_shared *_sersync_shared;
 extern usrloc_api_t _sersync_ul;
 
-/* usrloc binding and callbacks (sersync_ul.c) */
+/* usrloc binding, callback and writer (sersync_ul.c) */
 extern int _sersync_replaying;
 int sersync_ul_init(void);
 int sersync_ul_register_domains(void);
 void sersync_ul_child_init(int rank);
 /* usrloc has loaded its tables: sersync.apply may write into them */
 int sersync_ul_is_loaded(void);
+/* sersync_apply_fn, sersync.apply's writer: one decoded contact from a
+ * peer into usrloc; the caller sets _sersync_replaying around it */
+int sersync_apply_one(void *ctx, const struct sersync_contact *sc);
 
 /* the sersync process (sersync_proc.c) */
 int sersync_proc_start(void);
@@ -72,10 +102,9 @@ typedef int (*sersync_alias_row_f)(
 		const struct sersync_alias_row *r, void *param);
 
 int sersync_alias_init(void);
-int sersync_alias_timer_start(void);
 int sersync_alias_enabled(void);
+uint64_t sersync_alias_applied(void);
 int sersync_alias_table_ok(const char *s, size_t len);
-const char *sersync_alias_uri(const str *uri, str *user, str *host);
 void sersync_alias_lock(void);
 void sersync_alias_unlock(void);
 int sersync_alias_select(const str *table, const str *auser,
@@ -84,11 +113,31 @@ int sersync_alias_exists(const str *table, const struct sersync_alias_row *r);
 int sersync_alias_insert(const str *table, const struct sersync_alias_row *r);
 int sersync_alias_delete(const str *table, const struct sersync_alias_row *r);
 int sersync_alias_publish(int op, const struct sersync_alias_row *r);
-int sersync_alias_scan(int wait_ms, int *rows, char *err, int errlen);
 int sersync_alias_apply(void *ctx, const struct sersync_alias *a);
+
+/* alias table scans and the rescan process (sersync_alias_scan.c) */
+int sersync_alias_timer_init(void);
+int sersync_alias_timer_start(void);
+int sersync_alias_scan(int wait_ms, int *rows, char *err, int errlen);
 
 /* RPC commands (sersync_rpc.c) */
 extern rpc_export_t sersync_rpc_cmds[];
+/* after rpc->scan(ctx, "*.S", ...) returned 0: 1 if a parameter is left */
+int sersync_rpc_left(rpc_t *rpc, void *ctx);
+/* 0 when the call has no parameter, else a 400 fault */
+int sersync_rpc_no_params(rpc_t *rpc, void *ctx, const char *name);
+
+/* the alias RPCs (sersync_alias_rpc.c), listed in sersync_rpc_cmds */
+extern const char *sersync_alias_add_doc[2];
+extern const char *sersync_alias_replace_doc[2];
+extern const char *sersync_alias_rm_doc[2];
+extern const char *sersync_alias_list_doc[2];
+extern const char *sersync_alias_rescan_doc[2];
+void sersync_rpc_alias_add(rpc_t *rpc, void *ctx);
+void sersync_rpc_alias_replace(rpc_t *rpc, void *ctx);
+void sersync_rpc_alias_rm(rpc_t *rpc, void *ctx);
+void sersync_rpc_alias_list(rpc_t *rpc, void *ctx);
+void sersync_rpc_alias_rescan(rpc_t *rpc, void *ctx);
 
 /* sersync_sqlite.c: busy timeout for every SQLite connection of SER */
 int sersync_sqlite_init(void);

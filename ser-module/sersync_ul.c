@@ -1,11 +1,13 @@
 /*
  * sersync - replication of usrloc between SER (Kamailio) nodes
  *
- * usrloc binding and the contact callback. The callback runs in SIP
- * workers (and in usrloc's timer and RPC processes): it copies the
+ * usrloc binding, the contact callback and the writer. The callback runs
+ * in SIP workers (and in usrloc's timer and RPC processes): it copies the
  * contact out, hands it to the engine's shared queue and returns. O(1),
  * no I/O but one eventfd write, never blocks; with durability "journal"
- * it then waits for the journal, at most durability_timeout ms.
+ * it then waits for the journal, at most durability_timeout ms. The
+ * writer applies contacts received from peers, for sersync.apply (kept
+ * beside the callback, as dmq_usrloc keeps its own).
  *
  * This file is part of sersync, released under the GNU GPL v2 or later.
  */
@@ -16,6 +18,7 @@
 #include "../../core/sr_module.h"
 #include "../../core/dprint.h"
 #include "../../core/ip_addr.h"
+#include "../../core/socket_info.h"
 #include "../../core/mem/mem.h"
 #include "../../core/mem/shm_mem.h"
 #include "../usrloc/ucontact.h"
@@ -235,17 +238,6 @@ static int sersync_domain_wanted(const str *d)
 	return 0;
 }
 
-static void sersync_str_from(struct sersync_str *dst, const str *src)
-{
-	if(src != NULL && src->s != NULL && src->len > 0) {
-		dst->s = src->s;
-		dst->len = (size_t)src->len;
-	} else {
-		dst->s = NULL;
-		dst->len = 0;
-	}
-}
-
 /* copies every field save() stores; the strings stay usrloc's until
  * sersync_publish() returns, which copies them into the queue */
 static void sersync_contact_fill(
@@ -357,4 +349,219 @@ static void sersync_ul_cb(ucontact_t *c, int type, void *param)
 		sersync_publish_error(rc, &sc);
 	else if(_sersync_durable_wait)
 		sersync_durable_wait(&sc);
+}
+
+/*
+ * The writer: contacts received from peers into usrloc, for sersync.apply
+ * (sersync_rpc.c), which runs it with _sersync_replaying set.
+ */
+
+/* usrloc table names are short; get_udomain() wants them NUL-terminated */
+#define SERSYNC_DOMAIN_MAX 128
+/* "proto:[ipv6]:port" fits easily */
+#define SERSYNC_SOCKET_MAX 128
+
+/* the local socket a peer's "proto:ip:port" names, if it is one of ours */
+static struct socket_info *sersync_local_socket(const struct sersync_str *s)
+{
+	char buf[SERSYNC_SOCKET_MAX];
+	str sock;
+
+	if(s->len == 0 || s->len >= sizeof(buf))
+		return NULL;
+	memcpy(buf, s->s, s->len);
+	buf[s->len] = '\0';
+	sock.s = buf;
+	sock.len = (int)s->len;
+	return lookup_local_socket(&sock);
+}
+
+/*
+ * The contact with this URI. In write-back mode a deleted contact stays in
+ * the list (expires == UL_EXPIRED_TIME) until usrloc's timer: prefer a
+ * live one, fall back to the deleted one (which an update revives, as
+ * registrar's save() does).
+ */
+static ucontact_t *sersync_find_contact(urecord_t *r, const str *contact)
+{
+	ucontact_t *c;
+	ucontact_t *deleted;
+
+	deleted = NULL;
+	for(c = r->contacts; c != NULL; c = c->next) {
+		if(c->c.len != contact->len
+				|| memcmp(c->c.s, contact->s, contact->len) != 0)
+			continue;
+		if(c->expires != UL_EXPIRED_TIME)
+			return c;
+		if(deleted == NULL)
+			deleted = c;
+	}
+	return deleted;
+}
+
+static int sersync_str_eq(const str *a, const str *b)
+{
+	return a->len == b->len && (a->len <= 0 || memcmp(a->s, b->s, a->len) == 0);
+}
+
+/* update_ucontact() changes neither ruid, instance nor reg_id */
+static int sersync_same_identity(const ucontact_t *c, ucontact_info_t *ci)
+{
+	if(ci->ruid.len > 0 && !sersync_str_eq(&c->ruid, &ci->ruid))
+		return 0;
+	return sersync_str_eq(&c->instance, &ci->instance)
+		   && c->reg_id == ci->reg_id;
+}
+
+/*
+ * Locks aor's slot and finds its record (creates it if create): 0 with
+ * the slot locked, else unlocked: 1 no such record, -1 error.
+ */
+static int sersync_record_lock(udomain_t *d, str *aor, urecord_t **r,
+		int create)
+{
+	int rc;
+
+	_sersync_ul.lock_udomain(d, aor);
+	rc = _sersync_ul.get_urecord(d, aor, r);
+	if(rc > 0 && create) {
+		rc = _sersync_ul.insert_urecord(d, aor, r);
+		if(rc < 0)
+			LM_ERR("cannot insert record %.*s\n", aor->len, aor->s);
+	} else if(rc < 0) {
+		LM_ERR("cannot look up %.*s\n", aor->len, aor->s);
+	}
+	if(rc != 0)
+		_sersync_ul.unlock_udomain(d, aor);
+	return (rc < 0) ? -1 : rc;
+}
+
+/* releases r and aor's slot; rc < 0: the contact write ("what") failed */
+static int sersync_record_unlock(udomain_t *d, str *aor, urecord_t *r, int rc,
+		const char *what, const str *contact)
+{
+	_sersync_ul.release_urecord(r);
+	_sersync_ul.unlock_udomain(d, aor);
+	if(rc < 0) {
+		LM_ERR("cannot %s contact %.*s of %.*s\n", what, contact->len,
+				contact->s, aor->len, aor->s);
+		return -1;
+	}
+	return 0;
+}
+
+static int sersync_apply_upsert(
+		udomain_t *d, str *aor, const struct sersync_contact *sc)
+{
+	ucontact_info_t ci;
+	urecord_t *r;
+	ucontact_t *c;
+	str contact;
+	str path;
+	str callid;
+	str user_agent;
+	int rc;
+
+	sersync_str_to(&contact, &sc->contact);
+	sersync_str_to(&path, &sc->path);
+	sersync_str_to(&callid, &sc->callid);
+	sersync_str_to(&user_agent, &sc->user_agent);
+
+	memset(&ci, 0, sizeof(ci));
+	sersync_str_to(&ci.ruid, &sc->ruid);
+	ci.c = &contact;
+	sersync_str_to(&ci.received, &sc->received);
+	ci.path = (path.len > 0) ? &path : NULL;
+	ci.expires = (time_t)sc->expires;
+	ci.q = (qvalue_t)sc->q;
+	ci.callid = &callid;
+	ci.cseq = (int)sc->cseq;
+	ci.flags = (unsigned int)sc->flags;
+	ci.cflags = (unsigned int)sc->cflags;
+	ci.user_agent = &user_agent;
+	ci.sock = sersync_local_socket(&sc->socket);
+	ci.methods = (unsigned int)sc->methods;
+	sersync_str_to(&ci.instance, &sc->instance);
+	ci.reg_id = (unsigned int)sc->reg_id;
+	ci.server_id = (int)sc->server_id;
+	ci.tcpconn_id = -1;
+	ci.last_modified = (time_t)sc->last_modified;
+
+	if(sersync_record_lock(d, aor, &r, 1) != 0)
+		return -1;
+	c = sersync_find_contact(r, &contact);
+	if(c != NULL && !sersync_same_identity(c, &ci)) {
+		/* replaced at the origin (new ruid, instance or reg-id): replace
+		 * here too, so every field matches the origin's */
+		rc = _sersync_ul.delete_ucontact(r, c);
+		c = NULL;
+		if(rc < 0)
+			goto done;
+	}
+	if(c != NULL) {
+		rc = _sersync_ul.update_ucontact(r, c, &ci);
+	} else if(ci.ruid.len <= 0) {
+		LM_ERR("contact %.*s of %.*s has no ruid\n", contact.len, contact.s,
+				aor->len, aor->s);
+		rc = -1;
+	} else {
+		rc = _sersync_ul.insert_ucontact(r, &contact, &ci, &c);
+	}
+done:
+	return sersync_record_unlock(d, aor, r, rc, "write", &contact);
+}
+
+static int sersync_apply_delete(
+		udomain_t *d, str *aor, const struct sersync_contact *sc)
+{
+	urecord_t *r;
+	ucontact_t *c;
+	str contact;
+	int rc;
+
+	sersync_str_to(&contact, &sc->contact);
+	rc = sersync_record_lock(d, aor, &r, 0);
+	if(rc != 0) /* > 0: already gone; a deletion is idempotent */
+		return (rc > 0) ? 0 : -1;
+	c = sersync_find_contact(r, &contact);
+	if(c != NULL)
+		rc = _sersync_ul.delete_ucontact(r, c);
+	return sersync_record_unlock(d, aor, r, rc, "delete", &contact);
+}
+
+/* sersync_apply_fn: one decoded record into usrloc */
+int sersync_apply_one(void *ctx, const struct sersync_contact *sc)
+{
+	char dname[SERSYNC_DOMAIN_MAX];
+	udomain_t *d;
+	str aor;
+
+	if(sc == NULL)
+		return -1;
+	if(sc->domain.len == 0 || sc->domain.len >= sizeof(dname)
+			|| sc->aor.len == 0 || sc->contact.len == 0) {
+		LM_ERR("record without usrloc table, AOR or contact\n");
+		return -1;
+	}
+	memcpy(dname, sc->domain.s, sc->domain.len);
+	dname[sc->domain.len] = '\0';
+	if(_sersync_ul.get_udomain(dname, &d) < 0) {
+		LM_ERR("usrloc table '%s' is not registered with usrloc on this"
+			   " node (add it to modparam(\"sersync\", \"domains\", ...))\n",
+				dname);
+		return -1;
+	}
+	sersync_str_to(&aor, &sc->aor);
+
+	switch(sc->op) {
+		case SERSYNC_OP_UPSERT:
+			return sersync_apply_upsert(d, &aor, sc);
+		case SERSYNC_OP_DELETE:
+			return sersync_apply_delete(d, &aor, sc);
+		default:
+			LM_ERR("unknown operation %d for %.*s\n", (int)sc->op, aor.len,
+					aor.s);
+			return -1;
+	}
 }
