@@ -1,3 +1,7 @@
+//! A cluster of nodes on 127.0.0.x: started together under the machine
+//! lock, waited for (peer links up, everything acknowledged), stopped, and
+//! grown by a node at a time.
+
 use std::fmt::Write as _;
 use std::fs;
 use std::path::PathBuf;
@@ -7,9 +11,6 @@ use std::time::Duration;
 use super::config::{private_module_copy, required_module, ClusterOptions, SERSYNC_PORT, SIP_PORT};
 use super::node::Node;
 use super::processes::{become_subreaper, wait_until, MachineLock};
-
-// ---------------------------------------------------------------------------
-// Cluster
 
 /// Panics if something already holds ip:port (UDP): a node left over from
 /// an aborted run would take the test's traffic.
@@ -228,7 +229,7 @@ impl Cluster {
 }
 
 // ---------------------------------------------------------------------------
-// Membership: nodes added to a running cluster, sersync.peers, the journal
+// Membership: nodes added to a running cluster
 
 impl Cluster {
     /// Creates node `index` (1-based, the next one) on `ip` in the

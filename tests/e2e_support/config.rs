@@ -1,3 +1,7 @@
+//! What a node is made of: the paths the harness uses, the module it loads
+//! (or a private copy of it), its kamailio.cfg from tests/e2e/kamailio.cfg.in
+//! and SER's database created from Debian's schema files.
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;

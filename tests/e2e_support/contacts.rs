@@ -1,3 +1,7 @@
+//! Contacts as ul.dump reports them: every field save() stores, the
+//! comparison of several nodes field by field, and the wait until they
+//! converge.
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -11,9 +15,6 @@ use super::rpc::short;
 /// Expiry times of the same contact on two nodes may differ this much
 /// (ul.dump gives them relative to the second it ran).
 pub const EXPIRES_TOLERANCE: i64 = 2;
-
-// ---------------------------------------------------------------------------
-// Contacts as ul.dump reports them
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Expires {

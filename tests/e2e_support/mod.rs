@@ -8,6 +8,12 @@
 //! process group, which it leads), also when a test fails: `Node` and
 //! `SippKeep` stop theirs on drop. Nothing is sent beyond 127.0.0.x.
 //!
+//! By subject: `processes` (waiting, process groups, the machine lock),
+//! `config` (paths, module, kamailio.cfg, SER's database), `cluster`,
+//! `node`, `rpc` (the FIFO, HTTP and kamcmd doors), `contacts` (ul.dump,
+//! comparison, convergence), `status` (sersync.status and .peers), `sipp`
+//! (registrations) and `sipp_calls`. Everything public is re-exported here.
+//!
 //! The nodes need `build/sersync.so` (`make`). `SERSYNC_E2E_NO_MODULE=1`
 //! starts them without it, to work on the harness alone; replication
 //! assertions then fail, as they should.

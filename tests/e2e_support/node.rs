@@ -1,3 +1,7 @@
+//! One Kamailio node: its process group (started, stopped, killed), its
+//! log, its database and its sersync journal. Its RPC doors are in rpc.rs,
+//! its contacts in contacts.rs, its sersync status in status.rs.
+
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -12,9 +16,6 @@ use super::config::{create_db_with, node_config_with, ClusterOptions};
 use super::processes::{reap_group, signal_group, tail, unix_now, ParentDeath};
 
 pub const KAMAILIO: &str = "/usr/sbin/kamailio";
-
-// ---------------------------------------------------------------------------
-// Node
 
 pub struct Node {
     pub index: usize,

@@ -1,3 +1,7 @@
+//! Time and processes: waiting for a condition, the subreaper and process
+//! groups that let the harness stop everything it started, and the
+//! machine-wide lock that runs one cluster at a time.
+
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::io::AsRawFd;

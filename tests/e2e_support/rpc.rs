@@ -1,3 +1,7 @@
+//! A node's RPC doors: jsonrpcs's FIFO (`Node::rpc`), JSON-RPC over HTTP
+//! as a web application calls it (`Node::http_rpc`, faults as `RpcFault`)
+//! and kamcmd over the binrpc socket.
+
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -155,7 +159,7 @@ impl Node {
 }
 
 // ---------------------------------------------------------------------------
-// JSON-RPC over HTTP, kamcmd, the node's database
+// JSON-RPC over HTTP, kamcmd
 
 /// The port of the nodes' JSON-RPC over HTTP (see kamailio.cfg.in).
 pub const HTTP_PORT: u16 = 8080;

@@ -1,3 +1,8 @@
+//! Registrations with sipp: the `Reg` rows of the injection CSV
+//! (tests/e2e/register.xml), the command every sipp run shares, one-shot
+//! runs over UDP (`sipp_register`), SER-0.9 style aliases, and a sipp that
+//! keeps its TCP connection (`SippKeep`).
+
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::os::unix::process::CommandExt;
@@ -11,9 +16,6 @@ use super::node::Node;
 use super::processes::{tail, wait_until, ChildGuard, ParentDeath};
 
 pub const SIPP: &str = "sipp";
-
-// ---------------------------------------------------------------------------
-// sipp
 
 /// One REGISTER: the row of the injection CSV (see tests/e2e/register.xml).
 #[derive(Clone, Debug)]

@@ -1,3 +1,6 @@
+//! Calls with sipp: a callee in server mode (`SippServer`) and one call
+//! through a node (`sipp_call`); the scenario decides what succeeds.
+
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -7,9 +10,6 @@ use super::config::SIP_PORT;
 use super::node::Node;
 use super::processes::{tail, wait_until, ChildGuard};
 use super::sipp::{sipp_base, sipp_run_dir};
-
-// ---------------------------------------------------------------------------
-// sipp calls
 
 /// A sipp in server mode (a callee) on ip:port; killed on drop.
 pub struct SippServer {

@@ -1,3 +1,6 @@
+//! sersync.status and sersync.peers, parsed (field names compared
+//! ignoring case, '-' and '_').
+
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -5,9 +8,6 @@ use serde_json::{json, Value};
 
 use super::config::SERSYNC_PORT;
 use super::node::Node;
-
-// ---------------------------------------------------------------------------
-// sersync.status
 
 #[derive(Clone, Debug, Default)]
 pub struct PeerStatus {
