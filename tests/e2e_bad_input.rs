@@ -45,12 +45,6 @@ fn secret(cluster: &str) -> Vec<u8> {
     format!("e2e-secret-{cluster}").into_bytes()
 }
 
-/// Whether `c` holds a contact of `user` (AOR `user` or `user@...`).
-fn has_user(c: &Contacts, user: &str) -> bool {
-    let at = format!("{user}@");
-    c.keys().any(|(aor, _)| aor == user || aor.starts_with(&at))
-}
-
 /// Registers on the attacked node in the background, 40 users at a time
 /// (one sipp run each, every one asserted to have no failed transaction),
 /// until `stop`; returns how many were registered.
@@ -152,40 +146,6 @@ fn closed_by_node(s: &mut TcpStream, limit: Duration, what: &str) -> Duration {
     }
 }
 
-/// Waits until the node's log holds a line with every one of `needles`
-/// among those containing `needles[0]` after the first `before` of them;
-/// returns it.
-fn expect_log(node: &Node, needles: &[&str], before: usize, what: &str) -> String {
-    let mut new_lines = Vec::new();
-    let mut found = None;
-    let ok = wait_until(Duration::from_secs(10), || {
-        let mut all = node.log_grep(needles[0]);
-        new_lines = all.split_off(before.min(all.len()));
-        found = new_lines
-            .iter()
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-            .cloned();
-        found.is_some()
-    });
-    if !ok {
-        panic!(
-            "{what}: no new log line on {} with {needles:?}; new lines with {:?}:\n{}\nlog tail:\n{}",
-            node.name(),
-            needles[0],
-            new_lines.join("\n"),
-            node.log_tail(15)
-        );
-    }
-    found.unwrap_or_default()
-}
-
-fn count_log(node: &Node, needles: &[&str]) -> usize {
-    node.log_grep(needles[0])
-        .into_iter()
-        .filter(|l| needles.iter().all(|n| l.contains(n)))
-        .count()
-}
-
 /// The PID of the node's sersync process (core.psx names it "sersync").
 fn sersync_pid(node: &Node) -> u32 {
     let v = node.rpc("core.psx", json!([])).expect("core.psx");
@@ -242,18 +202,6 @@ fn still_replicates(attacked: &Node, peer: &Node, prefix: &str, step: &str) {
         attacked.status().summary(),
         peer.status().summary()
     );
-}
-
-/// Deterministic pseudo-random bytes (xorshift).
-fn noise(n: usize, mut x: u64) -> Vec<u8> {
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------

@@ -306,6 +306,12 @@ pub fn count_prefix(c: &Contacts, prefix: &str) -> usize {
     c.keys().filter(|(aor, _)| aor.starts_with(prefix)).count()
 }
 
+/// Whether `c` holds a contact of `user` (AOR `user` or `user@...`).
+pub fn has_user(c: &Contacts, user: &str) -> bool {
+    let at = format!("{user}@");
+    c.keys().any(|(aor, _)| aor == user || aor.starts_with(&at))
+}
+
 impl Node {
     /// usrloc's contacts, keyed by (AOR, contact address), from ul.dump.
     pub fn contacts(&self) -> Contacts {

@@ -23,6 +23,7 @@ mod cluster;
 mod config;
 mod contacts;
 mod node;
+mod noise;
 mod processes;
 mod rpc;
 mod sipp;
@@ -31,6 +32,6 @@ mod status;
 
 #[allow(unused_imports)] // each test binary and bench uses a part
 pub use {
-    cluster::*, config::*, contacts::*, node::*, processes::*, rpc::*, sipp::*, sipp_calls::*,
-    status::*,
+    cluster::*, config::*, contacts::*, node::*, noise::*, processes::*, rpc::*, sipp::*,
+    sipp_calls::*, status::*,
 };

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::config::{create_db_with, node_config_with, ClusterOptions};
-use super::processes::{reap_group, signal_group, tail, unix_now, ParentDeath};
+use super::processes::{reap_group, signal_group, tail, unix_now, wait_until, ParentDeath};
 
 pub const KAMAILIO: &str = "/usr/sbin/kamailio";
 
@@ -238,6 +238,40 @@ impl Drop for Node {
             }
         }
     }
+}
+
+/// Waits until the node's log holds a line with every one of `needles`
+/// among those containing `needles[0]` after the first `before` of them;
+/// returns it.
+pub fn expect_log(node: &Node, needles: &[&str], before: usize, what: &str) -> String {
+    let mut new_lines = Vec::new();
+    let mut found = None;
+    let ok = wait_until(Duration::from_secs(10), || {
+        let mut all = node.log_grep(needles[0]);
+        new_lines = all.split_off(before.min(all.len()));
+        found = new_lines
+            .iter()
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+            .cloned();
+        found.is_some()
+    });
+    if !ok {
+        panic!(
+            "{what}: no new log line on {} with {needles:?}; new lines with {:?}:\n{}\nlog tail:\n{}",
+            node.name(),
+            needles[0],
+            new_lines.join("\n"),
+            node.log_tail(15)
+        );
+    }
+    found.unwrap_or_default()
+}
+
+pub fn count_log(node: &Node, needles: &[&str]) -> usize {
+    node.log_grep(needles[0])
+        .into_iter()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .count()
 }
 
 impl Node {
