@@ -39,7 +39,7 @@ fn secret(cluster: &str) -> Vec<u8> {
 
 /// Registers on the attacked node in the background, 40 users at a time
 /// (one sipp run each, every one asserted to have no failed transaction),
-/// until `stop`; returns how many were registered.
+/// until `stop`, counting them in `done`.
 fn register_in_background(node: &Node, prefix: &str, stop: &AtomicBool, done: &AtomicUsize) {
     let mut round = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -197,7 +197,7 @@ fn still_replicates(attacked: &Node, peer: &Node, prefix: &str, step: &str) {
 }
 
 // ---------------------------------------------------------------------------
-// 1. The listen port
+// The attacks on the listen port
 
 const ATTACKER: &str = "127.0.0.97";
 /// Where the fake member of the never-reading test listens.

@@ -16,11 +16,9 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-// ---------------------------------------------------------------------------
-// 3. A damaged journal at start
-
 /// Stops `node`, damages its journal with `damage`, starts it again and
-/// checks what a user sees; returns the file the journal was moved to.
+/// checks what a user sees, then that replication works both ways after a
+/// restart.
 fn damaged_journal_start(c: &mut Cluster, what: &str, damage: impl FnOnce(&std::path::Path)) {
     let journal = c.node(1).journal_path();
     c.node_mut(1).stop().expect("stopping node 1");

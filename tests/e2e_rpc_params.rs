@@ -17,9 +17,6 @@ use serde_json::{json, Value};
 use sersync::record::{Alias, Contact, Op, Record};
 use support::*;
 
-// ---------------------------------------------------------------------------
-// 2. Garbage RPC parameters
-
 /// What must not change when an RPC fails.
 #[derive(Debug, PartialEq)]
 struct Unchanged {

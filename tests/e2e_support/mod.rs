@@ -12,7 +12,8 @@
 //! `config` (paths, module, kamailio.cfg, SER's database), `cluster`,
 //! `node`, `rpc` (the FIFO, HTTP and kamcmd doors), `contacts` (ul.dump,
 //! comparison, convergence), `status` (sersync.status and .peers), `sipp`
-//! (registrations) and `sipp_calls`. Everything public is re-exported here.
+//! (registrations), `sipp_calls` and `noise` (garbage bytes). Everything
+//! public is re-exported here.
 //!
 //! The nodes need `build/sersync.so` (`make`). `SERSYNC_E2E_NO_MODULE=1`
 //! starts them without it, to work on the harness alone; replication

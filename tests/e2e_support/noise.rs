@@ -1,3 +1,5 @@
+//! Garbage for the bad-input tests, the same bytes on every run.
+
 /// Deterministic pseudo-random bytes (xorshift).
 pub fn noise(n: usize, mut x: u64) -> Vec<u8> {
     (0..n)
