@@ -157,9 +157,40 @@ fn rescan(node: &Node) -> u64 {
 
 const RESCAN_INTERVAL: u64 = 4;
 
+/// Runs one step of the test, naming it first: a failure's output ends
+/// with the step it happened in.
+macro_rules! step {
+    ($name:ident($($arg:expr),* $(,)?)) => {{
+        eprintln!("e2e: aliases: step {}", stringify!($name));
+        $name($($arg),*)
+    }};
+}
+
 #[test]
 fn aliases_replicate_across_three_nodes() {
     let t0 = Instant::now();
+    let mut c = step!(three_nodes_start_with_alias_settings(t0));
+    // what every node's alias table holds once a step has replicated
+    let mut want = BTreeSet::new();
+    let callee = step!(callee_registration_replicates(&c));
+    step!(alias_added_over_http_replicates(&c, &mut want));
+    step!(call_to_the_alias_reaches_the_callee(&c, callee));
+    step!(removed_alias_answers_404(&c, &mut want));
+    step!(usrloc_alias_replicates_and_routes(&c));
+    step!(bulk_aliases_in_one_http_call_replicate(&c, &mut want));
+    step!(malformed_calls_get_400_and_change_nothing(&c, &want));
+    step!(node_down_during_changes_catches_up(&mut c, &mut want));
+    step!(rescan_replicates_direct_db_rows(&c, &mut want));
+    step!(periodic_scan_replicates_direct_db_rows(&c, &mut want));
+    step!(alias_list_over_http(&c));
+    step!(no_node_dropped_queue_records(&c));
+    c.stop_all();
+    eprintln!("e2e: aliases test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// Three nodes replicating the usrloc tables "location" and "aliases";
+/// node 1 also scans its alias table every RESCAN_INTERVAL seconds.
+fn three_nodes_start_with_alias_settings(t0: Instant) -> Cluster {
     let mut opts = ClusterOptions {
         domains: Some("location,aliases".into()),
         usrloc_tables: vec!["aliases".into()],
@@ -174,14 +205,23 @@ fn aliases_replicate_across_three_nodes() {
     opts.extra.entry(1).or_default().push(format!(
         "modparam(\"sersync\", \"alias_rescan_interval\", {RESCAN_INTERVAL})"
     ));
-    let mut c = Cluster::start_with_options("aliases", 51, 3, &opts);
+    let c = Cluster::start_with_options("aliases", 51, 3, &opts);
     eprintln!(
         "e2e: cluster up {:.1} s after the test started (machine lock included)",
         t0.elapsed().as_secs_f64()
     );
+    c
+}
 
-    // -- A callee registered on node 1 ---------------------------------------
-    let mut callee = sipp_server(c.node(1), "127.0.0.51", 5099, "uas.xml", 1, "callee");
+/// The alias the first steps add, call and remove.
+fn sales() -> Row {
+    row("sales", "example.com", "target", "example.org")
+}
+
+/// A callee registered on node 1 (a sipp server, kept for the call to the
+/// alias) is seen on every node.
+fn callee_registration_replicates(c: &Cluster) -> SippServer {
+    let callee = sipp_server(c.node(1), "127.0.0.51", 5099, "uas.xml", 1, "callee");
     sipp_register(
         c.node(1),
         &[Reg::new("target", 3600)],
@@ -200,8 +240,12 @@ fn aliases_replicate_across_three_nodes() {
             }
         },
     );
+    callee
+}
 
-    // -- An alias added over HTTP on node 2 ---------------------------------
+/// An alias added over HTTP on node 2 reaches every table; adding it again
+/// adds nothing; kamcmd lists it.
+fn alias_added_over_http_replicates(c: &Cluster, want: &mut BTreeSet<Row>) {
     let added = c
         .node(2)
         .http_rpc(
@@ -210,11 +254,10 @@ fn aliases_replicate_across_three_nodes() {
         )
         .unwrap_or_else(|f| panic!("alias_add over HTTP on node 2: {f}"));
     assert_eq!(added, json!(1), "alias_add replies the number added");
-    let sales = row("sales", "example.com", "target", "example.org");
-    let mut want = BTreeSet::from([sales.clone()]);
+    want.insert(sales());
     wait_tables(
-        &c,
-        Some(&want),
+        c,
+        Some(want),
         Duration::from_secs(20),
         "alias added on node 2",
     );
@@ -235,8 +278,10 @@ fn aliases_replicate_across_three_nodes() {
         listed.contains("sip:sales@example.com") && listed.contains("sip:target@example.org"),
         "kamcmd sersync.alias_list on node 3: {listed}"
     );
+}
 
-    // -- A call to the alias at node 3 reaches the callee -------------------
+/// An INVITE to the alias at node 3 reaches the callee registered on node 1.
+fn call_to_the_alias_reaches_the_callee(c: &Cluster, mut callee: SippServer) {
     sipp_call(
         c.node(3),
         "invite.xml",
@@ -254,17 +299,19 @@ fn aliases_replicate_across_three_nodes() {
             .is_empty(),
         "node 3 did not log the alias_db lookup"
     );
+}
 
-    // -- Removed on node 1: node 3 answers 404 -------------------------------
+/// The alias removed on node 1 is gone from every table: node 3 answers 404.
+fn removed_alias_answers_404(c: &Cluster, want: &mut BTreeSet<Row>) {
     let removed = c
         .node(1)
         .rpc("sersync.alias_rm", json!(["sip:sales@example.com"]))
         .unwrap_or_else(|e| panic!("alias_rm on node 1: {e}"));
     assert_eq!(removed, json!(1), "alias_rm replies the number removed");
-    want.remove(&sales);
+    want.remove(&sales());
     wait_tables(
-        &c,
-        Some(&want),
+        c,
+        Some(want),
         Duration::from_secs(20),
         "alias removed on node 1",
     );
@@ -276,8 +323,11 @@ fn aliases_replicate_across_three_nodes() {
         "call-removed",
     )
     .unwrap_or_else(|e| panic!("INVITE to the removed alias at node 3 (404 expected): {e}"));
+}
 
-    // -- SER-0.9 style: an alias kept in usrloc ("aliases"), via contacts ---
+/// A SER-0.9 style alias (usrloc table "aliases") registered on node 1 routes
+/// a call at node 3.
+fn usrloc_alias_replicates_and_routes(c: &Cluster) {
     let mut callee = sipp_server(c.node(1), "127.0.0.51", 5099, "uas.xml", 1, "callee-usrloc");
     sipp_register_aliases(
         c.node(1),
@@ -302,8 +352,11 @@ fn aliases_replicate_across_three_nodes() {
     callee
         .wait(Duration::from_secs(15))
         .unwrap_or_else(|e| panic!("the callee did not complete the usrloc alias call: {e}"));
+}
 
-    // -- 10,000 aliases in one HTTP call -------------------------------------
+/// 10,000 aliases in one HTTP call reach every table, no queue record
+/// dropped.
+fn bulk_aliases_in_one_http_call_replicate(c: &Cluster, want: &mut BTreeSet<Row>) {
     let mut lines = String::new();
     for i in 0..10_000 {
         let _ = writeln!(
@@ -328,7 +381,7 @@ fn aliases_replicate_across_three_nodes() {
         "e2e: bulk alias_add answered in {:.1} s",
         t_bulk.elapsed().as_secs_f64()
     );
-    wait_tables(&c, Some(&want), Duration::from_secs(90), "10,000 aliases");
+    wait_tables(c, Some(want), Duration::from_secs(90), "10,000 aliases");
     eprintln!(
         "e2e: bulk replicated {:.1} s after the call",
         t_bulk.elapsed().as_secs_f64()
@@ -343,10 +396,12 @@ fn aliases_replicate_across_three_nodes() {
             st.summary()
         );
     }
+}
 
-    // -- Malformed input: clear errors, nothing changed anywhere ------------
+/// Malformed alias calls get 400 with what is wrong, and no table changes.
+fn malformed_calls_get_400_and_change_nothing(c: &Cluster, want: &BTreeSet<Row>) {
     c.wait_settled(Duration::from_secs(30));
-    assert_eq!(must_table(c.node(1)), want);
+    assert_eq!(must_table(c.node(1)), *want);
     let n1 = c.node(1);
     let f = fault(
         n1.http_rpc(
@@ -452,13 +507,15 @@ fn aliases_replicate_across_three_nodes() {
     std::thread::sleep(Duration::from_secs(1));
     c.wait_settled(Duration::from_secs(30));
     wait_tables(
-        &c,
-        Some(&want),
+        c,
+        Some(want),
         Duration::from_secs(5),
         "after malformed calls",
     );
+}
 
-    // -- A node down during changes catches up ------------------------------
+/// Changes made while node 3 is down reach it when it returns.
+fn node_down_during_changes_catches_up(c: &mut Cluster, want: &mut BTreeSet<Row>) {
     c.node_mut(3)
         .stop()
         .unwrap_or_else(|e| panic!("stopping node 3: {e}"));
@@ -524,21 +581,24 @@ fn aliases_replicate_across_three_nodes() {
     want.insert(row("bulk00200", "bulk.example.com", "other", "example.net"));
     want.insert(row("bulk00200", "bulk.example.com", "third", "example.net"));
     wait_tables(
-        &c,
-        Some(&want),
+        c,
+        Some(want),
         Duration::from_secs(20),
         "changes while node 3 is down (nodes 1, 2)",
     );
     assert_ne!(
         must_table(c.node(3)),
-        want,
+        *want,
         "node 3 (stopped) must lack the changes before it returns"
     );
     c.node_mut(3).start();
     c.wait_mesh_up(Duration::from_secs(30));
-    wait_tables(&c, Some(&want), Duration::from_secs(60), "node 3 back");
+    wait_tables(c, Some(want), Duration::from_secs(60), "node 3 back");
+}
 
-    // -- Rows written straight into node 1's database: rescan -------------
+/// Rows written straight into node 1's database replicate on
+/// sersync.alias_rescan.
+fn rescan_replicates_direct_db_rows(c: &Cluster, want: &mut BTreeSet<Row>) {
     let direct = row("direct", "example.com", "target", "example.org");
     let gone = row("bulk00300", "bulk.example.com", "user00300", "example.org");
     c.node(1)
@@ -550,7 +610,7 @@ fn aliases_replicate_across_three_nodes() {
         .unwrap_or_else(|e| panic!("{e}"));
     want.insert(direct);
     want.remove(&gone);
-    assert_eq!(must_table(c.node(1)), want);
+    assert_eq!(must_table(c.node(1)), *want);
     let t_scan = Instant::now();
     let rows = rescan(c.node(1));
     assert_eq!(
@@ -563,13 +623,16 @@ fn aliases_replicate_across_three_nodes() {
         t_scan.elapsed().as_secs_f64()
     );
     wait_tables(
-        &c,
-        Some(&want),
+        c,
+        Some(want),
         Duration::from_secs(30),
         "after sersync.alias_rescan",
     );
+}
 
-    // -- ... and by the periodic scan (alias_rescan_interval on node 1) ----
+/// A row written straight into node 1's database replicates by the periodic
+/// scan.
+fn periodic_scan_replicates_direct_db_rows(c: &Cluster, want: &mut BTreeSet<Row>) {
     c.node(1)
         .sql(
             "INSERT INTO dbaliases (alias_username, alias_domain, username, domain) \
@@ -578,13 +641,16 @@ fn aliases_replicate_across_three_nodes() {
         .unwrap_or_else(|e| panic!("{e}"));
     want.insert(row("periodic", "example.com", "target", "example.org"));
     wait_tables(
-        &c,
-        Some(&want),
+        c,
+        Some(want),
         Duration::from_secs(3 * RESCAN_INTERVAL + 15),
         "after the periodic scan",
     );
+}
 
-    // -- alias_list over HTTP -------------------------------------------------
+/// alias_list over HTTP gives an alias's targets, and nothing for an unknown
+/// one.
+fn alias_list_over_http(c: &Cluster) {
     let list = c
         .node(2)
         .http_rpc(
@@ -616,11 +682,12 @@ fn aliases_replicate_across_three_nodes() {
             .unwrap_or_else(|f| panic!("{f}")),
         json!([])
     );
+}
 
+/// No node's queue dropped a record during the test.
+fn no_node_dropped_queue_records(c: &Cluster) {
     for n in c.all() {
         let st = n.status();
         assert_eq!(st.queue_dropped, 0, "{}: {}", n.name(), st.summary());
     }
-    c.stop_all();
-    eprintln!("e2e: aliases test took {:.1} s", t0.elapsed().as_secs_f64());
 }

@@ -1,0 +1,154 @@
+//! Time and processes: waiting for a condition, the subreaper and process
+//! groups that let the harness stop everything it started, and the
+//! machine-wide lock that runs one cluster at a time.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Once;
+use std::thread::sleep;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Polls `cond` every 200 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(Duration::from_millis(200));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Process handling
+
+static SUBREAPER: Once = Once::new();
+
+/// Makes this test process the reaper of the processes its children leave
+/// behind (Kamailio's workers, should its main process die first), so that
+/// they can be waited for by process group instead of lingering as zombies.
+pub(super) fn become_subreaper() {
+    SUBREAPER.call_once(|| {
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes one integer.
+        unsafe {
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        }
+    });
+}
+
+pub(super) trait ParentDeath {
+    /// The child gets `sig` if the test thread that started it dies
+    /// without stopping it (the test process killed, e.g. by a timeout):
+    /// SIGTERM makes Kamailio stop its workers too.
+    fn pre_exec_parent_death(&mut self, sig: i32) -> &mut Self;
+}
+
+impl ParentDeath for Command {
+    fn pre_exec_parent_death(&mut self, sig: i32) -> &mut Self {
+        // SAFETY: prctl is async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            self.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0);
+                Ok(())
+            })
+        }
+    }
+}
+
+/// Sends `sig` to the process group `pgid` (led by a process we started).
+pub(super) fn signal_group(pgid: u32, sig: i32) -> bool {
+    // SAFETY: kill(2) on a negative pid addresses that process group.
+    unsafe { libc::kill(-(pgid as i32), sig) == 0 }
+}
+
+/// Reaps what is left of process group `pgid` after its leader exited:
+/// SIGKILLs the members and waits for them (they are ours: this process is
+/// their subreaper). Returns how many were left.
+pub(super) fn reap_group(pgid: u32, deadline: Duration) -> usize {
+    if !signal_group(pgid, libc::SIGKILL) {
+        return 0; // ESRCH: the group is empty
+    }
+    let end = Instant::now() + deadline;
+    let mut reaped = 0;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on a process group we created, non-blocking.
+        let r = unsafe { libc::waitpid(-(pgid as i32), &mut status, libc::WNOHANG) };
+        if r > 0 {
+            reaped += 1;
+            continue;
+        }
+        if r < 0 || Instant::now() >= end {
+            break; // ECHILD: none left
+        }
+        sleep(Duration::from_millis(20));
+    }
+    reaped.max(1)
+}
+
+pub(super) fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let from = all.len().saturating_sub(lines);
+    all[from..].join("\n")
+}
+
+/// One cluster at a time on this machine, across threads and test
+/// processes (the addresses are machine-wide, and the tests share two
+/// cores: sequential runs keep their timing honest). Each test still has
+/// its own addresses.
+pub const MACHINE_LOCK: &str = "/tmp/sersync-e2e.lock";
+
+/// An exclusive flock(2) on MACHINE_LOCK, released when dropped.
+pub struct MachineLock(File);
+
+impl MachineLock {
+    pub fn acquire() -> MachineLock {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(MACHINE_LOCK)
+            .unwrap_or_else(|e| panic!("opening {MACHINE_LOCK}: {e}"));
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return MachineLock(f);
+            }
+            let e = std::io::Error::last_os_error();
+            assert!(
+                e.kind() == ErrorKind::Interrupted,
+                "flock {MACHINE_LOCK}: {e}"
+            );
+        }
+    }
+}
+
+/// Kills a process we started if a panic unwinds past it.
+pub(super) struct ChildGuard(pub(super) Option<u32>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            // SAFETY: kill(2) on the PID of our own child.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+    }
+}
