@@ -73,6 +73,8 @@ pub struct Status {
     pub node_id: String,
     pub counters: Counters,
     pub running: std::sync::atomic::AtomicBool,
+    /// This run's incarnation (see net::incarnation).
+    pub incarnation: AtomicU64,
     pub last_error: Mutex<String>,
     pub peers: Mutex<Vec<PeerStatus>>,
 }
@@ -87,6 +89,7 @@ pub struct Snapshot {
     pub apply_failures: u64,
     pub applied_via_db: u64,
     pub journal_entries: u64,
+    pub incarnation: u64,
     pub peers: Vec<PeerStatus>,
 }
 
@@ -127,6 +130,7 @@ impl Status {
             apply_failures: c.apply_failures.load(Ordering::Relaxed),
             applied_via_db: c.applied_via_db.load(Ordering::Relaxed),
             journal_entries: c.journal_entries.load(Ordering::Relaxed),
+            incarnation: self.incarnation.load(Ordering::Relaxed),
             peers: self
                 .peers
                 .lock()

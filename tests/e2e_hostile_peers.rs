@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use peer::*;
 use serde_json::{json, Value};
 use sersync::wire::auth::Nonce;
+use sersync::wire::version::{NEWEST, OLDEST};
 use sersync::wire::{Frame, VERSION};
 use support::*;
 
@@ -371,22 +372,17 @@ fn hostile_connections_are_dropped_while_sipp_registers() {
         );
         target.still_replicates();
 
-        // -- A protocol version this node does not speak ---------------------
-        let newer = format!("v{}", VERSION + 1);
+        // -- Only protocol versions this node does not speak -----------------
+        // (A hello states the newest version the dialer speaks; v0 is
+        // older than any this node speaks.)
         target.attack(
             "unknown protocol version",
-            &[refused, "future speaks protocol", &newer],
+            &[refused, "ancient speaks protocol", "up to v0"],
             |s, id, nonce| {
-                let h = hello(
-                    &secret,
-                    "future",
-                    id,
-                    nonce,
-                    VERSION + 1,
-                    "tcp:127.0.0.99:5999",
-                );
+                let h = hello(&secret, "ancient", id, nonce, 0, "tcp:127.0.0.99:5999");
                 send(s, &h);
-                expect_refusal(s, &format!("v{VERSION}"), "unknown version");
+                let spoken = format!("protocol v{OLDEST} to v{NEWEST} only");
+                expect_refusal(s, &spoken, "unknown version");
             },
         );
 

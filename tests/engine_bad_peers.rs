@@ -16,6 +16,7 @@ use sersync::engine::Engine;
 use sersync::error::ApplyError;
 use sersync::queue::Shared;
 use sersync::record::{Contact, Op, Record, RecordRef};
+use sersync::wire::version::NEWEST;
 use sersync::wire::{Frame, VERSION};
 
 const SECRET: &[u8] = b"bad-peer-test-secret";
@@ -215,11 +216,27 @@ fn wrong_secret_replayed_handshake_and_unknown_version_are_refused() {
         matches!(read_frame(&mut s2), Some(Frame::Refuse { .. })),
         "the replay is refused"
     );
-    // A version this engine does not speak.
+    // Only versions this engine does not speak: a hello states the newest
+    // its dialer speaks, and v0 is older than any this engine speaks.
     let mut s = p.connect();
     let (id, nonce) = challenge(&mut s);
-    send(&mut s, &hello(SECRET, "future", &id, &nonce, VERSION + 1));
-    assert!(matches!(read_frame(&mut s), Some(Frame::Refuse { .. })));
+    send(&mut s, &hello(SECRET, "ancient", &id, &nonce, 0));
+    match read_frame(&mut s) {
+        Some(Frame::Refuse { reason }) => {
+            assert!(reason.contains("protocol v1 to v2 only"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(closed_by_engine(&mut s));
+    // A dialer speaking a newer version than this engine is answered in
+    // the newest both speak.
+    let mut s = p.connect();
+    let (id, nonce) = challenge(&mut s);
+    send(&mut s, &hello(SECRET, "newer", &id, &nonce, 9));
+    match read_frame(&mut s) {
+        Some(Frame::WelcomeV2 { session, .. }) => assert_eq!(session.version, NEWEST),
+        other => panic!("expected a v{NEWEST} welcome, got {other:?}"),
+    }
     // Our own node id from elsewhere: a clash, refused.
     let mut s = p.connect();
     let (id, nonce) = challenge(&mut s);

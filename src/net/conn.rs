@@ -58,6 +58,11 @@ pub(super) struct Conn {
     pub(super) interest_writable: bool,
     /// Dialer: a snapshot being sent before the journal stream.
     pub(super) snap: Option<SnapSend>,
+    /// The protocol version of this connection: the oldest spoken until
+    /// the handshake chose one. Nothing newer is ever queued on it.
+    pub(super) version: u16,
+    /// Dialer: the newest version its hello stated.
+    pub(super) hello_version: u16,
 }
 
 /// What a handler decides about its connection.
@@ -80,6 +85,9 @@ pub(super) fn frame_name(f: &Frame) -> &'static str {
         Frame::SnapshotChunk { .. } => "snapshot-chunk",
         Frame::SnapshotAck { .. } => "snapshot-ack",
         Frame::Members { .. } => "members",
+        Frame::WelcomeV2 { .. } => "welcome-v2",
+        Frame::DialerSession { .. } => "dialer-session",
+        Frame::RawBatch { .. } => "raw-batch",
     }
 }
 
@@ -103,10 +111,24 @@ impl Conn {
             acked: 0,
             interest_writable: false,
             snap: None,
+            version: crate::wire::version::OLDEST,
+            hello_version: crate::wire::version::OLDEST,
         }
     }
 
+    /// Queues `f`, unless this connection's version does not have it:
+    /// the one check that a peer is never sent what it cannot decode.
     pub(super) fn send(&mut self, f: &Frame) {
+        if f.since() > self.version {
+            log::error(format_args!(
+                "not sending a {} frame (protocol v{}) on a v{} connection to {}",
+                frame_name(f),
+                f.since(),
+                self.version,
+                self.remote_id
+            ));
+            return;
+        }
         if let Err(e) = f.write_to(&mut self.out) {
             log::error(format_args!("cannot encode {} frame: {e}", frame_name(f)));
         }

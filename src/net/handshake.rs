@@ -11,7 +11,8 @@ use super::{Net, BACKOFF_MIN};
 use crate::log;
 use crate::status::PeerState;
 use crate::wire::auth::{self, Nonce, Role, Tag, Transcript};
-use crate::wire::{Frame, SnapshotResume, MAGIC, VERSION};
+use crate::wire::version::{negotiate, NEWEST, OLDEST};
+use crate::wire::{Frame, Session, SnapshotResume, MAGIC};
 
 impl Net {
     pub(super) fn on_challenge(
@@ -24,9 +25,10 @@ impl Net {
     ) -> Verdict {
         let me = self.cfg.node_id.clone();
         let c = self.conns.get_mut(&t).expect("caller checked");
-        if magic != MAGIC || version != VERSION {
+        // A challenge states the oldest version the acceptor speaks.
+        if magic != MAGIC || !(OLDEST..=NEWEST).contains(&version) {
             return Verdict::Refused(format!(
-                "peer speaks protocol {magic:?} v{version}, we speak v{VERSION}"
+                "peer speaks protocol {magic:?} from v{version}, we speak v{OLDEST} to v{NEWEST}"
             ));
         }
         if node_id == me {
@@ -39,8 +41,14 @@ impl Net {
                 "peer is {node_id}, removed from the cluster with sersync.forget"
             ));
         }
+        let Side::Dial { peer } = c.side else {
+            return Verdict::Close("challenge on an accepted connection".into());
+        };
+        // The newest this node speaks, unless this peer said it only
+        // speaks an older one.
+        let stated = self.peers[peer].hello_version.min(NEWEST);
         let nonce_d = auth::fresh_nonce();
-        let tag = auth::tag(
+        let tag = auth::tag_for(
             &self.cfg.secret,
             Role::Dialer,
             &Transcript {
@@ -49,12 +57,14 @@ impl Net {
                 dialer: &me,
                 acceptor: &node_id,
             },
+            stated,
         );
+        c.hello_version = stated;
         c.remote_id = node_id;
         let listen = format!("tcp:{}", self.cfg.listen);
         c.send(&Frame::Hello {
             magic: MAGIC,
-            version: VERSION,
+            version: stated,
             node_id: me,
             listen,
             nonce: nonce_d,
@@ -75,18 +85,41 @@ impl Net {
         tag: Tag,
         resume_after: u64,
         snapshot: Option<SnapshotResume>,
+        session: Option<Session>,
     ) -> Verdict {
         let me = self.cfg.node_id.clone();
         let c = self.conns.get_mut(&t).expect("caller checked");
+        // A v1 welcome answers a hello stating v1; a v2 welcome names a
+        // version between v2 and the one stated.
+        let version = match &session {
+            None if c.hello_version == 1 => 1,
+            Some(s) if (2..=c.hello_version).contains(&s.version) => s.version,
+            _ => {
+                return Verdict::Close(format!(
+                    "peer answered a hello stating v{} with a welcome for {}",
+                    c.hello_version,
+                    session.as_ref().map_or(1, |s| s.version)
+                ))
+            }
+        };
         let tr = Transcript {
             nonce_a: &nonce_a,
             nonce_d: &nonce_d,
             dialer: &me,
             acceptor: &c.remote_id,
         };
-        if !auth::verify(&self.cfg.secret, Role::Acceptor, &tr, &tag) {
+        if !auth::verify_for(&self.cfg.secret, Role::Acceptor, &tr, version, &tag) {
             return Verdict::Refused("peer failed authentication: different secret?".into());
         }
+        c.version = version;
+        let remote = c.remote_id.clone();
+        if let Some(s) = &session {
+            let mine = self.session_for(&remote, version);
+            let c = self.conns.get_mut(&t).expect("still open");
+            c.send(&Frame::DialerSession { session: mine });
+            self.note_session(&remote, s);
+        }
+        let c = self.conns.get_mut(&t).expect("still open");
         c.phase = Phase::Streaming;
         c.deadline = None;
         c.next_send = resume_after;
@@ -170,12 +203,16 @@ impl Net {
     ) -> Verdict {
         let me = self.cfg.node_id.clone();
         let c = self.conns.get_mut(&t).expect("caller checked");
-        if magic != MAGIC || version != VERSION {
-            return c.refuse(
-                format!("protocol v{VERSION} only"),
-                format!("peer {node_id} speaks protocol {magic:?} v{version}"),
-            );
-        }
+        // A hello states the newest version the dialer speaks.
+        let chosen = match negotiate(version) {
+            Ok(v) if magic == MAGIC => v,
+            _ => {
+                return c.refuse(
+                    format!("protocol v{OLDEST} to v{NEWEST} only"),
+                    format!("peer {node_id} speaks protocol {magic:?} up to v{version}"),
+                )
+            }
+        };
         if node_id == me {
             return c.refuse(
                 format!("node id \"{me}\" is already taken by the node you dialed"),
@@ -193,7 +230,7 @@ impl Net {
                 "refused {node_id}: removed from the cluster with sersync.forget"
             ));
         }
-        if !auth::verify(&self.cfg.secret, Role::Dialer, &tr, &tag) {
+        if !auth::verify_for(&self.cfg.secret, Role::Dialer, &tr, version, &tag) {
             return c.refuse(
                 "authentication failed",
                 format!("peer claiming to be {node_id} failed authentication: different secret?"),
@@ -209,16 +246,27 @@ impl Net {
             ),
             (Err(e), _) | (_, Err(e)) => return Verdict::Close(format!("journal: {e}")),
         };
-        let mine = Role::Acceptor;
-        let reply = auth::tag(&self.cfg.secret, mine, &tr);
+        let reply = auth::tag_for(&self.cfg.secret, Role::Acceptor, &tr, chosen);
         c.remote_id = node_id.clone();
         c.phase = Phase::Streaming;
         c.deadline = None;
-        c.send(&Frame::Welcome {
-            tag: reply,
-            resume_after,
-            snapshot,
-        });
+        c.version = chosen;
+        if chosen == 1 {
+            c.send(&Frame::Welcome {
+                tag: reply,
+                resume_after,
+                snapshot,
+            });
+        } else {
+            let session = self.session_for(&node_id, chosen);
+            let c = self.conns.get_mut(&t).expect("caller checked");
+            c.send(&Frame::WelcomeV2 {
+                tag: reply,
+                resume_after,
+                snapshot,
+                session,
+            });
+        }
         // A newer connection from the same node replaces an old one
         // (the peer reconnected before we noticed the old one died).
         let stale: Vec<Token> = self
@@ -249,6 +297,20 @@ impl Net {
         if let Some(c) = self.conns.get_mut(&t) {
             c.send(&Frame::Members { members });
         }
+        Verdict::Continue
+    }
+
+    /// The dialer's session on a v2 connection it dialed to us.
+    pub(super) fn on_dialer_session(&mut self, t: Token, session: Session) -> Verdict {
+        let c = self.conns.get_mut(&t).expect("caller checked");
+        if session.version != c.version {
+            return Verdict::Close(format!(
+                "peer states v{} on a v{} connection",
+                session.version, c.version
+            ));
+        }
+        let remote = c.remote_id.clone();
+        self.note_session(&remote, &session);
         Verdict::Continue
     }
 }

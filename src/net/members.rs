@@ -13,6 +13,7 @@ use super::{Net, BACKOFF_MAX, BACKOFF_MIN};
 use crate::config::Config;
 use crate::journal::Journal;
 use crate::log;
+use crate::wire::version::NEWEST;
 use crate::wire::{Frame, Member};
 
 pub(super) struct Peer {
@@ -26,6 +27,9 @@ pub(super) struct Peer {
     /// Removed with sersync.forget: never dialed again. Kept as an entry
     /// because connections refer to peers by index.
     pub(super) forgotten: bool,
+    /// The newest protocol version to state in a hello to it: lowered
+    /// when it refused ours as too new, raised again when a link ends.
+    pub(super) hello_version: u16,
 }
 
 /// The members to dial at start: the configured seeds, and the members
@@ -80,6 +84,7 @@ impl Peer {
             resend_at: None,
             node_id: node_id.to_string(),
             forgotten: false,
+            hello_version: NEWEST,
         }
     }
 }

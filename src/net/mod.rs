@@ -22,11 +22,13 @@ use crate::journal::Journal;
 use crate::log::{self, RateLimit};
 use crate::status::{PeerState, Status};
 use crate::wire::auth;
+use crate::wire::version::{refused_for_version, NEWEST};
 use crate::wire::{Frame, MAGIC, VERSION};
 
 mod conn;
 mod handshake;
 mod inbound;
+mod incarnation;
 mod members;
 mod outbound;
 mod snapshot;
@@ -105,6 +107,9 @@ pub struct Net {
     members_dirty: bool,
     /// What the ingest stage committed and asked for.
     ingest: FromIngest,
+    /// This run's incarnation and run id (see incarnation.rs).
+    incarnation: u64,
+    run: u64,
 }
 
 static STAGE_ERR: RateLimit = RateLimit::new(1000);
@@ -123,6 +128,10 @@ impl Net {
         shared: Option<Arc<crate::queue::Shared>>,
         ingest: FromIngest,
     ) -> io::Result<(Net, Arc<Waker>)> {
+        let mut journal = journal;
+        let incarnation = incarnation::begin(&mut journal)
+            .map_err(|e| io::Error::other(format!("saving this run's incarnation: {e}")))?;
+        status.incarnation.store(incarnation, Ordering::Relaxed);
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let now = Instant::now();
@@ -163,6 +172,8 @@ impl Net {
             forgotten,
             members_dirty: false,
             ingest,
+            incarnation,
+            run: incarnation::fresh_run(),
         };
         Ok((net, waker))
     }
@@ -438,7 +449,52 @@ impl Net {
                 },
             ) => {
                 let (peer, nonce_a, nonce_d) = (*peer, *nonce_a, *nonce_d);
-                self.on_welcome(t, peer, (nonce_a, nonce_d), tag, resume_after, snapshot)
+                self.on_welcome(
+                    t,
+                    peer,
+                    (nonce_a, nonce_d),
+                    tag,
+                    resume_after,
+                    snapshot,
+                    None,
+                )
+            }
+            (
+                Side::Dial { peer },
+                Phase::AwaitWelcome { nonce_a, nonce_d },
+                Frame::WelcomeV2 {
+                    tag,
+                    resume_after,
+                    snapshot,
+                    session,
+                },
+            ) => {
+                let (peer, nonce_a, nonce_d) = (*peer, *nonce_a, *nonce_d);
+                let session = Some(session);
+                self.on_welcome(
+                    t,
+                    peer,
+                    (nonce_a, nonce_d),
+                    tag,
+                    resume_after,
+                    snapshot,
+                    session,
+                )
+            }
+            (Side::Dial { peer }, Phase::AwaitWelcome { .. }, Frame::Refuse { reason })
+                if refused_for_version(&reason, c.hello_version).is_some() =>
+            {
+                // An older node: say hello again stating what it speaks.
+                let v = refused_for_version(&reason, c.hello_version).expect("guarded");
+                let peer = *peer;
+                self.peers[peer].hello_version = v;
+                log::info(format_args!(
+                    "peer {} speaks protocol v{v} only: talking v{v} to it",
+                    self.peers[peer].text
+                ));
+                Verdict::Close(format!(
+                    "peer refused: {reason}; saying hello again with v{v}"
+                ))
             }
             (Side::Dial { .. }, _, Frame::Refuse { reason }) => {
                 Verdict::Refused(format!("peer refused: {reason}"))
@@ -487,6 +543,11 @@ impl Net {
                 self.on_snapshot_ack(t, peer)
             }
             (_, Phase::Streaming, Frame::Members { members }) => self.on_members(t, members),
+            (Side::Accept, Phase::Streaming, Frame::DialerSession { session })
+                if c.version >= 2 =>
+            {
+                self.on_dialer_session(t, session)
+            }
             (_, _, f) => Verdict::Close(format!("unexpected {} frame", frame_name(&f))),
         }
     }
@@ -539,6 +600,10 @@ impl Net {
                     self.peers[peer].retry_at = Instant::now() + BACKOFF_MAX;
                 }
                 let was_up = matches!(c.phase, Phase::Streaming);
+                if was_up {
+                    // It may come back upgraded: state the newest again.
+                    self.peers[peer].hello_version = NEWEST;
+                }
                 self.status.with_peer(peer, |s| {
                     s.state = if refused {
                         PeerState::Refused

@@ -29,9 +29,17 @@ pub fn fresh_nonce() -> Nonce {
 }
 
 /// Every input is length-prefixed so no two transcripts hash alike.
-fn keyed(secret: &[u8], role: Role, t: &Transcript) -> Hmac<Sha256> {
+/// Version 1's tags cover the transcript; later versions' tags cover the
+/// version stated too (the dialer's newest in its hello, the chosen one in
+/// the welcome), so a relay cannot talk two nodes down to an older one.
+fn keyed(secret: &[u8], role: Role, t: &Transcript, version: u16) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any size");
-    mac.update(b"sersync-handshake-v1");
+    if version <= 1 {
+        mac.update(b"sersync-handshake-v1");
+    } else {
+        mac.update(b"sersync-handshake-v2");
+        mac.update(&version.to_be_bytes());
+    }
     mac.update(&[match role {
         Role::Dialer => b'D',
         Role::Acceptor => b'A',
@@ -45,12 +53,25 @@ fn keyed(secret: &[u8], role: Role, t: &Transcript) -> Hmac<Sha256> {
     mac
 }
 
-/// The tag with which `role` proves it knows the secret.
+/// The tag with which `role` proves it knows the secret (protocol v1).
 pub fn tag(secret: &[u8], role: Role, t: &Transcript) -> Tag {
-    keyed(secret, role, t).finalize().into_bytes().into()
+    tag_for(secret, role, t, 1)
 }
 
-/// Constant-time check of a received tag.
+/// Constant-time check of a received tag (protocol v1).
 pub fn verify(secret: &[u8], role: Role, t: &Transcript, got: &Tag) -> bool {
-    keyed(secret, role, t).verify_slice(got).is_ok()
+    verify_for(secret, role, t, 1, got)
+}
+
+/// The tag for a handshake stating `version`.
+pub fn tag_for(secret: &[u8], role: Role, t: &Transcript, version: u16) -> Tag {
+    keyed(secret, role, t, version)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// Constant-time check of a tag for a handshake stating `version`.
+pub fn verify_for(secret: &[u8], role: Role, t: &Transcript, version: u16, got: &Tag) -> bool {
+    keyed(secret, role, t, version).verify_slice(got).is_ok()
 }

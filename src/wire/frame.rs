@@ -11,7 +11,9 @@ use crate::journal::SnapRow;
 use crate::record::Change;
 
 pub const MAGIC: [u8; 4] = *b"SSYN";
-pub const VERSION: u16 = 1;
+/// The version a `Challenge` states: the oldest this build speaks (see
+/// [`super::version`]).
+pub const VERSION: u16 = super::version::OLDEST;
 /// Largest frame body accepted. Batches are cut well below it.
 pub const MAX_FRAME: usize = 16 << 20;
 
@@ -70,6 +72,56 @@ pub enum Frame {
     Members {
         members: Vec<Member>,
     },
+    // Protocol v2: only on connections that negotiated it. New variants go
+    // at the end; earlier ones keep their encoding.
+    /// The acceptor's welcome when the dialer stated version 2 or later:
+    /// as `Welcome`, plus the version chosen and the acceptor's session.
+    /// The tag covers the version (`auth::tag_for`).
+    WelcomeV2 {
+        tag: Tag,
+        resume_after: u64,
+        snapshot: Option<SnapshotResume>,
+        session: Session,
+    },
+    /// The dialer's session, its first frame after a `WelcomeV2`.
+    DialerSession {
+        session: Session,
+    },
+    /// A batch whose records travel as their origin encoded them: the
+    /// receiver decodes each one and sets aside one it cannot decode (a
+    /// kind newer than it knows) instead of refusing the whole batch.
+    RawBatch {
+        changes: Vec<RawChange>,
+    },
+}
+
+/// What each side of a v2 connection tells the other about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The protocol version the connection uses.
+    pub version: u16,
+    /// The sender's incarnation: grows with every start of the node, and
+    /// past anything a peer has seen from it.
+    pub incarnation: u64,
+    /// Random, drawn at each start: tells two runs that a journal restored
+    /// from a backup gave the same incarnation apart.
+    pub run: u64,
+    /// The highest incarnation of the receiver the sender has seen (0:
+    /// none), and that run's `run`: a node whose journal was restored from
+    /// a backup learns from it that it must move past that.
+    pub seen: u64,
+    pub seen_run: u64,
+    /// Optional features the sender understands, by name.
+    pub capabilities: Vec<String>,
+}
+
+/// A [`Change`] whose record is still encoded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawChange {
+    pub seq: u64,
+    pub hlc: u64,
+    #[serde(with = "serde_bytes")]
+    pub record: Vec<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,5 +23,8 @@
 
 pub mod auth;
 pub mod frame;
+pub mod version;
 
-pub use frame::{Frame, FrameReader, Member, SnapshotResume, MAGIC, MAX_FRAME, VERSION};
+pub use frame::{
+    Frame, FrameReader, Member, RawChange, Session, SnapshotResume, MAGIC, MAX_FRAME, VERSION,
+};

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::thread::sleep;
 use std::time::Duration;
 
+pub mod v1;
+
 use sersync::wire::auth::{self, Nonce, Role, Transcript};
 use sersync::wire::{Frame, FrameReader, MAGIC, VERSION};
 
@@ -44,7 +46,7 @@ pub fn challenge(s: &mut TcpStream) -> (String, Nonce) {
 }
 
 /// A hello from dialer `id`, listening on `listen`, answering `nonce_a`
-/// of `acceptor`.
+/// of `acceptor`, stating `version` (its tag made for that version).
 pub fn hello(
     secret: &[u8],
     id: &str,
@@ -54,7 +56,7 @@ pub fn hello(
     listen: &str,
 ) -> Frame {
     let nonce_d = auth::fresh_nonce();
-    let tag = auth::tag(
+    let tag = auth::tag_for(
         secret,
         Role::Dialer,
         &Transcript {
@@ -63,6 +65,7 @@ pub fn hello(
             dialer: id,
             acceptor,
         },
+        version,
     );
     Frame::Hello {
         magic: MAGIC,
@@ -74,7 +77,8 @@ pub fn hello(
     }
 }
 
-/// A fake member listening on `addr` that completes the handshake of
+/// A fake member of the first release (protocol v1) listening on `addr`
+/// that completes the handshake of
 /// every node dialing it (it knows the secret), as an empty new member
 /// would, and then never reads a byte. Stops with the value.
 pub struct StuckMember {
@@ -110,9 +114,26 @@ impl StuckMember {
                         nonce: nonce_a,
                     },
                 );
-                let Some(Frame::Hello { node_id, nonce, .. }) = read_frame(&mut s) else {
+                let Some(Frame::Hello {
+                    node_id,
+                    nonce,
+                    version,
+                    ..
+                }) = read_frame(&mut s)
+                else {
                     continue;
                 };
+                if version != VERSION {
+                    // As a node of the first release answers: the dialer
+                    // says hello again stating v1.
+                    send(
+                        &mut s,
+                        &Frame::Refuse {
+                            reason: format!("protocol v{VERSION} only"),
+                        },
+                    );
+                    continue;
+                }
                 let tag = auth::tag(
                     &secret,
                     Role::Acceptor,

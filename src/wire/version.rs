@@ -1,0 +1,93 @@
+//! Protocol versions: which this build speaks, what each one added, and
+//! the rule that picks one for a connection.
+//!
+//! The handshake's frames keep their v1 shape forever, so that any two
+//! releases can at least tell each other what they speak:
+//! - the acceptor's `Challenge` states the OLDEST version it speaks (a v1
+//!   dialer refuses anything but 1, so that stays 1 while v1 is spoken);
+//! - the dialer's `Hello` states the NEWEST version it speaks;
+//! - the acceptor picks the newest both speak and says so: a v1
+//!   `Welcome` for version 1, a `WelcomeV2` naming the version otherwise.
+//!   A v1 acceptor refuses a hello stating another version ("protocol v1
+//!   only"); the dialer then says hello again stating 1.
+//!
+//! [`Frame::since`] and [`Record::since`] name the version that introduced
+//! each frame and record kind; a connection never carries anything newer
+//! than its version (checked where frames are queued, in `net::conn`).
+
+use super::Frame;
+use crate::record::Record;
+
+/// The oldest protocol version this build speaks.
+pub const OLDEST: u16 = 1;
+/// The newest protocol version this build speaks.
+///
+/// - v1: the first release (typed `Batch`es).
+/// - v2: `WelcomeV2` and `DialerSession` (versions and incarnations in the
+///   handshake), `RawBatch` (each record as its origin encoded it, so a
+///   receiver sets aside a record it cannot decode instead of refusing
+///   the whole batch).
+pub const NEWEST: u16 = 2;
+
+/// The version for a connection whose dialer speaks up to `their_newest`,
+/// or why there is none.
+pub fn negotiate(their_newest: u16) -> Result<u16, String> {
+    if their_newest < OLDEST {
+        return Err(format!(
+            "peer speaks protocol up to v{their_newest}; this node speaks v{OLDEST} to v{NEWEST}"
+        ));
+    }
+    Ok(their_newest.min(NEWEST))
+}
+
+/// The version a refusal names when a peer refused our hello because it
+/// does not speak the version we stated ("protocol vN only"), if it is
+/// older than `stated`.
+pub fn refused_for_version(reason: &str, stated: u16) -> Option<u16> {
+    let rest = reason.strip_prefix("protocol v")?;
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let v: u16 = digits.parse().ok()?;
+    (v >= OLDEST && v < stated).then_some(v)
+}
+
+impl Frame {
+    /// The protocol version that introduced this frame.
+    pub fn since(&self) -> u16 {
+        match self {
+            Frame::WelcomeV2 { .. } | Frame::DialerSession { .. } | Frame::RawBatch { .. } => 2,
+            Frame::Batch { changes } => changes.iter().map(|c| c.record.since()).max().unwrap_or(1),
+            _ => 1,
+        }
+    }
+}
+
+impl Record {
+    /// The protocol version that introduced this kind of record.
+    pub fn since(&self) -> u16 {
+        match self {
+            Record::Contact { .. } | Record::Alias { .. } => 1,
+            #[allow(unreachable_patterns)]
+            _ => 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_version_both_speak_is_used() {
+        assert_eq!(negotiate(1), Ok(1));
+        assert_eq!(negotiate(2), Ok(2));
+        assert_eq!(negotiate(9), Ok(NEWEST));
+        assert!(negotiate(0).unwrap_err().contains("v1 to v2"));
+    }
+
+    #[test]
+    fn a_v1_refusal_names_version_1() {
+        assert_eq!(refused_for_version("protocol v1 only", 2), Some(1));
+        assert_eq!(refused_for_version("protocol v2 only", 2), None);
+        assert_eq!(refused_for_version("authentication failed", 2), None);
+    }
+}
