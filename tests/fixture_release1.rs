@@ -812,6 +812,16 @@ fn the_fixture_journal_keeps_working_after_opening() {
     assert_eq!(j.min_acked().unwrap(), Some(10));
     assert_eq!(j.trim(10).unwrap(), 8);
     assert_eq!(j.first_available().unwrap(), 11);
+    // Each state row kept its expiry: once past it (and retention), the
+    // 7 contacts that expire go, present or deleted; the permanent
+    // contact and the 5 aliases stay.
+    assert_eq!(j.state_len().unwrap(), 13);
+    assert_eq!(
+        j.purge_state(4_200_000_000, at(100_000, 0), 1000).unwrap(),
+        7
+    );
+    assert_eq!(j.state_len().unwrap(), 6);
+    assert!(j.state_of(&f.local[7].1.key()).unwrap().is_some());
     drop(j);
     let j = Journal::open(&path).unwrap();
     assert_eq!(j.last_seq().unwrap(), 10);
