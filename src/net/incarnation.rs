@@ -85,7 +85,12 @@ impl Net {
                 self.incarnation
             ));
             match self.journal.set_meta(MINE, next as i64) {
-                Ok(()) => self.incarnation = next,
+                Ok(()) => {
+                    self.incarnation = next;
+                    // Peers that heard the old number hear the new one
+                    // when they connect again.
+                    self.reconnect_all = true;
+                }
                 Err(e) => log::error(format_args!("saving this node's incarnation: {e}")),
             }
             self.status

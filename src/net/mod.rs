@@ -22,10 +22,11 @@ use crate::journal::Journal;
 use crate::log::{self, RateLimit};
 use crate::status::{PeerState, Status};
 use crate::wire::auth;
-use crate::wire::version::{refused_for_version, NEWEST};
+use crate::wire::version::NEWEST;
 use crate::wire::{Frame, MAGIC, VERSION};
 
 mod conn;
+mod dispatch;
 mod handshake;
 mod inbound;
 mod incarnation;
@@ -34,7 +35,7 @@ mod outbound;
 mod snapshot;
 mod trim;
 
-use conn::{frame_name, Conn, Phase, Side, Verdict};
+use conn::{Conn, Phase, Side, Verdict};
 use members::Peer;
 
 const WAKER: Token = Token(0);
@@ -110,6 +111,8 @@ pub struct Net {
     /// This run's incarnation and run id (see incarnation.rs).
     incarnation: u64,
     run: u64,
+    /// The incarnation changed: every connection starts again.
+    reconnect_all: bool,
 }
 
 static STAGE_ERR: RateLimit = RateLimit::new(1000);
@@ -174,6 +177,7 @@ impl Net {
             ingest,
             incarnation,
             run: incarnation::fresh_run(),
+            reconnect_all: false,
         };
         Ok((net, waker))
     }
@@ -204,6 +208,11 @@ impl Net {
             while let Ok(cmd) = self.ingest.cmds.try_recv() {
                 match cmd {
                     NetCmd::Forget(id) => self.forget(&id),
+                }
+            }
+            if std::mem::take(&mut self.reconnect_all) {
+                for t in self.conns.keys().copied().collect::<Vec<_>>() {
+                    self.close(t, Verdict::Close("this node's incarnation changed".into()));
                 }
             }
             self.timers();
@@ -392,164 +401,6 @@ impl Net {
             }
         }
         self.flush(t);
-    }
-
-    /// Handles every complete frame buffered on `t`.
-    fn drain_frames(&mut self, t: Token) -> Verdict {
-        loop {
-            let Some(c) = self.conns.get_mut(&t) else {
-                return Verdict::Close(String::new());
-            };
-            let frame = match c.reader.next_frame() {
-                Ok(Some(f)) => f,
-                Ok(None) => return Verdict::Continue,
-                Err(e) => {
-                    let v = Verdict::Close(format!("protocol error: {e}"));
-                    self.close(t, Verdict::Close(format!("protocol error: {e}")));
-                    return v;
-                }
-            };
-            match self.handle(t, frame) {
-                Verdict::Continue => {}
-                v => {
-                    let copy = match &v {
-                        Verdict::Close(s) => Verdict::Close(s.clone()),
-                        Verdict::Refused(s) => Verdict::Refused(s.clone()),
-                        Verdict::Continue => Verdict::Continue,
-                    };
-                    self.close(t, v);
-                    return copy;
-                }
-            }
-        }
-    }
-
-    /// Dispatches one frame to the handler of its stage; the handler says
-    /// what happens to the connection next.
-    fn handle(&mut self, t: Token, frame: Frame) -> Verdict {
-        let c = self.conns.get(&t).expect("caller checked");
-        match (&c.side, &c.phase, frame) {
-            (
-                Side::Dial { .. },
-                Phase::AwaitChallenge,
-                Frame::Challenge {
-                    magic,
-                    version,
-                    node_id,
-                    nonce,
-                },
-            ) => self.on_challenge(t, magic, version, node_id, nonce),
-            (
-                Side::Dial { peer },
-                Phase::AwaitWelcome { nonce_a, nonce_d },
-                Frame::Welcome {
-                    tag,
-                    resume_after,
-                    snapshot,
-                },
-            ) => {
-                let (peer, nonce_a, nonce_d) = (*peer, *nonce_a, *nonce_d);
-                self.on_welcome(
-                    t,
-                    peer,
-                    (nonce_a, nonce_d),
-                    tag,
-                    resume_after,
-                    snapshot,
-                    None,
-                )
-            }
-            (
-                Side::Dial { peer },
-                Phase::AwaitWelcome { nonce_a, nonce_d },
-                Frame::WelcomeV2 {
-                    tag,
-                    resume_after,
-                    snapshot,
-                    session,
-                },
-            ) => {
-                let (peer, nonce_a, nonce_d) = (*peer, *nonce_a, *nonce_d);
-                let session = Some(session);
-                self.on_welcome(
-                    t,
-                    peer,
-                    (nonce_a, nonce_d),
-                    tag,
-                    resume_after,
-                    snapshot,
-                    session,
-                )
-            }
-            (Side::Dial { peer }, Phase::AwaitWelcome { .. }, Frame::Refuse { reason })
-                if refused_for_version(&reason, c.hello_version).is_some() =>
-            {
-                // An older node: say hello again stating what it speaks.
-                let v = refused_for_version(&reason, c.hello_version).expect("guarded");
-                let peer = *peer;
-                self.peers[peer].hello_version = v;
-                log::info(format_args!(
-                    "peer {} speaks protocol v{v} only: talking v{v} to it",
-                    self.peers[peer].text
-                ));
-                Verdict::Close(format!(
-                    "peer refused: {reason}; saying hello again with v{v}"
-                ))
-            }
-            (Side::Dial { .. }, _, Frame::Refuse { reason }) => {
-                Verdict::Refused(format!("peer refused: {reason}"))
-            }
-            (Side::Dial { peer }, Phase::Streaming, Frame::Ack { upto }) => {
-                let peer = *peer;
-                self.on_ack(t, peer, upto)
-            }
-            (Side::Dial { peer }, Phase::Streaming, Frame::TempFail { upto, reason }) => {
-                let peer = *peer;
-                self.on_temp_fail(t, peer, upto, reason)
-            }
-            (
-                Side::Accept,
-                Phase::AwaitHello { nonce_a },
-                Frame::Hello {
-                    magic,
-                    version,
-                    node_id,
-                    listen,
-                    nonce,
-                    tag,
-                },
-            ) => {
-                let nonce_a = *nonce_a;
-                self.on_hello(t, nonce_a, (magic, version), node_id, listen, nonce, tag)
-            }
-            (Side::Accept, Phase::Streaming, Frame::Batch { changes }) => {
-                let origin = c.remote_id.clone();
-                self.receive_batch(t, &origin, changes)
-            }
-            (
-                Side::Accept,
-                Phase::Streaming,
-                Frame::SnapshotChunk {
-                    upto,
-                    chunk,
-                    rows,
-                    last,
-                },
-            ) => self.on_snapshot_chunk(t, upto, chunk, rows, last),
-            (Side::Dial { peer }, Phase::Streaming, Frame::SnapshotAck { .. })
-                if c.snap.is_some() =>
-            {
-                let peer = *peer;
-                self.on_snapshot_ack(t, peer)
-            }
-            (_, Phase::Streaming, Frame::Members { members }) => self.on_members(t, members),
-            (Side::Accept, Phase::Streaming, Frame::DialerSession { session })
-                if c.version >= 2 =>
-            {
-                self.on_dialer_session(t, session)
-            }
-            (_, _, f) => Verdict::Close(format!("unexpected {} frame", frame_name(&f))),
-        }
     }
 
     fn flush(&mut self, t: Token) {
