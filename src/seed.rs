@@ -8,8 +8,9 @@
 //!
 //! And the other way round: contacts the journal holds as present that SER's
 //! database lacks (SER lost them: write-back mode killed before its flush,
-//! a write refused as "database is locked") are staged for applying, so SER
-//! gets them back.
+//! a write refused as "database is locked"), or holds in an older version
+//! (write-through mode killed between usrloc's callback and its database
+//! write), are staged for applying, so SER gets them back.
 //!
 //! Read from SER's database (the `db_url` modparam).
 
@@ -87,6 +88,16 @@ fn read_table(conn: &Connection, table: &str, now: i64) -> rusqlite::Result<Vec<
     Ok(out)
 }
 
+/// Whether a database row and a journaled contact are the same version of
+/// the contact: what a REGISTER changes always changes one of these.
+fn same_version(row: &Contact, journaled: &Contact) -> bool {
+    row.ruid == journaled.ruid
+        && row.callid == journaled.callid
+        && row.cseq == journaled.cseq
+        && row.expires == journaled.expires
+        && row.last_modified == journaled.last_modified
+}
+
 /// What a start-up comparison did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reconciled {
@@ -115,6 +126,9 @@ pub fn reconcile(
         .map_err(|e| e.to_string())?;
     let now = crate::hlc::wall_ms() as i64 / 1000;
     let mut in_db = std::collections::HashSet::new();
+    // Keys whose row the journal holds a later version of, with the row:
+    // SER wrote the callback's change to the journal, not to its table.
+    let mut older_in_db = std::collections::HashMap::new();
     for table in tables {
         let recs = read_table(&conn, table, now)
             .map_err(|e| format!("{}: table {table}: {e}", database.display()))?;
@@ -122,12 +136,16 @@ pub fn reconcile(
         for (stamp, rec) in recs {
             let key = rec.key();
             let held = journal.state_stamp(&key).map_err(|e| e.to_string())?;
-            in_db.insert(key);
+            in_db.insert(key.clone());
             // Seconds in the database against milliseconds in the journal.
-            if held.is_none_or(|h| {
-                crate::hlc::Hlc::millis(h) / 1000 < crate::hlc::Hlc::millis(stamp) / 1000
-            }) {
-                newer.push((stamp, rec));
+            let secs = |h: u64| crate::hlc::Hlc::millis(h) / 1000;
+            match held {
+                Some(h) if secs(h) >= secs(stamp) => {
+                    if let Record::Contact { contact, .. } = rec {
+                        older_in_db.insert(key, contact);
+                    }
+                }
+                _ => newer.push((stamp, rec)),
             }
         }
         for chunk in newer.chunks(5000) {
@@ -144,7 +162,17 @@ pub fn reconcile(
         })
         .map_err(|e| e.to_string())?
         .into_iter()
-        .filter(|(_, _, rec)| !in_db.contains(&rec.key()))
+        .filter(|(_, _, rec)| {
+            let key = rec.key();
+            if !in_db.contains(&key) {
+                return true;
+            }
+            // Held in both: SER's row is stale if it is another version.
+            match (older_in_db.get(&key), rec) {
+                (Some(row), Record::Contact { contact, .. }) => !same_version(row, contact),
+                _ => false,
+            }
+        })
         .collect::<Vec<_>>();
     out.restored = missing.len();
     if !missing.is_empty() {
@@ -229,5 +257,38 @@ mod tests {
         let staged = j.inbox_peek(10).unwrap();
         assert_eq!(staged.len(), 1);
         assert_eq!(staged[0].record, contact("alice", now + 3600));
+        let first = staged[0].id;
+        j.inbox_done(first).unwrap();
+        // A write-through node killed between usrloc's callback and its
+        // database write: the journal holds bob's refresh, SER's table the
+        // version before. SER gets the journal's back.
+        let mut refreshed = later.clone();
+        let Record::Contact { contact: c, .. } = &mut refreshed else {
+            unreachable!()
+        };
+        c.cseq = 10;
+        c.last_modified = now + 20;
+        c.expires = now + 9000;
+        j.append_local(
+            "n1",
+            &[(((now as u64 + 20) * 1000) << 16, refreshed.clone())],
+        )
+        .unwrap();
+        let r = reconcile(&mut j, "n1", &db, &tables).unwrap();
+        assert_eq!(
+            r,
+            Reconciled {
+                journaled: 0,
+                restored: 2
+            },
+            "bob's newer version, and alice still missing"
+        );
+        let staged: Vec<Record> = j
+            .inbox_peek(10)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.record)
+            .collect();
+        assert!(staged.contains(&refreshed), "{staged:?}");
     }
 }
