@@ -4,9 +4,9 @@
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::state::{expires_at, STATE_LWW};
-use super::{Journal, SnapRow};
+use super::Journal;
 use crate::error::JournalError;
-use crate::record::{Change, Record};
+use crate::record::{Change, Record, SnapRow};
 use crate::wire::codec;
 
 /// Stages a remote change; its key lets the applier check it against the

@@ -24,7 +24,6 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::error::JournalError;
-use crate::record::Record;
 
 pub use inbox::{StageOutcome, Staged};
 use schema::SCHEMA_VERSION;
@@ -47,14 +46,6 @@ fn busy_wait(retries: i32) -> bool {
     };
     std::thread::sleep(step);
     true
-}
-
-/// One row of a snapshot: a key's latest version and where it came from.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SnapRow {
-    pub origin: String,
-    pub hlc: u64,
-    pub record: Record,
 }
 
 fn is_corruption(e: &rusqlite::Error) -> bool {
@@ -161,7 +152,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Contact, Op};
+    use crate::record::{Contact, Op, Record};
 
     pub(super) fn rec(aor: &str, cseq: i32) -> Record {
         Record::Contact {

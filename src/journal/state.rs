@@ -3,9 +3,9 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::{Journal, SnapRow};
+use super::Journal;
 use crate::error::JournalError;
-use crate::record::Record;
+use crate::record::{Record, SnapRow};
 use crate::wire::codec;
 
 /// Keeps the newer of two versions of a key: last writer wins on
