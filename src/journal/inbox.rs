@@ -4,7 +4,7 @@
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::state::{expires_at, STATE_LWW};
-use super::Journal;
+use super::{Fault, Journal};
 use crate::error::JournalError;
 use crate::record::{Change, Record, SnapRow};
 use crate::wire::codec;
@@ -44,64 +44,56 @@ impl Journal {
         origin: &str,
         changes: &[Change],
     ) -> Result<StageOutcome, JournalError> {
-        let sq = self.sq();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&sq)?;
-        let held: u64 = tx
-            .query_row(
-                "SELECT seq FROM received WHERE origin = ?1",
-                [origin],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .map_err(&sq)?
-            .unwrap_or(0) as u64;
-        let mut out = StageOutcome {
-            upto: held,
-            ..Default::default()
-        };
-        {
-            let mut st = tx.prepare_cached(STATE_LWW).map_err(&sq)?;
-            let mut ins = tx.prepare_cached(INBOX_INSERT).map_err(&sq)?;
-            let mut body = Vec::with_capacity(512);
-            for ch in changes {
-                if ch.seq <= out.upto {
-                    continue;
-                }
-                out.upto = ch.seq;
-                out.fresh += 1;
-                body.clear();
-                codec::encode_into(&ch.record, &mut body).expect("encoding into a Vec cannot fail");
-                let key = ch.record.key();
-                let won = st
-                    .execute(params![
+        self.write(|tx| {
+            let held: u64 = tx
+                .query_row(
+                    "SELECT seq FROM received WHERE origin = ?1",
+                    [origin],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?
+                .unwrap_or(0) as u64;
+            let mut out = StageOutcome {
+                upto: held,
+                ..Default::default()
+            };
+            {
+                let mut st = tx.prepare_cached(STATE_LWW)?;
+                let mut ins = tx.prepare_cached(INBOX_INSERT)?;
+                let mut body = Vec::with_capacity(512);
+                for ch in changes {
+                    if ch.seq <= out.upto {
+                        continue;
+                    }
+                    out.upto = ch.seq;
+                    out.fresh += 1;
+                    body.clear();
+                    codec::encode_into(&ch.record, &mut body)
+                        .expect("encoding into a Vec cannot fail");
+                    let key = ch.record.key();
+                    let won = st.execute(params![
                         key,
                         ch.hlc as i64,
                         origin,
                         body,
                         expires_at(&ch.record)
-                    ])
-                    .map_err(&sq)?;
-                if won == 0 {
-                    out.superseded += 1;
-                    continue;
+                    ])?;
+                    if won == 0 {
+                        out.superseded += 1;
+                        continue;
+                    }
+                    ins.execute(params![origin, ch.hlc as i64, body, key])?;
                 }
-                ins.execute(params![origin, ch.hlc as i64, body, key])
-                    .map_err(&sq)?;
             }
-        }
-        if out.upto > held {
-            tx.execute(
-                "INSERT INTO received (origin, seq) VALUES (?1, ?2)
-                 ON CONFLICT(origin) DO UPDATE SET seq = excluded.seq",
-                params![origin, out.upto as i64],
-            )
-            .map_err(&sq)?;
-        }
-        tx.commit().map_err(&sq)?;
-        Ok(out)
+            if out.upto > held {
+                tx.execute(
+                    "INSERT INTO received (origin, seq) VALUES (?1, ?2)
+                     ON CONFLICT(origin) DO UPDATE SET seq = excluded.seq",
+                    params![origin, out.upto as i64],
+                )?;
+            }
+            Ok(out)
+        })
     }
 
     /// Stages one snapshot chunk from `origin` in one transaction: each
@@ -116,96 +108,79 @@ impl Journal {
         rows: &[SnapRow],
         last: bool,
     ) -> Result<StageOutcome, JournalError> {
-        let sq = self.sq();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&sq)?;
-        let mut out = StageOutcome {
-            upto,
-            ..Default::default()
-        };
-        {
-            let mut st = tx.prepare_cached(STATE_LWW).map_err(&sq)?;
-            let mut ins = tx.prepare_cached(INBOX_INSERT).map_err(&sq)?;
-            let mut body = Vec::with_capacity(512);
-            for row in rows {
-                out.fresh += 1;
-                body.clear();
-                codec::encode_into(&row.record, &mut body)
-                    .expect("encoding into a Vec cannot fail");
-                let key = row.record.key();
-                if st
-                    .execute(params![
+        self.write(|tx| {
+            let mut out = StageOutcome {
+                upto,
+                ..Default::default()
+            };
+            {
+                let mut st = tx.prepare_cached(STATE_LWW)?;
+                let mut ins = tx.prepare_cached(INBOX_INSERT)?;
+                let mut body = Vec::with_capacity(512);
+                for row in rows {
+                    out.fresh += 1;
+                    body.clear();
+                    codec::encode_into(&row.record, &mut body)
+                        .expect("encoding into a Vec cannot fail");
+                    let key = row.record.key();
+                    if st.execute(params![
                         key,
                         row.hlc as i64,
                         row.origin,
                         body,
                         expires_at(&row.record)
-                    ])
-                    .map_err(&sq)?
-                    == 0
-                {
-                    out.superseded += 1;
-                    continue;
+                    ])? == 0
+                    {
+                        out.superseded += 1;
+                        continue;
+                    }
+                    ins.execute(params![row.origin, row.hlc as i64, body, key])?;
                 }
-                ins.execute(params![row.origin, row.hlc as i64, body, key])
-                    .map_err(&sq)?;
             }
-        }
-        if last {
-            tx.execute("DELETE FROM snapshot_in WHERE origin = ?1", [origin])
-                .map_err(&sq)?;
-            tx.execute(
-                "INSERT INTO received (origin, seq) VALUES (?1, ?2)
-                 ON CONFLICT(origin) DO UPDATE SET seq = max(seq, excluded.seq)",
-                params![origin, upto as i64],
-            )
-            .map_err(&sq)?;
-        } else if let Some(lastrow) = rows.last() {
-            tx.execute(
-                "INSERT INTO snapshot_in (origin, upto, after_key) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(origin) DO UPDATE SET upto = excluded.upto, after_key = excluded.after_key",
-                params![origin, upto as i64, lastrow.record.key()],
-            )
-            .map_err(&sq)?;
-        }
-        tx.commit().map_err(&sq)?;
-        Ok(out)
+            if last {
+                tx.execute("DELETE FROM snapshot_in WHERE origin = ?1", [origin])?;
+                tx.execute(
+                    "INSERT INTO received (origin, seq) VALUES (?1, ?2)
+                     ON CONFLICT(origin) DO UPDATE SET seq = max(seq, excluded.seq)",
+                    params![origin, upto as i64],
+                )?;
+            } else if let Some(lastrow) = rows.last() {
+                tx.execute(
+                    "INSERT INTO snapshot_in (origin, upto, after_key) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(origin) DO UPDATE SET upto = excluded.upto, after_key = excluded.after_key",
+                    params![origin, upto as i64, lastrow.record.key()],
+                )?;
+            }
+            Ok(out)
+        })
     }
 
     /// Where a snapshot from `origin` stopped, if one is in progress:
     /// (the sender's sequence it is consistent with, last key received).
     pub fn snapshot_progress(&self, origin: &str) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
-        self.conn
-            .query_row(
+        self.run(|c| {
+            Ok(c.query_row(
                 "SELECT upto, after_key FROM snapshot_in WHERE origin = ?1",
                 [origin],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
             )
-            .optional()
-            .map_err(|e| self.err(e))
+            .optional()?)
+        })
     }
 
     /// Stages versions the state already holds for applying into SER again
     /// (SER lost them). They keep their stamp, so they stay current.
     pub fn stage_restore(&mut self, records: &[(u64, String, Record)]) -> Result<(), JournalError> {
-        let sq = self.sq();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&sq)?;
-        {
-            let mut ins = tx.prepare_cached(INBOX_INSERT).map_err(&sq)?;
+        self.write(|tx| {
+            let mut ins = tx.prepare_cached(INBOX_INSERT)?;
             let mut body = Vec::with_capacity(512);
             for (hlc, origin, rec) in records {
                 body.clear();
                 codec::encode_into(rec, &mut body).expect("encoding into a Vec cannot fail");
-                ins.execute(params![origin, *hlc as i64, body, rec.key()])
-                    .map_err(&sq)?;
+                ins.execute(params![origin, *hlc as i64, body, rec.key()])?;
             }
-        }
-        tx.commit().map_err(&sq)
+            Ok(())
+        })
     }
 
     /// The oldest staged changes, at most `limit`, without those another
@@ -216,44 +191,28 @@ impl Journal {
         &mut self,
         limit: usize,
     ) -> Result<(Vec<Staged>, Option<i64>), JournalError> {
-        let sq = self.sq();
         // One read transaction: one consistent view, one lock.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Deferred)
-            .map_err(&sq)?;
-        let mut out = Vec::new();
-        let mut last_id = None;
-        {
+        self.transaction(TransactionBehavior::Deferred, |tx| {
+            let mut out = Vec::new();
+            let mut last_id = None;
             // A change is still current unless the state holds another
             // version of its key (a newer one, local or remote).
-            let mut peek = tx
-                .prepare_cached(
-                    "SELECT i.id, i.origin, i.hlc, i.body,
-                            s.key IS NULL OR (s.hlc = i.hlc AND s.origin = i.origin)
-                     FROM inbox i LEFT JOIN state s ON s.key = i.key
-                     ORDER BY i.id LIMIT ?1",
-                )
-                .map_err(&sq)?;
-            let mut rows = peek.query([limit as i64]).map_err(&sq)?;
-            while let Some(r) = rows.next().map_err(&sq)? {
-                let (id, origin, hlc, body, current): (i64, String, i64, Vec<u8>, bool) = (
-                    r.get(0).map_err(&sq)?,
-                    r.get(1).map_err(&sq)?,
-                    r.get(2).map_err(&sq)?,
-                    r.get(3).map_err(&sq)?,
-                    r.get(4).map_err(&sq)?,
-                );
+            let mut peek = tx.prepare_cached(
+                "SELECT i.id, i.origin, i.hlc, i.body,
+                        s.key IS NULL OR (s.hlc = i.hlc AND s.origin = i.origin)
+                 FROM inbox i LEFT JOIN state s ON s.key = i.key
+                 ORDER BY i.id LIMIT ?1",
+            )?;
+            let mut rows = peek.query([limit as i64])?;
+            while let Some(r) = rows.next()? {
+                let (id, origin, hlc, body, current): (i64, String, i64, Vec<u8>, bool) =
+                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
                 last_id = Some(id);
                 if !current {
                     continue;
                 }
                 let record: Record =
-                    codec::decode(&body).map_err(|detail| JournalError::BadRecord {
-                        path: self.path.display().to_string(),
-                        seq: id,
-                        detail,
-                    })?;
+                    codec::decode(&body).map_err(|detail| Fault::BadRecord { seq: id, detail })?;
                 out.push(Staged {
                     id,
                     origin,
@@ -261,70 +220,61 @@ impl Journal {
                     record,
                 });
             }
-        }
-        tx.commit().map_err(&sq)?;
-        Ok((out, last_id))
+            Ok((out, last_id))
+        })
     }
 
     /// Keys of every change staged and not yet applied.
     pub fn inbox_keys(&self) -> Result<std::collections::HashSet<Vec<u8>>, JournalError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT key FROM inbox WHERE key IS NOT NULL")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, Vec<u8>>(0))
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        self.run(|c| {
+            let mut stmt = c.prepare_cached("SELECT key FROM inbox WHERE key IS NOT NULL")?;
+            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
     }
 
     /// The oldest staged changes, at most `limit`.
     pub fn inbox_peek(&self, limit: usize) -> Result<Vec<Staged>, JournalError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id, origin, hlc, body FROM inbox ORDER BY id LIMIT ?1")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([limit as i64], |r| {
+        self.run(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT id, origin, hlc, body FROM inbox ORDER BY id LIMIT ?1")?;
+            let rows = stmt.query_map([limit as i64], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, Vec<u8>>(3)?,
                 ))
-            })
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, origin, hlc, body) = row.map_err(|e| self.err(e))?;
-            let record = codec::decode(&body).map_err(|detail| JournalError::BadRecord {
-                path: self.path.display().to_string(),
-                seq: id,
-                detail,
             })?;
-            out.push(Staged {
-                id,
-                origin,
-                hlc: hlc as u64,
-                record,
-            });
-        }
-        Ok(out)
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, origin, hlc, body) = row?;
+                let record =
+                    codec::decode(&body).map_err(|detail| Fault::BadRecord { seq: id, detail })?;
+                out.push(Staged {
+                    id,
+                    origin,
+                    hlc: hlc as u64,
+                    record,
+                });
+            }
+            Ok(out)
+        })
     }
 
     /// Removes staged changes up to and including `id`: they are applied.
     pub fn inbox_done(&mut self, upto_id: i64) -> Result<(), JournalError> {
-        self.conn
-            .execute("DELETE FROM inbox WHERE id <= ?1", [upto_id])
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+        self.run(|c| {
+            c.execute("DELETE FROM inbox WHERE id <= ?1", [upto_id])?;
+            Ok(())
+        })
     }
 
     pub fn inbox_len(&self) -> Result<u64, JournalError> {
-        self.conn
-            .query_row("SELECT count(*) FROM inbox", [], |r| r.get::<_, i64>(0))
-            .map(|v| v as u64)
-            .map_err(|e| self.err(e))
+        self.run(|c| {
+            let n = c.query_row("SELECT count(*) FROM inbox", [], |r| r.get::<_, i64>(0))?;
+            Ok(n as u64)
+        })
     }
 }
 

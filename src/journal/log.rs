@@ -1,9 +1,9 @@
 //! The log: this node's own changes under their sequence numbers.
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::state::{expires_at, STATE_LOCAL};
-use super::Journal;
+use super::{Fault, Journal};
 use crate::error::JournalError;
 use crate::record::{Change, Record};
 use crate::wire::codec;
@@ -22,68 +22,56 @@ impl Journal {
         if records.is_empty() {
             return Ok((self.last_seq()?, 0));
         }
-        let sq = self.sq();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&sq)?;
-        let mut appended = 0;
-        let mut seq = Self::last_seq_in(&tx).map_err(&sq)?;
-        {
-            let mut ins = tx
-                .prepare_cached("INSERT INTO log (seq, hlc, body) VALUES (?1, ?2, ?3)")
-                .map_err(&sq)?;
-            let mut st = tx.prepare_cached(STATE_LOCAL).map_err(&sq)?;
+        self.write(|tx| {
+            let mut appended = 0;
+            let mut seq = Self::last_seq_in(tx)?;
+            let mut ins =
+                tx.prepare_cached("INSERT INTO log (seq, hlc, body) VALUES (?1, ?2, ?3)")?;
+            let mut st = tx.prepare_cached(STATE_LOCAL)?;
             let mut body = Vec::with_capacity(512);
             for (hlc, rec) in records {
                 body.clear();
                 codec::encode_into(rec, &mut body).expect("encoding into a Vec cannot fail");
                 // Journaled only if it changes the state: not a version
                 // the state already holds, nor one older than it holds.
-                let changed = st
-                    .execute(params![
-                        rec.key(),
-                        *hlc as i64,
-                        node_id,
-                        body,
-                        expires_at(rec)
-                    ])
-                    .map_err(&sq)?;
+                let changed = st.execute(params![
+                    rec.key(),
+                    *hlc as i64,
+                    node_id,
+                    body,
+                    expires_at(rec)
+                ])?;
                 if changed == 0 {
                     continue;
                 }
                 seq += 1;
-                ins.execute(params![seq as i64, *hlc as i64, body])
-                    .map_err(&sq)?;
+                ins.execute(params![seq as i64, *hlc as i64, body])?;
                 appended += 1;
             }
-        }
-        tx.commit().map_err(&sq)?;
-        Ok((seq, appended))
+            Ok((seq, appended))
+        })
     }
 
-    fn last_seq_in(conn: &Connection) -> Result<u64, rusqlite::Error> {
-        conn.query_row(
+    fn last_seq_in(conn: &Connection) -> Result<u64, Fault> {
+        let last = conn.query_row(
             "SELECT max(coalesce((SELECT max(seq) FROM log), 0),
                         coalesce((SELECT v FROM meta WHERE k = 'seq_floor'), 0))",
             [],
             |r| r.get::<_, i64>(0),
-        )
-        .map(|v| v as u64)
+        )?;
+        Ok(last as u64)
     }
 
     /// The highest local sequence ever issued (trimmed or not).
     pub fn last_seq(&self) -> Result<u64, JournalError> {
-        Self::last_seq_in(&self.conn).map_err(|e| self.err(e))
+        self.run(Self::last_seq_in)
     }
 
     /// The lowest local sequence still in the log; `last_seq + 1` if the
     /// log is empty. A peer that needs anything below it gets a snapshot.
     pub fn first_available(&self) -> Result<u64, JournalError> {
-        let min: Option<i64> = self
-            .conn
-            .query_row("SELECT min(seq) FROM log", [], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
+        let min: Option<i64> =
+            self.run(|c| Ok(c.query_row("SELECT min(seq) FROM log", [], |r| r.get(0))?))?;
         match min {
             Some(m) => Ok(m as u64),
             None => Ok(self.last_seq()? + 1),
@@ -94,74 +82,64 @@ impl Journal {
     /// ended for them). The state table keeps the latest version of every
     /// key, which is what a snapshot sends. Returns entries removed.
     pub fn trim(&mut self, upto: u64) -> Result<usize, JournalError> {
-        let sq = self.sq();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&sq)?;
-        let n = tx
-            .execute("DELETE FROM log WHERE seq <= ?1", [upto as i64])
-            .map_err(&sq)?;
-        if n > 0 {
-            tx.execute(
-                "INSERT INTO meta (k, v) VALUES ('seq_floor', ?1)
-                 ON CONFLICT(k) DO UPDATE SET v = max(v, excluded.v)",
-                [upto as i64],
-            )
-            .map_err(&sq)?;
-        }
-        tx.commit().map_err(&sq)?;
-        Ok(n)
+        self.write(|tx| {
+            let n = tx.execute("DELETE FROM log WHERE seq <= ?1", [upto as i64])?;
+            if n > 0 {
+                tx.execute(
+                    "INSERT INTO meta (k, v) VALUES ('seq_floor', ?1)
+                     ON CONFLICT(k) DO UPDATE SET v = max(v, excluded.v)",
+                    [upto as i64],
+                )?;
+            }
+            Ok(n)
+        })
     }
 
     pub fn log_len(&self) -> Result<u64, JournalError> {
-        self.conn
-            .query_row("SELECT count(*) FROM log", [], |r| r.get::<_, i64>(0))
-            .map(|v| v as u64)
-            .map_err(|e| self.err(e))
+        self.run(|c| {
+            let n = c.query_row("SELECT count(*) FROM log", [], |r| r.get::<_, i64>(0))?;
+            Ok(n as u64)
+        })
     }
 
     /// Local changes after `after`, at most `limit`, in sequence order.
     pub fn read_log(&self, after: u64, limit: usize) -> Result<Vec<Change>, JournalError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT seq, hlc, body FROM log WHERE seq > ?1 ORDER BY seq LIMIT ?2")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![after as i64, limit as i64], |r| {
+        self.run(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, hlc, body FROM log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, Vec<u8>>(2)?,
                 ))
-            })
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, hlc, body) = row.map_err(|e| self.err(e))?;
-            let record = codec::decode(&body).map_err(|detail| JournalError::BadRecord {
-                path: self.path.display().to_string(),
-                seq,
-                detail,
             })?;
-            out.push(Change {
-                seq: seq as u64,
-                hlc: hlc as u64,
-                record,
-            });
-        }
-        Ok(out)
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, hlc, body) = row?;
+                let record =
+                    codec::decode(&body).map_err(|detail| Fault::BadRecord { seq, detail })?;
+                out.push(Change {
+                    seq: seq as u64,
+                    hlc: hlc as u64,
+                    record,
+                });
+            }
+            Ok(out)
+        })
     }
 
     /// The journal time (HLC) of local change `seq`, if still held.
     pub fn hlc_of(&self, seq: u64) -> Result<Option<u64>, JournalError> {
-        self.conn
-            .query_row("SELECT hlc FROM log WHERE seq = ?1", [seq as i64], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()
-            .map(|v| v.map(|h| h as u64))
-            .map_err(|e| self.err(e))
+        self.run(|c| {
+            let hlc = c
+                .query_row("SELECT hlc FROM log WHERE seq = ?1", [seq as i64], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .optional()?;
+            Ok(hlc.map(|h| h as u64))
+        })
     }
 
     /// Moves every local sequence of this journal (log entries and the
@@ -173,25 +151,18 @@ impl Journal {
     /// which staging recognises as versions it has. Returns the new last
     /// sequence.
     pub fn renumber_after(&mut self, after: u64) -> Result<u64, JournalError> {
-        let sq = self.sq();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&sq)?;
-        let last = Self::last_seq_in(&tx).map_err(&sq)?;
-        // Beyond the last sequence too: no new number meets an old one.
-        let shift = after.max(last) as i64;
-        tx.execute("UPDATE log SET seq = seq + ?1", [shift])
-            .map_err(&sq)?;
-        tx.execute(
-            "INSERT INTO meta (k, v) VALUES ('seq_floor', ?1)
-             ON CONFLICT(k) DO UPDATE SET v = v + ?1",
-            [shift],
-        )
-        .map_err(&sq)?;
-        let new_last = Self::last_seq_in(&tx).map_err(&sq)?;
-        tx.commit().map_err(&sq)?;
-        Ok(new_last)
+        self.write(|tx| {
+            let last = Self::last_seq_in(tx)?;
+            // Beyond the last sequence too: no new number meets an old one.
+            let shift = after.max(last) as i64;
+            tx.execute("UPDATE log SET seq = seq + ?1", [shift])?;
+            tx.execute(
+                "INSERT INTO meta (k, v) VALUES ('seq_floor', ?1)
+                 ON CONFLICT(k) DO UPDATE SET v = v + ?1",
+                [shift],
+            )?;
+            Self::last_seq_in(tx)
+        })
     }
 }
 

@@ -1,11 +1,20 @@
 //! The SQLite journal: local changes with their sequence numbers, each
 //! peer's acknowledged position, remote changes staged for applying, and
-//! the last-writer-wins state per key.
+//! the last-writer-wins state per key. One [`Journal`] type; its methods
+//! live beside the tables they use: `log` (local changes),
+//! `state` (latest version per key), `inbox` (staged remote changes),
+//! `peers` (positions, members, meta), `retention` (what may be trimmed),
+//! `schema` (migrations).
 //!
 //! Durability: the journal runs in WAL mode with `synchronous=FULL`. A
 //! method that returns `Ok` has committed its transaction and the WAL has
 //! been fsync'ed: the change survives a crash of the process and of the
-//! machine. Nothing is durable before that return.
+//! machine. Nothing is durable before that return. A method that runs
+//! several statements runs them in one IMMEDIATE transaction (`write`
+//! below): all of them are durable, or none. A method that runs a single
+//! statement (`set_acked`, `save_member`, `set_meta`, `inbox_done`,
+//! `purge_state`) lets SQLite commit that statement alone, with the same
+//! guarantee on return.
 //!
 //! Each thread of the engine opens its own [`Journal`] on the same file;
 //! SQLite serialises writers (busy timeout) and WAL lets readers run
@@ -21,7 +30,7 @@ mod state;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::error::JournalError;
 
@@ -48,6 +57,37 @@ fn busy_wait(retries: i32) -> bool {
     true
 }
 
+/// A failure inside a journal method, before [`Fault::at`] names the
+/// journal's file in it: the one mapping onto [`JournalError`]. SQLite
+/// errors become faults by `?`.
+#[derive(Debug)]
+enum Fault {
+    Sqlite(rusqlite::Error),
+    /// A stored record that does not decode: `seq` is its log sequence or
+    /// inbox id (-1 for a state row).
+    BadRecord {
+        seq: i64,
+        detail: String,
+    },
+}
+
+impl From<rusqlite::Error> for Fault {
+    fn from(e: rusqlite::Error) -> Self {
+        Fault::Sqlite(e)
+    }
+}
+
+impl Fault {
+    /// The one mapping of a journal failure onto [`JournalError`].
+    fn at(self, path: &Path) -> JournalError {
+        let path = path.display().to_string();
+        match self {
+            Fault::Sqlite(source) => JournalError::Sqlite { path, source },
+            Fault::BadRecord { seq, detail } => JournalError::BadRecord { path, seq, detail },
+        }
+    }
+}
+
 fn is_corruption(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
@@ -62,10 +102,6 @@ impl Journal {
     /// open again to start afresh.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
         let p = path.display().to_string();
-        let sq = |source| JournalError::Sqlite {
-            path: p.clone(),
-            source,
-        };
         match Self::open_inner(path) {
             Ok(j) => Ok(j),
             Err(e) if is_corruption(&e) => {
@@ -87,7 +123,7 @@ impl Journal {
                     supported: SCHEMA_VERSION,
                 })
             }
-            Err(e) => Err(sq(e)),
+            Err(e) => Err(Fault::Sqlite(e).at(path)),
         }
     }
 
@@ -131,21 +167,35 @@ impl Journal {
         &self.path
     }
 
-    /// Maps SQLite errors to this journal's error naming its file, for
-    /// use while a transaction borrows the connection.
-    fn sq(&self) -> impl Fn(rusqlite::Error) -> JournalError {
-        let path = self.path.display().to_string();
-        move |source| JournalError::Sqlite {
-            path: path.clone(),
-            source,
-        }
+    /// Runs `f` on the connection without a transaction of its own: reads,
+    /// and single statements SQLite commits alone.
+    fn run<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Fault>) -> Result<T, JournalError> {
+        f(&self.conn).map_err(|e| e.at(&self.path))
     }
 
-    fn err(&self, source: rusqlite::Error) -> JournalError {
-        JournalError::Sqlite {
-            path: self.path.display().to_string(),
-            source,
-        }
+    /// Runs `f` in one IMMEDIATE transaction (the write lock taken at its
+    /// start) and commits it: durable when this returns `Ok`; rolled back
+    /// when `f` fails.
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&Transaction) -> Result<T, Fault>,
+    ) -> Result<T, JournalError> {
+        self.transaction(TransactionBehavior::Immediate, f)
+    }
+
+    fn transaction<T>(
+        &mut self,
+        behavior: TransactionBehavior,
+        f: impl FnOnce(&Transaction) -> Result<T, Fault>,
+    ) -> Result<T, JournalError> {
+        let conn = &mut self.conn;
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(behavior)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        result.map_err(|e: Fault| e.at(&self.path))
     }
 }
 

@@ -9,12 +9,12 @@ use crate::error::JournalError;
 impl Journal {
     /// The lowest acknowledged position among every peer ever seen.
     pub fn min_acked(&self) -> Result<Option<u64>, JournalError> {
-        self.conn
-            .query_row("SELECT min(acked) FROM peer_acked", [], |r| {
+        self.run(|c| {
+            let min = c.query_row("SELECT min(acked) FROM peer_acked", [], |r| {
                 r.get::<_, Option<i64>>(0)
-            })
-            .map(|v| v.map(|a| a as u64))
-            .map_err(|e| self.err(e))
+            })?;
+            Ok(min.map(|a| a as u64))
+        })
     }
 
     /// The sequence before the first entry stamped at or after `hlc` (for
@@ -23,25 +23,24 @@ impl Journal {
     /// trimmed. An old-stamped entry among young ones (a start-up
     /// comparison's row keeps its age) never lets younger ones go early.
     pub fn last_seq_before(&self, hlc: u64) -> Result<u64, JournalError> {
-        let first_young: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT seq FROM log WHERE hlc >= ?1 ORDER BY seq LIMIT 1",
-                [hlc as i64],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        match first_young {
-            Some(seq) => Ok(seq as u64 - 1),
-            None => self
-                .conn
-                .query_row("SELECT coalesce(max(seq), 0) FROM log", [], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .map(|v| v as u64)
-                .map_err(|e| self.err(e)),
-        }
+        self.run(|c| {
+            let first_young: Option<i64> = c
+                .query_row(
+                    "SELECT seq FROM log WHERE hlc >= ?1 ORDER BY seq LIMIT 1",
+                    [hlc as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match first_young {
+                Some(seq) => Ok(seq as u64 - 1),
+                None => {
+                    let last = c.query_row("SELECT coalesce(max(seq), 0) FROM log", [], |r| {
+                        r.get::<_, i64>(0)
+                    })?;
+                    Ok(last as u64)
+                }
+            }
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::Journal;
+use super::{Fault, Journal};
 use crate::error::JournalError;
 use crate::record::{Record, SnapRow};
 use crate::wire::codec;
@@ -40,27 +40,25 @@ impl Journal {
         let lo = crate::record::alias_table_prefix(table);
         let mut hi = lo.clone();
         hi.push(0xff);
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT key, body FROM state WHERE key > ?1 AND key < ?2")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![lo, hi], |r| {
+        self.run(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT key, body FROM state WHERE key > ?1 AND key < ?2")?;
+            let rows = stmt.query_map(params![lo, hi], |r| {
                 Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (key, body) = row.map_err(|e| self.err(e))?;
-            if let Ok(Record::Alias {
-                op: crate::record::Op::Upsert,
-                ..
-            }) = codec::decode::<Record>(&body)
-            {
-                out.push(key);
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (key, body) = row?;
+                if let Ok(Record::Alias {
+                    op: crate::record::Op::Upsert,
+                    ..
+                }) = codec::decode::<Record>(&body)
+                {
+                    out.push(key);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// (hlc, origin, record) of every contact the state holds as present
@@ -69,58 +67,58 @@ impl Journal {
         &self,
         keep: impl Fn(&crate::record::Contact) -> bool,
     ) -> Result<Vec<(u64, String, Record)>, JournalError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
+        self.run(|c| {
+            let mut stmt = c.prepare_cached(
                 "SELECT hlc, origin, body FROM state WHERE key >= X'63' AND key < X'64'",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
+            )?;
+            let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, Vec<u8>>(2)?,
                 ))
-            })
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (hlc, origin, body) = row.map_err(|e| self.err(e))?;
-            if let Ok(
-                rec @ Record::Contact {
-                    op: crate::record::Op::Upsert,
-                    ..
-                },
-            ) = codec::decode::<Record>(&body)
-            {
-                let Record::Contact { contact, .. } = &rec else {
-                    unreachable!()
-                };
-                if keep(contact) {
-                    out.push((hlc as u64, origin, rec));
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (hlc, origin, body) = row?;
+                if let Ok(
+                    rec @ Record::Contact {
+                        op: crate::record::Op::Upsert,
+                        ..
+                    },
+                ) = codec::decode::<Record>(&body)
+                {
+                    let Record::Contact { contact, .. } = &rec else {
+                        unreachable!()
+                    };
+                    if keep(contact) {
+                        out.push((hlc as u64, origin, rec));
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The stamp of the version the state holds for `key`.
     pub fn state_stamp(&self, key: &[u8]) -> Result<Option<u64>, JournalError> {
-        self.conn
-            .prepare_cached("SELECT hlc FROM state WHERE key = ?1")
-            .and_then(|mut st| st.query_row([key], |r| r.get::<_, i64>(0)).optional())
-            .map(|v| v.map(|h| h as u64))
-            .map_err(|e| self.err(e))
+        self.run(|c| {
+            let hlc = c
+                .prepare_cached("SELECT hlc FROM state WHERE key = ?1")?
+                .query_row([key], |r| r.get::<_, i64>(0))
+                .optional()?;
+            Ok(hlc.map(|h| h as u64))
+        })
     }
 
     /// The record the state holds for `key`, if any.
     pub fn state_of(&self, key: &[u8]) -> Result<Option<Record>, JournalError> {
-        let body: Option<Vec<u8>> = self
-            .conn
-            .query_row("SELECT body FROM state WHERE key = ?1", [key], |r| r.get(0))
-            .optional()
-            .map_err(|e| self.err(e))?;
+        let body: Option<Vec<u8>> = self.run(|c| {
+            Ok(
+                c.query_row("SELECT body FROM state WHERE key = ?1", [key], |r| r.get(0))
+                    .optional()?,
+            )
+        })?;
         Ok(body.and_then(|b| codec::decode(&b).ok()))
     }
 
@@ -135,22 +133,22 @@ impl Journal {
         before_hlc: u64,
         limit: usize,
     ) -> Result<usize, JournalError> {
-        self.conn
-            .execute(
+        self.run(|c| {
+            Ok(c.execute(
                 "DELETE FROM state WHERE key IN (
                      SELECT key FROM state
                      WHERE expires_at IS NOT NULL AND expires_at < ?1 AND hlc < ?2
                      LIMIT ?3)",
                 params![now, before_hlc as i64, limit as i64],
-            )
-            .map_err(|e| self.err(e))
+            )?)
+        })
     }
 
     pub fn state_len(&self) -> Result<u64, JournalError> {
-        self.conn
-            .query_row("SELECT count(*) FROM state", [], |r| r.get::<_, i64>(0))
-            .map(|v| v as u64)
-            .map_err(|e| self.err(e))
+        self.run(|c| {
+            let n = c.query_row("SELECT count(*) FROM state", [], |r| r.get::<_, i64>(0))?;
+            Ok(n as u64)
+        })
     }
 
     /// State rows with keys after `after_key`, in key order, at most
@@ -160,37 +158,33 @@ impl Journal {
         after_key: &[u8],
         limit: usize,
     ) -> Result<Vec<SnapRow>, JournalError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
+        self.run(|c| {
+            let mut stmt = c.prepare_cached(
                 "SELECT key, hlc, origin, body FROM state WHERE key > ?1 ORDER BY key LIMIT ?2",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![after_key, limit as i64], |r| {
+            )?;
+            let rows = stmt.query_map(params![after_key, limit as i64], |r| {
                 Ok((
                     r.get::<_, Vec<u8>>(0)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, String>(2)?,
                     r.get::<_, Vec<u8>>(3)?,
                 ))
-            })
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (key, hlc, origin, body) = row.map_err(|e| self.err(e))?;
-            let record = codec::decode(&body).map_err(|detail| JournalError::BadRecord {
-                path: self.path.display().to_string(),
-                seq: -1,
-                detail: format!("state key {key:?}: {detail}"),
             })?;
-            out.push(SnapRow {
-                origin,
-                hlc: hlc as u64,
-                record,
-            });
-        }
-        Ok(out)
+            let mut out = Vec::new();
+            for row in rows {
+                let (key, hlc, origin, body) = row?;
+                let record = codec::decode(&body).map_err(|detail| Fault::BadRecord {
+                    seq: -1,
+                    detail: format!("state key {key:?}: {detail}"),
+                })?;
+                out.push(SnapRow {
+                    origin,
+                    hlc: hlc as u64,
+                    record,
+                });
+            }
+            Ok(out)
+        })
     }
 }
 
