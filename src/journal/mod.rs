@@ -69,6 +69,10 @@ enum Fault {
         seq: i64,
         detail: String,
     },
+    /// The file's schema is newer than this code (`PRAGMA user_version`).
+    TooNew {
+        found: i64,
+    },
 }
 
 impl From<rusqlite::Error> for Fault {
@@ -84,6 +88,11 @@ impl Fault {
         match self {
             Fault::Sqlite(source) => JournalError::Sqlite { path, source },
             Fault::BadRecord { seq, detail } => JournalError::BadRecord { path, seq, detail },
+            Fault::TooNew { found } => JournalError::TooNew {
+                path,
+                found,
+                supported: SCHEMA_VERSION,
+            },
         }
     }
 }
@@ -101,29 +110,17 @@ impl Journal {
     /// reported as [`JournalError::CorruptMovedAside`]; the caller may then
     /// open again to start afresh.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
-        let p = path.display().to_string();
         match Self::open_inner(path) {
             Ok(j) => Ok(j),
-            Err(e) if is_corruption(&e) => {
+            Err(Fault::Sqlite(e)) if is_corruption(&e) => {
                 let moved = Self::move_aside(path);
                 Err(JournalError::CorruptMovedAside {
-                    path: p.clone(),
+                    path: path.display().to_string(),
                     detail: e.to_string(),
                     moved_to: moved,
                 })
             }
-            Err(rusqlite::Error::SqliteFailure(f, Some(msg)))
-                if msg.starts_with("sersync-too-new:") =>
-            {
-                let found = msg["sersync-too-new:".len()..].parse().unwrap_or(-1);
-                let _ = f;
-                Err(JournalError::TooNew {
-                    path: p,
-                    found,
-                    supported: SCHEMA_VERSION,
-                })
-            }
-            Err(e) => Err(Fault::Sqlite(e).at(path)),
+            Err(e) => Err(e.at(path)),
         }
     }
 
@@ -138,7 +135,7 @@ impl Journal {
         target.display().to_string()
     }
 
-    fn open_inner(path: &Path) -> Result<Journal, rusqlite::Error> {
+    fn open_inner(path: &Path) -> Result<Journal, Fault> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE

@@ -3,7 +3,7 @@
 use rusqlite::{params, TransactionBehavior};
 
 use super::state::expires_at;
-use super::Journal;
+use super::{Fault, Journal};
 use crate::record::Record;
 use crate::wire::codec;
 
@@ -11,16 +11,15 @@ use crate::wire::codec;
 pub(super) const SCHEMA_VERSION: i64 = 6;
 
 impl Journal {
-    pub(super) fn migrate(&mut self) -> Result<(), rusqlite::Error> {
+    /// Brings the schema up to [`SCHEMA_VERSION`] in one IMMEDIATE
+    /// transaction; refuses a newer one and leaves it untouched.
+    pub(super) fn migrate(&mut self) -> Result<(), Fault> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > SCHEMA_VERSION {
-            return Err(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
-                Some(format!("sersync-too-new:{version}")),
-            ));
+            return Err(Fault::TooNew { found: version });
         }
         if version < 1 {
             tx.execute_batch(
@@ -134,12 +133,15 @@ impl Journal {
             drop(up);
             tx.execute_batch("PRAGMA user_version = 6;")?;
         }
-        tx.commit()
+        tx.commit()?;
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::SCHEMA_VERSION;
+    use crate::error::JournalError;
     use crate::journal::tests::expiring;
     use crate::journal::Journal;
     use crate::record::Op;
@@ -167,5 +169,44 @@ mod tests {
         let want: std::collections::HashSet<Vec<u8>> =
             [expiring("staged", Op::Upsert, 200).key()].into();
         assert_eq!(j.inbox_keys().unwrap(), want);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_left_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        {
+            let j = Journal::open(&path).unwrap();
+            j.conn.execute_batch("PRAGMA user_version = 99;").unwrap();
+        }
+        let e = Journal::open(&path)
+            .err()
+            .expect("a newer schema is refused");
+        assert!(
+            matches!(
+                e,
+                JournalError::TooNew {
+                    found: 99,
+                    supported: SCHEMA_VERSION,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "journal {} has schema version 99, newer than this sersync understands \
+                 ({SCHEMA_VERSION}); upgrade sersync or move the file aside",
+                path.display()
+            )
+        );
+        // Neither moved aside nor changed.
+        assert!(path.exists());
+        let j = rusqlite::Connection::open(&path).unwrap();
+        let v: i64 = j
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 99);
     }
 }
