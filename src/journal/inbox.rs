@@ -1,9 +1,9 @@
 //! The inbox: remote changes staged for applying into SER, from live
 //! batches and snapshot chunks, and the progress of applying them.
 
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension, TransactionBehavior};
 
-use super::state::{expires_at, STATE_LWW};
+use super::state::StateUpsert;
 use super::{Fault, Journal};
 use crate::error::JournalError;
 use crate::record::{Change, Record, SnapRow};
@@ -33,6 +33,39 @@ pub struct StageOutcome {
     pub superseded: usize,
 }
 
+/// Stages remote versions in the transaction it was made in: a version
+/// the state takes (last writer wins) enters the inbox; the others are
+/// superseded and left out.
+struct Stager<'t> {
+    state: StateUpsert<'t>,
+    inbox: CachedStatement<'t>,
+    body: Vec<u8>,
+}
+
+impl<'t> Stager<'t> {
+    fn new(tx: &'t Connection) -> rusqlite::Result<Self> {
+        Ok(Stager {
+            state: StateUpsert::remote(tx)?,
+            inbox: tx.prepare_cached(INBOX_INSERT)?,
+            body: Vec::with_capacity(512),
+        })
+    }
+
+    /// Stages `record` stamped (`hlc`, `origin`); false when the state
+    /// holds a newer version of its key.
+    fn stage(&mut self, origin: &str, hlc: u64, record: &Record) -> rusqlite::Result<bool> {
+        self.body.clear();
+        codec::encode_into(record, &mut self.body).expect("encoding into a Vec cannot fail");
+        let key = record.key();
+        if !self.state.offer(&key, hlc, origin, record, &self.body)? {
+            return Ok(false);
+        }
+        self.inbox
+            .execute(params![origin, hlc as i64, self.body, key])?;
+        Ok(true)
+    }
+}
+
 impl Journal {
     /// Stages a batch from `origin` in one transaction: changes at or below
     /// the position already held are duplicates (a resend) and skipped;
@@ -57,32 +90,15 @@ impl Journal {
                 upto: held,
                 ..Default::default()
             };
-            {
-                let mut st = tx.prepare_cached(STATE_LWW)?;
-                let mut ins = tx.prepare_cached(INBOX_INSERT)?;
-                let mut body = Vec::with_capacity(512);
-                for ch in changes {
-                    if ch.seq <= out.upto {
-                        continue;
-                    }
-                    out.upto = ch.seq;
-                    out.fresh += 1;
-                    body.clear();
-                    codec::encode_into(&ch.record, &mut body)
-                        .expect("encoding into a Vec cannot fail");
-                    let key = ch.record.key();
-                    let won = st.execute(params![
-                        key,
-                        ch.hlc as i64,
-                        origin,
-                        body,
-                        expires_at(&ch.record)
-                    ])?;
-                    if won == 0 {
-                        out.superseded += 1;
-                        continue;
-                    }
-                    ins.execute(params![origin, ch.hlc as i64, body, key])?;
+            let mut stager = Stager::new(tx)?;
+            for ch in changes {
+                if ch.seq <= out.upto {
+                    continue;
+                }
+                out.upto = ch.seq;
+                out.fresh += 1;
+                if !stager.stage(origin, ch.hlc, &ch.record)? {
+                    out.superseded += 1;
                 }
             }
             if out.upto > held {
@@ -113,28 +129,11 @@ impl Journal {
                 upto,
                 ..Default::default()
             };
-            {
-                let mut st = tx.prepare_cached(STATE_LWW)?;
-                let mut ins = tx.prepare_cached(INBOX_INSERT)?;
-                let mut body = Vec::with_capacity(512);
-                for row in rows {
-                    out.fresh += 1;
-                    body.clear();
-                    codec::encode_into(&row.record, &mut body)
-                        .expect("encoding into a Vec cannot fail");
-                    let key = row.record.key();
-                    if st.execute(params![
-                        key,
-                        row.hlc as i64,
-                        row.origin,
-                        body,
-                        expires_at(&row.record)
-                    ])? == 0
-                    {
-                        out.superseded += 1;
-                        continue;
-                    }
-                    ins.execute(params![row.origin, row.hlc as i64, body, key])?;
+            let mut stager = Stager::new(tx)?;
+            for row in rows {
+                out.fresh += 1;
+                if !stager.stage(&row.origin, row.hlc, &row.record)? {
+                    out.superseded += 1;
                 }
             }
             if last {

@@ -2,7 +2,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::state::{expires_at, STATE_LOCAL};
+use super::state::StateUpsert;
 use super::{Fault, Journal};
 use crate::error::JournalError;
 use crate::record::{Change, Record};
@@ -27,21 +27,14 @@ impl Journal {
             let mut seq = Self::last_seq_in(tx)?;
             let mut ins =
                 tx.prepare_cached("INSERT INTO log (seq, hlc, body) VALUES (?1, ?2, ?3)")?;
-            let mut st = tx.prepare_cached(STATE_LOCAL)?;
+            let mut state = StateUpsert::local(tx)?;
             let mut body = Vec::with_capacity(512);
             for (hlc, rec) in records {
                 body.clear();
                 codec::encode_into(rec, &mut body).expect("encoding into a Vec cannot fail");
                 // Journaled only if it changes the state: not a version
                 // the state already holds, nor one older than it holds.
-                let changed = st.execute(params![
-                    rec.key(),
-                    *hlc as i64,
-                    node_id,
-                    body,
-                    expires_at(rec)
-                ])?;
-                if changed == 0 {
+                if !state.offer(&rec.key(), *hlc, node_id, rec, &body)? {
                     continue;
                 }
                 seq += 1;

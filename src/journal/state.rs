@@ -1,28 +1,73 @@
 //! The state: the latest version of every key (last writer wins), its
 //! lookups, its purge and the chunks a snapshot sends.
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 
 use super::{Fault, Journal};
 use crate::error::JournalError;
 use crate::record::{Record, SnapRow};
 use crate::wire::codec;
 
-/// Keeps the newer of two versions of a key: last writer wins on
-/// (hlc, origin). Executes to 0 rows when the held version is newer.
-pub(super) const STATE_LWW: &str = "INSERT INTO state (key, hlc, origin, body, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
+/// Last writer wins, the one rule: a version replaces the state's version
+/// of its key only if its (hlc, origin) is greater; the upsert executes to
+/// 0 rows otherwise. `$also` adds a condition for one kind of writer.
+macro_rules! last_writer_wins {
+    ($also:literal) => {
+        concat!(
+            "INSERT INTO state (key, hlc, origin, body, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
      ON CONFLICT(key) DO UPDATE SET hlc = excluded.hlc, origin = excluded.origin, body = excluded.body,
                                     expires_at = excluded.expires_at
-     WHERE excluded.hlc > state.hlc OR (excluded.hlc = state.hlc AND excluded.origin > state.origin)";
+     WHERE (excluded.hlc > state.hlc OR (excluded.hlc = state.hlc AND excluded.origin > state.origin))",
+            $also
+        )
+    };
+}
 
-/// [`STATE_LWW`] for this node's own changes: also executes to 0 rows when
+/// The rule as it is for versions from peers.
+const STATE_LWW: &str = last_writer_wins!("");
+
+/// The rule for this node's own changes: also executes to 0 rows when
 /// the state already holds the same body (a scan or a start-up comparison
 /// reporting what is known: nothing to journal).
-pub(super) const STATE_LOCAL: &str = "INSERT INTO state (key, hlc, origin, body, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
-     ON CONFLICT(key) DO UPDATE SET hlc = excluded.hlc, origin = excluded.origin, body = excluded.body,
-                                    expires_at = excluded.expires_at
-     WHERE (excluded.hlc > state.hlc OR (excluded.hlc = state.hlc AND excluded.origin > state.origin))
-       AND excluded.body IS NOT state.body";
+const STATE_LOCAL: &str = last_writer_wins!(
+    "
+       AND excluded.body IS NOT state.body"
+);
+
+/// Offers versions of keys to the state under the last-writer-wins rule:
+/// every write of a new version goes through [`StateUpsert::offer`].
+pub(super) struct StateUpsert<'c>(CachedStatement<'c>);
+
+impl<'c> StateUpsert<'c> {
+    /// For versions from peers, live or in a snapshot.
+    pub(super) fn remote(conn: &'c Connection) -> rusqlite::Result<Self> {
+        conn.prepare_cached(STATE_LWW).map(StateUpsert)
+    }
+
+    /// For this node's own changes: a version whose body the state already
+    /// holds is refused too.
+    pub(super) fn local(conn: &'c Connection) -> rusqlite::Result<Self> {
+        conn.prepare_cached(STATE_LOCAL).map(StateUpsert)
+    }
+
+    /// Offers `record` (encoded as `body`, under `key`) stamped (`hlc`,
+    /// `origin`): true when it is now the state's version of its key,
+    /// false when the state holds a newer one (or, for local changes, the
+    /// same body).
+    pub(super) fn offer(
+        &mut self,
+        key: &[u8],
+        hlc: u64,
+        origin: &str,
+        record: &Record,
+        body: &[u8],
+    ) -> rusqlite::Result<bool> {
+        let changed = self
+            .0
+            .execute(params![key, hlc as i64, origin, body, expires_at(record)])?;
+        Ok(changed > 0)
+    }
+}
 
 /// When a key's state row may go (see [`Journal::purge_state`]): a
 /// contact's absolute expiry, live or deleted. None for what never
