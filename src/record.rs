@@ -273,3 +273,11 @@ pub struct Change {
     pub hlc: u64,
     pub record: Record,
 }
+
+/// One row of a snapshot: a key's latest version and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapRow {
+    pub origin: String,
+    pub hlc: u64,
+    pub record: Record,
+}

@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use sersync::journal::{Journal, SnapRow};
+use sersync::journal::Journal;
+use sersync::record::SnapRow;
 use sersync::record::{Alias, Change, Contact, Op, Record};
 use sersync::wire::auth::{self, Nonce, Role, Tag, Transcript};
 use sersync::wire::{Frame, FrameReader, Member, SnapshotResume};

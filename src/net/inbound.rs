@@ -7,8 +7,8 @@ use mio::Token;
 
 use super::conn::Verdict;
 use super::{Net, STAGE_ERR};
-use crate::journal::SnapRow;
 use crate::log;
+use crate::record::SnapRow;
 use crate::wire::Frame;
 
 impl Net {

@@ -7,8 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::{Nonce, Tag};
 use crate::codec;
 use crate::error::WireError;
-use crate::journal::SnapRow;
-use crate::record::Change;
+use crate::record::{Change, SnapRow};
 
 pub const MAGIC: [u8; 4] = *b"SSYN";
 /// The version a `Challenge` states: the oldest this build speaks (see

@@ -1,0 +1,341 @@
+//! The inbox: remote changes staged for applying into SER, from live
+//! batches and snapshot chunks, and the progress of applying them.
+
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension, TransactionBehavior};
+
+use super::state::StateUpsert;
+use super::{Fault, Journal};
+use crate::codec;
+use crate::error::JournalError;
+use crate::record::{Change, Record, SnapRow};
+
+/// Stages a remote change; its key lets the applier check it against the
+/// state in the same query that reads it.
+const INBOX_INSERT: &str = "INSERT INTO inbox (origin, hlc, body, key) VALUES (?1, ?2, ?3, ?4)";
+
+/// A remote change staged for applying.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub id: i64,
+    pub origin: String,
+    pub hlc: u64,
+    pub record: Record,
+}
+
+/// What staging a batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StageOutcome {
+    /// Highest origin sequence now held (the acknowledgement to send).
+    pub upto: u64,
+    /// Changes new to this node.
+    pub fresh: usize,
+    /// Of those, older than the state already held (last writer wins).
+    pub superseded: usize,
+}
+
+/// Stages remote versions in the transaction it was made in: a version
+/// the state takes (last writer wins) enters the inbox; the others are
+/// superseded and left out.
+struct Stager<'t> {
+    state: StateUpsert<'t>,
+    inbox: CachedStatement<'t>,
+    body: Vec<u8>,
+}
+
+impl<'t> Stager<'t> {
+    fn new(tx: &'t Connection) -> rusqlite::Result<Self> {
+        Ok(Stager {
+            state: StateUpsert::remote(tx)?,
+            inbox: tx.prepare_cached(INBOX_INSERT)?,
+            body: Vec::with_capacity(512),
+        })
+    }
+
+    /// Stages `record` stamped (`hlc`, `origin`); false when the state
+    /// holds a newer version of its key.
+    fn stage(&mut self, origin: &str, hlc: u64, record: &Record) -> rusqlite::Result<bool> {
+        self.body.clear();
+        codec::encode_into(record, &mut self.body).expect("encoding into a Vec cannot fail");
+        let key = record.key();
+        if !self.state.offer(&key, hlc, origin, record, &self.body)? {
+            return Ok(false);
+        }
+        self.inbox
+            .execute(params![origin, hlc as i64, self.body, key])?;
+        Ok(true)
+    }
+}
+
+impl Journal {
+    /// Stages a batch from `origin` in one transaction: changes at or below
+    /// the position already held are duplicates (a resend) and skipped;
+    /// the others enter the inbox unless the state holds a newer version of
+    /// their key (last writer wins on (hlc, origin)). Durable on return:
+    /// only then may the batch be acknowledged.
+    pub fn stage_remote(
+        &mut self,
+        origin: &str,
+        changes: &[Change],
+    ) -> Result<StageOutcome, JournalError> {
+        self.write(|tx| {
+            let held: u64 = tx
+                .query_row(
+                    "SELECT seq FROM received WHERE origin = ?1",
+                    [origin],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?
+                .unwrap_or(0) as u64;
+            let mut out = StageOutcome {
+                upto: held,
+                ..Default::default()
+            };
+            let mut stager = Stager::new(tx)?;
+            for ch in changes {
+                if ch.seq <= out.upto {
+                    continue;
+                }
+                out.upto = ch.seq;
+                out.fresh += 1;
+                if !stager.stage(origin, ch.hlc, &ch.record)? {
+                    out.superseded += 1;
+                }
+            }
+            if out.upto > held {
+                tx.execute(
+                    "INSERT INTO received (origin, seq) VALUES (?1, ?2)
+                     ON CONFLICT(origin) DO UPDATE SET seq = excluded.seq",
+                    params![origin, out.upto as i64],
+                )?;
+            }
+            Ok(out)
+        })
+    }
+
+    /// Stages one snapshot chunk from `origin` in one transaction: each
+    /// row enters the inbox unless the state holds a newer version (last
+    /// writer wins on (hlc, origin of the row)). Records the progress; the
+    /// last chunk sets the position held from `origin` to `upto`, so the
+    /// live stream continues after it. Durable on return.
+    pub fn stage_snapshot(
+        &mut self,
+        origin: &str,
+        upto: u64,
+        rows: &[SnapRow],
+        last: bool,
+    ) -> Result<StageOutcome, JournalError> {
+        self.write(|tx| {
+            let mut out = StageOutcome {
+                upto,
+                ..Default::default()
+            };
+            let mut stager = Stager::new(tx)?;
+            for row in rows {
+                out.fresh += 1;
+                if !stager.stage(&row.origin, row.hlc, &row.record)? {
+                    out.superseded += 1;
+                }
+            }
+            if last {
+                tx.execute("DELETE FROM snapshot_in WHERE origin = ?1", [origin])?;
+                tx.execute(
+                    "INSERT INTO received (origin, seq) VALUES (?1, ?2)
+                     ON CONFLICT(origin) DO UPDATE SET seq = max(seq, excluded.seq)",
+                    params![origin, upto as i64],
+                )?;
+            } else if let Some(lastrow) = rows.last() {
+                tx.execute(
+                    "INSERT INTO snapshot_in (origin, upto, after_key) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(origin) DO UPDATE SET upto = excluded.upto, after_key = excluded.after_key",
+                    params![origin, upto as i64, lastrow.record.key()],
+                )?;
+            }
+            Ok(out)
+        })
+    }
+
+    /// Where a snapshot from `origin` stopped, if one is in progress:
+    /// (the sender's sequence it is consistent with, last key received).
+    pub fn snapshot_progress(&self, origin: &str) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
+        self.run(|c| {
+            Ok(c.query_row(
+                "SELECT upto, after_key FROM snapshot_in WHERE origin = ?1",
+                [origin],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .optional()?)
+        })
+    }
+
+    /// Stages versions the state already holds for applying into SER again
+    /// (SER lost them). They keep their stamp, so they stay current.
+    pub fn stage_restore(&mut self, records: &[(u64, String, Record)]) -> Result<(), JournalError> {
+        self.write(|tx| {
+            let mut ins = tx.prepare_cached(INBOX_INSERT)?;
+            let mut body = Vec::with_capacity(512);
+            for (hlc, origin, rec) in records {
+                body.clear();
+                codec::encode_into(rec, &mut body).expect("encoding into a Vec cannot fail");
+                ins.execute(params![origin, *hlc as i64, body, rec.key()])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The oldest staged changes, at most `limit`, without those another
+    /// version of their key has overtaken since they were staged (applying
+    /// them would put an older version back). Returns the last id read too,
+    /// so that the overtaken ones are removed with the rest.
+    pub fn inbox_current(
+        &mut self,
+        limit: usize,
+    ) -> Result<(Vec<Staged>, Option<i64>), JournalError> {
+        // One read transaction: one consistent view, one lock.
+        self.transaction(TransactionBehavior::Deferred, |tx| {
+            let mut out = Vec::new();
+            let mut last_id = None;
+            // A change is still current unless the state holds another
+            // version of its key (a newer one, local or remote).
+            let mut peek = tx.prepare_cached(
+                "SELECT i.id, i.origin, i.hlc, i.body,
+                        s.key IS NULL OR (s.hlc = i.hlc AND s.origin = i.origin)
+                 FROM inbox i LEFT JOIN state s ON s.key = i.key
+                 ORDER BY i.id LIMIT ?1",
+            )?;
+            let mut rows = peek.query([limit as i64])?;
+            while let Some(r) = rows.next()? {
+                let (id, origin, hlc, body, current): (i64, String, i64, Vec<u8>, bool) =
+                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+                last_id = Some(id);
+                if !current {
+                    continue;
+                }
+                let record: Record =
+                    codec::decode(&body).map_err(|detail| Fault::BadRecord { seq: id, detail })?;
+                out.push(Staged {
+                    id,
+                    origin,
+                    hlc: hlc as u64,
+                    record,
+                });
+            }
+            Ok((out, last_id))
+        })
+    }
+
+    /// Keys of every change staged and not yet applied.
+    pub fn inbox_keys(&self) -> Result<std::collections::HashSet<Vec<u8>>, JournalError> {
+        self.run(|c| {
+            let mut stmt = c.prepare_cached("SELECT key FROM inbox WHERE key IS NOT NULL")?;
+            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// The oldest staged changes, at most `limit`.
+    pub fn inbox_peek(&self, limit: usize) -> Result<Vec<Staged>, JournalError> {
+        self.run(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT id, origin, hlc, body FROM inbox ORDER BY id LIMIT ?1")?;
+            let rows = stmt.query_map([limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, origin, hlc, body) = row?;
+                let record =
+                    codec::decode(&body).map_err(|detail| Fault::BadRecord { seq: id, detail })?;
+                out.push(Staged {
+                    id,
+                    origin,
+                    hlc: hlc as u64,
+                    record,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Removes staged changes up to and including `id`: they are applied.
+    pub fn inbox_done(&mut self, upto_id: i64) -> Result<(), JournalError> {
+        self.run(|c| {
+            c.execute("DELETE FROM inbox WHERE id <= ?1", [upto_id])?;
+            Ok(())
+        })
+    }
+
+    pub fn inbox_len(&self) -> Result<u64, JournalError> {
+        self.run(|c| {
+            let n = c.query_row("SELECT count(*) FROM inbox", [], |r| r.get::<_, i64>(0))?;
+            Ok(n as u64)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StageOutcome;
+    use crate::journal::tests::rec;
+    use crate::journal::Journal;
+    use crate::record::Change;
+
+    #[test]
+    fn staging_skips_resends_and_older_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let batch = vec![
+            Change {
+                seq: 1,
+                hlc: 100,
+                record: rec("a", 1),
+            },
+            Change {
+                seq: 2,
+                hlc: 101,
+                record: rec("b", 1),
+            },
+        ];
+        let out = j.stage_remote("n2", &batch).unwrap();
+        assert_eq!(
+            out,
+            StageOutcome {
+                upto: 2,
+                fresh: 2,
+                superseded: 0
+            }
+        );
+        // Resend after a lost ack: nothing new.
+        let out = j.stage_remote("n2", &batch).unwrap();
+        assert_eq!(
+            out,
+            StageOutcome {
+                upto: 2,
+                fresh: 0,
+                superseded: 0
+            }
+        );
+        // A local change newer than what n3 sends for the same key wins.
+        j.append_local("n1", &[(500, rec("c", 2))]).unwrap();
+        let out = j
+            .stage_remote(
+                "n3",
+                &[Change {
+                    seq: 1,
+                    hlc: 400,
+                    record: rec("c", 1),
+                }],
+            )
+            .unwrap();
+        assert_eq!(out.superseded, 1);
+        let staged = j.inbox_peek(10).unwrap();
+        assert_eq!(staged.len(), 2);
+        j.inbox_done(staged[0].id).unwrap();
+        assert_eq!(j.inbox_len().unwrap(), 1);
+        assert_eq!(j.received_upto("n2").unwrap(), 2);
+    }
+}

@@ -1,0 +1,208 @@
+//! The log: this node's own changes under their sequence numbers.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::state::StateUpsert;
+use super::{Fault, Journal};
+use crate::codec;
+use crate::error::JournalError;
+use crate::record::{Change, Record};
+
+impl Journal {
+    /// Appends local changes in one transaction. A change identical to
+    /// the state already held for its key (a rescan reporting an unchanged
+    /// alias, a repeated deletion) is not journaled: every peer has it or
+    /// will get it from the entry that set that state. Returns the last
+    /// sequence and how many changes were journaled. Durable on return.
+    pub fn append_local(
+        &mut self,
+        node_id: &str,
+        records: &[(u64, Record)],
+    ) -> Result<(u64, usize), JournalError> {
+        if records.is_empty() {
+            return Ok((self.last_seq()?, 0));
+        }
+        self.write(|tx| {
+            let mut appended = 0;
+            let mut seq = Self::last_seq_in(tx)?;
+            let mut ins =
+                tx.prepare_cached("INSERT INTO log (seq, hlc, body) VALUES (?1, ?2, ?3)")?;
+            let mut state = StateUpsert::local(tx)?;
+            let mut body = Vec::with_capacity(512);
+            for (hlc, rec) in records {
+                body.clear();
+                codec::encode_into(rec, &mut body).expect("encoding into a Vec cannot fail");
+                // Journaled only if it changes the state: not a version
+                // the state already holds, nor one older than it holds.
+                if !state.offer(&rec.key(), *hlc, node_id, rec, &body)? {
+                    continue;
+                }
+                seq += 1;
+                ins.execute(params![seq as i64, *hlc as i64, body])?;
+                appended += 1;
+            }
+            Ok((seq, appended))
+        })
+    }
+
+    fn last_seq_in(conn: &Connection) -> Result<u64, Fault> {
+        let last = conn.query_row(
+            "SELECT max(coalesce((SELECT max(seq) FROM log), 0),
+                        coalesce((SELECT v FROM meta WHERE k = 'seq_floor'), 0))",
+            [],
+            |r| r.get::<_, i64>(0),
+        )?;
+        Ok(last as u64)
+    }
+
+    /// The highest local sequence ever issued (trimmed or not).
+    pub fn last_seq(&self) -> Result<u64, JournalError> {
+        self.run(Self::last_seq_in)
+    }
+
+    /// The lowest local sequence still in the log; `last_seq + 1` if the
+    /// log is empty. A peer that needs anything below it gets a snapshot.
+    pub fn first_available(&self) -> Result<u64, JournalError> {
+        let min: Option<i64> =
+            self.run(|c| Ok(c.query_row("SELECT min(seq) FROM log", [], |r| r.get(0))?))?;
+        match min {
+            Some(m) => Ok(m as u64),
+            None => Ok(self.last_seq()? + 1),
+        }
+    }
+
+    /// Removes log entries up to `upto` (every peer has them, or retention
+    /// ended for them). The state table keeps the latest version of every
+    /// key, which is what a snapshot sends. Returns entries removed.
+    pub fn trim(&mut self, upto: u64) -> Result<usize, JournalError> {
+        self.write(|tx| {
+            let n = tx.execute("DELETE FROM log WHERE seq <= ?1", [upto as i64])?;
+            if n > 0 {
+                tx.execute(
+                    "INSERT INTO meta (k, v) VALUES ('seq_floor', ?1)
+                     ON CONFLICT(k) DO UPDATE SET v = max(v, excluded.v)",
+                    [upto as i64],
+                )?;
+            }
+            Ok(n)
+        })
+    }
+
+    pub fn log_len(&self) -> Result<u64, JournalError> {
+        self.run(|c| {
+            let n = c.query_row("SELECT count(*) FROM log", [], |r| r.get::<_, i64>(0))?;
+            Ok(n as u64)
+        })
+    }
+
+    /// Local changes after `after`, at most `limit`, in sequence order.
+    pub fn read_log(&self, after: u64, limit: usize) -> Result<Vec<Change>, JournalError> {
+        self.run(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, hlc, body FROM log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, hlc, body) = row?;
+                let record =
+                    codec::decode(&body).map_err(|detail| Fault::BadRecord { seq, detail })?;
+                out.push(Change {
+                    seq: seq as u64,
+                    hlc: hlc as u64,
+                    record,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// The journal time (HLC) of local change `seq`, if still held.
+    pub fn hlc_of(&self, seq: u64) -> Result<Option<u64>, JournalError> {
+        self.run(|c| {
+            let hlc = c
+                .query_row("SELECT hlc FROM log WHERE seq = ?1", [seq as i64], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .optional()?;
+            Ok(hlc.map(|h| h as u64))
+        })
+    }
+
+    /// Moves every local sequence of this journal (log entries and the
+    /// floor) up by at least `after`, so that all of them come after it.
+    /// For a peer holding changes up to `after` from an earlier journal of
+    /// this node (one moved aside or deleted): it skips every sequence up
+    /// to its position, so it would never take ours numbered below. Peers
+    /// that already hold some of ours get them again under the new numbers,
+    /// which staging recognises as versions it has. Returns the new last
+    /// sequence.
+    pub fn renumber_after(&mut self, after: u64) -> Result<u64, JournalError> {
+        self.write(|tx| {
+            let last = Self::last_seq_in(tx)?;
+            // Beyond the last sequence too: no new number meets an old one.
+            let shift = after.max(last) as i64;
+            tx.execute("UPDATE log SET seq = seq + ?1", [shift])?;
+            tx.execute(
+                "INSERT INTO meta (k, v) VALUES ('seq_floor', ?1)
+                 ON CONFLICT(k) DO UPDATE SET v = v + ?1",
+                [shift],
+            )?;
+            Self::last_seq_in(tx)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::journal::tests::rec;
+    use crate::journal::Journal;
+
+    #[test]
+    fn append_reopen_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        {
+            let mut j = Journal::open(&path).unwrap();
+            let (last, n) = j
+                .append_local("n1", &[(10, rec("a", 1)), (11, rec("b", 1))])
+                .unwrap();
+            assert_eq!((last, n), (2, 2));
+            // The same state again is not journaled twice.
+            assert_eq!(j.append_local("n1", &[(12, rec("b", 1))]).unwrap(), (2, 0));
+            j.set_acked("n2", 1).unwrap();
+        }
+        let mut j = Journal::open(&path).unwrap();
+        assert_eq!(j.last_seq().unwrap(), 2);
+        assert_eq!(j.acked("n2").unwrap(), 1);
+        let pending = j.read_log(j.acked("n2").unwrap(), 100).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].seq, 2);
+        assert_eq!(pending[0].record, rec("b", 1));
+        assert_eq!(j.append_local("n1", &[(12, rec("c", 1))]).unwrap(), (3, 1));
+    }
+
+    #[test]
+    fn renumbering_puts_every_entry_after_a_peers_old_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let three = [(10, rec("a", 1)), (11, rec("b", 1)), (12, rec("c", 1))];
+        assert_eq!(j.append_local("n1", &three).unwrap(), (3, 3));
+        j.trim(1).unwrap();
+        assert!(!j.has_acked("n2").unwrap());
+        // n2 holds 2 from an earlier journal: entries 2 and 3 become 5, 6.
+        assert_eq!(j.renumber_after(2).unwrap(), 6);
+        assert_eq!(j.last_seq().unwrap(), 6);
+        let after: Vec<u64> = j.read_log(2, 10).unwrap().iter().map(|c| c.seq).collect();
+        assert_eq!(after, vec![5, 6]);
+        assert_eq!(j.append_local("n1", &[(13, rec("d", 1))]).unwrap(), (7, 1));
+        j.set_acked("n2", 2).unwrap();
+        assert!(j.has_acked("n2").unwrap());
+    }
+}

@@ -1,0 +1,212 @@
+//! The schema and its migrations, one step per `PRAGMA user_version`.
+
+use rusqlite::{params, TransactionBehavior};
+
+use super::state::expires_at;
+use super::{Fault, Journal};
+use crate::codec;
+use crate::record::Record;
+
+/// Schema version this code writes (PRAGMA user_version).
+pub(super) const SCHEMA_VERSION: i64 = 6;
+
+impl Journal {
+    /// Brings the schema up to [`SCHEMA_VERSION`] in one IMMEDIATE
+    /// transaction; refuses a newer one and leaves it untouched.
+    pub(super) fn migrate(&mut self) -> Result<(), Fault> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(Fault::TooNew { found: version });
+        }
+        if version < 1 {
+            tx.execute_batch(
+                "CREATE TABLE log (
+                     seq INTEGER PRIMARY KEY,
+                     hlc INTEGER NOT NULL,
+                     body BLOB NOT NULL);
+                 CREATE TABLE peer_acked (
+                     node_id TEXT PRIMARY KEY,
+                     acked INTEGER NOT NULL);
+                 CREATE TABLE received (
+                     origin TEXT PRIMARY KEY,
+                     seq INTEGER NOT NULL);
+                 CREATE TABLE inbox (
+                     id INTEGER PRIMARY KEY,
+                     origin TEXT NOT NULL,
+                     hlc INTEGER NOT NULL,
+                     body BLOB NOT NULL);
+                 CREATE TABLE state (
+                     key BLOB PRIMARY KEY,
+                     hlc INTEGER NOT NULL,
+                     origin TEXT NOT NULL,
+                     body BLOB NOT NULL);
+                 PRAGMA user_version = 1;",
+            )?;
+        }
+        if version < 2 {
+            // meta.seq_floor: the highest sequence ever trimmed, so the
+            // sequence never restarts when the log is emptied.
+            // snapshot_in: progress of a snapshot being received.
+            tx.execute_batch(
+                "CREATE TABLE meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+                 CREATE TABLE snapshot_in (
+                     origin TEXT PRIMARY KEY,
+                     upto INTEGER NOT NULL,
+                     after_key BLOB NOT NULL);
+                 PRAGMA user_version = 2;",
+            )?;
+        }
+        if version < 3 {
+            // Cluster members learned from peers, so a restart finds them
+            // even when the configured seeds are down. forgotten = 1 keeps
+            // a removed member from coming back through gossip.
+            tx.execute_batch(
+                "CREATE TABLE members (
+                     node_id TEXT PRIMARY KEY,
+                     address TEXT NOT NULL,
+                     forgotten INTEGER NOT NULL DEFAULT 0);
+                 PRAGMA user_version = 3;",
+            )?;
+        }
+        if version < 4 {
+            // Expired contacts and their tombstones leave the state once
+            // retention has passed (purge_state); the expiry is a column so
+            // that the purge needs no decoding.
+            tx.execute_batch(
+                "ALTER TABLE state ADD COLUMN expires_at INTEGER;
+                 CREATE INDEX state_expiry ON state (expires_at) WHERE expires_at IS NOT NULL;",
+            )?;
+            let rows: Vec<(Vec<u8>, Vec<u8>)> = {
+                let mut q =
+                    tx.prepare("SELECT key, body FROM state WHERE key >= X'63' AND key < X'64'")?;
+                let r = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                r.collect::<Result<_, _>>()?
+            };
+            let mut up = tx.prepare("UPDATE state SET expires_at = ?2 WHERE key = ?1")?;
+            for (key, body) in rows {
+                if let Some(at) = codec::decode::<Record>(&body)
+                    .ok()
+                    .as_ref()
+                    .and_then(expires_at)
+                {
+                    up.execute(params![key, at])?;
+                }
+            }
+            drop(up);
+            tx.execute_batch("PRAGMA user_version = 4;")?;
+        }
+        if version < 5 {
+            // The state is looked up and written by key for every change:
+            // clustered on its key it is one b-tree instead of a table and
+            // its key index.
+            tx.execute_batch(
+                "CREATE TABLE state_by_key (
+                     key BLOB PRIMARY KEY,
+                     hlc INTEGER NOT NULL,
+                     origin TEXT NOT NULL,
+                     body BLOB NOT NULL,
+                     expires_at INTEGER) WITHOUT ROWID;
+                 INSERT INTO state_by_key SELECT key, hlc, origin, body, expires_at FROM state;
+                 DROP TABLE state;
+                 ALTER TABLE state_by_key RENAME TO state;
+                 CREATE INDEX state_expiry ON state (expires_at) WHERE expires_at IS NOT NULL;
+                 PRAGMA user_version = 5;",
+            )?;
+        }
+        if version < 6 {
+            // Staged changes carry their key (see INBOX_INSERT).
+            tx.execute_batch("ALTER TABLE inbox ADD COLUMN key BLOB;")?;
+            let rows: Vec<(i64, Vec<u8>)> = {
+                let mut q = tx.prepare("SELECT id, body FROM inbox")?;
+                let r = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                r.collect::<Result<_, _>>()?
+            };
+            let mut up = tx.prepare("UPDATE inbox SET key = ?2 WHERE id = ?1")?;
+            for (id, body) in rows {
+                if let Ok(rec) = codec::decode::<Record>(&body) {
+                    up.execute(params![id, rec.key()])?;
+                }
+            }
+            drop(up);
+            tx.execute_batch("PRAGMA user_version = 6;")?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SCHEMA_VERSION;
+    use crate::error::JournalError;
+    use crate::journal::tests::expiring;
+    use crate::journal::Journal;
+    use crate::record::Op;
+
+    #[test]
+    fn a_version_3_journal_is_brought_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        {
+            let mut j = Journal::open(&path).unwrap();
+            j.append_local("n1", &[(10, expiring("gone", Op::Upsert, 100))])
+                .unwrap();
+            j.stage_restore(&[(5, "n2".into(), expiring("staged", Op::Upsert, 200))])
+                .unwrap();
+            j.conn
+                .execute_batch(
+                    "DROP INDEX state_expiry; ALTER TABLE state DROP COLUMN expires_at;
+                     ALTER TABLE inbox DROP COLUMN key; PRAGMA user_version = 3;",
+                )
+                .unwrap();
+        }
+        let mut j = Journal::open(&path).unwrap();
+        assert_eq!(j.purge_state(101, 11, 100).unwrap(), 1);
+        // The inbox learnt the keys of what was staged.
+        let want: std::collections::HashSet<Vec<u8>> =
+            [expiring("staged", Op::Upsert, 200).key()].into();
+        assert_eq!(j.inbox_keys().unwrap(), want);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_left_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        {
+            let j = Journal::open(&path).unwrap();
+            j.conn.execute_batch("PRAGMA user_version = 99;").unwrap();
+        }
+        let e = Journal::open(&path)
+            .err()
+            .expect("a newer schema is refused");
+        assert!(
+            matches!(
+                e,
+                JournalError::TooNew {
+                    found: 99,
+                    supported: SCHEMA_VERSION,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "journal {} has schema version 99, newer than this sersync understands \
+                 ({SCHEMA_VERSION}); upgrade sersync or move the file aside",
+                path.display()
+            )
+        );
+        // Neither moved aside nor changed.
+        assert!(path.exists());
+        let j = rusqlite::Connection::open(&path).unwrap();
+        let v: i64 = j
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 99);
+    }
+}

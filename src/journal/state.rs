@@ -1,0 +1,278 @@
+//! The state: the latest version of every key (last writer wins), its
+//! lookups, its purge and the chunks a snapshot sends.
+
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
+
+use super::{Fault, Journal};
+use crate::codec;
+use crate::error::JournalError;
+use crate::record::{Record, SnapRow};
+
+/// Last writer wins, the one rule: a version replaces the state's version
+/// of its key only if its (hlc, origin) is greater; the upsert executes to
+/// 0 rows otherwise. `$also` adds a condition for one kind of writer.
+macro_rules! last_writer_wins {
+    ($also:literal) => {
+        concat!(
+            "INSERT INTO state (key, hlc, origin, body, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT(key) DO UPDATE SET hlc = excluded.hlc, origin = excluded.origin, body = excluded.body,
+                                    expires_at = excluded.expires_at
+     WHERE (excluded.hlc > state.hlc OR (excluded.hlc = state.hlc AND excluded.origin > state.origin))",
+            $also
+        )
+    };
+}
+
+/// The rule as it is for versions from peers.
+const STATE_LWW: &str = last_writer_wins!("");
+
+/// The rule for this node's own changes: also executes to 0 rows when
+/// the state already holds the same body (a scan or a start-up comparison
+/// reporting what is known: nothing to journal).
+const STATE_LOCAL: &str = last_writer_wins!(
+    "
+       AND excluded.body IS NOT state.body"
+);
+
+/// Offers versions of keys to the state under the last-writer-wins rule:
+/// every write of a new version goes through [`StateUpsert::offer`].
+pub(super) struct StateUpsert<'c>(CachedStatement<'c>);
+
+impl<'c> StateUpsert<'c> {
+    /// For versions from peers, live or in a snapshot.
+    pub(super) fn remote(conn: &'c Connection) -> rusqlite::Result<Self> {
+        conn.prepare_cached(STATE_LWW).map(StateUpsert)
+    }
+
+    /// For this node's own changes: a version whose body the state already
+    /// holds is refused too.
+    pub(super) fn local(conn: &'c Connection) -> rusqlite::Result<Self> {
+        conn.prepare_cached(STATE_LOCAL).map(StateUpsert)
+    }
+
+    /// Offers `record` (encoded as `body`, under `key`) stamped (`hlc`,
+    /// `origin`): true when it is now the state's version of its key,
+    /// false when the state holds a newer one (or, for local changes, the
+    /// same body).
+    pub(super) fn offer(
+        &mut self,
+        key: &[u8],
+        hlc: u64,
+        origin: &str,
+        record: &Record,
+        body: &[u8],
+    ) -> rusqlite::Result<bool> {
+        let changed = self
+            .0
+            .execute(params![key, hlc as i64, origin, body, expires_at(record)])?;
+        Ok(changed > 0)
+    }
+}
+
+/// When a key's state row may go (see [`Journal::purge_state`]): a
+/// contact's absolute expiry, live or deleted. None for what never
+/// expires (aliases, permanent contacts): kept, tombstones included.
+pub(super) fn expires_at(rec: &Record) -> Option<i64> {
+    match rec {
+        Record::Contact { contact, .. } if contact.expires > 0 => Some(contact.expires),
+        _ => None,
+    }
+}
+
+impl Journal {
+    /// Keys of the aliases of `table` that the state holds as present.
+    pub fn live_alias_keys(&self, table: &[u8]) -> Result<Vec<Vec<u8>>, JournalError> {
+        let lo = crate::record::alias_table_prefix(table);
+        let mut hi = lo.clone();
+        hi.push(0xff);
+        self.run(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT key, body FROM state WHERE key > ?1 AND key < ?2")?;
+            let rows = stmt.query_map(params![lo, hi], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (key, body) = row?;
+                if let Ok(Record::Alias {
+                    op: crate::record::Op::Upsert,
+                    ..
+                }) = codec::decode::<Record>(&body)
+                {
+                    out.push(key);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// (hlc, origin, record) of every contact the state holds as present
+    /// and `keep` accepts.
+    pub fn live_contacts(
+        &self,
+        keep: impl Fn(&crate::record::Contact) -> bool,
+    ) -> Result<Vec<(u64, String, Record)>, JournalError> {
+        self.run(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT hlc, origin, body FROM state WHERE key >= X'63' AND key < X'64'",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (hlc, origin, body) = row?;
+                if let Ok(
+                    rec @ Record::Contact {
+                        op: crate::record::Op::Upsert,
+                        ..
+                    },
+                ) = codec::decode::<Record>(&body)
+                {
+                    let Record::Contact { contact, .. } = &rec else {
+                        unreachable!()
+                    };
+                    if keep(contact) {
+                        out.push((hlc as u64, origin, rec));
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The stamp of the version the state holds for `key`.
+    pub fn state_stamp(&self, key: &[u8]) -> Result<Option<u64>, JournalError> {
+        self.run(|c| {
+            let hlc = c
+                .prepare_cached("SELECT hlc FROM state WHERE key = ?1")?
+                .query_row([key], |r| r.get::<_, i64>(0))
+                .optional()?;
+            Ok(hlc.map(|h| h as u64))
+        })
+    }
+
+    /// The record the state holds for `key`, if any.
+    pub fn state_of(&self, key: &[u8]) -> Result<Option<Record>, JournalError> {
+        let body: Option<Vec<u8>> = self.run(|c| {
+            Ok(
+                c.query_row("SELECT body FROM state WHERE key = ?1", [key], |r| r.get(0))
+                    .optional()?,
+            )
+        })?;
+        Ok(body.and_then(|b| codec::decode(&b).ok()))
+    }
+
+    /// Drops the state of contacts that expired before `now` (unix s) and
+    /// were last changed before `before_hlc` (retention): present or
+    /// deleted, no version of them can matter any more, and without this
+    /// the state would keep every contact ever seen. Contacts that never
+    /// expire and aliases keep their tombstones. Returns rows removed.
+    pub fn purge_state(
+        &mut self,
+        now: i64,
+        before_hlc: u64,
+        limit: usize,
+    ) -> Result<usize, JournalError> {
+        self.run(|c| {
+            Ok(c.execute(
+                "DELETE FROM state WHERE key IN (
+                     SELECT key FROM state
+                     WHERE expires_at IS NOT NULL AND expires_at < ?1 AND hlc < ?2
+                     LIMIT ?3)",
+                params![now, before_hlc as i64, limit as i64],
+            )?)
+        })
+    }
+
+    pub fn state_len(&self) -> Result<u64, JournalError> {
+        self.run(|c| {
+            let n = c.query_row("SELECT count(*) FROM state", [], |r| r.get::<_, i64>(0))?;
+            Ok(n as u64)
+        })
+    }
+
+    /// State rows with keys after `after_key`, in key order, at most
+    /// `limit`: one chunk of a snapshot.
+    pub fn state_chunk(
+        &self,
+        after_key: &[u8],
+        limit: usize,
+    ) -> Result<Vec<SnapRow>, JournalError> {
+        self.run(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT key, hlc, origin, body FROM state WHERE key > ?1 ORDER BY key LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after_key, limit as i64], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (key, hlc, origin, body) = row?;
+                let record = codec::decode(&body).map_err(|detail| Fault::BadRecord {
+                    seq: -1,
+                    detail: format!("state key {key:?}: {detail}"),
+                })?;
+                out.push(SnapRow {
+                    origin,
+                    hlc: hlc as u64,
+                    record,
+                });
+            }
+            Ok(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::journal::tests::expiring;
+    use crate::journal::Journal;
+    use crate::record::{Change, Op};
+
+    #[test]
+    fn expired_contacts_leave_the_state_after_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let now = 1_800_000_000;
+        j.append_local(
+            "n1",
+            &[
+                (10, expiring("gone", Op::Upsert, now - 5)),
+                (11, expiring("deleted", Op::Delete, now - 5)),
+                (12, expiring("live", Op::Upsert, now + 3600)),
+                (13, expiring("permanent", Op::Delete, 0)),
+                (50, expiring("recent", Op::Delete, now - 5)),
+            ],
+        )
+        .unwrap();
+        let remote = [Change {
+            seq: 1,
+            hlc: 14,
+            record: expiring("remote", Op::Upsert, now - 5),
+        }];
+        assert_eq!(j.stage_remote("n2", &remote).unwrap().fresh, 1);
+        assert_eq!(j.state_len().unwrap(), 6);
+        // Retention reaches up to stamp 20: "recent" changed after it.
+        assert_eq!(j.purge_state(now, 20, 100).unwrap(), 3);
+        let left: Vec<String> = ["gone", "deleted", "live", "permanent", "recent", "remote"]
+            .into_iter()
+            .filter(|a| {
+                j.state_stamp(&expiring(a, Op::Upsert, 0).key())
+                    .unwrap()
+                    .is_some()
+            })
+            .map(String::from)
+            .collect();
+        assert_eq!(left, ["live", "permanent", "recent"]);
+    }
+}
