@@ -66,6 +66,8 @@ pub struct Counters {
     pub apply_failures: AtomicU64,
     pub applied_via_db: AtomicU64,
     pub journal_entries: AtomicU64,
+    /// Remote changes set aside: their records could not be decoded.
+    pub set_aside: AtomicU64,
 }
 
 #[derive(Default, Debug)]
@@ -89,6 +91,7 @@ pub struct Snapshot {
     pub apply_failures: u64,
     pub applied_via_db: u64,
     pub journal_entries: u64,
+    pub set_aside: u64,
     pub incarnation: u64,
     pub peers: Vec<PeerStatus>,
 }
@@ -130,6 +133,7 @@ impl Status {
             apply_failures: c.apply_failures.load(Ordering::Relaxed),
             applied_via_db: c.applied_via_db.load(Ordering::Relaxed),
             journal_entries: c.journal_entries.load(Ordering::Relaxed),
+            set_aside: c.set_aside.load(Ordering::Relaxed),
             incarnation: self.incarnation.load(Ordering::Relaxed),
             peers: self
                 .peers

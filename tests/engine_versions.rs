@@ -416,3 +416,112 @@ fn a_journal_restored_from_a_backup_moves_past_what_peers_saw() {
     a.stop();
     b.stop();
 }
+
+#[test]
+fn a_record_of_an_unknown_kind_is_set_aside_and_the_rest_applied() {
+    use sersync::wire::{Frame, RawChange, Session};
+    let pe = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let applied = Applied::default();
+    let (engine, _shared) = start("new", pe, &[], dir.path(), &applied);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut s = loop {
+        match TcpStream::connect(("127.0.0.1", pe)) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("connecting: {e}"),
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (id, nonce) = peer::challenge(&mut s);
+    peer::send(
+        &mut s,
+        &peer::hello(SECRET, "v2peer", &id, &nonce, 2, "tcp:127.0.0.1:9"),
+    );
+    match peer::read_frame(&mut s) {
+        Some(Frame::WelcomeV2 { session, .. }) => assert_eq!(session.version, 2),
+        other => panic!("expected a v2 welcome, got {other:?}"),
+    }
+    peer::send(
+        &mut s,
+        &Frame::DialerSession {
+            session: Session {
+                version: 2,
+                incarnation: 1,
+                run: 7,
+                seen: 0,
+                seen_run: 0,
+                capabilities: Vec::new(),
+            },
+        },
+    );
+    let raw = |seq: u64, aor: &str| {
+        let Frame::RawBatch { mut changes } = sersync::wire::version::batch(
+            2,
+            vec![sersync::record::Change {
+                seq,
+                hlc: (seq + 1) << 16,
+                record: Record::Contact {
+                    op: Op::Upsert,
+                    contact: Contact {
+                        domain: b"location".to_vec(),
+                        aor: aor.as_bytes().to_vec(),
+                        contact: format!("sip:{aor}@192.0.2.8").into_bytes(),
+                        expires: 4_000_000_000,
+                        ..Default::default()
+                    },
+                },
+            }],
+        ) else {
+            unreachable!()
+        };
+        changes.remove(0)
+    };
+    // Sequence 2 holds a record kind from the future (variant 42).
+    let unknown = RawChange {
+        seq: 2,
+        hlc: 3 << 16,
+        record: vec![42, 1, 2, 3],
+    };
+    peer::send(
+        &mut s,
+        &Frame::RawBatch {
+            changes: vec![raw(1, "before"), unknown, raw(3, "after")],
+        },
+    );
+    let ack = |s: &mut TcpStream| loop {
+        match peer::read_frame(s) {
+            Some(Frame::Ack { upto }) => break upto,
+            Some(Frame::Members { .. }) => continue,
+            other => panic!("expected an acknowledgement, got {other:?}"),
+        }
+    };
+    assert_eq!(ack(&mut s), 3, "the batch is acknowledged whole");
+    wait_for(
+        "both known records applied",
+        Duration::from_secs(10),
+        || {
+            let aors = applied.aors();
+            aors.contains(&b"before".to_vec()) && aors.contains(&b"after".to_vec())
+        },
+    );
+    assert_eq!(engine.status().set_aside, 1);
+    // The link goes on; one set aside last in its batch is not sent again.
+    let unknown_last = RawChange {
+        seq: 5,
+        hlc: 6 << 16,
+        record: vec![43],
+    };
+    peer::send(
+        &mut s,
+        &Frame::RawBatch {
+            changes: vec![raw(4, "later"), unknown_last],
+        },
+    );
+    assert_eq!(ack(&mut s), 5, "the position moves past what was set aside");
+    wait_for("the next batch applied", Duration::from_secs(10), || {
+        applied.aors().contains(&b"later".to_vec())
+    });
+    assert_eq!(engine.status().set_aside, 2);
+    engine.stop();
+}

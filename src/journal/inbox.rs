@@ -77,6 +77,19 @@ impl Journal {
         origin: &str,
         changes: &[Change],
     ) -> Result<StageOutcome, JournalError> {
+        self.stage_remote_through(origin, changes, 0)
+    }
+
+    /// As [`Journal::stage_remote`], and the position held from `origin`
+    /// becomes at least `through`: the batch also held changes up to it
+    /// that this node set aside (records it cannot decode), which must not
+    /// come again.
+    pub fn stage_remote_through(
+        &mut self,
+        origin: &str,
+        changes: &[Change],
+        through: u64,
+    ) -> Result<StageOutcome, JournalError> {
         self.write(|tx| {
             let held: u64 = tx
                 .query_row(
@@ -101,6 +114,7 @@ impl Journal {
                     out.superseded += 1;
                 }
             }
+            out.upto = out.upto.max(through);
             if out.upto > held {
                 tx.execute(
                     "INSERT INTO received (origin, seq) VALUES (?1, ?2)

@@ -140,6 +140,10 @@ impl Net {
                 let nonce_a = *nonce_a;
                 self.on_hello(t, nonce_a, (magic, version), node_id, listen, nonce, tag)
             }
+            (Side::Accept, Phase::Streaming, Frame::RawBatch { changes }) if c.version >= 2 => {
+                let origin = c.remote_id.clone();
+                self.receive_raw_batch(t, &origin, changes)
+            }
             (Side::Accept, Phase::Streaming, Frame::Batch { changes }) => {
                 let origin = c.remote_id.clone();
                 self.receive_batch(t, &origin, changes)

@@ -8,15 +8,64 @@ use mio::Token;
 use super::conn::Verdict;
 use super::{Net, STAGE_ERR};
 use crate::log;
+use crate::log::RateLimit;
 use crate::record::SnapRow;
-use crate::wire::Frame;
+use crate::wire::version::unpack;
+use crate::wire::{Frame, RawChange};
+
+static SET_ASIDE: RateLimit = RateLimit::new(1000);
 
 impl Net {
+    /// A v2 batch: each record decoded on its own; one this node cannot
+    /// decode is set aside with an error naming it, and the rest staged.
+    pub(super) fn receive_raw_batch(
+        &mut self,
+        t: Token,
+        origin: &str,
+        changes: Vec<RawChange>,
+    ) -> Verdict {
+        let through = changes.iter().map(|c| c.seq).max().unwrap_or(0);
+        let n = changes.len();
+        let (good, set_aside) = unpack(changes);
+        for (seq, why) in &set_aside {
+            if let Some(skipped) = SET_ASIDE.allow() {
+                log::error(format_args!(
+                    "change {seq} from {origin} set aside: cannot decode its record ({why}); \
+                     a kind newer than this node knows? It is not applied here \
+                     ({skipped} similar suppressed)"
+                ));
+            }
+        }
+        if let Some((seq, _)) = set_aside.last() {
+            self.status
+                .counters
+                .set_aside
+                .fetch_add(set_aside.len() as u64, Ordering::Relaxed);
+            self.status.set_error(&format!(
+                "{} of {n} changes from {origin} set aside (last: {seq}): cannot decode their records",
+                set_aside.len()
+            ));
+        }
+        self.receive_batch_through(t, origin, good, through)
+    }
+
     pub(super) fn receive_batch(
         &mut self,
         t: Token,
         origin: &str,
         changes: Vec<crate::record::Change>,
+    ) -> Verdict {
+        self.receive_batch_through(t, origin, changes, 0)
+    }
+
+    /// Stages `changes`; the position held from `origin` becomes at least
+    /// `through` (changes up to it that were set aside do not come again).
+    fn receive_batch_through(
+        &mut self,
+        t: Token,
+        origin: &str,
+        changes: Vec<crate::record::Change>,
+        through: u64,
     ) -> Verdict {
         if let Some(max) = changes.iter().map(|c| c.hlc).max() {
             self.hlc
@@ -25,7 +74,7 @@ impl Net {
                 .observe(max);
         }
         let n = changes.len() as u64;
-        let reply = match self.journal.stage_remote(origin, &changes) {
+        let reply = match self.journal.stage_remote_through(origin, &changes, through) {
             Ok(out) => {
                 if out.fresh > out.superseded {
                     self.status

@@ -10,7 +10,6 @@ use super::conn::{Phase, Verdict};
 use super::{Net, ACK_SAVE_EVERY, BACKOFF_MAX, BATCH_RECORDS, MAX_OUTBUF, WINDOW_RECORDS};
 use crate::hlc::Hlc;
 use crate::log;
-use crate::wire::Frame;
 
 impl Net {
     /// Fills every streaming dialer's window from the journal.
@@ -71,7 +70,7 @@ impl Net {
                 let Some(lastc) = changes.last() else { break };
                 c.next_send = lastc.seq;
                 let n = changes.len() as u64;
-                c.send(&Frame::Batch { changes });
+                c.send(&crate::wire::version::batch(c.version, changes));
                 self.status.with_peer(idx, |s| s.sent += n);
             }
             self.flush(t);

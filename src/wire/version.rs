@@ -15,8 +15,9 @@
 //! each frame and record kind; a connection never carries anything newer
 //! than its version (checked where frames are queued, in `net::conn`).
 
-use super::Frame;
-use crate::record::Record;
+use super::{Frame, RawChange};
+use crate::codec;
+use crate::record::{Change, Record};
 
 /// The oldest protocol version this build speaks.
 pub const OLDEST: u16 = 1;
@@ -48,6 +49,52 @@ pub fn refused_for_version(reason: &str, stated: u16) -> Option<u16> {
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
     let v: u16 = digits.parse().ok()?;
     (v >= OLDEST && v < stated).then_some(v)
+}
+
+/// The batch frame that carries `changes` on a connection of `version`:
+/// v2 and later pass each record as encoded bytes (`RawBatch`); v1 gets a
+/// typed `Batch` without the records of kinds it does not know.
+pub fn batch(version: u16, changes: Vec<Change>) -> Frame {
+    if version >= 2 {
+        let changes = changes
+            .into_iter()
+            .map(|c| {
+                let mut record = Vec::with_capacity(256);
+                codec::encode_into(&c.record, &mut record)
+                    .expect("encoding into a Vec cannot fail");
+                RawChange {
+                    seq: c.seq,
+                    hlc: c.hlc,
+                    record,
+                }
+            })
+            .collect();
+        Frame::RawBatch { changes }
+    } else {
+        let changes = changes
+            .into_iter()
+            .filter(|c| c.record.since() <= version)
+            .collect();
+        Frame::Batch { changes }
+    }
+}
+
+/// The changes of a `RawBatch` this node can decode, and the sequences
+/// (with why) of those it cannot: a kind newer than it knows.
+pub fn unpack(changes: Vec<RawChange>) -> (Vec<Change>, Vec<(u64, String)>) {
+    let mut good = Vec::with_capacity(changes.len());
+    let mut set_aside = Vec::new();
+    for c in changes {
+        match codec::decode::<Record>(&c.record) {
+            Ok(record) => good.push(Change {
+                seq: c.seq,
+                hlc: c.hlc,
+                record,
+            }),
+            Err(e) => set_aside.push((c.seq, e)),
+        }
+    }
+    (good, set_aside)
 }
 
 impl Frame {
@@ -82,6 +129,45 @@ mod tests {
         assert_eq!(negotiate(2), Ok(2));
         assert_eq!(negotiate(9), Ok(NEWEST));
         assert!(negotiate(0).unwrap_err().contains("v1 to v2"));
+    }
+
+    #[test]
+    fn a_raw_batch_gives_back_what_decodes_and_names_what_does_not() {
+        let rec = Record::Alias {
+            op: crate::record::Op::Upsert,
+            alias: Default::default(),
+        };
+        let Frame::RawBatch { mut changes } = batch(
+            2,
+            vec![
+                Change {
+                    seq: 1,
+                    hlc: 10,
+                    record: rec.clone(),
+                },
+                Change {
+                    seq: 2,
+                    hlc: 11,
+                    record: rec.clone(),
+                },
+            ],
+        ) else {
+            panic!("v2 batches are raw")
+        };
+        // A kind this build does not know: variant index 99.
+        changes.insert(
+            1,
+            RawChange {
+                seq: 5,
+                hlc: 12,
+                record: vec![99, 0],
+            },
+        );
+        let (good, aside) = unpack(changes);
+        assert_eq!(good.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(aside.len(), 1);
+        assert_eq!(aside[0].0, 5);
+        assert!(matches!(batch(1, vec![]), Frame::Batch { .. }));
     }
 
     #[test]
