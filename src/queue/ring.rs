@@ -1,53 +1,23 @@
-//! The worker → engine queue: a bounded ring in shared memory, mapped
-//! before SER forks, so every SIP worker process and the sersync process
-//! see the same slots.
-//!
-//! Many producers (SIP workers, each in its own process), one consumer
-//! (the ingest thread of the sersync process). Each slot carries a sequence
-//! word (Vyukov's bounded queue): producers claim a position with a CAS on
-//! `tail`, fill the slot, then publish it by storing the sequence. Atomics
-//! on a MAP_SHARED mapping work across processes. A producer never waits:
-//! a full queue returns an error the caller counts and logs.
-//!
-//! Wake-up: the consumer sleeps in poll() on an eventfd created before the
-//! fork; a producer writes it only when the consumer said it is sleeping.
+//! The ring: Vyukov's bounded queue over the slots of the mapping. Many
+//! producers (publish), one consumer (pop, wait).
 
-use std::io;
 use std::ptr;
-use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::abi::sersync_status;
+use super::map::Header;
+use super::Shared;
 use crate::codec;
 use crate::error::QueueError;
 use crate::record::RecordRef;
 
 /// Bytes per slot, including its 16-byte header.
 pub const SLOT_SIZE: usize = 2048;
-const SLOT_DATA: usize = SLOT_SIZE - 16;
-const MAGIC: u64 = 0x5345_5253_594e_4331; // "SERSYNC1"
-
-#[repr(C, align(64))]
-struct Padded(AtomicU64);
+pub(super) const SLOT_DATA: usize = SLOT_SIZE - 16;
 
 #[repr(C)]
-struct Header {
-    magic: u64,
-    slots: u64,
-    tail: Padded,
-    head: Padded,
-    dropped: Padded,
-    /// Queue positions below this are durably journaled (or were skipped).
-    durable: Padded,
-    sleeping: AtomicU32,
-    eventfd: AtomicI32,
-    status_seq: AtomicU64,
-    status: sersync_status,
-}
-
-#[repr(C)]
-struct Slot {
-    seq: AtomicU64,
+pub(super) struct Slot {
+    pub(super) seq: AtomicU64,
     len: AtomicU32,
     _pad: u32,
     data: [u8; SLOT_DATA],
@@ -55,75 +25,11 @@ struct Slot {
 
 thread_local! {
     /// (queue, its position + 1) of the last record this thread published.
-    static LAST_PUBLISHED: std::cell::Cell<(usize, u64)> = const { std::cell::Cell::new((0, 0)) };
+    pub(super) static LAST_PUBLISHED: std::cell::Cell<(usize, u64)> = const { std::cell::Cell::new((0, 0)) };
 }
-
-/// The shared region: queue header, status area and slots.
-pub struct Shared {
-    base: *mut u8,
-    len: usize,
-    mask: u64,
-}
-
-// SAFETY: all shared mutation goes through atomics or the seqlock protocol
-// of the status area; the mapping lives as long as `Shared`.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
 
 impl Shared {
-    /// Maps a region with `slots` slots (rounded up to a power of two, at
-    /// least 64). Call before fork; starts no thread.
-    pub fn create(slots: u32) -> Result<Shared, QueueError> {
-        let slots = (slots.max(64) as u64).next_power_of_two();
-        let len = std::mem::size_of::<Header>().next_multiple_of(64) + slots as usize * SLOT_SIZE;
-        // SAFETY: anonymous shared mapping, checked for failure below.
-        let base = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(QueueError::Map(io::Error::last_os_error()));
-        }
-        // SAFETY: plain syscall.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            let e = io::Error::last_os_error();
-            // SAFETY: unmapping what we just mapped.
-            unsafe { libc::munmap(base, len) };
-            return Err(QueueError::Map(e));
-        }
-        let shared = Shared {
-            base: base.cast(),
-            len,
-            mask: slots - 1,
-        };
-        // The mapping is zero-filled: only non-zero fields need writing,
-        // and nothing else sees it yet.
-        let h = shared.base as *mut Header;
-        // SAFETY: the header lies at the start of our fresh mapping.
-        unsafe {
-            (*h).magic = MAGIC;
-            (*h).slots = slots;
-        }
-        shared.header().eventfd.store(efd, Ordering::Relaxed);
-        for i in 0..slots {
-            shared.slot(i).seq.store(i, Ordering::Relaxed);
-        }
-        Ok(shared)
-    }
-
-    fn header(&self) -> &Header {
-        // SAFETY: as above.
-        unsafe { &*(self.base as *const Header) }
-    }
-
-    fn slot(&self, pos: u64) -> &Slot {
+    pub(super) fn slot(&self, pos: u64) -> &Slot {
         let off = std::mem::size_of::<Header>().next_multiple_of(64)
             + (pos & self.mask) as usize * SLOT_SIZE;
         // SAFETY: off + SLOT_SIZE <= len by construction; slots are aligned.
@@ -232,40 +138,6 @@ impl Shared {
         out.map(|()| pos)
     }
 
-    /// Consumer side: every record popped so far is durable.
-    pub fn mark_durable(&self) {
-        let h = self.header();
-        h.durable
-            .0
-            .store(h.head.0.load(Ordering::Relaxed), Ordering::Release);
-    }
-
-    /// Producer side: waits until all this process published is durable.
-    pub fn wait_durable(&self, timeout: Duration) -> bool {
-        let want = match LAST_PUBLISHED.with(|l| l.get()) {
-            (base, pos) if base == self.base as usize => pos,
-            _ => return true,
-        };
-        let durable = &self.header().durable.0;
-        if durable.load(Ordering::Acquire) >= want {
-            return true;
-        }
-        let deadline = std::time::Instant::now() + timeout;
-        let mut spins = 0u32;
-        while durable.load(Ordering::Acquire) < want {
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
-            if spins < 200 {
-                spins += 1;
-                std::hint::spin_loop();
-            } else {
-                std::thread::sleep(Duration::from_micros(100));
-            }
-        }
-        true
-    }
-
     /// Consumer side: copies the next record's bytes into `out`. Returns
     /// false when the queue is empty. Empty (skipped) slots yield `out`
     /// empty. Only one consumer may call this.
@@ -312,51 +184,6 @@ impl Shared {
         // SAFETY: drains the counter; EAGAIN when nothing was written.
         unsafe { libc::read(fd, (&mut buf as *mut u64).cast(), 8) };
         h.sleeping.store(0, Ordering::SeqCst);
-    }
-
-    /// Writer side of the status seqlock (one writer: the engine).
-    pub fn write_status(&self, st: &sersync_status) {
-        let h = self.header();
-        let seq = h.status_seq.load(Ordering::Relaxed);
-        h.status_seq.store(seq + 1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        // SAFETY: the status area is only written here (one writer);
-        // readers retry while the sequence is odd or changed.
-        unsafe {
-            ptr::write_volatile(ptr::addr_of_mut!((*(self.base as *mut Header)).status), *st)
-        };
-        fence(Ordering::Release);
-        h.status_seq.store(seq + 2, Ordering::Release);
-    }
-
-    /// Reader side: a consistent copy, with queue figures read live.
-    pub fn read_status(&self) -> sersync_status {
-        let h = self.header();
-        let mut st;
-        loop {
-            let s1 = h.status_seq.load(Ordering::Acquire);
-            // SAFETY: a torn read is discarded by the sequence check.
-            st = unsafe { ptr::read_volatile(ptr::addr_of!(h.status)) };
-            fence(Ordering::Acquire);
-            let s2 = h.status_seq.load(Ordering::Relaxed);
-            if s1 == s2 && s1 % 2 == 0 {
-                break;
-            }
-            std::hint::spin_loop();
-        }
-        st.queue_depth = self.depth();
-        st.queue_dropped = self.dropped();
-        st
-    }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        // SAFETY: our own eventfd and mapping; nothing uses them after drop.
-        unsafe {
-            libc::close(self.header().eventfd.load(Ordering::Relaxed));
-            libc::munmap(self.base.cast(), self.len);
-        }
     }
 }
 
