@@ -1,14 +1,14 @@
 //! The mapping: one anonymous shared region (queue header, status area,
 //! slots) created before SER forks, and its header.
 
-use std::io;
-use std::ptr;
+use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use super::ring::SLOT_SIZE;
 use super::Shared;
 use crate::abi::sersync_status;
 use crate::error::QueueError;
+use crate::os;
 
 const MAGIC: u64 = 0x5345_5253_594e_4331; // "SERSYNC1"
 
@@ -36,31 +36,12 @@ impl Shared {
     pub fn create(slots: u32) -> Result<Shared, QueueError> {
         let slots = (slots.max(64) as u64).next_power_of_two();
         let len = std::mem::size_of::<Header>().next_multiple_of(64) + slots as usize * SLOT_SIZE;
-        // SAFETY: anonymous shared mapping, checked for failure below.
-        let base = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(QueueError::Map(io::Error::last_os_error()));
-        }
-        // SAFETY: plain syscall.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            let e = io::Error::last_os_error();
-            // SAFETY: unmapping what we just mapped.
-            unsafe { libc::munmap(base, len) };
-            return Err(QueueError::Map(e));
-        }
+        let map = os::SharedMap::new(len).map_err(QueueError::Map)?;
+        // On failure `map` is unmapped as it drops.
+        let efd = os::eventfd().map_err(QueueError::Map)?;
         let shared = Shared {
-            base: base.cast(),
-            len,
+            base: map.as_ptr(),
+            _map: map,
             mask: slots - 1,
         };
         // The mapping is zero-filled: only non-zero fields need writing,
@@ -71,7 +52,11 @@ impl Shared {
             (*h).magic = MAGIC;
             (*h).slots = slots;
         }
-        shared.header().eventfd.store(efd, Ordering::Relaxed);
+        // Closed when `shared` drops.
+        shared
+            .header()
+            .eventfd
+            .store(efd.into_raw_fd(), Ordering::Relaxed);
         for i in 0..slots {
             shared.slot(i).seq.store(i, Ordering::Relaxed);
         }
@@ -82,14 +67,19 @@ impl Shared {
         // SAFETY: as above.
         unsafe { &*(self.base as *const Header) }
     }
+
+    /// The eventfd the consumer sleeps on: made before the fork, so the
+    /// same descriptor in every process.
+    pub(super) fn eventfd(&self) -> BorrowedFd<'_> {
+        // SAFETY: open from `create` until `drop`.
+        unsafe { BorrowedFd::borrow_raw(self.header().eventfd.load(Ordering::Relaxed)) }
+    }
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        // SAFETY: our own eventfd and mapping; nothing uses them after drop.
-        unsafe {
-            libc::close(self.header().eventfd.load(Ordering::Relaxed));
-            libc::munmap(self.base.cast(), self.len);
-        }
+        // SAFETY: our own eventfd, closed only here; nothing uses it after
+        // drop. The mapping is unmapped after this, as `_map` drops.
+        drop(unsafe { OwnedFd::from_raw_fd(self.header().eventfd.load(Ordering::Relaxed)) });
     }
 }

@@ -22,7 +22,8 @@ pub use ring::SLOT_SIZE;
 /// The shared region: queue header, status area and slots.
 pub struct Shared {
     base: *mut u8,
-    len: usize,
+    /// Owns what `base` points into; unmapped as it drops.
+    _map: crate::os::SharedMap,
     mask: u64,
 }
 

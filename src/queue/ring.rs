@@ -9,6 +9,7 @@ use super::map::Header;
 use super::Shared;
 use crate::codec;
 use crate::error::QueueError;
+use crate::os;
 use crate::record::RecordRef;
 
 /// Bytes per slot, including its 16-byte header.
@@ -75,16 +76,9 @@ impl Shared {
                 if h.sleeping.load(Ordering::SeqCst) == 1
                     && h.sleeping.swap(0, Ordering::SeqCst) == 1
                 {
-                    let one: u64 = 1;
-                    // SAFETY: eventfd write of 8 bytes; failure (counter
-                    // overflow) is harmless: the consumer is awake then.
-                    unsafe {
-                        libc::write(
-                            h.eventfd.load(Ordering::Relaxed),
-                            (&one as *const u64).cast(),
-                            8,
-                        )
-                    };
+                    // Failure (counter overflow) is harmless: the
+                    // consumer is awake then.
+                    let _ = os::eventfd_write(self.eventfd(), 1);
                 }
             }
             Err(_) => {
@@ -166,23 +160,10 @@ impl Shared {
             h.sleeping.store(0, Ordering::SeqCst);
             return;
         }
-        let fd = h.eventfd.load(Ordering::Relaxed);
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        unsafe {
-            libc::poll(
-                &mut pfd,
-                1,
-                timeout.as_millis().min(i32::MAX as u128) as i32,
-            )
-        };
-        let mut buf = 0u64;
-        // SAFETY: drains the counter; EAGAIN when nothing was written.
-        unsafe { libc::read(fd, (&mut buf as *mut u64).cast(), 8) };
+        let fd = self.eventfd();
+        let _ = os::poll_readable(fd, timeout);
+        // Drains the counter; WouldBlock when nothing was written.
+        let _ = os::eventfd_read(fd);
         h.sleeping.store(0, Ordering::SeqCst);
     }
 }
