@@ -14,7 +14,7 @@ use crate::error::JournalError;
 use crate::hlc::Hlc;
 use crate::journal::Journal;
 use crate::log::{self, RateLimit};
-use crate::queue::Shared;
+use crate::queue::{Item, Shared};
 use crate::record::{Op, Record};
 use crate::scan::{Scan, ScanWatch};
 use crate::status::Status;
@@ -125,8 +125,8 @@ impl Ingest {
                 if buf.is_empty() {
                     continue; // a slot whose record did not fit; counted by the producer
                 }
-                match codec::decode::<Record>(&buf) {
-                    Ok(Record::AliasScan { table, end: false }) => {
+                match codec::decode::<Item>(&buf) {
+                    Ok(Item::ScanBegin { table }) => {
                         let started = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).now();
                         // Opened before the scan's process may read the
                         // table: it waits until this marker is settled.
@@ -138,14 +138,12 @@ impl Ingest {
                             seen: HashSet::new(),
                         });
                     }
-                    Ok(Record::AliasScan { table, end: true }) => {
-                        self.finish_scan(&table, &mut pending)
-                    }
-                    Ok(Record::Forget { node_id }) => {
+                    Ok(Item::ScanEnd { table }) => self.finish_scan(&table, &mut pending),
+                    Ok(Item::Forget { node_id }) => {
                         let _ = self.net_cmd.send(crate::net::NetCmd::Forget(node_id));
                         let _ = self.waker.wake();
                     }
-                    Ok(rec) => {
+                    Ok(Item::Change(rec)) => {
                         if let (
                             Some(scan),
                             Record::Alias {

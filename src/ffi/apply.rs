@@ -51,8 +51,6 @@ pub unsafe extern "C" fn sersync_apply_decode(
                 Record::Alias { op, alias } => {
                     (unsafe { on_alias(ops.ctx, &alias_view(*op, alias)) }) >= 0
                 }
-                // Never journaled, so never sent; nothing to apply.
-                Record::AliasScan { .. } | Record::Forget { .. } => true,
             };
             if !ok {
                 rc = sersync_rc::SERSYNC_E_CALLBACK;

@@ -7,7 +7,7 @@ use std::os::raw::c_char;
 use crate::abi;
 use crate::abi::{sersync_alias, sersync_config, sersync_contact, sersync_shared, sersync_str};
 use crate::config::RawConfig;
-use crate::queue::Shared;
+use crate::queue::{ItemRef, Shared};
 use crate::record::{Alias, AliasRef, Contact, ContactRef, Op, RecordRef};
 
 /// The bytes of a C (ptr, len) string; None if ptr is NULL with len > 0.
@@ -101,15 +101,15 @@ pub(super) fn op_code(op: Op) -> i32 {
 
 /// # Safety
 /// `a` must be a valid sersync_alias whose strings live for `'a`.
-pub(super) unsafe fn alias_ref<'a>(a: &'a sersync_alias) -> Option<RecordRef<'a>> {
+pub(super) unsafe fn alias_ref<'a>(a: &'a sersync_alias) -> Option<ItemRef<'a>> {
     // SAFETY: per the function contract, for each field.
     let table = unsafe { bytes(&a.table)? };
     let op = match a.op {
         x if x == abi::sersync_op::SERSYNC_OP_SCAN_BEGIN as i32 => {
-            return Some(RecordRef::AliasScan { table, end: false })
+            return Some(ItemRef::ScanBegin { table })
         }
         x if x == abi::sersync_op::SERSYNC_OP_SCAN_END as i32 => {
-            return Some(RecordRef::AliasScan { table, end: true })
+            return Some(ItemRef::ScanEnd { table })
         }
         x if x == abi::sersync_op::SERSYNC_OP_UPSERT as i32 => Op::Upsert,
         x if x == abi::sersync_op::SERSYNC_OP_DELETE as i32 => Op::Delete,
@@ -125,7 +125,7 @@ pub(super) unsafe fn alias_ref<'a>(a: &'a sersync_alias) -> Option<RecordRef<'a>
             domain: bytes(&a.domain)?,
         }
     };
-    Some(RecordRef::Alias { op, alias })
+    Some(ItemRef::Change(RecordRef::Alias { op, alias }))
 }
 
 pub(super) fn alias_view(op: Op, a: &Alias) -> sersync_alias {

@@ -10,8 +10,7 @@ use crate::abi::{sersync_config, sersync_rc, sersync_shared, sersync_status, ser
 use crate::engine::Engine;
 use crate::error::JournalError;
 use crate::log;
-use crate::queue::Shared;
-use crate::record::RecordRef;
+use crate::queue::{ItemRef, Shared};
 
 /// # Safety
 /// See sersync.h.
@@ -64,7 +63,7 @@ pub unsafe extern "C" fn sersync_forget(
         if id.is_empty() || id.len() > crate::config::NODE_ID_MAX {
             return sersync_rc::SERSYNC_E_DECODE;
         }
-        match sh.publish(&RecordRef::Forget { node_id: id }) {
+        match sh.publish(ItemRef::Forget { node_id: id }) {
             Ok(()) => sersync_rc::SERSYNC_OK,
             Err(e) => (&e).into(),
         }

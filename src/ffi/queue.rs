@@ -8,8 +8,7 @@ use super::boundary;
 use super::convert::{alias_ref, contact_ref, shared};
 use crate::abi::{sersync_alias, sersync_contact, sersync_rc, sersync_shared};
 use crate::log;
-use crate::queue::Shared;
-use crate::record::RecordRef;
+use crate::queue::{ItemRef, Shared};
 
 /// # Safety
 /// See sersync.h.
@@ -35,7 +34,7 @@ pub unsafe extern "C" fn sersync_shared_create(slots: u32, out: *mut *mut sersyn
     })
 }
 
-/// Queues the record `view` makes of `item`: the worker-side hand-off
+/// Queues the item `view` makes of `item`: the worker-side hand-off
 /// shared by contacts and aliases.
 ///
 /// # Safety
@@ -43,7 +42,7 @@ pub unsafe extern "C" fn sersync_shared_create(slots: u32, out: *mut *mut sersyn
 unsafe fn publish_view<T>(
     sh: *mut sersync_shared,
     item: *const T,
-    view: impl for<'a> Fn(&'a T) -> Option<RecordRef<'a>>,
+    view: impl for<'a> Fn(&'a T) -> Option<ItemRef<'a>>,
 ) -> c_int {
     boundary(|| {
         // SAFETY: NULL checked; validity per the function contract.
@@ -53,7 +52,7 @@ unsafe fn publish_view<T>(
         let Some(rec) = view(item) else {
             return sersync_rc::SERSYNC_E_NULL;
         };
-        match sh.publish(&rec) {
+        match sh.publish(rec) {
             Ok(()) => sersync_rc::SERSYNC_OK,
             Err(e) => (&e).into(),
         }
@@ -68,7 +67,7 @@ pub unsafe extern "C" fn sersync_publish(
     c: *const sersync_contact,
 ) -> c_int {
     // SAFETY: the contact's strings are valid for this call (sersync.h).
-    unsafe { publish_view(sh, c, |c| contact_ref(c)) }
+    unsafe { publish_view(sh, c, |c| contact_ref(c).map(ItemRef::Change)) }
 }
 
 /// # Safety

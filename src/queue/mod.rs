@@ -13,10 +13,12 @@
 //! fork; a producer writes it only when the consumer said it is sleeping.
 
 mod durable;
+mod item;
 mod map;
 mod ring;
 mod status_area;
 
+pub use item::{Item, ItemRef};
 pub use ring::SLOT_SIZE;
 
 /// The shared region: queue header, status area and slots.

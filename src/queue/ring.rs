@@ -6,11 +6,10 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::map::Header;
-use super::Shared;
+use super::{ItemRef, Shared};
 use crate::codec;
 use crate::error::QueueError;
 use crate::os;
-use crate::record::RecordRef;
 
 /// Bytes per slot, including its 16-byte header.
 pub const SLOT_SIZE: usize = 2048;
@@ -62,10 +61,11 @@ impl Shared {
         self.header().dropped.0.load(Ordering::Relaxed)
     }
 
-    /// Producer side: encodes `rec` into a free slot. Never blocks.
-    pub fn publish(&self, rec: &RecordRef) -> Result<(), QueueError> {
+    /// Producer side: encodes `item` (a change: `&RecordRef` will do)
+    /// into a free slot. Never blocks.
+    pub fn publish<'a>(&self, item: impl Into<ItemRef<'a>>) -> Result<(), QueueError> {
         let h = self.header();
-        let result = self.try_publish(rec).map(|pos| {
+        let result = self.try_publish(&item.into()).map(|pos| {
             // A SIP worker is one single-threaded process; per thread and
             // queue is exactly "what this worker published".
             LAST_PUBLISHED.with(|l| l.set((self.base as usize, pos + 1)));
@@ -88,7 +88,7 @@ impl Shared {
         result
     }
 
-    fn try_publish(&self, rec: &RecordRef) -> Result<u64, QueueError> {
+    fn try_publish(&self, item: &ItemRef) -> Result<u64, QueueError> {
         let h = self.header();
         let mut pos = h.tail.0.load(Ordering::Relaxed);
         loop {
@@ -113,11 +113,11 @@ impl Shared {
         // The position is ours. Encode; on failure publish an empty slot
         // (len 0) so the consumer is not stuck behind it.
         let slot = self.slot(pos);
-        let res = codec::encode_to_slice(rec, self.slot_data(pos));
+        let res = codec::encode_to_slice(item, self.slot_data(pos));
         let (len, out) = match res {
             Ok(n) => (n as u32, Ok(())),
             Err(_) => {
-                let len = codec::encoded_len(rec).unwrap_or(u64::MAX) as usize;
+                let len = codec::encoded_len(item).unwrap_or(u64::MAX) as usize;
                 (
                     0,
                     Err(QueueError::TooLarge {
@@ -171,7 +171,8 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Contact, Op, Record};
+    use crate::queue::Item;
+    use crate::record::{Contact, Op, Record, RecordRef};
 
     fn rec(i: u32) -> Record {
         Record::Contact {
@@ -205,8 +206,8 @@ mod tests {
         let mut buf = Vec::new();
         for i in 0..64 {
             assert!(q.pop(&mut buf));
-            let got: Record = codec::decode(&buf).unwrap();
-            assert_eq!(got, rec(i));
+            let got: Item = codec::decode(&buf).unwrap();
+            assert_eq!(got, Item::Change(rec(i)));
         }
         assert!(!q.pop(&mut buf));
         q.publish(&as_ref(&rec(7))).unwrap();
@@ -230,7 +231,7 @@ mod tests {
         assert!(q.pop(&mut buf));
         assert!(buf.is_empty(), "skipped slot comes out empty");
         assert!(q.pop(&mut buf));
-        assert_eq!(codec::decode::<Record>(&buf).unwrap(), rec(2));
+        assert_eq!(codec::decode::<Item>(&buf).unwrap(), Item::Change(rec(2)));
     }
 
     #[test]
@@ -252,7 +253,9 @@ mod tests {
         let mut buf = Vec::new();
         while seen.len() < 3000 {
             if q.pop(&mut buf) {
-                let Record::Contact { contact, .. } = codec::decode::<Record>(&buf).unwrap() else {
+                let Item::Change(Record::Contact { contact, .. }) =
+                    codec::decode::<Item>(&buf).unwrap()
+                else {
                     unreachable!()
                 };
                 assert!(seen.insert(contact.aor));
