@@ -7,6 +7,7 @@ use std::os::raw::c_char;
 use crate::abi;
 use crate::abi::{sersync_alias, sersync_config, sersync_contact, sersync_shared, sersync_str};
 use crate::config::RawConfig;
+use crate::error::ConfigError;
 use crate::queue::{ItemRef, Shared};
 use crate::record::{Alias, AliasRef, Contact, ContactRef, Op, RecordRef};
 
@@ -140,18 +141,22 @@ pub(super) fn alias_view(op: Op, a: &Alias) -> sersync_alias {
     }
 }
 
+/// The modparams as Rust strings; one that is NULL (with a length) or
+/// not UTF-8 is a [`ConfigError`] naming it.
+///
 /// # Safety
 /// `cfg` must be a valid sersync_config (see sersync.h).
-pub(super) unsafe fn raw_config(cfg: &sersync_config) -> Result<RawConfig, &'static str> {
-    let s = |v: &sersync_str, name: &'static str| -> Result<String, &'static str> {
+pub(super) unsafe fn raw_config(cfg: &sersync_config) -> Result<RawConfig, ConfigError> {
+    let bad = |name: &'static str| ConfigError::invalid(name, "not valid UTF-8 or NULL");
+    let s = |v: &sersync_str, name: &'static str| -> Result<String, ConfigError> {
         // SAFETY: per the function contract.
-        let b = unsafe { bytes(v) }.ok_or(name)?;
-        String::from_utf8(b.to_vec()).map_err(|_| name)
+        let b = unsafe { bytes(v) }.ok_or_else(|| bad(name))?;
+        String::from_utf8(b.to_vec()).map_err(|_| bad(name))
     };
     let mut peers = Vec::with_capacity(cfg.npeers);
     if cfg.npeers > 0 {
         if cfg.peers.is_null() {
-            return Err("peer");
+            return Err(bad("peer"));
         }
         // SAFETY: per the function contract, peers has npeers entries.
         for p in unsafe { std::slice::from_raw_parts(cfg.peers, cfg.npeers) } {
@@ -163,7 +168,9 @@ pub(super) unsafe fn raw_config(cfg: &sersync_config) -> Result<RawConfig, &'sta
         listen: s(&cfg.listen, "listen")?,
         peers,
         // SAFETY: per the function contract.
-        secret: unsafe { bytes(&cfg.secret) }.ok_or("secret")?.to_vec(),
+        secret: unsafe { bytes(&cfg.secret) }
+            .ok_or_else(|| bad("secret"))?
+            .to_vec(),
         journal: s(&cfg.journal, "journal")?,
         fifo: s(&cfg.fifo, "fifo")?,
         db_url: s(&cfg.db_url, "db_url")?,

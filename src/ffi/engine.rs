@@ -26,15 +26,11 @@ pub unsafe extern "C" fn sersync_config_check(
             return sersync_rc::SERSYNC_E_NULL;
         };
         // SAFETY: as above.
-        let result = match unsafe { raw_config(cfg) } {
-            Ok(raw) => raw.check().map(|_| ()).map_err(|e| e.to_string()),
-            Err(name) => Err(format!("modparam \"{name}\": not valid UTF-8 or NULL")),
-        };
-        match result {
-            Ok(()) => sersync_rc::SERSYNC_OK,
-            Err(msg) => {
-                write_err(err, errlen, &msg);
-                sersync_rc::SERSYNC_E_CONFIG
+        match unsafe { raw_config(cfg) }.and_then(|raw| raw.check()) {
+            Ok(_) => sersync_rc::SERSYNC_OK,
+            Err(e) => {
+                write_err(err, errlen, &e.to_string());
+                (&e).into()
             }
         }
     })
@@ -90,18 +86,11 @@ pub unsafe extern "C" fn sersync_engine_run(
             Arc::from_raw(sh as *const Shared)
         };
         // SAFETY: validity per sersync.h.
-        let raw = match unsafe { raw_config(&*cfg) } {
-            Ok(r) => r,
-            Err(name) => {
-                log::error(format_args!("modparam \"{name}\": not valid UTF-8 or NULL"));
-                return sersync_rc::SERSYNC_E_CONFIG;
-            }
-        };
-        let cfg = match raw.check() {
+        let cfg = match unsafe { raw_config(&*cfg) }.and_then(|raw| raw.check()) {
             Ok(c) => c,
             Err(e) => {
                 log::error(format_args!("{e}"));
-                return sersync_rc::SERSYNC_E_CONFIG;
+                return (&e).into();
             }
         };
         if std::env::var_os("SERSYNC_DEBUG").is_some() {
@@ -122,7 +111,7 @@ pub unsafe extern "C" fn sersync_engine_run(
                     let st = crate::status::Status::new(&cfg.node_id);
                     st.set_error(&e.to_string());
                     shared.write_status(&st.to_c());
-                    return sersync_rc::SERSYNC_E_JOURNAL;
+                    return (&e).into();
                 }
                 Err(e) => {
                     log::error(format_args!(
