@@ -1,6 +1,5 @@
-//! Errors per subsystem, and their one mapping onto the C return codes.
-
-use crate::abi::sersync_rc;
+//! Errors per subsystem. Their one mapping onto the C return codes is in
+//! the C boundary (`ffi/error.rs`).
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -80,14 +79,4 @@ pub enum QueueError {
     TooLarge { len: usize, max: usize },
     #[error("cannot map shared memory: {0}")]
     Map(std::io::Error),
-}
-
-impl From<&QueueError> for sersync_rc {
-    fn from(e: &QueueError) -> Self {
-        match e {
-            QueueError::Full => sersync_rc::SERSYNC_E_QUEUE_FULL,
-            QueueError::TooLarge { .. } => sersync_rc::SERSYNC_E_TOO_LARGE,
-            QueueError::Map(_) => sersync_rc::SERSYNC_E_IO,
-        }
-    }
 }

@@ -12,7 +12,7 @@ use crate::handoff::{NetCmd, ToNet};
 use crate::hlc::Hlc;
 use crate::journal::Journal;
 use crate::log::{self, RateLimit};
-use crate::queue::Shared;
+use crate::queue::{Item, Shared};
 use crate::record::Record;
 use crate::scan::{Conclusion, Scan, ScanWatch};
 use crate::status::Status;
@@ -89,21 +89,19 @@ impl Ingest {
                 if buf.is_empty() {
                     continue; // a slot whose record did not fit; counted by the producer
                 }
-                match codec::decode::<Record>(&buf) {
-                    Ok(Record::AliasScan { table, end: false }) => {
+                match codec::decode::<Item>(&buf) {
+                    Ok(Item::ScanBegin { table }) => {
                         let started = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).now();
                         // Opened before the scan's process may read the
                         // table: it waits until this marker is settled.
                         self.scan_watch.open();
                         self.scan = Some(Scan::begin(table, started));
                     }
-                    Ok(Record::AliasScan { table, end: true }) => {
-                        self.finish_scan(&table, &mut pending)
-                    }
-                    Ok(Record::Forget { node_id }) => {
+                    Ok(Item::ScanEnd { table }) => self.finish_scan(&table, &mut pending),
+                    Ok(Item::Forget { node_id }) => {
                         self.net.send(NetCmd::Forget(node_id));
                     }
-                    Ok(rec) => {
+                    Ok(Item::Change(rec)) => {
                         let rec = match &mut self.scan {
                             Some(scan) => match scan.hold(rec) {
                                 Some(rec) => rec,

@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod journal;
 pub mod log;
 pub mod net;
+pub mod os;
 pub mod queue;
 pub mod record;
 pub mod scan;

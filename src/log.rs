@@ -4,24 +4,24 @@
 use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
-
-use crate::abi::sersync_log_fn;
+use std::sync::{Mutex, OnceLock};
 
 pub const ERR: i32 = 1;
 pub const WARN: i32 = 2;
 pub const INFO: i32 = 3;
 pub const DBG: i32 = 4;
 
-/// The C callback as an address (0 = none); fn pointers are not atomics.
-static LOGGER: AtomicUsize = AtomicUsize::new(0);
+/// Where lines go instead of stderr: the C boundary's forwarder to the
+/// callback SER registers (`ffi/log.rs`); false while none is registered.
+static SINK: OnceLock<fn(i32, &str) -> bool> = OnceLock::new();
 /// SER's logging is not promised thread-safe: one call at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 /// Most verbose level emitted; debug is off unless asked for.
 static MAX_LEVEL: AtomicUsize = AtomicUsize::new(INFO as usize);
 
-pub fn set_logger(f: sersync_log_fn) {
-    LOGGER.store(f.map_or(0, |f| f as usize), Ordering::Release);
+/// Installs the forwarder; the first one installed stays.
+pub fn set_sink(f: fn(i32, &str) -> bool) {
+    let _ = SINK.set(f);
 }
 
 pub fn set_max_level(level: i32) {
@@ -34,17 +34,8 @@ pub fn log(level: i32, args: fmt::Arguments) {
     }
     let msg = format!("sersync: {args}");
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    match LOGGER.load(Ordering::Acquire) {
-        0 => {
-            let _ = writeln!(std::io::stderr(), "[{level}] {msg}");
-        }
-        addr => {
-            // SAFETY: addr was stored from a valid `sersync_log_fn` by
-            // set_logger; the C side promises it stays valid.
-            let f: unsafe extern "C" fn(i32, *const std::os::raw::c_char, usize) =
-                unsafe { std::mem::transmute(addr) };
-            unsafe { f(level, msg.as_ptr().cast(), msg.len()) };
-        }
+    if !SINK.get().is_some_and(|sink| sink(level, &msg)) {
+        let _ = writeln!(std::io::stderr(), "[{level}] {msg}");
     }
 }
 

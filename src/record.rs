@@ -149,50 +149,20 @@ impl Alias {
 }
 
 /// A replicated change. New kinds are added as new variants at the end, so
-/// existing encodings keep their meaning.
+/// existing encodings keep their meaning: the journal and the wire store
+/// the variant index (Contact 0, Alias 1). What only the worker queue
+/// carries is a [`crate::queue::Item`], not a `Record`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
-    Contact {
-        op: Op,
-        contact: Contact,
-    },
-    Alias {
-        op: Op,
-        alias: Alias,
-    },
-    /// Marks the start or end of a full scan of an alias table. Only ever
-    /// in the worker queue: the ingest turns a scan into changes.
-    AliasScan {
-        #[serde(with = "serde_bytes")]
-        table: Vec<u8>,
-        end: bool,
-    },
-    /// `sersync.forget`: remove a member for good. Only ever in the worker
-    /// queue; the members learn it by gossip.
-    Forget {
-        node_id: String,
-    },
+    Contact { op: Op, contact: Contact },
+    Alias { op: Op, alias: Alias },
 }
 
 /// Borrowed twin of [`Record`] with the same encoding.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub enum RecordRef<'a> {
-    Contact {
-        op: Op,
-        contact: ContactRef<'a>,
-    },
-    Alias {
-        op: Op,
-        alias: AliasRef<'a>,
-    },
-    AliasScan {
-        #[serde(with = "serde_bytes")]
-        table: &'a [u8],
-        end: bool,
-    },
-    Forget {
-        node_id: &'a str,
-    },
+    Contact { op: Op, contact: ContactRef<'a> },
+    Alias { op: Op, alias: AliasRef<'a> },
 }
 
 fn push_parts(k: &mut Vec<u8>, parts: &[&[u8]]) {
@@ -220,8 +190,6 @@ impl Record {
                 op: *op,
                 alias: alias.as_ref(),
             },
-            Record::AliasScan { table, end } => RecordRef::AliasScan { table, end: *end },
-            Record::Forget { node_id } => RecordRef::Forget { node_id },
         }
     }
 
@@ -242,16 +210,6 @@ impl Record {
                     &mut k,
                     &[&a.alias_username, &a.alias_domain, &a.username, &a.domain],
                 );
-                k
-            }
-            Record::AliasScan { table, .. } => {
-                let mut k = vec![b's'];
-                push_parts(&mut k, &[table]);
-                k
-            }
-            Record::Forget { node_id } => {
-                let mut k = vec![b'f'];
-                push_parts(&mut k, &[node_id.as_bytes()]);
                 k
             }
         }
@@ -280,4 +238,29 @@ pub struct SnapRow {
     pub origin: String,
     pub hlc: u64,
     pub record: Record,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The journal and the wire hold these indices: they never move.
+    #[test]
+    fn variant_indices_are_stored_and_stay() {
+        let first_byte = |r: &Record| {
+            let mut out = Vec::new();
+            crate::codec::encode_into(r, &mut out).unwrap();
+            out[0]
+        };
+        let contact = Record::Contact {
+            op: Op::Upsert,
+            contact: Contact::default(),
+        };
+        let alias = Record::Alias {
+            op: Op::Delete,
+            alias: Alias::default(),
+        };
+        assert_eq!(first_byte(&contact), 0);
+        assert_eq!(first_byte(&alias), 1);
+    }
 }

@@ -12,7 +12,7 @@ use sersync::apply::Sink;
 use sersync::config::RawConfig;
 use sersync::engine::Engine;
 use sersync::error::ApplyError;
-use sersync::queue::Shared;
+use sersync::queue::{ItemRef, Shared};
 use sersync::record::{Contact, Op, Record, RecordRef};
 
 type Table = Arc<Mutex<BTreeMap<(Vec<u8>, Vec<u8>), Contact>>>;
@@ -37,9 +37,6 @@ impl Sink for MemorySink {
                         ..Default::default()
                     },
                 ),
-                Record::AliasScan { .. } | Record::Forget { .. } => {
-                    panic!("queue-only records are never sent")
-                }
             };
             let key = (contact.aor.clone(), contact.contact.clone());
             match op {
@@ -135,9 +132,12 @@ impl Node {
     /// A scan of the alias table starts (false) or ends (true).
     fn scan_mark(&self, end: bool) {
         let table: &[u8] = b"dbaliases";
-        self.shared
-            .publish(&RecordRef::AliasScan { table, end })
-            .unwrap();
+        let mark = if end {
+            ItemRef::ScanEnd { table }
+        } else {
+            ItemRef::ScanBegin { table }
+        };
+        self.shared.publish(mark).unwrap();
     }
 
     fn holds_alias(&self, a: &str, target: &str) -> bool {
@@ -364,9 +364,7 @@ fn alias(a: &str, target: &str) -> sersync::record::Alias {
 
 fn scan(shared: &Shared, rows: &[(&str, &str)]) {
     let table: &[u8] = b"dbaliases";
-    shared
-        .publish(&RecordRef::AliasScan { table, end: false })
-        .unwrap();
+    shared.publish(ItemRef::ScanBegin { table }).unwrap();
     for (a, t) in rows {
         let al = alias(a, t);
         shared
@@ -376,9 +374,7 @@ fn scan(shared: &Shared, rows: &[(&str, &str)]) {
             })
             .unwrap();
     }
-    shared
-        .publish(&RecordRef::AliasScan { table, end: true })
-        .unwrap();
+    shared.publish(ItemRef::ScanEnd { table }).unwrap();
 }
 
 #[test]
@@ -628,7 +624,7 @@ fn a_new_node_joins_through_one_seed_and_is_forgotten_for_good() {
     // Killed and forgotten: it leaves every member list, and no journal
     // holds anything back for it.
     nodes[3].stop();
-    let forget = sersync::record::RecordRef::Forget { node_id: "n4" };
+    let forget = ItemRef::Forget { node_id: "n4" };
     nodes[1].shared.publish(&forget).unwrap();
     wait_for(
         "n4 to disappear from every member list",

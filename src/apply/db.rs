@@ -163,7 +163,6 @@ impl Sink for Database {
                 match r {
                     Record::Contact { op, contact } => Self::write(&tx, *op, contact)?,
                     Record::Alias { op, alias } => Self::write_alias(&tx, *op, alias)?,
-                    Record::AliasScan { .. } | Record::Forget { .. } => {}
                 }
             }
             tx.commit().map_err(|e| e.to_string())

@@ -21,6 +21,7 @@ use serde_json::Value;
 use super::payload;
 use super::Sink;
 use crate::error::ApplyError;
+use crate::os;
 use crate::record::Record;
 
 /// jsonrpcs reads FIFO requests into an 8 KiB buffer; writes above
@@ -148,14 +149,8 @@ impl Door {
         let _ = std::fs::remove_file(&reply_path);
         let cpath = std::ffi::CString::new(reply_path.as_os_str().as_encoded_bytes())
             .map_err(|_| self.err("reply path contains NUL"))?;
-        // SAFETY: valid C string; mkfifo has no other preconditions.
-        if unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) } != 0 {
-            return Err(self.err(format!(
-                "mkfifo {}: {}",
-                reply_path.display(),
-                std::io::Error::last_os_error()
-            )));
-        }
+        os::mkfifo(&cpath, 0o600)
+            .map_err(|e| self.err(format!("mkfifo {}: {e}", reply_path.display())))?;
         let result = (|| {
             // Open our read end first (non-blocking) so SER's writer finds
             // a reader.
@@ -215,7 +210,7 @@ impl Door {
 }
 
 fn read_until_eof(f: &mut std::fs::File, timeout: Duration) -> std::io::Result<Vec<u8>> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
@@ -228,13 +223,7 @@ fn read_until_eof(f: &mut std::fs::File, timeout: Duration) -> std::io::Result<V
                 "timed out",
             ));
         }
-        let mut pfd = libc::pollfd {
-            fd: f.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
+        let _ = os::poll_readable(f.as_fd(), left.min(Duration::from_secs(1)));
         match f.read(&mut buf) {
             Ok(0) if got_writer || !out.is_empty() => return Ok(out),
             // No writer yet: Linux reports EOF before the first writer.

@@ -1,0 +1,150 @@
+//! Engine calls: configuration check, running the engine in the sersync
+//! process, its status, and forgetting a member.
+
+use std::os::raw::{c_char, c_int};
+use std::sync::Arc;
+
+use super::boundary;
+use super::convert::{bytes, raw_config, shared, write_err};
+use crate::abi::{sersync_config, sersync_rc, sersync_shared, sersync_status, sersync_str};
+use crate::engine::Engine;
+use crate::error::JournalError;
+use crate::log;
+use crate::queue::{ItemRef, Shared};
+
+/// # Safety
+/// See sersync.h.
+#[no_mangle]
+pub unsafe extern "C" fn sersync_config_check(
+    cfg: *const sersync_config,
+    err: *mut c_char,
+    errlen: usize,
+) -> c_int {
+    boundary(|| {
+        // SAFETY: NULL checked; validity per sersync.h.
+        let Some(cfg) = (unsafe { cfg.as_ref() }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
+        // SAFETY: as above.
+        match unsafe { raw_config(cfg) }.and_then(|raw| raw.check()) {
+            Ok(_) => sersync_rc::SERSYNC_OK,
+            Err(e) => {
+                write_err(err, errlen, &e.to_string());
+                (&e).into()
+            }
+        }
+    })
+}
+
+/// # Safety
+/// See sersync.h.
+#[no_mangle]
+pub unsafe extern "C" fn sersync_forget(
+    sh: *mut sersync_shared,
+    node_id: *const c_char,
+    len: usize,
+) -> c_int {
+    boundary(|| {
+        // SAFETY: NULL checked; validity per sersync.h.
+        let Some(sh) = (unsafe { shared(sh) }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
+        // SAFETY: node_id has len bytes per sersync.h.
+        let Some(id) = (unsafe { bytes(&sersync_str { s: node_id, len }) }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
+        let Ok(id) = std::str::from_utf8(id) else {
+            return sersync_rc::SERSYNC_E_DECODE;
+        };
+        if id.is_empty() || id.len() > crate::config::NODE_ID_MAX {
+            return sersync_rc::SERSYNC_E_DECODE;
+        }
+        match sh.publish(ItemRef::Forget { node_id: id }) {
+            Ok(()) => sersync_rc::SERSYNC_OK,
+            Err(e) => (&e).into(),
+        }
+    })
+}
+
+/// # Safety
+/// See sersync.h.
+#[no_mangle]
+pub unsafe extern "C" fn sersync_engine_run(
+    sh: *mut sersync_shared,
+    cfg: *const sersync_config,
+) -> c_int {
+    boundary(|| {
+        if sh.is_null() || cfg.is_null() {
+            return sersync_rc::SERSYNC_E_NULL;
+        }
+        std::panic::set_hook(Box::new(|info| {
+            log::error(format_args!("internal fault: {info}"))
+        }));
+        // SAFETY: sh came from Arc::into_raw in sersync_shared_create.
+        let shared = unsafe {
+            Arc::increment_strong_count(sh as *const Shared);
+            Arc::from_raw(sh as *const Shared)
+        };
+        // SAFETY: validity per sersync.h.
+        let cfg = match unsafe { raw_config(&*cfg) }.and_then(|raw| raw.check()) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error(format_args!("{e}"));
+                return (&e).into();
+            }
+        };
+        if std::env::var_os("SERSYNC_DEBUG").is_some() {
+            log::set_max_level(log::DBG);
+        }
+        loop {
+            match Engine::start(cfg.clone(), shared.clone(), None) {
+                Ok(engine) => {
+                    engine.wait();
+                    return sersync_rc::SERSYNC_OK;
+                }
+                Err(crate::engine::EngineError::Journal(
+                    e @ (JournalError::CorruptMovedAside { .. } | JournalError::TooNew { .. }),
+                )) => {
+                    log::error(format_args!(
+                        "{e}; until then replication is off, SER keeps serving"
+                    ));
+                    let st = crate::status::Status::new(&cfg.node_id);
+                    st.set_error(&e.to_string());
+                    shared.write_status(&st.to_c());
+                    return (&e).into();
+                }
+                Err(e) => {
+                    log::error(format_args!(
+                        "cannot start: {e}; retrying in 10 s (SER keeps serving)"
+                    ));
+                    let st = crate::status::Status::new(&cfg.node_id);
+                    st.set_error(&e.to_string());
+                    shared.write_status(&st.to_c());
+                    std::thread::sleep(std::time::Duration::from_secs(10));
+                }
+            }
+        }
+    })
+}
+
+/// # Safety
+/// See sersync.h.
+#[no_mangle]
+pub unsafe extern "C" fn sersync_status_read(
+    sh: *mut sersync_shared,
+    out: *mut sersync_status,
+) -> c_int {
+    boundary(|| {
+        // SAFETY: NULL checked; validity per sersync.h.
+        let Some(sh) = (unsafe { shared(sh) }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
+        if out.is_null() {
+            return sersync_rc::SERSYNC_E_NULL;
+        }
+        let st = sh.read_status();
+        // SAFETY: out checked non-NULL.
+        unsafe { out.write(st) };
+        sersync_rc::SERSYNC_OK
+    })
+}

@@ -1,0 +1,155 @@
+//! The few operating-system calls sersync makes through libc, behind safe
+//! wrappers: the reply FIFO of SER's RPC door, poll, the queue's eventfd
+//! and its shared mapping. Ground floor: depends on nothing in the crate.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr;
+use std::time::Duration;
+
+/// mkfifo(3): creates a FIFO at `path`.
+pub fn mkfifo(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: a valid C string; mkfifo has no other preconditions.
+    if unsafe { libc::mkfifo(path.as_ptr(), mode) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// poll(2) on one descriptor: waits until `fd` is readable or `timeout`
+/// (whole milliseconds) has passed. True when it is readable.
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd.
+    match unsafe { libc::poll(&mut pfd, 1, ms) } {
+        n if n < 0 => Err(io::Error::last_os_error()),
+        n => Ok(n > 0),
+    }
+}
+
+/// eventfd(2): a counter starting at 0, non-blocking, closed on exec.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds `n` to an eventfd's counter, waking a poll() on it.
+pub fn eventfd_write(fd: BorrowedFd<'_>, n: u64) -> io::Result<()> {
+    // SAFETY: writes the 8 bytes of `n`.
+    let r = unsafe { libc::write(fd.as_raw_fd(), (&n as *const u64).cast(), 8) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads and resets an eventfd's counter; `WouldBlock` while it is 0.
+pub fn eventfd_read(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut n = 0u64;
+    // SAFETY: reads at most 8 bytes into `n`.
+    let r = unsafe { libc::read(fd.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n)
+}
+
+/// An anonymous shared mapping: zero-filled, readable and writable, the
+/// same pages in every process forked after it was made. Unmapped when
+/// dropped; whoever reads or writes through [`SharedMap::as_ptr`] must
+/// keep it alive meanwhile.
+pub struct SharedMap {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl SharedMap {
+    pub fn new(len: usize) -> io::Result<SharedMap> {
+        // SAFETY: a new anonymous mapping overlaps nothing; checked for
+        // failure below.
+        let ptr = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SharedMap {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+}
+
+impl Drop for SharedMap {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, made in `new`; unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn eventfd_counts_wakes_and_drains() {
+        let fd = eventfd().unwrap();
+        assert!(!poll_readable(fd.as_fd(), Duration::ZERO).unwrap());
+        assert_eq!(
+            eventfd_read(fd.as_fd()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        eventfd_write(fd.as_fd(), 1).unwrap();
+        eventfd_write(fd.as_fd(), 2).unwrap();
+        assert!(poll_readable(fd.as_fd(), Duration::from_millis(100)).unwrap());
+        assert_eq!(eventfd_read(fd.as_fd()).unwrap(), 3);
+    }
+
+    #[test]
+    fn shared_map_is_zeroed_and_writable() {
+        let m = SharedMap::new(4096).unwrap();
+        // SAFETY: within the mapping, which outlives both accesses.
+        unsafe {
+            assert_eq!(*m.as_ptr().add(4095), 0);
+            *m.as_ptr().add(4095) = 7;
+            assert_eq!(*m.as_ptr().add(4095), 7);
+        }
+    }
+
+    #[test]
+    fn mkfifo_makes_a_fifo_and_reports_failure() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reply");
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        mkfifo(&c, 0o600).unwrap();
+        assert!(std::fs::metadata(&path).unwrap().file_type().is_fifo());
+        assert_eq!(
+            mkfifo(&c, 0o600).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+    }
+}

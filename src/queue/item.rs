@@ -1,0 +1,119 @@
+//! What the worker queue carries: a change for the journal, or a control
+//! message for the sersync process. Only the queue encodes items, and its
+//! producers and consumer are one build, so this encoding may change;
+//! [`Record`]'s is the journal's and the wire's.
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::{Record, RecordRef};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Item {
+    /// A local change: the ingest stamps and journals it.
+    Change(Record),
+    /// A full scan of an alias table starts; the upserts of that table
+    /// that follow are its rows.
+    ScanBegin {
+        #[serde(with = "serde_bytes")]
+        table: Vec<u8>,
+    },
+    /// The scan ends; the ingest concludes it ([`crate::scan`]).
+    ScanEnd {
+        #[serde(with = "serde_bytes")]
+        table: Vec<u8>,
+    },
+    /// `sersync.forget`: remove a member for good; the members learn it
+    /// by gossip.
+    Forget { node_id: String },
+}
+
+/// Borrowed twin of [`Item`] with the same encoding: what a SIP worker
+/// publishes straight from SER's memory without allocating.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub enum ItemRef<'a> {
+    Change(RecordRef<'a>),
+    ScanBegin {
+        #[serde(with = "serde_bytes")]
+        table: &'a [u8],
+    },
+    ScanEnd {
+        #[serde(with = "serde_bytes")]
+        table: &'a [u8],
+    },
+    Forget {
+        node_id: &'a str,
+    },
+}
+
+impl Item {
+    pub fn as_ref(&self) -> ItemRef<'_> {
+        match self {
+            Item::Change(rec) => ItemRef::Change(rec.as_ref()),
+            Item::ScanBegin { table } => ItemRef::ScanBegin { table },
+            Item::ScanEnd { table } => ItemRef::ScanEnd { table },
+            Item::Forget { node_id } => ItemRef::Forget { node_id },
+        }
+    }
+}
+
+impl<'a> From<RecordRef<'a>> for ItemRef<'a> {
+    fn from(rec: RecordRef<'a>) -> Self {
+        ItemRef::Change(rec)
+    }
+}
+
+impl<'a> From<&RecordRef<'a>> for ItemRef<'a> {
+    fn from(rec: &RecordRef<'a>) -> Self {
+        ItemRef::Change(*rec)
+    }
+}
+
+impl<'a> From<&ItemRef<'a>> for ItemRef<'a> {
+    fn from(item: &ItemRef<'a>) -> Self {
+        *item
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+    use crate::record::{Alias, Contact, Op};
+
+    #[test]
+    fn borrowed_twin_encodes_the_same() {
+        let items = [
+            Item::Change(Record::Contact {
+                op: Op::Upsert,
+                contact: Contact {
+                    aor: b"alice".to_vec(),
+                    ..Default::default()
+                },
+            }),
+            Item::Change(Record::Alias {
+                op: Op::Delete,
+                alias: Alias {
+                    table: b"dbaliases".to_vec(),
+                    ..Default::default()
+                },
+            }),
+            Item::ScanBegin {
+                table: b"dbaliases".to_vec(),
+            },
+            Item::ScanEnd {
+                table: b"dbaliases".to_vec(),
+            },
+            Item::Forget {
+                node_id: "n4".into(),
+            },
+        ];
+        for item in items {
+            let mut owned = Vec::new();
+            codec::encode_into(&item, &mut owned).unwrap();
+            let mut borrowed = Vec::new();
+            codec::encode_into(&item.as_ref(), &mut borrowed).unwrap();
+            assert_eq!(owned, borrowed);
+            assert_eq!(codec::decode::<Item>(&borrowed).unwrap(), item);
+        }
+    }
+}
