@@ -168,6 +168,43 @@ impl Engine {
         })
     }
 
+    /// Runs the engine for the life of the sersync process: a start that
+    /// fails is tried again every 10 s (SER keeps serving meanwhile), except
+    /// on a journal that needs an operator (moved aside as corrupt, or from
+    /// a newer release), which is returned. Every failure is logged and
+    /// shown in the shared status.
+    pub fn supervise(cfg: Config, shared: Arc<Shared>) -> Result<(), JournalError> {
+        let show = |e: &dyn std::fmt::Display| {
+            let st = Status::new(&cfg.node_id);
+            st.set_error(&e.to_string());
+            shared.write_status(&st.to_c());
+        };
+        loop {
+            match Engine::start(cfg.clone(), shared.clone(), None) {
+                Ok(engine) => {
+                    engine.wait();
+                    return Ok(());
+                }
+                Err(EngineError::Journal(
+                    e @ (JournalError::CorruptMovedAside { .. } | JournalError::TooNew { .. }),
+                )) => {
+                    log::error(format_args!(
+                        "{e}; until then replication is off, SER keeps serving"
+                    ));
+                    show(&e);
+                    return Err(e);
+                }
+                Err(e) => {
+                    log::error(format_args!(
+                        "cannot start: {e}; retrying in 10 s (SER keeps serving)"
+                    ));
+                    show(&e);
+                    std::thread::sleep(std::time::Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
     pub fn status(&self) -> Snapshot {
         self.status.snapshot()
     }

@@ -8,7 +8,6 @@ use super::boundary;
 use super::convert::{bytes, raw_config, shared, write_err};
 use crate::abi::{sersync_config, sersync_rc, sersync_shared, sersync_status, sersync_str};
 use crate::engine::Engine;
-use crate::error::JournalError;
 use crate::log;
 use crate::queue::{ItemRef, Shared};
 
@@ -96,33 +95,9 @@ pub unsafe extern "C" fn sersync_engine_run(
         if std::env::var_os("SERSYNC_DEBUG").is_some() {
             log::set_max_level(log::DBG);
         }
-        loop {
-            match Engine::start(cfg.clone(), shared.clone(), None) {
-                Ok(engine) => {
-                    engine.wait();
-                    return sersync_rc::SERSYNC_OK;
-                }
-                Err(crate::engine::EngineError::Journal(
-                    e @ (JournalError::CorruptMovedAside { .. } | JournalError::TooNew { .. }),
-                )) => {
-                    log::error(format_args!(
-                        "{e}; until then replication is off, SER keeps serving"
-                    ));
-                    let st = crate::status::Status::new(&cfg.node_id);
-                    st.set_error(&e.to_string());
-                    shared.write_status(&st.to_c());
-                    return (&e).into();
-                }
-                Err(e) => {
-                    log::error(format_args!(
-                        "cannot start: {e}; retrying in 10 s (SER keeps serving)"
-                    ));
-                    let st = crate::status::Status::new(&cfg.node_id);
-                    st.set_error(&e.to_string());
-                    shared.write_status(&st.to_c());
-                    std::thread::sleep(std::time::Duration::from_secs(10));
-                }
-            }
+        match Engine::supervise(cfg, shared) {
+            Ok(()) => sersync_rc::SERSYNC_OK,
+            Err(e) => (&e).into(),
         }
     })
 }
