@@ -69,7 +69,18 @@ pub struct ClusterOptions {
     pub template: Option<PathBuf>,
     /// More `kamailio` arguments, e.g. `["-x", "tlsf"]` (memory manager).
     pub kamailio_args: Vec<String>,
+    /// usrloc's db_mode; None: the template's (1, write-through to SER's
+    /// SQLite database). 0 keeps usrloc in memory only.
+    pub ul_db_mode: Option<u8>,
+    /// sersync without `db_url` (no database at all: no database fallback,
+    /// no start-up comparison with SER's location table, no aliases), as a
+    /// cluster with usrloc in memory runs; false: SER's database.
+    pub sersync_no_db: bool,
 }
+
+/// The template's usrloc db_mode line, replaced when
+/// `ClusterOptions::ul_db_mode` is set.
+pub const UL_DB_MODE_LINE: &str = "modparam(\"usrloc\", \"db_mode\", 1)";
 
 /// The kamailio.cfg for one node, from tests/e2e/kamailio.cfg.in.
 pub fn node_config(
@@ -107,6 +118,20 @@ pub fn node_config_with(
         .unwrap_or_else(|| e2e_dir().join("kamailio.cfg.in"));
     let template = fs::read_to_string(&template_path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", template_path.display()));
+    let template = match opts.ul_db_mode {
+        None => template,
+        Some(mode) => {
+            assert!(
+                template.contains(UL_DB_MODE_LINE),
+                "{}: no `{UL_DB_MODE_LINE}` line for ClusterOptions::ul_db_mode",
+                template_path.display()
+            );
+            template.replace(
+                UL_DB_MODE_LINE,
+                &format!("modparam(\"usrloc\", \"db_mode\", {mode})"),
+            )
+        }
+    };
     let d = dir.to_str().expect("utf-8 dir");
     let db_url = format!("sqlite:///{d}/kamailio.db");
     let sersync = match module {
@@ -125,7 +150,9 @@ pub fn node_config_with(
             let _ = writeln!(s, "modparam(\"sersync\", \"secret\", \"{secret}\")");
             let _ = writeln!(s, "modparam(\"sersync\", \"journal\", \"{d}/sersync.db\")");
             let _ = writeln!(s, "modparam(\"sersync\", \"fifo\", \"{d}/rpc.fifo\")");
-            let _ = writeln!(s, "modparam(\"sersync\", \"db_url\", \"{db_url}\")");
+            if !opts.sersync_no_db {
+                let _ = writeln!(s, "modparam(\"sersync\", \"db_url\", \"{db_url}\")");
+            }
             let domains = opts.domains.as_deref().unwrap_or("location");
             let _ = writeln!(s, "modparam(\"sersync\", \"domains\", \"{domains}\")");
             for line in opts.extra.get(&index).into_iter().flatten() {

@@ -35,6 +35,10 @@ pub struct SersyncStatus {
     pub apply_pending: u64,
     pub apply_failures: u64,
     pub applied_via_db: u64,
+    /// Contacts restored from the journal into SER since this start, and
+    /// those still waiting for it (0 when the engine does not report them).
+    pub restored: u64,
+    pub restore_pending: u64,
     pub last_error: String,
     pub peers: Vec<PeerStatus>,
     pub raw: Value,
@@ -118,10 +122,19 @@ impl SersyncStatus {
             apply_pending: u(v, "apply_pending"),
             apply_failures: u(v, "apply_failures"),
             applied_via_db: u(v, "applied_via_db"),
+            restored: u(v, "restored"),
+            restore_pending: u(v, "restore_pending"),
             last_error: s(v, "last_error"),
             peers,
             raw: v.clone(),
         }
+    }
+
+    /// Whether sersync.status has the restore counters (`restored`,
+    /// `restore_pending`) at all: engines before the restore at start
+    /// (issue 11) do not, and then both read 0.
+    pub fn reports_restore(&self) -> bool {
+        field(&self.raw, "restored").is_some() && field(&self.raw, "restore_pending").is_some()
     }
 
     /// The peer whose address names `ip` (or whose node id is `id`).
@@ -135,7 +148,8 @@ impl SersyncStatus {
     pub fn summary(&self) -> String {
         let mut t = format!(
             "id={} running={} journaled={} last_seq={} applied={} apply_pending={} \
-             apply_failures={} via_db={} queue={}/{} dropped err={:?}",
+             apply_failures={} via_db={} restored={} restore_pending={} queue={}/{} dropped \
+             err={:?}",
             self.node_id,
             self.running,
             self.journaled,
@@ -144,6 +158,8 @@ impl SersyncStatus {
             self.apply_pending,
             self.apply_failures,
             self.applied_via_db,
+            self.restored,
+            self.restore_pending,
             self.queue_depth,
             self.queue_dropped,
             self.last_error
