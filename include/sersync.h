@@ -125,6 +125,9 @@ struct sersync_config {
 	uint64_t retention_secs;     /* journal entries kept at most this long
 	                              * (0: a day) */
 	uint64_t retention_records;  /* and at most this many (0: a million) */
+	int32_t ul_db_mode;          /* usrloc's db_mode: 0 keeps contacts in
+	                              * memory only, so every start restores
+	                              * them from the journal */
 };
 
 /* Log levels passed to the logger callback. */
@@ -189,6 +192,11 @@ struct sersync_status {
 	uint64_t applied_via_db;  /* remote records written to SER's database */
 	uint64_t journal_entries; /* entries in the journal's log now */
 	struct sersync_peer_status peers[SERSYNC_MAX_PEERS];
+	uint64_t restored;        /* contacts restored into SER since start */
+	uint64_t restore_pending; /* contacts still to restore */
+	uint64_t set_aside;       /* remote changes whose record could not be
+	                           * decoded (a kind newer than this node) */
+	uint64_t incarnation;     /* this run's incarnation */
 };
 
 /* Registers the logger. May be called in any process, before or after

@@ -362,6 +362,8 @@ static int mod_init(void)
 		return -1;
 	if(sersync_ul_init() < 0)
 		return -1;
+	/* usrloc in memory only: the engine restores it at every start */
+	_sersync_config.ul_db_mode = (int32_t)_sersync_ul.db_mode;
 	if(sersync_alias_init() < 0)
 		return -1;
 

@@ -35,6 +35,9 @@ pub struct Config {
     pub retention_records: u64,
     /// usrloc tables replicated.
     pub domains: Vec<String>,
+    /// usrloc keeps contacts in memory only (its db_mode 0): every start
+    /// restores them from the journal.
+    pub usrloc_in_memory: bool,
 }
 
 /// Defaults for retention: a day, or a million changes.
@@ -55,6 +58,8 @@ pub struct RawConfig {
     pub domains: String,
     pub retention_secs: u64,
     pub retention_records: u64,
+    /// usrloc keeps contacts in memory only (db_mode 0).
+    pub usrloc_in_memory: bool,
 }
 
 /// Parses "tcp:ip:port" (the "tcp:" prefix may be omitted).
@@ -221,6 +226,7 @@ impl RawConfig {
                 self.retention_records
             },
             domains,
+            usrloc_in_memory: self.usrloc_in_memory,
         })
     }
 }

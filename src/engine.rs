@@ -50,7 +50,12 @@ impl Engine {
         let status = Arc::new(Status::new(&cfg.node_id));
         let open = || Journal::open(&cfg.journal);
         let mut ingest_journal = open()?;
-        if let Some(db) = &cfg.database {
+        // usrloc in memory starts empty: the journal puts it back. A
+        // persistent usrloc loaded its table: compare that with the journal.
+        let mut restore = None;
+        if cfg.usrloc_in_memory {
+            restore = crate::restore::stage(&mut ingest_journal, &cfg.domains, &status)?;
+        } else if let Some(db) = &cfg.database {
             match crate::seed::reconcile(&mut ingest_journal, &cfg.node_id, db, &cfg.domains) {
                 Ok(r) if r == crate::seed::Reconciled::default() => {}
                 Ok(r) => {
@@ -115,6 +120,7 @@ impl Engine {
             status: status.clone(),
             wake: wake_rx,
             scan_watch: scan_watch.clone(),
+            restore,
         };
 
         let mut threads = Vec::new();

@@ -21,6 +21,7 @@ pub mod net;
 pub mod os;
 pub mod queue;
 pub mod record;
+pub mod restore;
 pub mod scan;
 pub mod seed;
 pub mod status;

@@ -10,7 +10,10 @@
 //! database lacks (SER lost them: write-back mode killed before its flush,
 //! a write refused as "database is locked"), or holds in an older version
 //! (write-through mode killed between usrloc's callback and its database
-//! write), are staged for applying, so SER gets them back.
+//! write), are staged for applying, so SER gets them back; and a row of a
+//! contact the journal holds as deleted since (usrloc removes the row after
+//! its callback) is staged as that deletion, so it does not come back.
+//! A row is the journal's version when ruid, Call-ID and CSeq match.
 //!
 //! Read from SER's database (the `db_url` modparam).
 
@@ -89,13 +92,12 @@ fn read_table(conn: &Connection, table: &str, now: i64) -> rusqlite::Result<Vec<
 }
 
 /// Whether a database row and a journaled contact are the same version of
-/// the contact: what a REGISTER changes always changes one of these.
+/// the contact: a new contact gets a new ruid, a REGISTER from another
+/// call a new Call-ID, and a refresh a higher CSeq. (Not the times: usrloc
+/// writes last_modified when it writes the row, and the database keeps
+/// times as fractional days, so they differ by a second or more.)
 fn same_version(row: &Contact, journaled: &Contact) -> bool {
-    row.ruid == journaled.ruid
-        && row.callid == journaled.callid
-        && row.cseq == journaled.cseq
-        && row.expires == journaled.expires
-        && row.last_modified == journaled.last_modified
+    row.ruid == journaled.ruid && row.callid == journaled.callid && row.cseq == journaled.cseq
 }
 
 /// What a start-up comparison did.
@@ -126,26 +128,52 @@ pub fn reconcile(
         .map_err(|e| e.to_string())?;
     let now = crate::hlc::wall_ms() as i64 / 1000;
     let mut in_db = std::collections::HashSet::new();
-    // Keys whose row the journal holds a later version of, with the row:
-    // SER wrote the callback's change to the journal, not to its table.
-    let mut older_in_db = std::collections::HashMap::new();
+    // Versions of the journal SER's table lacks: staged for applying.
+    let mut to_ser = Vec::new();
+    let secs = |h: u64| crate::hlc::Hlc::millis(h) / 1000;
     for table in tables {
         let recs = read_table(&conn, table, now)
             .map_err(|e| format!("{}: table {table}: {e}", database.display()))?;
         let mut newer = Vec::new();
         for (stamp, rec) in recs {
             let key = rec.key();
-            let held = journal.state_stamp(&key).map_err(|e| e.to_string())?;
             in_db.insert(key.clone());
-            // Seconds in the database against milliseconds in the journal.
-            let secs = |h: u64| crate::hlc::Hlc::millis(h) / 1000;
-            match held {
-                Some(h) if secs(h) >= secs(stamp) => {
-                    if let Record::Contact { contact, .. } = rec {
-                        older_in_db.insert(key, contact);
+            let Record::Contact { contact: row, .. } = &rec else {
+                continue;
+            };
+            match journal.state_version(&key).map_err(|e| e.to_string())? {
+                None => newer.push((stamp, rec)),
+                Some((h, origin, held)) => {
+                    let Record::Contact { op, contact: jc } = &held else {
+                        continue;
+                    };
+                    if same_version(row, jc) {
+                        // The row is the journal's version, unless that
+                        // was deleted since (usrloc removes the row after
+                        // its callback): then SER must delete it too.
+                        if *op == Op::Delete {
+                            to_ser.push((h, origin, held));
+                        }
+                    } else {
+                        // Which is later: by CSeq within one call, else by
+                        // the second (within one second, left as it is).
+                        let order = if row.callid == jc.callid {
+                            row.cseq.cmp(&jc.cseq)
+                        } else {
+                            secs(stamp).cmp(&secs(h))
+                        };
+                        match order {
+                            // SER stored a later change the journal missed
+                            // (a crash between the 200 OK and the journal
+                            // commit).
+                            std::cmp::Ordering::Greater => newer.push((stamp, rec)),
+                            // The journal holds a later version (a crash
+                            // between usrloc's callback and its write).
+                            std::cmp::Ordering::Less => to_ser.push((h, origin, held)),
+                            std::cmp::Ordering::Equal => {}
+                        }
                     }
                 }
-                _ => newer.push((stamp, rec)),
             }
         }
         for chunk in newer.chunks(5000) {
@@ -162,18 +190,9 @@ pub fn reconcile(
         })
         .map_err(|e| e.to_string())?
         .into_iter()
-        .filter(|(_, _, rec)| {
-            let key = rec.key();
-            if !in_db.contains(&key) {
-                return true;
-            }
-            // Held in both: SER's row is stale if it is another version.
-            match (older_in_db.get(&key), rec) {
-                (Some(row), Record::Contact { contact, .. }) => !same_version(row, contact),
-                _ => false,
-            }
-        })
-        .collect::<Vec<_>>();
+        .filter(|(_, _, rec)| !in_db.contains(&rec.key()));
+    to_ser.extend(missing);
+    let missing = to_ser;
     out.restored = missing.len();
     if !missing.is_empty() {
         journal.stage_restore(&missing).map_err(|e| e.to_string())?;
@@ -228,6 +247,22 @@ mod tests {
             reconcile(&mut j, "n1", &db, &tables).unwrap(),
             Reconciled::default(),
             "only once"
+        );
+        // usrloc's own times in the table differ from the journaled ones
+        // (it writes last_modified when it writes the row; times are kept
+        // as fractional days): the same version, nothing to restore.
+        Connection::open(&db)
+            .unwrap()
+            .execute(
+                "UPDATE location SET last_modified = datetime(last_modified, '-5 seconds'), \
+                 expires = datetime(expires, '+0.4 seconds')",
+                [],
+            )
+            .unwrap();
+        assert_eq!(
+            reconcile(&mut j, "n1", &db, &tables).unwrap(),
+            Reconciled::default(),
+            "the same versions with other times"
         );
         // A change SER stored after the journal's version (a crash between
         // the 200 OK and the journal commit) is picked up at the next start.
@@ -290,5 +325,31 @@ mod tests {
             .map(|s| s.record)
             .collect();
         assert!(staged.contains(&refreshed), "{staged:?}");
+        for s in j.inbox_peek(10).unwrap() {
+            j.inbox_done(s.id).unwrap();
+        }
+        // bob de-registered, and the node was killed before usrloc removed
+        // his row (it does so after the callback): the row is the version
+        // the journal deleted, so SER is told to delete it, and nothing is
+        // journaled (no resurrection).
+        sink.apply(&[refreshed.clone()]).unwrap();
+        let Record::Contact { contact: gone, .. } = refreshed.clone() else {
+            unreachable!()
+        };
+        let deleted = Record::Contact {
+            op: Op::Delete,
+            contact: gone,
+        };
+        j.append_local("n1", &[(((now as u64 + 30) * 1000) << 16, deleted.clone())])
+            .unwrap();
+        let r = reconcile(&mut j, "n1", &db, &tables).unwrap();
+        assert_eq!(r.journaled, 0, "the deleted row is not journaled again");
+        let staged: Vec<Record> = j
+            .inbox_peek(10)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.record)
+            .collect();
+        assert!(staged.contains(&deleted), "{staged:?}");
     }
 }

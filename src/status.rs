@@ -68,6 +68,9 @@ pub struct Counters {
     pub journal_entries: AtomicU64,
     /// Remote changes set aside: their records could not be decoded.
     pub set_aside: AtomicU64,
+    /// Contacts restored into SER since start, and still to restore.
+    pub restored: AtomicU64,
+    pub restore_pending: AtomicU64,
 }
 
 #[derive(Default, Debug)]
@@ -92,6 +95,8 @@ pub struct Snapshot {
     pub applied_via_db: u64,
     pub journal_entries: u64,
     pub set_aside: u64,
+    pub restored: u64,
+    pub restore_pending: u64,
     pub incarnation: u64,
     pub peers: Vec<PeerStatus>,
 }
@@ -134,6 +139,8 @@ impl Status {
             applied_via_db: c.applied_via_db.load(Ordering::Relaxed),
             journal_entries: c.journal_entries.load(Ordering::Relaxed),
             set_aside: c.set_aside.load(Ordering::Relaxed),
+            restored: c.restored.load(Ordering::Relaxed),
+            restore_pending: c.restore_pending.load(Ordering::Relaxed),
             incarnation: self.incarnation.load(Ordering::Relaxed),
             peers: self
                 .peers
@@ -163,6 +170,10 @@ impl Status {
         st.apply_failures = snap.apply_failures;
         st.applied_via_db = snap.applied_via_db;
         st.journal_entries = snap.journal_entries;
+        st.restored = snap.restored;
+        st.restore_pending = snap.restore_pending;
+        st.set_aside = snap.set_aside;
+        st.incarnation = snap.incarnation;
         st.npeers = snap.peers.len().min(MAX_PEERS) as u32;
         for (dst, p) in st.peers.iter_mut().zip(snap.peers.iter()) {
             *dst = sersync_peer_status::default();

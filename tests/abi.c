@@ -102,7 +102,7 @@ OFF(struct sersync_contact, reg_id, 200);
 OFF(struct sersync_contact, server_id, 204);
 
 /* struct sersync_config */
-SIZE(struct sersync_config, 160);
+SIZE(struct sersync_config, 168);
 OFF(struct sersync_config, node_id, 0);
 OFF(struct sersync_config, listen, 16);
 OFF(struct sersync_config, peers, 32);
@@ -115,6 +115,7 @@ OFF(struct sersync_config, fifo_reply_dir, 112);
 OFF(struct sersync_config, domains, 128);
 OFF(struct sersync_config, retention_secs, 144);
 OFF(struct sersync_config, retention_records, 152);
+OFF(struct sersync_config, ul_db_mode, 160);
 
 /* struct sersync_peer_status */
 SIZE(struct sersync_peer_status, 392);
@@ -133,7 +134,7 @@ OFF(struct sersync_peer_status, snapshot_total, 376);
 OFF(struct sersync_peer_status, snapshot_received, 384);
 
 /* struct sersync_status */
-SIZE(struct sersync_status, 12848);
+SIZE(struct sersync_status, 12880);
 OFF(struct sersync_status, node_id, 0);
 OFF(struct sersync_status, last_error, 64);
 OFF(struct sersync_status, running, 224);
@@ -148,6 +149,10 @@ OFF(struct sersync_status, apply_failures, 280);
 OFF(struct sersync_status, applied_via_db, 288);
 OFF(struct sersync_status, journal_entries, 296);
 OFF(struct sersync_status, peers, 304);
+OFF(struct sersync_status, restored, 12848);
+OFF(struct sersync_status, restore_pending, 12856);
+OFF(struct sersync_status, set_aside, 12864);
+OFF(struct sersync_status, incarnation, 12872);
 
 /* every exported function, typed as declared: a signature change in the
  * header breaks this initializer, a missing export breaks the link */

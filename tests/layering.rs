@@ -10,7 +10,7 @@ const FLOORS: &[&[&str]] = &[
     &["ffi"],
     &["engine"],
     &["ingest", "apply", "scan"],
-    &["net", "seed"],
+    &["net", "seed", "restore"],
     &["journal", "queue", "config", "wire", "handoff"],
     &["error", "log", "status"],
     &["abi", "codec", "record", "hlc", "os"],

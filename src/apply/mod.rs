@@ -18,6 +18,7 @@ use crate::error::ApplyError;
 use crate::journal::Journal;
 use crate::log::{self, RateLimit};
 use crate::record::Record;
+use crate::restore::Restore;
 use crate::scan::ScanWatch;
 use crate::status::Status;
 
@@ -44,6 +45,8 @@ pub struct Applier {
     pub status: Arc<Status>,
     pub wake: Receiver<()>,
     pub scan_watch: Arc<ScanWatch>,
+    /// The restore staged at start, if any: its progress is counted.
+    pub restore: Option<Restore>,
 }
 
 static APPLY_ERR: RateLimit = RateLimit::new(2000);
@@ -75,6 +78,9 @@ impl Applier {
                 // Everything read was overtaken by newer versions.
                 if let Err(e) = self.journal.inbox_done(last_id) {
                     log::error(format_args!("{e}"));
+                }
+                if let Some(r) = &mut self.restore {
+                    r.progress(last_id, &self.status);
                 }
                 continue;
             }
@@ -127,6 +133,9 @@ impl Applier {
                     if let Err(e) = self.journal.inbox_done(last_id) {
                         // Applied but not removed: re-applying is harmless.
                         log::error(format_args!("{e}"));
+                    }
+                    if let Some(r) = &mut self.restore {
+                        r.progress(last_id, &self.status);
                     }
                     let c = &self.status.counters;
                     c.applied.fetch_add(records.len() as u64, Ordering::Relaxed);

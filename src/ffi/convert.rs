@@ -178,6 +178,7 @@ pub(super) unsafe fn raw_config(cfg: &sersync_config) -> Result<RawConfig, Confi
         domains: s(&cfg.domains, "domains")?,
         retention_secs: cfg.retention_secs,
         retention_records: cfg.retention_records,
+        usrloc_in_memory: cfg.ul_db_mode == 0,
     })
 }
 

@@ -183,16 +183,23 @@ impl Journal {
 
     /// Stages versions the state already holds for applying into SER again
     /// (SER lost them). They keep their stamp, so they stay current.
-    pub fn stage_restore(&mut self, records: &[(u64, String, Record)]) -> Result<(), JournalError> {
+    /// Returns the inbox ids they got (first, last), None if none.
+    pub fn stage_restore(
+        &mut self,
+        records: &[(u64, String, Record)],
+    ) -> Result<Option<(i64, i64)>, JournalError> {
         self.write(|tx| {
             let mut ins = tx.prepare_cached(INBOX_INSERT)?;
             let mut body = Vec::with_capacity(512);
+            let mut ids = None;
             for (hlc, origin, rec) in records {
                 body.clear();
                 codec::encode_into(rec, &mut body).expect("encoding into a Vec cannot fail");
                 ins.execute(params![origin, *hlc as i64, body, rec.key()])?;
+                let id = tx.last_insert_rowid();
+                ids = Some(ids.map_or((id, id), |(first, _)| (first, id)));
             }
-            Ok(())
+            Ok(ids)
         })
     }
 

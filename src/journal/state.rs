@@ -156,6 +156,18 @@ impl Journal {
         })
     }
 
+    /// The version the state holds for `key`: (stamp, origin, record).
+    pub fn state_version(&self, key: &[u8]) -> Result<Option<(u64, String, Record)>, JournalError> {
+        let row: Option<(i64, String, Vec<u8>)> = self.run(|c| {
+            Ok(
+                c.prepare_cached("SELECT hlc, origin, body FROM state WHERE key = ?1")?
+                    .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?,
+            )
+        })?;
+        Ok(row.and_then(|(h, o, b)| codec::decode(&b).ok().map(|r| (h as u64, o, r))))
+    }
+
     /// The record the state holds for `key`, if any.
     pub fn state_of(&self, key: &[u8]) -> Result<Option<Record>, JournalError> {
         let body: Option<Vec<u8>> = self.run(|c| {
