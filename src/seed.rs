@@ -19,6 +19,7 @@
 
 use std::path::Path;
 
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::journal::Journal;
@@ -37,19 +38,26 @@ fn read_table(conn: &Connection, table: &str, now: i64) -> rusqlite::Result<Vec<
     );
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map([], |r| {
-        let user: String = r.get(1)?;
-        let domain: String = r.get(2)?;
-        let aor = if domain.is_empty() {
-            user
-        } else {
-            format!("{user}@{domain}")
+        // The bytes as SER stored them: SER does not promise UTF-8 (a
+        // Latin-1 User-Agent), and they replicate unchanged.
+        let text = |i: usize| -> rusqlite::Result<Vec<u8>> {
+            Ok(match r.get_ref(i)? {
+                ValueRef::Text(b) | ValueRef::Blob(b) => b.to_vec(),
+                ValueRef::Null => Vec::new(),
+                ValueRef::Integer(n) => n.to_string().into_bytes(),
+                ValueRef::Real(x) => x.to_string().into_bytes(),
+            })
         };
+        let mut aor = text(1)?;
+        let domain = text(2)?;
+        if !domain.is_empty() {
+            aor.push(b'@');
+            aor.extend_from_slice(&domain);
+        }
         let q: f64 = r.get(7)?;
-        let text =
-            |i: usize| -> rusqlite::Result<Vec<u8>> { Ok(r.get::<_, String>(i)?.into_bytes()) };
         Ok(Contact {
             domain: table.as_bytes().to_vec(),
-            aor: aor.into_bytes(),
+            aor,
             contact: text(3)?,
             ruid: text(0)?,
             received: text(4)?,
@@ -351,5 +359,19 @@ mod tests {
             .map(|s| s.record)
             .collect();
         assert!(staged.contains(&deleted), "{staged:?}");
+
+        // A Latin-1 User-Agent (not UTF-8) does not stop the comparison,
+        // and its bytes are journaled unchanged.
+        let mut latin = contact("carol", now + 3600);
+        let Record::Contact { contact: c, .. } = &mut latin else {
+            unreachable!()
+        };
+        c.user_agent = b"T\xe9l\xe9phone 3.1".to_vec();
+        c.last_modified = now + 40;
+        sink.apply(&[latin.clone()]).unwrap();
+        let r = reconcile(&mut j, "n1", &db, &tables).unwrap();
+        assert_eq!(r.journaled, 1);
+        let log = j.read_log(0, 100).unwrap();
+        assert_eq!(log.last().unwrap().record, latin);
     }
 }

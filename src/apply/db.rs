@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{params, Connection};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, ToSql};
 
 use super::Sink;
 use crate::error::ApplyError;
@@ -24,8 +25,19 @@ fn julian_day(t: i64) -> f64 {
     t as f64 / 86400.0 + 2_440_587.5
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+/// SER's bytes bound as TEXT unchanged: SER does not promise UTF-8 (a
+/// Latin-1 User-Agent), and its SQLite driver stores what it is given.
+#[derive(Clone, Copy)]
+struct Text<'a>(&'a [u8]);
+
+impl ToSql for Text<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(ValueRef::Text(self.0)))
+    }
+}
+
+fn text(b: &[u8]) -> Text<'_> {
+    Text(b)
 }
 
 /// A usrloc table name must be a plain SQL identifier.
@@ -39,11 +51,10 @@ fn table_name(domain: &[u8]) -> Result<&str, String> {
 
 /// usrloc keeps "user@domain" split when use_domain is on; without the
 /// module's setting at hand, split when the AOR has a domain.
-fn split_aor(aor: &[u8]) -> (String, Option<String>) {
-    let s = text(aor);
-    match s.split_once('@') {
-        Some((u, d)) => (u.to_string(), Some(d.to_string())),
-        None => (s, None),
+fn split_aor(aor: &[u8]) -> (Text<'_>, Option<Text<'_>>) {
+    match aor.iter().position(|&b| b == b'@') {
+        Some(i) => (Text(&aor[..i]), Some(Text(&aor[i + 1..]))),
+        None => (Text(aor), None),
     }
 }
 
