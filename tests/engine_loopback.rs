@@ -625,7 +625,7 @@ fn a_new_node_joins_through_one_seed_and_is_forgotten_for_good() {
     // holds anything back for it.
     nodes[3].stop();
     let forget = ItemRef::Forget { node_id: "n4" };
-    nodes[1].shared.publish(&forget).unwrap();
+    nodes[1].shared.publish(forget).unwrap();
     wait_for(
         "n4 to disappear from every member list",
         Duration::from_secs(20),

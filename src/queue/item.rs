@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::{Record, RecordRef};
 
+// Nearly every item is a change: boxing it would allocate for each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Item {
     /// A local change: the ingest stamps and journals it.
@@ -56,21 +58,9 @@ impl Item {
     }
 }
 
-impl<'a> From<RecordRef<'a>> for ItemRef<'a> {
-    fn from(rec: RecordRef<'a>) -> Self {
-        ItemRef::Change(rec)
-    }
-}
-
 impl<'a> From<&RecordRef<'a>> for ItemRef<'a> {
     fn from(rec: &RecordRef<'a>) -> Self {
         ItemRef::Change(*rec)
-    }
-}
-
-impl<'a> From<&ItemRef<'a>> for ItemRef<'a> {
-    fn from(item: &ItemRef<'a>) -> Self {
-        *item
     }
 }
 
