@@ -1,6 +1,10 @@
 //! A live engine facing hostile or broken peers: each is refused or
 //! dropped, and replication between the real members goes on throughout.
 
+#[path = "ports/mod.rs"]
+mod ports;
+use ports::free_port;
+
 #[path = "peer_support/mod.rs"]
 mod peer;
 
@@ -28,14 +32,6 @@ impl Sink for Count {
         *self.0.lock().unwrap() += records.len();
         Ok(())
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Pair {

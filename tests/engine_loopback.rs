@@ -3,6 +3,10 @@
 //! peer restart. SER is replaced by an in-memory sink (the end-to-end tests
 //! use real Kamailio); journals are real SQLite files.
 
+#[path = "ports/mod.rs"]
+mod ports;
+use ports::free_port;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -65,14 +69,6 @@ struct Node {
     /// Held by a test to keep the applier from writing `table`.
     gate: Arc<Mutex<()>>,
     retention_records: Option<u64>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn config(id: &str, port: u16, peers: &[u16], dir: &Path) -> sersync::config::Config {

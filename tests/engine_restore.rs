@@ -3,8 +3,11 @@
 //! peers changed meanwhile follows. Nothing deleted or expired returns.
 //! SER is an in-memory map here; the e2e tests restart real Kamailio.
 
+#[path = "ports/mod.rs"]
+mod ports;
+use ports::free_port;
+
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,14 +54,6 @@ struct Node {
     shared: Arc<Shared>,
     usrloc: Usrloc,
     engine: Option<Engine>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn config(id: &str, port: u16, peer: u16, dir: &Path) -> sersync::config::Config {

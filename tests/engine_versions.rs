@@ -5,6 +5,10 @@
 //! keep each other's incarnation; a journal restored from a backup moves
 //! past the incarnation its peers saw.
 
+#[path = "ports/mod.rs"]
+mod ports;
+use ports::free_port;
+
 #[path = "peer_support/mod.rs"]
 mod peer;
 
@@ -47,14 +51,6 @@ impl Applied {
             })
             .collect()
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start(
