@@ -31,7 +31,10 @@ pub fn fresh_nonce() -> Nonce {
 /// Every input is length-prefixed so no two transcripts hash alike.
 /// Version 1's tags cover the transcript; later versions' tags cover the
 /// version stated too (the dialer's newest in its hello, the chosen one in
-/// the welcome), so a relay cannot talk two nodes down to an older one.
+/// the welcome), so a relay cannot change a stated version without
+/// breaking the tag. (Refusals are not authenticated: a forged "protocol
+/// v1 only" still makes a dialer say hello again in v1; the encrypted
+/// sessions of the hostile-network work close that.)
 fn keyed(secret: &[u8], role: Role, t: &Transcript, version: u16) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any size");
     if version <= 1 {
