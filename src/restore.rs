@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use crate::error::JournalError;
 use crate::journal::Journal;
 use crate::log;
-use crate::record::Record;
 use crate::status::Status;
 use std::sync::atomic::Ordering;
 
@@ -40,9 +39,6 @@ pub fn stage(
         (c.expires == 0 || c.expires > now)
             && tables.iter().any(|t| t.as_bytes() == c.domain.as_slice())
     })?;
-    debug_assert!(live
-        .iter()
-        .all(|(_, _, r)| matches!(r, Record::Contact { .. })));
     let Some((first_id, last_id)) = journal.stage_restore(&live)? else {
         log::info(format_args!("restore: the journal holds no live contact"));
         return Ok(None);

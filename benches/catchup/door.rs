@@ -54,9 +54,23 @@ pub fn config(
         module.as_deref(),
         &format!("e2e-secret-{NAME}"),
     );
+    let mut out = cfg;
+    add_dgram_door(&mut out, dir);
+    cfg_replace(
+        &mut out,
+        "modparam(\"usrloc\", \"db_mode\", 1)",
+        &format!("modparam(\"usrloc\", \"db_mode\", {db_mode})"),
+    );
+    if door == Door::Dgram {
+        apply_through_dgram(&mut out, dir);
+    }
+    out
+}
+
+/// jsonrpcs' transport bits: 1 HTTP, 2 FIFO, 4 datagram; keeps the
+/// template's, adds the datagram socket `<dir>/rpc.sock`.
+pub fn add_dgram_door(cfg: &mut String, dir: &Path) {
     let d = dir.to_str().expect("utf-8 dir");
-    // jsonrpcs' transport bits: 1 HTTP, 2 FIFO, 4 datagram; keep the
-    // template's, add the datagram socket.
     let key = "modparam(\"jsonrpcs\", \"transport\", ";
     let line = cfg
         .lines()
@@ -70,24 +84,14 @@ pub fn config(
         .trim()
         .parse()
         .expect("transport bits");
-    let mut out = cfg;
     cfg_replace(
-        &mut out,
+        cfg,
         &line,
         &format!(
             "{key}{})\nmodparam(\"jsonrpcs\", \"dgram_socket\", \"{d}/rpc.sock\")",
             bits | 4
         ),
     );
-    cfg_replace(
-        &mut out,
-        "modparam(\"usrloc\", \"db_mode\", 1)",
-        &format!("modparam(\"usrloc\", \"db_mode\", {db_mode})"),
-    );
-    if door == Door::Dgram {
-        apply_through_dgram(&mut out, dir);
-    }
-    out
 }
 
 /// A JSON-RPC client on jsonrpcs' datagram socket (the reply comes back to

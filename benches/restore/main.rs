@@ -54,7 +54,7 @@ use sersync::journal::Journal;
 use sersync::record::Record;
 
 use common::*;
-use door::{contacts, DgramRpc, Door};
+use door::{add_dgram_door, contacts, DgramRpc, Door};
 use support::*;
 
 /// door.rs names the cluster's secret after it (unused here).
@@ -272,34 +272,6 @@ fn main() {
         eprintln!("restore: {failed} run(s) failed (see above)");
         std::process::exit(1);
     }
-}
-
-/// jsonrpcs' transport bits: 1 HTTP, 2 FIFO, 4 datagram; keeps the
-/// template's, adds the datagram socket `<dir>/rpc.sock` (as the catch-up
-/// bench's `door::config` does for its nodes).
-fn add_dgram_door(cfg: &mut String, dir: &Path) {
-    let d = dir.to_str().expect("utf-8 dir");
-    let key = "modparam(\"jsonrpcs\", \"transport\", ";
-    let line = cfg
-        .lines()
-        .find(|l| l.trim_start().starts_with(key))
-        .expect("node template changed: no jsonrpcs transport modparam")
-        .to_string();
-    let bits: u32 = line
-        .trim()
-        .trim_start_matches(key)
-        .trim_end_matches(')')
-        .trim()
-        .parse()
-        .expect("transport bits");
-    cfg_replace(
-        cfg,
-        &line,
-        &format!(
-            "{key}{})\nmodparam(\"jsonrpcs\", \"dgram_socket\", \"{d}/rpc.sock\")",
-            bits | 4
-        ),
-    );
 }
 
 /// Every live contact of the journal at `path`, as the engine's restore
