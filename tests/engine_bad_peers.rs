@@ -3,7 +3,7 @@
 
 #[path = "ports/mod.rs"]
 mod ports;
-use ports::free_port;
+use ports::{connect_when_listening, free_port};
 
 #[path = "peer_support/mod.rs"]
 mod peer;
@@ -114,19 +114,7 @@ impl Pair {
     /// Connects to n1, waiting for its network thread to listen (it binds
     /// on its first turn, which a loaded machine may delay).
     fn connect(&self) -> TcpStream {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let s = loop {
-            match TcpStream::connect(("127.0.0.1", self.port1)) {
-                Ok(s) => break s,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::ConnectionRefused
-                        && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(e) => panic!("connecting to n1: {e}"),
-            }
-        };
+        let s = connect_when_listening(self.port1);
         s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
         s
     }

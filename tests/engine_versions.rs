@@ -7,7 +7,7 @@
 
 #[path = "ports/mod.rs"]
 mod ports;
-use ports::free_port;
+use ports::{connect_when_listening, free_port};
 
 #[path = "peer_support/mod.rs"]
 mod peer;
@@ -240,7 +240,7 @@ fn a_v1_node_and_this_engine_exchange_changes_both_ways() {
 
     // The v1 node → this engine: a v1 hello gets a v1 welcome, a v1 batch
     // is acknowledged and applied.
-    let mut s = TcpStream::connect(("127.0.0.1", pe)).unwrap();
+    let mut s = connect_when_listening(pe);
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let Some(v1::Frame::Challenge {
         version,
@@ -420,14 +420,7 @@ fn a_record_of_an_unknown_kind_is_set_aside_and_the_rest_applied() {
     let dir = tempfile::tempdir().unwrap();
     let applied = Applied::default();
     let (engine, _shared) = start("new", pe, &[], dir.path(), &applied);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut s = loop {
-        match TcpStream::connect(("127.0.0.1", pe)) {
-            Ok(s) => break s,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => panic!("connecting: {e}"),
-        }
-    };
+    let mut s = connect_when_listening(pe);
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let (id, nonce) = peer::challenge(&mut s);
     peer::send(

@@ -24,3 +24,24 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+/// Connects to an engine on 127.0.0.1:`port`, waiting (at most 5 s) for
+/// its network thread to listen: it binds on its first turn, which a
+/// loaded machine may delay.
+#[allow(dead_code)] // not every test file connects
+pub fn connect_when_listening(port: u16) -> std::net::TcpStream {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => return s,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("connecting to 127.0.0.1:{port}: {e}"),
+        }
+    }
+}
