@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use engines::{free_port, Counter};
 use sersync::engine::Engine;
-use sersync::hlc::Hlc;
 use sersync::journal::Journal;
 use sersync::queue::Shared;
 use sersync::record::{Contact, Op, Record};
@@ -71,11 +70,11 @@ fn contact(i: u64) -> Contact {
 fn prepare(dir: &Path, n: u64) -> Duration {
     let t = Instant::now();
     let mut j = Journal::open(&dir.join("journal.db")).unwrap();
-    let mut hlc = Hlc::new();
+    let clock = AtomicU64::new(0);
     let mut batch = Vec::with_capacity(10_000);
     for i in 0..n {
         batch.push((
-            hlc.now(),
+            sersync::hlc::tick(&clock),
             Record::Contact {
                 op: Op::Upsert,
                 contact: contact(i),

@@ -45,7 +45,9 @@ enum sersync_rc {
 	SERSYNC_E_IO = 7,         /* an operating-system call failed */
 	SERSYNC_E_JOURNAL = 8,    /* the journal cannot be opened or written */
 	SERSYNC_E_CALLBACK = 9,   /* an apply callback reported a failure */
-	SERSYNC_E_TIMEOUT = 10    /* not journaled within the time allowed */
+	SERSYNC_E_TIMEOUT = 10,   /* not journaled within the time allowed */
+	SERSYNC_SUPERSEDED = 11   /* not an error: usrloc holds a newer version
+	                           * (sersync_order_admit) */
 };
 
 struct sersync_str {
@@ -91,6 +93,12 @@ struct sersync_contact {
 	uint32_t methods;
 	uint32_t reg_id;
 	int32_t server_id;           /* server_id of the origin node */
+	int32_t _pad;
+	uint64_t stamp;              /* the change's version (the cluster's
+	                              * hybrid logical clock): set on what
+	                              * sersync_apply_decode() hands out;
+	                              * sersync_publish() ignores it and
+	                              * stamps the change itself */
 };
 
 /*
@@ -197,6 +205,8 @@ struct sersync_status {
 	uint64_t set_aside;       /* remote changes whose record could not be
 	                           * decoded (a kind newer than this node) */
 	uint64_t incarnation;     /* this run's incarnation */
+	uint64_t apply_superseded; /* remote changes not written into usrloc
+	                            * because it held a newer version */
 };
 
 /* Registers the logger. May be called in any process, before or after
@@ -212,11 +222,25 @@ int sersync_config_check(const struct sersync_config *cfg, char *err,
  * power of two, at least 64) and the status area. Call before fork. */
 int sersync_shared_create(uint32_t queue_slots, struct sersync_shared **out);
 
-/* Hands one contact change to the engine. Called in SIP workers. Copies
- * every field; c may be freed when it returns. Returns SERSYNC_OK,
- * SERSYNC_E_QUEUE_FULL or SERSYNC_E_TOO_LARGE (both counted in
- * queue_dropped). */
+/* Hands one contact change to the engine. Called in SIP workers, from
+ * usrloc's callback, with usrloc's lock of c->aor held: stamps the change
+ * from the node's clock and notes that usrloc now holds that version of
+ * the contact (see sersync_order_admit()). Copies every field; c may be
+ * freed when it returns. Returns SERSYNC_OK, SERSYNC_E_QUEUE_FULL or
+ * SERSYNC_E_TOO_LARGE (both counted in queue_dropped). */
 int sersync_publish(struct sersync_shared *sh, const struct sersync_contact *c);
+
+/* Ordering in usrloc: may the remote change c (with c->stamp) be written
+ * into usrloc? Call with usrloc's lock of c->aor held, as found before the
+ * write: held_last_modified is the last_modified of the live contact
+ * usrloc holds under c's key, or -1 if none. Returns SERSYNC_OK (write it;
+ * noted as the version usrloc now holds), SERSYNC_SUPERSEDED (usrloc holds
+ * a newer version of the contact: leave it; counted in apply_superseded)
+ * or an error code. Versions are remembered for the most recent changes (about
+ * as many as the queue has slots); for an older contact the comparison
+ * falls back to last_modified. */
+int sersync_order_admit(struct sersync_shared *sh,
+		const struct sersync_contact *c, int64_t held_last_modified);
 
 /* Hands one alias change (or a scan marker) to the engine. Same rules
  * and return codes as sersync_publish(). Called in any SER process. */

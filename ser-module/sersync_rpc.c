@@ -129,7 +129,7 @@ static void sersync_rpc_status(rpc_t *rpc, void *ctx)
 		rpc->fault(ctx, 500, "Internal error creating reply");
 		return;
 	}
-	if(rpc->struct_add(th, "sdJJJJJJJJJJJJJs", "node_id", st->node_id, "running",
+	if(rpc->struct_add(th, "sdJJJJJJJJJJJJJJs", "node_id", st->node_id, "running",
 			   (int)st->running, "queue_depth",
 			   (unsigned long long)st->queue_depth, "queue_dropped",
 			   (unsigned long long)st->queue_dropped, "journaled",
@@ -139,7 +139,8 @@ static void sersync_rpc_status(rpc_t *rpc, void *ctx)
 			   (unsigned long long)st->applied, "apply_pending",
 			   (unsigned long long)st->apply_pending, "apply_failures",
 			   (unsigned long long)st->apply_failures, "applied_via_db",
-			   (unsigned long long)st->applied_via_db, "restored",
+			   (unsigned long long)st->applied_via_db, "apply_superseded",
+			   (unsigned long long)st->apply_superseded, "restored",
 			   (unsigned long long)st->restored, "restore_pending",
 			   (unsigned long long)st->restore_pending, "set_aside",
 			   (unsigned long long)st->set_aside, "incarnation",

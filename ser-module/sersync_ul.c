@@ -415,6 +415,31 @@ static int sersync_same_identity(const ucontact_t *c, ucontact_info_t *ci)
 }
 
 /*
+ * Ordering: may the remote change sc overwrite what usrloc holds under its
+ * key (c, NULL if nothing)? 1 yes, 0 no (usrloc holds a newer version, or
+ * the version check failed: logged, the change is left out rather than
+ * written over a newer one), with aor's slot locked (sersync.h:
+ * sersync_order_admit).
+ */
+static int sersync_admit(const struct sersync_contact *sc, const ucontact_t *c)
+{
+	int64_t held;
+	int rc;
+
+	held = (c != NULL && c->expires != UL_EXPIRED_TIME)
+				   ? (int64_t)c->last_modified
+				   : -1;
+	rc = sersync_order_admit(_sersync_shared, sc, held);
+	if(rc == SERSYNC_OK)
+		return 1;
+	if(rc != SERSYNC_SUPERSEDED)
+		LM_ERR("cannot check the version of contact %.*s of %.*s (rc %d)\n",
+				(int)sc->contact.len, sc->contact.s, (int)sc->aor.len,
+				sc->aor.s, rc);
+	return 0;
+}
+
+/*
  * Locks aor's slot and finds its record (creates it if create): 0 with
  * the slot locked, else unlocked: 1 no such record, -1 error.
  */
@@ -491,6 +516,10 @@ static int sersync_apply_upsert(
 	if(sersync_record_lock(d, aor, &r, 1) != 0)
 		return -1;
 	c = sersync_find_contact(r, &contact);
+	if(!sersync_admit(sc, c)) {
+		rc = 0;
+		goto done;
+	}
 	if(c != NULL && !sersync_same_identity(c, &ci)) {
 		/* replaced at the origin (new ruid, instance or reg-id): replace
 		 * here too, so every field matches the origin's */
@@ -525,7 +554,7 @@ static int sersync_apply_delete(
 	if(rc != 0) /* > 0: already gone; a deletion is idempotent */
 		return (rc > 0) ? 0 : -1;
 	c = sersync_find_contact(r, &contact);
-	if(c != NULL)
+	if(c != NULL && sersync_admit(sc, c))
 		rc = _sersync_ul.delete_ucontact(r, c);
 	return sersync_record_unlock(d, aor, r, rc, "delete", &contact);
 }

@@ -3,7 +3,7 @@
 //! applier ([`crate::apply`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use mio::Waker;
@@ -12,7 +12,6 @@ use crate::apply::{db::Database, door::Door, Applier, Sink};
 use crate::config::Config;
 use crate::error::JournalError;
 use crate::handoff::handoff;
-use crate::hlc::Hlc;
 use crate::ingest::Ingest;
 use crate::journal::Journal;
 use crate::log;
@@ -50,6 +49,8 @@ impl Engine {
         let status = Arc::new(Status::new(&cfg.node_id));
         let open = || Journal::open(&cfg.journal);
         let mut ingest_journal = open()?;
+        // Past every version journaled: a change made now is newer.
+        shared.observe(ingest_journal.max_stamp()?);
         // usrloc in memory starts empty: the journal puts it back. A
         // persistent usrloc loaded its table: compare that with the journal.
         let mut restore = None;
@@ -82,17 +83,15 @@ impl Engine {
             .apply_pending
             .store(apply_journal.inbox_len()?, Ordering::Relaxed);
 
-        let hlc = Arc::new(Mutex::new(Hlc::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (wake_apply, wake_rx) = crossbeam_channel::bounded(1);
         let (to_net, from_ingest) = handoff(last);
         let (net, waker) = Net::new(
             cfg.clone(),
             status.clone(),
-            hlc.clone(),
             net_journal,
             wake_apply.clone(),
-            Some(shared.clone()),
+            shared.clone(),
             from_ingest,
         )
         .map_err(EngineError::Net)?;
@@ -146,7 +145,6 @@ impl Engine {
                 journal: ingest_journal,
                 shared,
                 status: status.clone(),
-                hlc,
                 net: to_net.connect(waker.clone()),
                 node_id: cfg.node_id.clone(),
                 scan: None,
@@ -247,7 +245,7 @@ impl Drop for Engine {
 struct NoDoor;
 
 impl Sink for NoDoor {
-    fn apply(&mut self, _: &[Record]) -> Result<(), crate::error::ApplyError> {
+    fn apply(&mut self, _: &[(u64, Record)]) -> Result<(), crate::error::ApplyError> {
         Err(crate::error::ApplyError::Door {
             path: "(none)".into(),
             detail: "no RPC door configured".into(),

@@ -1,15 +1,13 @@
-//! The ingest stage: worker queue → journal. Local changes get their
-//! stamp and sequence here; alias scans are held back and concluded
-//! through [`crate::scan`].
+//! The ingest stage: worker queue → journal. Local changes come stamped
+//! by the SIP worker that made them and get their sequence here; alias
+//! scans are held back and concluded through [`crate::scan`].
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::codec;
 use crate::handoff::{NetCmd, ToNet};
-use crate::hlc::Hlc;
 use crate::journal::Journal;
 use crate::log::{self, RateLimit};
 use crate::queue::{Item, Shared};
@@ -26,7 +24,6 @@ pub struct Ingest {
     pub journal: Journal,
     pub shared: Arc<Shared>,
     pub status: Arc<Status>,
-    pub hlc: Arc<Mutex<Hlc>>,
     /// Tells the network thread what was committed and asked for.
     pub net: ToNet,
     pub node_id: String,
@@ -65,8 +62,7 @@ impl Ingest {
                 skipped,
             })) => {
                 for rec in records {
-                    let stamp = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).now();
-                    pending.push((stamp, rec));
+                    pending.push((self.shared.stamp(), rec));
                 }
                 log::info(format_args!(
                     "alias scan of {name}: {present} aliases present, {removed} removed, {skipped} left to changes in flight"
@@ -89,19 +85,19 @@ impl Ingest {
                 if buf.is_empty() {
                     continue; // a slot whose record did not fit; counted by the producer
                 }
-                match codec::decode::<Item>(&buf) {
-                    Ok(Item::ScanBegin { table }) => {
-                        let started = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).now();
+                match crate::queue::decode(&buf) {
+                    Ok((started, Item::ScanBegin { table })) => {
                         // Opened before the scan's process may read the
                         // table: it waits until this marker is settled.
                         self.scan_watch.open();
                         self.scan = Some(Scan::begin(table, started));
                     }
-                    Ok(Item::ScanEnd { table }) => self.finish_scan(&table, &mut pending),
-                    Ok(Item::Forget { node_id }) => {
+                    Ok((_, Item::ScanEnd { table })) => self.finish_scan(&table, &mut pending),
+                    Ok((_, Item::Forget { node_id })) => {
                         self.net.send(NetCmd::Forget(node_id));
                     }
-                    Ok(Item::Change(rec)) => {
+                    // Stamped by the SIP worker as usrloc made the change.
+                    Ok((stamp, Item::Change(rec))) => {
                         let rec = match &mut self.scan {
                             Some(scan) => match scan.hold(rec) {
                                 Some(rec) => rec,
@@ -109,7 +105,6 @@ impl Ingest {
                             },
                             None => rec,
                         };
-                        let stamp = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).now();
                         pending.push((stamp, rec));
                     }
                     Err(e) => {

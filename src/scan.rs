@@ -50,12 +50,13 @@ impl ScanWatch {
     }
 
     /// Called after `records` reached SER and before they leave the inbox.
-    pub(crate) fn note(&self, records: &[Record]) {
+    pub(crate) fn note(&self, records: &[(u64, Record)]) {
         let mut w = self.lock();
         if let Watch::Open(keys) = &mut *w {
             keys.extend(
                 records
                     .iter()
+                    .map(|(_, r)| r)
                     .filter(|r| matches!(r, Record::Alias { .. }))
                     .map(Record::key),
             );

@@ -138,7 +138,7 @@ pub fn reconcile(
     let mut in_db = std::collections::HashSet::new();
     // Versions of the journal SER's table lacks: staged for applying.
     let mut to_ser = Vec::new();
-    let secs = |h: u64| crate::hlc::Hlc::millis(h) / 1000;
+    let secs = |h: u64| crate::hlc::millis(h) / 1000;
     for table in tables {
         let recs = read_table(&conn, table, now)
             .map_err(|e| format!("{}: table {table}: {e}", database.display()))?;
@@ -240,9 +240,9 @@ mod tests {
         };
         let mut sink = crate::apply::db::Database::new(&db);
         sink.apply(&[
-            contact("alice", now + 3600),
-            contact("bob", now + 60),
-            contact("old", now - 60),
+            (1, contact("alice", now + 3600)),
+            (1, contact("bob", now + 60)),
+            (1, contact("old", now - 60)),
         ])
         .unwrap();
         let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
@@ -280,7 +280,7 @@ mod tests {
         };
         c.last_modified = now + 5;
         c.cseq = 9;
-        sink.apply(&[later.clone()]).unwrap();
+        sink.apply(&[(1, later.clone())]).unwrap();
         assert_eq!(reconcile(&mut j, "n1", &db, &tables).unwrap().journaled, 1);
         assert_eq!(j.read_log(2, 10).unwrap()[0].record, later);
         // SER lost alice (a write-back node killed before its flush): the
@@ -340,7 +340,7 @@ mod tests {
         // his row (it does so after the callback): the row is the version
         // the journal deleted, so SER is told to delete it, and nothing is
         // journaled (no resurrection).
-        sink.apply(&[refreshed.clone()]).unwrap();
+        sink.apply(&[(1, refreshed.clone())]).unwrap();
         let Record::Contact { contact: gone, .. } = refreshed.clone() else {
             unreachable!()
         };
@@ -368,7 +368,7 @@ mod tests {
         };
         c.user_agent = b"T\xe9l\xe9phone 3.1".to_vec();
         c.last_modified = now + 40;
-        sink.apply(&[latin.clone()]).unwrap();
+        sink.apply(&[(1, latin.clone())]).unwrap();
         let r = reconcile(&mut j, "n1", &db, &tables).unwrap();
         assert_eq!(r.journaled, 1);
         let log = j.read_log(0, 100).unwrap();

@@ -37,6 +37,7 @@ VAL(SERSYNC_E_IO, 7);
 VAL(SERSYNC_E_JOURNAL, 8);
 VAL(SERSYNC_E_CALLBACK, 9);
 VAL(SERSYNC_E_TIMEOUT, 10);
+VAL(SERSYNC_SUPERSEDED, 11);
 
 VAL(SERSYNC_OP_UPSERT, 1);
 VAL(SERSYNC_OP_DELETE, 2);
@@ -79,7 +80,7 @@ OFF(struct sersync_str, s, 0);
 OFF(struct sersync_str, len, 8);
 
 /* struct sersync_contact */
-SIZE(struct sersync_contact, 208);
+SIZE(struct sersync_contact, 224);
 OFF(struct sersync_contact, op, 0);
 OFF(struct sersync_contact, q, 4);
 OFF(struct sersync_contact, domain, 8);
@@ -100,6 +101,7 @@ OFF(struct sersync_contact, cflags, 192);
 OFF(struct sersync_contact, methods, 196);
 OFF(struct sersync_contact, reg_id, 200);
 OFF(struct sersync_contact, server_id, 204);
+OFF(struct sersync_contact, stamp, 216);
 
 /* struct sersync_config */
 SIZE(struct sersync_config, 168);
@@ -134,7 +136,7 @@ OFF(struct sersync_peer_status, snapshot_total, 376);
 OFF(struct sersync_peer_status, snapshot_received, 384);
 
 /* struct sersync_status */
-SIZE(struct sersync_status, 12880);
+SIZE(struct sersync_status, 12888);
 OFF(struct sersync_status, node_id, 0);
 OFF(struct sersync_status, last_error, 64);
 OFF(struct sersync_status, running, 224);
@@ -153,6 +155,7 @@ OFF(struct sersync_status, restored, 12848);
 OFF(struct sersync_status, restore_pending, 12856);
 OFF(struct sersync_status, set_aside, 12864);
 OFF(struct sersync_status, incarnation, 12872);
+OFF(struct sersync_status, apply_superseded, 12880);
 
 /* every exported function, typed as declared: a signature change in the
  * header breaks this initializer, a missing export breaks the link */
@@ -173,6 +176,8 @@ static int (*const fn_status_read)(struct sersync_shared *,
 		struct sersync_status *) = sersync_status_read;
 static int (*const fn_publish_alias)(struct sersync_shared *,
 		const struct sersync_alias *) = sersync_publish_alias;
+static int (*const fn_order_admit)(struct sersync_shared *,
+		const struct sersync_contact *, int64_t) = sersync_order_admit;
 static int (*const fn_apply_decode)(const char *, size_t,
 		const struct sersync_apply_ops *, uint32_t *, char *,
 		size_t) = sersync_apply_decode;
@@ -190,6 +195,7 @@ int main(void)
 			(const void *)fn_status_read,
 			(const void *)fn_publish_alias,
 			(const void *)fn_apply_decode,
+			(const void *)fn_order_admit,
 	};
 	size_t i;
 

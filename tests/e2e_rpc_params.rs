@@ -101,35 +101,44 @@ fn garbage_rpc_parameters_get_clear_errors_and_change_nothing() {
             ..Default::default()
         },
     };
-    let good = sersync::apply::payload::encode(std::slice::from_ref(&rec));
+    let good = sersync::apply::payload::encode(&[(1, rec.clone())]);
     let truncated = good[..good.len() / 2].to_string();
     let truncated_aligned = good[..(good.len() / 2) & !3].to_string();
-    let no_aor = sersync::apply::payload::encode(&[Record::Contact {
-        op: Op::Upsert,
-        contact: Contact {
-            domain: b"location".to_vec(),
-            contact: b"sip:nobody@192.0.2.1".to_vec(),
-            ruid: b"ruid-nobody".to_vec(),
-            ..Default::default()
+    let no_aor = sersync::apply::payload::encode(&[(
+        1,
+        Record::Contact {
+            op: Op::Upsert,
+            contact: Contact {
+                domain: b"location".to_vec(),
+                contact: b"sip:nobody@192.0.2.1".to_vec(),
+                ruid: b"ruid-nobody".to_vec(),
+                ..Default::default()
+            },
         },
-    }]);
-    let unknown_table = sersync::apply::payload::encode(&[Record::Contact {
-        op: Op::Upsert,
-        contact: Contact {
-            domain: b"no_such_table".to_vec(),
-            aor: b"intruder".to_vec(),
-            contact: b"sip:intruder@192.0.2.1".to_vec(),
-            ruid: b"ruid-intruder2".to_vec(),
-            ..Default::default()
+    )]);
+    let unknown_table = sersync::apply::payload::encode(&[(
+        1,
+        Record::Contact {
+            op: Op::Upsert,
+            contact: Contact {
+                domain: b"no_such_table".to_vec(),
+                aor: b"intruder".to_vec(),
+                contact: b"sip:intruder@192.0.2.1".to_vec(),
+                ruid: b"ruid-intruder2".to_vec(),
+                ..Default::default()
+            },
         },
-    }]);
-    let bad_alias = sersync::apply::payload::encode(&[Record::Alias {
-        op: Op::Upsert,
-        alias: Alias {
-            table: b"dbaliases; DROP TABLE location".to_vec(),
-            ..Default::default()
+    )]);
+    let bad_alias = sersync::apply::payload::encode(&[(
+        1,
+        Record::Alias {
+            op: Op::Upsert,
+            alias: Alias {
+                table: b"dbaliases; DROP TABLE location".to_vec(),
+                ..Default::default()
+            },
         },
-    }]);
+    )]);
     use base64::Engine as _;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let huge = "x".repeat(3000);

@@ -28,7 +28,7 @@ const SECRET: &[u8] = b"bad-peer-test-secret";
 struct Count(Arc<Mutex<usize>>);
 
 impl Sink for Count {
-    fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
+    fn apply(&mut self, records: &[(u64, Record)]) -> Result<(), ApplyError> {
         *self.0.lock().unwrap() += records.len();
         Ok(())
     }

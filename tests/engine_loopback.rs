@@ -27,10 +27,10 @@ type Table = Arc<Mutex<BTreeMap<(Vec<u8>, Vec<u8>), Contact>>>;
 struct MemorySink(Table, Arc<Mutex<()>>);
 
 impl Sink for MemorySink {
-    fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
+    fn apply(&mut self, records: &[(u64, Record)]) -> Result<(), ApplyError> {
         let _gate = self.1.lock().unwrap();
         let mut t = self.0.lock().unwrap();
-        for r in records {
+        for (_, r) in records {
             let (op, contact) = match r {
                 Record::Contact { op, contact } => (op, contact.clone()),
                 Record::Alias { op, alias } => (

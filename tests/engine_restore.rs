@@ -26,9 +26,9 @@ type Table = Arc<Mutex<BTreeMap<Vec<u8>, Contact>>>;
 struct Usrloc(Table);
 
 impl Sink for Usrloc {
-    fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
+    fn apply(&mut self, records: &[(u64, Record)]) -> Result<(), ApplyError> {
         let mut t = self.0.lock().unwrap();
-        for r in records {
+        for (_, r) in records {
             if let Record::Contact { op, contact } = r {
                 match op {
                     Op::Upsert => t.insert(contact.aor.clone(), contact.clone()),

@@ -35,8 +35,11 @@ const SECRET: &[u8] = b"versions-test-secret";
 struct Applied(Arc<Mutex<Vec<Record>>>);
 
 impl Sink for Applied {
-    fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
-        self.0.lock().unwrap().extend_from_slice(records);
+    fn apply(&mut self, records: &[(u64, Record)]) -> Result<(), ApplyError> {
+        self.0
+            .lock()
+            .unwrap()
+            .extend(records.iter().map(|(_, r)| r.clone()));
         Ok(())
     }
 }

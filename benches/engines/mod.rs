@@ -16,7 +16,7 @@ use sersync::record::Record;
 pub struct Counter(pub Arc<AtomicU64>);
 
 impl Sink for Counter {
-    fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
+    fn apply(&mut self, records: &[(u64, Record)]) -> Result<(), ApplyError> {
         self.0.fetch_add(records.len() as u64, Ordering::Relaxed);
         Ok(())
     }

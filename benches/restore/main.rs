@@ -277,7 +277,7 @@ fn main() {
 /// Every live contact of the journal at `path`, as the engine's restore
 /// stages them, read from a copy in `scratch` (the node's own file is
 /// never opened by the bench).
-fn journal_records(path: &Path, scratch: &Path) -> Vec<Record> {
+fn journal_records(path: &Path, scratch: &Path) -> Vec<(u64, Record)> {
     let _ = fs::remove_dir_all(scratch);
     fs::create_dir_all(scratch).expect("scratch dir");
     let copy = scratch.join("sersync.db");
@@ -292,7 +292,7 @@ fn journal_records(path: &Path, scratch: &Path) -> Vec<Record> {
     j.live_contacts(|c| c.expires == 0 || c.expires > now)
         .expect("reading live contacts")
         .into_iter()
-        .map(|(_, _, r)| r)
+        .map(|(stamp, _, r)| (stamp, r))
         .collect()
 }
 
@@ -352,7 +352,13 @@ fn engine_figure(node: &Node, before: usize, timeout: Duration) -> Option<f64> {
 /// One restart of the node with `alloc` (restore measured), then, with
 /// `records`, one restart with an empty journal (floor measured). The node
 /// is stopped on entry and on return; its journal is as it was.
-fn run_once(c: &mut Cluster, n: usize, alloc: Alloc, timeout: Duration, records: &[Record]) -> Run {
+fn run_once(
+    c: &mut Cluster,
+    n: usize,
+    alloc: Alloc,
+    timeout: Duration,
+    records: &[(u64, Record)],
+) -> Run {
     let node = c.node_mut(1);
     assert!(!node.is_running());
     node.kamailio_args = alloc.args();
@@ -442,7 +448,12 @@ fn run_once(c: &mut Cluster, n: usize, alloc: Alloc, timeout: Duration, records:
 /// door with the applier's own door code, in the applier's slices; the
 /// time from the first request to the last reply, checked against usrloc's
 /// count. The real journal is put back afterwards.
-fn floor(node: &mut Node, n: usize, records: &[Record], timeout: Duration) -> Result<f64, String> {
+fn floor(
+    node: &mut Node,
+    n: usize,
+    records: &[(u64, Record)],
+    timeout: Duration,
+) -> Result<f64, String> {
     let aside = node.dir.join("journal-aside");
     let _ = fs::remove_dir_all(&aside);
     fs::create_dir_all(&aside).map_err(|e| e.to_string())?;

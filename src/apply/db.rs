@@ -156,7 +156,7 @@ impl Database {
 }
 
 impl Sink for Database {
-    fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
+    fn apply(&mut self, records: &[(u64, Record)]) -> Result<(), ApplyError> {
         if self.conn.is_none() {
             let conn = Connection::open_with_flags(
                 &self.path,
@@ -170,7 +170,7 @@ impl Sink for Database {
         let conn = self.conn.as_mut().expect("opened above");
         let result = (|| {
             let tx = conn.transaction().map_err(|e| e.to_string())?;
-            for r in records {
+            for (_, r) in records {
                 match r {
                     Record::Contact { op, contact } => Self::write(&tx, *op, contact)?,
                     Record::Alias { op, alias } => Self::write_alias(&tx, *op, alias)?,
@@ -228,8 +228,8 @@ pub(crate) mod tests {
             .execute_batch(SCHEMA)
             .unwrap();
         let mut db = Database::new(&path);
-        db.apply(&[contact(Op::Upsert, 1)]).unwrap();
-        db.apply(&[contact(Op::Upsert, 2)]).unwrap();
+        db.apply(&[(1, contact(Op::Upsert, 1))]).unwrap();
+        db.apply(&[(1, contact(Op::Upsert, 2))]).unwrap();
         let conn = Connection::open(&path).unwrap();
         let (n, cseq, q, expires): (i64, i64, f64, i64) = conn
             .query_row(
@@ -246,7 +246,7 @@ pub(crate) mod tests {
             kind, "real",
             "a Julian day number, as Kamailio's db_sqlite writes it"
         );
-        db.apply(&[contact(Op::Delete, 3)]).unwrap();
+        db.apply(&[(1, contact(Op::Delete, 3))]).unwrap();
         let n: i64 = conn
             .query_row("SELECT count(*) FROM location", [], |r| r.get(0))
             .unwrap();
@@ -256,6 +256,6 @@ pub(crate) mod tests {
     #[test]
     fn unwritable_database_is_an_error() {
         let mut db = Database::new(Path::new("/nonexistent/dir/k.db"));
-        assert!(db.apply(&[contact(Op::Upsert, 1)]).is_err());
+        assert!(db.apply(&[(1, contact(Op::Upsert, 1))]).is_err());
     }
 }

@@ -108,7 +108,7 @@ impl Door {
     }
 
     /// One `sersync.apply` call; returns the count SER reports applied.
-    fn call(&mut self, records: &[Record]) -> Result<u64, ApplyError> {
+    fn call(&mut self, records: &[(u64, Record)]) -> Result<u64, ApplyError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut req = serde_json::json!({
@@ -240,7 +240,7 @@ fn read_until_eof(f: &mut std::fs::File, timeout: Duration) -> std::io::Result<V
 }
 
 impl Sink for Door {
-    fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
+    fn apply(&mut self, records: &[(u64, Record)]) -> Result<(), ApplyError> {
         let max = self.request_max()?;
         // JSON wrapper, id and reply name stay well under this.
         let budget = max - 200;

@@ -22,9 +22,9 @@ use crate::restore::Restore;
 use crate::scan::ScanWatch;
 use crate::status::Status;
 
-/// Where applied records go.
+/// Where applied records go, each with its stamp.
 pub trait Sink: Send {
-    fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError>;
+    fn apply(&mut self, records: &[(u64, Record)]) -> Result<(), ApplyError>;
 }
 
 /// Changes taken from the inbox per attempt.
@@ -73,7 +73,8 @@ impl Applier {
                 let _ = self.wake.recv_timeout(Duration::from_millis(500));
                 continue;
             };
-            let records: Vec<Record> = staged.into_iter().map(|s| s.record).collect();
+            let records: Vec<(u64, Record)> =
+                staged.into_iter().map(|s| (s.hlc, s.record)).collect();
             if records.is_empty() {
                 // Everything read was overtaken by newer versions.
                 if let Err(e) = self.journal.inbox_done(last_id) {

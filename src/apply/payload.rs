@@ -8,19 +8,21 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::record::Record;
 
-pub const PAYLOAD_VERSION: u8 = 1;
+/// 2: each record with its stamp (ordering in usrloc, [`crate::queue::Held`]).
+pub const PAYLOAD_VERSION: u8 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ApplyBatch {
     pub version: u8,
-    pub records: Vec<Record>,
+    /// (stamp, record)
+    pub records: Vec<(u64, Record)>,
 }
 
-pub fn encode(records: &[Record]) -> String {
+pub fn encode(records: &[(u64, Record)]) -> String {
     #[derive(Serialize)]
     struct Borrowed<'a> {
         version: u8,
-        records: &'a [Record],
+        records: &'a [(u64, Record)],
     }
     let mut bytes = Vec::new();
     codec::encode_into(
@@ -34,13 +36,13 @@ pub fn encode(records: &[Record]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// Bytes of payload text `records` would take.
-pub fn encoded_len(record: &Record) -> usize {
+/// Bytes of payload text `record` would take.
+pub fn encoded_len(record: &(u64, Record)) -> usize {
     let n = codec::encoded_len(record).unwrap_or(u64::MAX) as usize;
     n.saturating_mul(4) / 3 + 4
 }
 
-pub fn decode(text: &[u8]) -> Result<Vec<Record>, String> {
+pub fn decode(text: &[u8]) -> Result<Vec<(u64, Record)>, String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text.trim_ascii())
         .map_err(|e| format!("not base64: {e}"))?;
@@ -61,14 +63,17 @@ mod tests {
 
     #[test]
     fn round_trip_and_garbage() {
-        let recs = vec![Record::Contact {
-            op: Op::Delete,
-            contact: Contact {
-                aor: b"alice".to_vec(),
-                user_agent: vec![0xff, 0x00, b'x'],
-                ..Default::default()
+        let recs = vec![(
+            7,
+            Record::Contact {
+                op: Op::Delete,
+                contact: Contact {
+                    aor: b"alice".to_vec(),
+                    user_agent: vec![0xff, 0x00, b'x'],
+                    ..Default::default()
+                },
             },
-        }];
+        )];
         let text = encode(&recs);
         assert_eq!(decode(text.as_bytes()).unwrap(), recs);
         assert!(decode(b"!!!").is_err());

@@ -42,11 +42,11 @@ pub unsafe extern "C" fn sersync_apply_decode(
         };
         let mut applied = 0u32;
         let mut rc = sersync_rc::SERSYNC_OK;
-        for r in &records {
+        for (stamp, r) in &records {
             // SAFETY: each view borrows `r`, alive across its call.
             let ok = match r {
                 Record::Contact { op, contact } => {
-                    (unsafe { on_contact(ops.ctx, &contact_view(*op, contact)) }) >= 0
+                    (unsafe { on_contact(ops.ctx, &contact_view(*op, contact, *stamp)) }) >= 0
                 }
                 Record::Alias { op, alias } => {
                     (unsafe { on_alias(ops.ctx, &alias_view(*op, alias)) }) >= 0

@@ -68,7 +68,7 @@ pub(super) unsafe fn contact_ref<'a>(c: &'a sersync_contact) -> Option<RecordRef
     Some(RecordRef::Contact { op, contact })
 }
 
-pub(super) fn contact_view(op: Op, c: &Contact) -> sersync_contact {
+pub(super) fn contact_view(op: Op, c: &Contact, stamp: u64) -> sersync_contact {
     sersync_contact {
         op: op_code(op),
         q: c.q,
@@ -90,6 +90,8 @@ pub(super) fn contact_view(op: Op, c: &Contact) -> sersync_contact {
         methods: c.methods,
         reg_id: c.reg_id,
         server_id: c.server_id,
+        _pad: 0,
+        stamp,
     }
 }
 

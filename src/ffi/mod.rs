@@ -22,7 +22,8 @@ use self::apply::sersync_apply_decode;
 use self::engine::{sersync_config_check, sersync_engine_run, sersync_forget, sersync_status_read};
 use self::log::sersync_set_logger;
 use self::queue::{
-    sersync_journal_wait, sersync_publish, sersync_publish_alias, sersync_shared_create,
+    sersync_journal_wait, sersync_order_admit, sersync_publish, sersync_publish_alias,
+    sersync_shared_create,
 };
 
 fn boundary(f: impl FnOnce() -> sersync_rc) -> c_int {
@@ -54,6 +55,8 @@ const _SIGNATURES: () = {
         [abi::sersync_status_read, sersync_status_read];
     let _: [unsafe extern "C" fn(*mut sersync_shared, *const sersync_alias) -> c_int; 2] =
         [abi::sersync_publish_alias, sersync_publish_alias];
+    let _: [unsafe extern "C" fn(*mut sersync_shared, *const sersync_contact, i64) -> c_int; 2] =
+        [abi::sersync_order_admit, sersync_order_admit];
     let _: [unsafe extern "C" fn(
         *const c_char,
         usize,

@@ -8,7 +8,8 @@ use super::boundary;
 use super::convert::{alias_ref, contact_ref, shared};
 use crate::abi::{sersync_alias, sersync_contact, sersync_rc, sersync_shared};
 use crate::log;
-use crate::queue::{ItemRef, Shared};
+use crate::queue::{Held, ItemRef, Shared};
+use crate::record::RecordRef;
 
 /// # Safety
 /// See sersync.h.
@@ -94,6 +95,39 @@ pub unsafe extern "C" fn sersync_journal_wait(sh: *mut sersync_shared, timeout_m
             sersync_rc::SERSYNC_OK
         } else {
             sersync_rc::SERSYNC_E_TIMEOUT
+        }
+    })
+}
+
+/// # Safety
+/// See sersync.h.
+#[no_mangle]
+pub unsafe extern "C" fn sersync_order_admit(
+    sh: *mut sersync_shared,
+    c: *const sersync_contact,
+    held_last_modified: i64,
+) -> c_int {
+    boundary(|| {
+        // SAFETY: NULL checked; validity per sersync.h.
+        let (Some(sh), Some(c)) = (unsafe { shared(sh) }, unsafe { c.as_ref() }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
+        // SAFETY: the contact's strings are valid for this call (sersync.h).
+        let Some(RecordRef::Contact { contact, .. }) = (unsafe { contact_ref(c) }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
+        let held = if held_last_modified < 0 {
+            Held::Nothing
+        } else {
+            Held::Live {
+                last_modified: held_last_modified,
+            }
+        };
+        let key = sh.order_key(contact.domain, contact.aor, contact.contact);
+        if sh.admit(key, c.stamp, held, contact.last_modified) {
+            sersync_rc::SERSYNC_OK
+        } else {
+            sersync_rc::SERSYNC_SUPERSEDED
         }
     })
 }

@@ -145,6 +145,17 @@ impl Journal {
         })
     }
 
+    /// The highest stamp the state holds (0 for an empty journal): the
+    /// node's clock starts past it.
+    pub fn max_stamp(&self) -> Result<u64, JournalError> {
+        self.run(|c| {
+            let hlc = c.query_row("SELECT coalesce(max(hlc), 0) FROM state", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            Ok(hlc as u64)
+        })
+    }
+
     /// The stamp of the version the state holds for `key`.
     pub fn state_stamp(&self, key: &[u8]) -> Result<Option<u64>, JournalError> {
         self.run(|c| {

@@ -68,10 +68,7 @@ impl Net {
         through: u64,
     ) -> Verdict {
         if let Some(max) = changes.iter().map(|c| c.hlc).max() {
-            self.hlc
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .observe(max);
+            self.shared.observe(max);
         }
         let n = changes.len() as u64;
         let reply = match self.journal.stage_remote_through(origin, &changes, through) {
@@ -117,10 +114,7 @@ impl Net {
         let c = self.conns.get_mut(&t).expect("caller checked");
         let origin = c.remote_id.clone();
         if let Some(max) = rows.iter().map(|r| r.hlc).max() {
-            self.hlc
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .observe(max);
+            self.shared.observe(max);
         }
         let nrows = rows.len() as u64;
         match self.journal.stage_snapshot(&origin, upto, &rows, last) {

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -17,7 +17,6 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use crate::config::Config;
 use crate::handoff::{FromIngest, NetCmd};
-use crate::hlc::Hlc;
 use crate::journal::Journal;
 use crate::log::{self, RateLimit};
 use crate::status::{PeerState, Status};
@@ -77,7 +76,6 @@ const ACK_SAVE_EVERY: Duration = Duration::from_millis(500);
 pub struct Net {
     cfg: Arc<Config>,
     status: Arc<Status>,
-    hlc: Arc<Mutex<Hlc>>,
     journal: Journal,
     apply_notify: Sender<()>,
     poll: Poll,
@@ -86,7 +84,8 @@ pub struct Net {
     peers: Vec<Peer>,
     conns: HashMap<Token, Conn>,
     next_token: usize,
-    shared: Option<Arc<crate::queue::Shared>>,
+    /// The shared region: the node's clock and the status area.
+    shared: Arc<crate::queue::Shared>,
     last_status: Instant,
     last_trim: Instant,
     last_trim_chunk: Instant,
@@ -125,10 +124,9 @@ impl Net {
     pub fn new(
         cfg: Arc<Config>,
         status: Arc<Status>,
-        hlc: Arc<Mutex<Hlc>>,
         journal: Journal,
         apply_notify: Sender<()>,
-        shared: Option<Arc<crate::queue::Shared>>,
+        shared: Arc<crate::queue::Shared>,
         ingest: FromIngest,
     ) -> io::Result<(Net, Arc<Waker>)> {
         let mut journal = journal;
@@ -153,7 +151,6 @@ impl Net {
         let net = Net {
             cfg,
             status,
-            hlc,
             journal,
             apply_notify,
             poll,

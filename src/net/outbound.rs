@@ -8,7 +8,6 @@ use mio::Token;
 
 use super::conn::{Phase, Verdict};
 use super::{Net, ACK_SAVE_EVERY, BACKOFF_MAX, BATCH_RECORDS, MAX_OUTBUF, WINDOW_RECORDS};
-use crate::hlc::Hlc;
 use crate::log;
 
 impl Net {
@@ -166,7 +165,7 @@ impl Net {
                     .hlc_of(acked + 1)
                     .ok()
                     .flatten()
-                    .map_or(0, |h| wall.saturating_sub(Hlc::millis(h)))
+                    .map_or(0, |h| wall.saturating_sub(crate::hlc::millis(h)))
             } else {
                 0
             };
@@ -183,8 +182,6 @@ impl Net {
                 s.snapshot_received = snap_received;
             });
         }
-        if let Some(sh) = &self.shared {
-            sh.write_status(&self.status.to_c());
-        }
+        self.shared.write_status(&self.status.to_c());
     }
 }

@@ -4,6 +4,7 @@
 use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 
+use super::order::Bucket;
 use super::ring::SLOT_SIZE;
 use super::Shared;
 use crate::abi::sersync_status;
@@ -24,6 +25,11 @@ pub(super) struct Header {
     pub(super) dropped: Padded,
     /// Queue positions below this are durably journaled (or were skipped).
     pub(super) durable: Padded,
+    /// The node's clock (see [`crate::hlc`]): SIP workers stamp their
+    /// changes from it, the engine stamps and observes with it.
+    pub(super) clock: Padded,
+    /// Remote changes usrloc did not take because it held a newer version.
+    pub(super) superseded: Padded,
     pub(super) sleeping: AtomicU32,
     pub(super) eventfd: AtomicI32,
     pub(super) status_seq: AtomicU64,
@@ -32,10 +38,13 @@ pub(super) struct Header {
 
 impl Shared {
     /// Maps a region with `slots` slots (rounded up to a power of two, at
-    /// least 64). Call before fork; starts no thread.
+    /// least 64) and as many buckets of versions ([`super::order`]). Call
+    /// before fork; starts no thread.
     pub fn create(slots: u32) -> Result<Shared, QueueError> {
         let slots = (slots.max(64) as u64).next_power_of_two();
-        let len = std::mem::size_of::<Header>().next_multiple_of(64) + slots as usize * SLOT_SIZE;
+        let order_off =
+            std::mem::size_of::<Header>().next_multiple_of(64) + slots as usize * SLOT_SIZE;
+        let len = order_off + slots as usize * std::mem::size_of::<Bucket>();
         let map = os::SharedMap::new(len).map_err(QueueError::Map)?;
         // On failure `map` is unmapped as it drops.
         let efd = os::eventfd().map_err(QueueError::Map)?;
@@ -43,6 +52,9 @@ impl Shared {
             base: map.as_ptr(),
             _map: map,
             mask: slots - 1,
+            order_off,
+            // Inherited by every process SER forks: one key everywhere.
+            order_keys: std::hash::RandomState::new(),
         };
         // The mapping is zero-filled: only non-zero fields need writing,
         // and nothing else sees it yet.
@@ -61,6 +73,16 @@ impl Shared {
             shared.slot(i).seq.store(i, Ordering::Relaxed);
         }
         Ok(shared)
+    }
+
+    /// A new stamp from the node's clock.
+    pub fn stamp(&self) -> u64 {
+        crate::hlc::tick(&self.header().clock.0)
+    }
+
+    /// Moves the node's clock past a stamp seen elsewhere.
+    pub fn observe(&self, stamp: u64) {
+        crate::hlc::observe(&self.header().clock.0, stamp)
     }
 
     pub(super) fn header(&self) -> &Header {

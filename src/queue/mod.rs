@@ -15,18 +15,31 @@
 mod durable;
 mod item;
 mod map;
+mod order;
 mod ring;
 mod status_area;
 
 pub use item::{Item, ItemRef};
+pub use order::Held;
 pub use ring::SLOT_SIZE;
 
-/// The shared region: queue header, status area and slots.
+/// What a slot holds: the stamp the producer gave the item, and the item.
+pub fn decode(slot: &[u8]) -> Result<(u64, Item), String> {
+    crate::codec::decode(slot)
+}
+
+/// The shared region: queue header, status area, slots and the versions
+/// usrloc holds.
 pub struct Shared {
     base: *mut u8,
     /// Owns what `base` points into; unmapped as it drops.
     _map: crate::os::SharedMap,
     mask: u64,
+    /// Where the buckets of versions start (as many as slots).
+    order_off: usize,
+    /// Keys the hash of a contact's bucket: a stranger choosing AORs cannot
+    /// aim at one bucket.
+    order_keys: std::hash::RandomState,
 }
 
 // SAFETY: all shared mutation goes through atomics or the seqlock protocol

@@ -10,6 +10,7 @@ use super::{ItemRef, Shared};
 use crate::codec;
 use crate::error::QueueError;
 use crate::os;
+use crate::record::RecordRef;
 
 /// Bytes per slot, including its 16-byte header.
 pub const SLOT_SIZE: usize = 2048;
@@ -61,11 +62,20 @@ impl Shared {
         self.header().dropped.0.load(Ordering::Relaxed)
     }
 
-    /// Producer side: encodes `item` (a change: `&RecordRef` will do)
-    /// into a free slot. Never blocks.
+    /// Producer side: stamps `item` (a change: `&RecordRef` will do) from
+    /// the node's clock and encodes both into a free slot. A contact change
+    /// is noted as the version usrloc holds ([`super::order`]), queued or
+    /// not: SIP workers call this from usrloc's callback, under its lock.
+    /// Never blocks.
     pub fn publish<'a>(&self, item: impl Into<ItemRef<'a>>) -> Result<(), QueueError> {
         let h = self.header();
-        let result = self.try_publish(&item.into()).map(|pos| {
+        let item = item.into();
+        let stamp = self.stamp();
+        if let ItemRef::Change(RecordRef::Contact { contact, .. }) = &item {
+            let key = self.order_key(contact.domain, contact.aor, contact.contact);
+            self.note_held(key, stamp);
+        }
+        let result = self.try_publish(&(stamp, item)).map(|pos| {
             // A SIP worker is one single-threaded process; per thread and
             // queue is exactly "what this worker published".
             LAST_PUBLISHED.with(|l| l.set((self.base as usize, pos + 1)));
@@ -88,7 +98,7 @@ impl Shared {
         result
     }
 
-    fn try_publish(&self, item: &ItemRef) -> Result<u64, QueueError> {
+    fn try_publish(&self, item: &(u64, ItemRef)) -> Result<u64, QueueError> {
         let h = self.header();
         let mut pos = h.tail.0.load(Ordering::Relaxed);
         loop {
@@ -132,9 +142,10 @@ impl Shared {
         out.map(|()| pos)
     }
 
-    /// Consumer side: copies the next record's bytes into `out`. Returns
-    /// false when the queue is empty. Empty (skipped) slots yield `out`
-    /// empty. Only one consumer may call this.
+    /// Consumer side: copies the next record's bytes into `out` (the
+    /// encoding of `(stamp, Item)`: [`super::decode`]). Returns false when
+    /// the queue is empty. Empty (skipped) slots yield `out` empty. Only
+    /// one consumer may call this.
     pub fn pop(&self, out: &mut Vec<u8>) -> bool {
         let h = self.header();
         let pos = h.head.0.load(Ordering::Relaxed);
@@ -172,7 +183,7 @@ impl Shared {
 mod tests {
     use super::*;
     use crate::queue::Item;
-    use crate::record::{Contact, Op, Record, RecordRef};
+    use crate::record::{Contact, Op, Record};
 
     fn rec(i: u32) -> Record {
         Record::Contact {
@@ -204,10 +215,13 @@ mod tests {
         assert_eq!(q.dropped(), 1);
         assert_eq!(q.depth(), 64);
         let mut buf = Vec::new();
+        let mut last_stamp = 0;
         for i in 0..64 {
             assert!(q.pop(&mut buf));
-            let got: Item = codec::decode(&buf).unwrap();
+            let (stamp, got) = crate::queue::decode(&buf).unwrap();
             assert_eq!(got, Item::Change(rec(i)));
+            assert!(stamp > last_stamp, "stamped in order");
+            last_stamp = stamp;
         }
         assert!(!q.pop(&mut buf));
         q.publish(&as_ref(&rec(7))).unwrap();
@@ -231,7 +245,7 @@ mod tests {
         assert!(q.pop(&mut buf));
         assert!(buf.is_empty(), "skipped slot comes out empty");
         assert!(q.pop(&mut buf));
-        assert_eq!(codec::decode::<Item>(&buf).unwrap(), Item::Change(rec(2)));
+        assert_eq!(crate::queue::decode(&buf).unwrap().1, Item::Change(rec(2)));
     }
 
     #[test]
@@ -253,8 +267,8 @@ mod tests {
         let mut buf = Vec::new();
         while seen.len() < 3000 {
             if q.pop(&mut buf) {
-                let Item::Change(Record::Contact { contact, .. }) =
-                    codec::decode::<Item>(&buf).unwrap()
+                let (_, Item::Change(Record::Contact { contact, .. })) =
+                    crate::queue::decode(&buf).unwrap()
                 else {
                     unreachable!()
                 };

@@ -41,6 +41,7 @@ impl Shared {
         }
         st.queue_depth = self.depth();
         st.queue_dropped = self.dropped();
+        st.apply_superseded = self.superseded();
         st
     }
 }

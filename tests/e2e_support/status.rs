@@ -35,6 +35,8 @@ pub struct SersyncStatus {
     pub apply_pending: u64,
     pub apply_failures: u64,
     pub applied_via_db: u64,
+    /// Remote changes usrloc did not take: it held a newer version.
+    pub apply_superseded: u64,
     /// Contacts restored from the journal into SER since this start, and
     /// those still waiting for it (0 when the engine does not report them).
     pub restored: u64,
@@ -122,6 +124,7 @@ impl SersyncStatus {
             apply_pending: u(v, "apply_pending"),
             apply_failures: u(v, "apply_failures"),
             applied_via_db: u(v, "applied_via_db"),
+            apply_superseded: u(v, "apply_superseded"),
             restored: u(v, "restored"),
             restore_pending: u(v, "restore_pending"),
             last_error: s(v, "last_error"),
@@ -148,7 +151,7 @@ impl SersyncStatus {
     pub fn summary(&self) -> String {
         let mut t = format!(
             "id={} running={} journaled={} last_seq={} applied={} apply_pending={} \
-             apply_failures={} via_db={} restored={} restore_pending={} queue={}/{} dropped \
+             apply_failures={} via_db={} superseded={} restored={} restore_pending={} queue={}/{} dropped \
              err={:?}",
             self.node_id,
             self.running,
@@ -158,6 +161,7 @@ impl SersyncStatus {
             self.apply_pending,
             self.apply_failures,
             self.applied_via_db,
+            self.apply_superseded,
             self.restored,
             self.restore_pending,
             self.queue_depth,

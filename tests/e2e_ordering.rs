@@ -1,0 +1,195 @@
+//! End-to-end: ordering in SER (issue 11, item 4). A change applied into
+//! usrloc — received from a peer, or restored at start — never overwrites
+//! a newer version usrloc already holds for that contact: a phone that
+//! registered again while its node's RPC door was stuck, or while the node
+//! restored, keeps its newer registration on every node.
+//!
+//! Two Kamailio 5.6 nodes, usrloc in memory, sipp. The phones' contact
+//! URIs name one host whichever node they register on, so both nodes'
+//! registrations are versions of the same usrloc contacts.
+//!
+//! Needs `build/sersync.so` (`make`); fails, never skips, without it.
+
+#[path = "e2e_support/mod.rs"]
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use support::*;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+const PHONES: usize = 600;
+const RATE: u32 = 500;
+
+type Key = (String, String);
+
+fn cluster(name: &str, first: u8) -> Cluster {
+    let opts = ClusterOptions {
+        ul_db_mode: Some(0),
+        sersync_no_db: true,
+        ..ClusterOptions::default()
+    };
+    Cluster::start_private(name, first, 2, &opts)
+}
+
+/// `PHONES` phones at CSeq `cseq`, their contacts on host 127.0.0.99.
+fn phones(cseq: u32) -> Vec<Reg> {
+    (0..PHONES)
+        .map(|i| Reg {
+            cseq,
+            host: Some("127.0.0.99".into()),
+            ..Reg::new(format!("p{i}"), 3600)
+        })
+        .collect()
+}
+
+fn keys(regs: &[Reg]) -> BTreeSet<Key> {
+    regs.iter()
+        .map(|r| (r.user.clone(), r.address("", Transport::Udp)))
+        .collect()
+}
+
+/// A convergence check: exactly `want`, each at CSeq `cseq` from node
+/// `server_id` (the version registered last).
+fn the_version(
+    want: &BTreeSet<Key>,
+    cseq: i64,
+    server_id: i64,
+) -> impl FnMut(&Contacts) -> Result<(), String> + '_ {
+    move |c| {
+        let keys: BTreeSet<Key> = c.keys().cloned().collect();
+        if &keys != want {
+            return Err(format!("{} contacts, expected {}", c.len(), want.len()));
+        }
+        let older: Vec<String> = c
+            .iter()
+            .filter(|(_, f)| f.cseq != cseq || f.server_id != server_id)
+            .map(|((aor, _), f)| format!("{aor}: cseq {} from {}", f.cseq, f.server_id))
+            .collect();
+        if older.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} of {} contacts hold an older version (e.g. {:?})",
+                older.len(),
+                c.len(),
+                &older[..older.len().min(3)]
+            ))
+        }
+    }
+}
+
+/// The PID of `node`'s jsonrpcs FIFO process: sersync's RPC door.
+fn door_pid(node: &Node) -> u32 {
+    let text = node.kamcmd(&["core.psx"]).expect("kamcmd core.psx");
+    let mut pid = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(p) = line.strip_prefix("PID:") {
+            pid = p.trim().parse::<u32>().ok();
+        } else if line.starts_with("DSC:") && line.contains("JSONRPCS FIFO") {
+            return pid.expect("PID before DSC in core.psx");
+        }
+    }
+    panic!(
+        "{}: no JSONRPCS FIFO process in core.psx:\n{text}",
+        node.name()
+    );
+}
+
+/// sersync.status over HTTP (SIP workers serve it): the FIFO is the door
+/// this test stops.
+fn status_over_http(node: &Node) -> SersyncStatus {
+    let v = node
+        .http_rpc("sersync.status", serde_json::json!([]))
+        .unwrap_or_else(|e| panic!("sersync.status over HTTP on {}: {e:?}", node.name()));
+    SersyncStatus::parse(&v)
+}
+
+/// Records `node` received from the peer `id`.
+fn received_from(node: &Node, id: &str) -> u64 {
+    status_over_http(node)
+        .peers
+        .iter()
+        .find(|p| p.node_id == id)
+        .map_or(0, |p| p.received)
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a process of our own cluster.
+    assert_eq!(
+        unsafe { libc::kill(pid as i32, sig) },
+        0,
+        "kill {pid} {sig}"
+    );
+}
+
+/// Continues a stopped process when dropped, also if the test fails.
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Stopped {
+        signal(pid, libc::SIGSTOP);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above; failure (the process is gone) is harmless here.
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
+}
+
+/// Node 2's door is stopped (SIGSTOP) while the phones register again on
+/// node 1 (node 2's engine receives that version and its applier gets
+/// stuck in the door with it), then once more, newer, on node 2 itself.
+/// When the door resumes, the stale version it still carries must not
+/// overwrite node 2's newer registration: both nodes end with node 2's.
+#[test]
+fn a_stuck_door_does_not_overwrite_a_newer_registration() {
+    let cluster = cluster("ordering-door", 141);
+    let (n1, n2) = (cluster.node(1), cluster.node(2));
+    let want = keys(&phones(1));
+    sipp_register(n1, &phones(1), RATE, "v1-n1");
+    wait_converged(
+        &cluster.all(),
+        CONVERGE,
+        "first version",
+        the_version(&want, 1, 1),
+    );
+    let before = n2.status().apply_superseded;
+
+    let received_before = received_from(n2, "n1");
+    let door = Stopped::new(door_pid(n2));
+    sipp_register(n1, &phones(2), RATE, "v2-n1");
+    // Node 2's engine holds node 1's second version, and its applier is
+    // stuck in the door with it.
+    let stuck = wait_until(CONVERGE, || {
+        received_from(n2, "n1") >= received_before + PHONES as u64
+            && status_over_http(n2).apply_pending > 0
+    });
+    assert!(
+        stuck,
+        "node 2 never received node 1's second version: {}",
+        status_over_http(n2).summary()
+    );
+    // Registrations a second later: newer by any clock.
+    std::thread::sleep(Duration::from_millis(1100));
+    sipp_register(n2, &phones(3), RATE, "v3-n2");
+    drop(door);
+
+    wait_converged(
+        &cluster.all(),
+        CONVERGE,
+        "after the door resumed",
+        the_version(&want, 3, 2),
+    );
+    let st = n2.status();
+    assert!(
+        st.apply_superseded > before,
+        "node 2 never refused a stale version: the door was not stuck with one, \
+         the test proved nothing ({})",
+        st.summary()
+    );
+}
