@@ -125,12 +125,20 @@ impl Net {
         c.next_send = resume_after;
         c.acked = resume_after;
         let remote = c.remote_id.clone();
-        let mut last = self.ingest.tail.last();
+        // A position this journal never gave out, from a peer it has heard
+        // from before: a journal restored from a backup (the peer speaks
+        // v1, or did not see the run that was lost).
+        if resume_after > self.ingest.tail.last()
+            && self.journal.has_acked(&remote).unwrap_or(false)
+        {
+            self.found_restored(&remote);
+        }
         match self.journal.has_acked(&remote) {
-            // A position this journal never gave out: the peer holds
-            // changes from an earlier journal of this node (moved
-            // aside as corrupt, or deleted). It would skip ours
-            // numbered up to it: number them after it.
+            // A position this journal does not own: the peer holds
+            // changes from an earlier journal of this node (moved aside
+            // as corrupt, or deleted), or from a run this journal does
+            // not know (restored from a backup: positions disowned). It
+            // would skip ours numbered up to it: number them after it.
             Ok(false) if resume_after > 0 => match self.journal.renumber_after(resume_after) {
                 Ok(new_last) => {
                     log::warn(format_args!(
@@ -138,17 +146,11 @@ impl Net {
                              this journal's entries now come after it (sequences up to {new_last})"
                         ));
                     self.ingest.tail.advance(new_last);
-                    last = new_last;
                 }
                 Err(e) => return Verdict::Close(format!("journal: {e}")),
             },
             Ok(_) => {}
             Err(e) => return Verdict::Close(format!("journal: {e}")),
-        }
-        if resume_after > last {
-            log::error(format_args!(
-                "peer {remote} holds our changes up to {resume_after} but our journal ends at {last}: was this node's journal replaced?"
-            ));
         }
         if let Err(e) = self.journal.set_acked(&remote, resume_after) {
             log::error(format_args!("{e}"));
