@@ -14,7 +14,7 @@ mod peer;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -127,10 +127,16 @@ enum Seen {
 }
 
 /// A v1 node's acceptor on `l`: refuses hellos stating another version
-/// ("protocol v1 only", as the release did), welcomes v1 hellos, then
-/// acknowledges every batch. Every frame it reads is decoded with the
-/// frozen v1 codec: one it cannot decode panics the thread.
-fn v1_acceptor(l: TcpListener, stop: Arc<AtomicBool>, seen: mpsc::Sender<Seen>) {
+/// ("protocol v1 only", as the release did), welcomes v1 hellos saying it
+/// holds the dialer's changes up to `held`, then acknowledges every batch.
+/// Every frame it reads is decoded with the frozen v1 codec: one it cannot
+/// decode panics the thread.
+fn v1_acceptor(
+    l: TcpListener,
+    stop: Arc<AtomicBool>,
+    seen: mpsc::Sender<Seen>,
+    held: Arc<AtomicU64>,
+) {
     l.set_nonblocking(true).unwrap();
     while !stop.load(Ordering::Relaxed) {
         let Ok((mut s, _)) = l.accept() else {
@@ -183,7 +189,7 @@ fn v1_acceptor(l: TcpListener, stop: Arc<AtomicBool>, seen: mpsc::Sender<Seen>) 
             &mut s,
             &v1::Frame::Welcome {
                 tag,
-                resume_after: 0,
+                resume_after: held.load(Ordering::Relaxed),
                 snapshot: None,
             },
         );
@@ -191,6 +197,7 @@ fn v1_acceptor(l: TcpListener, stop: Arc<AtomicBool>, seen: mpsc::Sender<Seen>) 
             match v1::read(&mut s) {
                 Some(v1::Frame::Batch { changes }) => {
                     let upto = changes.last().map_or(0, |c| c.seq);
+                    held.fetch_max(upto, Ordering::Relaxed);
                     let aors = changes
                         .into_iter()
                         .map(|c| match c.record {
@@ -222,7 +229,8 @@ fn a_v1_node_and_this_engine_exchange_changes_both_ways() {
     let (tx, rx) = mpsc::channel();
     let acceptor = {
         let stop = stop.clone();
-        std::thread::spawn(move || v1_acceptor(listener, stop, tx))
+        let held = Arc::new(AtomicU64::new(0));
+        std::thread::spawn(move || v1_acceptor(listener, stop, tx, held))
     };
     let (engine, shared) = start("new", pe, &[pv], dir.path(), &applied);
 
@@ -327,6 +335,61 @@ fn a_v1_node_and_this_engine_exchange_changes_both_ways() {
     acceptor
         .join()
         .expect("the v1 node decoded every frame it was sent");
+}
+
+/// Batches the v1 node sees within 10 s until one holds `aor`: the AORs
+/// of every batch seen meanwhile, in order (refused hellos skipped).
+fn batches_until(rx: &mpsc::Receiver<Seen>, aor: &str) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut all = Vec::new();
+    while !all.contains(&aor.as_bytes().to_vec()) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Seen::RefusedHello(_)) => {}
+            Ok(Seen::Batch(aors)) => all.extend(aors),
+            Err(e) => panic!("the v1 node never received {aor} ({e}); it received {all:?}"),
+        }
+    }
+    all
+}
+
+/// A v1 peer says nothing of incarnations: a journal restored from a
+/// backup shows only in the position it reports, beyond any sequence this
+/// journal gave out. The journal's changes are then numbered after it,
+/// not skipped as resends.
+#[test]
+fn a_restored_journal_numbers_its_changes_after_a_v1_peers_position() {
+    let (pe, pv) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let applied = Applied::default();
+    let listener = TcpListener::bind(("127.0.0.1", pv)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::channel();
+    let acceptor = {
+        let (stop, held) = (stop.clone(), held.clone());
+        std::thread::spawn(move || v1_acceptor(listener, stop, tx, held))
+    };
+    let (engine, shared) = start("new", pe, &[pv], dir.path(), &applied);
+    for aor in ["one", "two", "three"] {
+        publish(&shared, aor);
+    }
+    batches_until(&rx, "three");
+    engine.stop();
+    // The journal is put back to a copy from before a run that numbered
+    // seven more changes, which the v1 node holds.
+    assert_eq!(held.load(Ordering::Relaxed), 3);
+    held.store(10, Ordering::Relaxed);
+    let (engine, shared) = start("new", pe, &[pv], dir.path(), &applied);
+    publish(&shared, "after-restore");
+    let got = batches_until(&rx, "after-restore");
+    assert!(
+        held.load(Ordering::Relaxed) > 10,
+        "numbered after the v1 node's position"
+    );
+    assert_eq!(got.last().unwrap(), b"after-restore");
+    engine.stop();
+    stop.store(true, Ordering::Relaxed);
+    acceptor.join().expect("the v1 node decoded every frame");
 }
 
 fn incarnation_seen(dir: &Path, of: &str) -> Option<i64> {

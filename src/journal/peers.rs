@@ -48,6 +48,33 @@ impl Journal {
         })
     }
 
+    /// This journal turned out older than this node's last run (restored
+    /// from a backup): the run it does not know numbered its changes from
+    /// the same sequences as this one, and peers hold those numbers. So,
+    /// in one transaction: every acknowledged position is forgotten (the
+    /// next each peer reports is not trusted: this journal's entries are
+    /// numbered after it, see [`Journal::renumber_after`]); and every
+    /// member, every origin this node received from and `peer` is asked
+    /// for a snapshot of its state (a `snapshot_in` row from nothing, which
+    /// the welcome reports), since peers' states hold what this journal
+    /// lost, this node's own changes included. Returns how many were asked.
+    pub fn disown_positions(&mut self, me: &str, peer: &str) -> Result<usize, JournalError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM peer_acked", [])?;
+            Ok(tx.execute(
+                "INSERT INTO snapshot_in (origin, upto, after_key)
+                 SELECT node_id, 0, x'' FROM (
+                     SELECT node_id FROM members WHERE forgotten = 0
+                     UNION SELECT origin FROM received
+                     UNION SELECT ?2)
+                 WHERE node_id != ?1
+                   AND node_id NOT IN (SELECT node_id FROM members WHERE forgotten = 1)
+                 ON CONFLICT(origin) DO UPDATE SET upto = 0, after_key = x''",
+                params![me, peer],
+            )?)
+        })
+    }
+
     /// Highest sequence of `origin` this node holds.
     pub fn received_upto(&self, origin: &str) -> Result<u64, JournalError> {
         self.run(|c| {
@@ -137,5 +164,56 @@ impl Journal {
             )?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::journal::tests::rec;
+    use crate::journal::Journal;
+    use crate::record::Change;
+
+    #[test]
+    fn a_restored_journal_disowns_positions_and_asks_every_peer_for_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        j.save_member("b", "tcp:127.0.0.1:1").unwrap();
+        j.save_member("c", "tcp:127.0.0.1:2").unwrap();
+        j.forget_member("d").unwrap();
+        let from_e = [Change {
+            seq: 4,
+            hlc: 9,
+            record: rec("x", 1),
+        }];
+        j.stage_remote("e", &from_e).unwrap();
+        j.stage_remote("d", &from_e).unwrap();
+        j.set_acked("b", 7).unwrap();
+        j.set_acked("c", 3).unwrap();
+        assert_eq!(j.disown_positions("a", "f").unwrap(), 4);
+        for peer in ["b", "c"] {
+            assert!(!j.has_acked(peer).unwrap(), "{peer}'s position is disowned");
+        }
+        for peer in ["b", "c", "e", "f"] {
+            assert_eq!(j.snapshot_progress(peer).unwrap(), Some((0, Vec::new())));
+        }
+        for not_asked in ["a", "d"] {
+            assert_eq!(j.snapshot_progress(not_asked).unwrap(), None);
+        }
+        // What was received stays: the snapshot adds to it.
+        assert_eq!(j.received_upto("e").unwrap(), 4);
+        // A snapshot in progress starts again from nothing.
+        j.stage_snapshot(
+            "b",
+            20,
+            &[crate::record::SnapRow {
+                origin: "b".into(),
+                hlc: 10,
+                record: rec("y", 1),
+            }],
+            false,
+        )
+        .unwrap();
+        j.disown_positions("a", "f").unwrap();
+        assert_eq!(j.snapshot_progress("b").unwrap(), Some((0, Vec::new())));
     }
 }

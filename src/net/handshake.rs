@@ -125,38 +125,51 @@ impl Net {
         c.next_send = resume_after;
         c.acked = resume_after;
         let remote = c.remote_id.clone();
-        let mut last = self.ingest.tail.last();
-        match self.journal.has_acked(&remote) {
-            // A position this journal never gave out: the peer holds
-            // changes from an earlier journal of this node (moved
-            // aside as corrupt, or deleted). It would skip ours
-            // numbered up to it: number them after it.
-            Ok(false) if resume_after > 0 => match self.journal.renumber_after(resume_after) {
-                Ok(new_last) => {
-                    log::warn(format_args!(
+        // A position this journal never gave out, from a peer it has heard
+        // from before: a journal restored from a backup (the peer speaks
+        // v1, or did not see the run that was lost).
+        if resume_after > self.ingest.tail.last()
+            && self.journal.has_acked(&remote).unwrap_or(false)
+        {
+            self.found_restored(&remote);
+        }
+        let owned = self.journal.has_acked(&remote);
+        let first = self.journal.first_available();
+        match (owned, first) {
+            // A position this journal does not own: the peer holds
+            // changes from an earlier journal of this node (moved aside
+            // as corrupt, or deleted), or from a run this journal does
+            // not know (restored from a backup: positions disowned). It
+            // would skip ours numbered up to it: number them after it
+            // (unless all of them already are).
+            (Ok(false), Ok(first)) if resume_after > 0 && resume_after >= first => {
+                match self.journal.renumber_after(resume_after) {
+                    Ok(new_last) => {
+                        log::warn(format_args!(
                             "peer {remote} holds changes up to {resume_after} from an earlier journal of this node: \
                              this journal's entries now come after it (sequences up to {new_last})"
                         ));
-                    self.ingest.tail.advance(new_last);
-                    last = new_last;
+                        self.ingest.tail.advance(new_last);
+                    }
+                    Err(e) => return Verdict::Close(format!("journal: {e}")),
                 }
-                Err(e) => return Verdict::Close(format!("journal: {e}")),
-            },
-            Ok(_) => {}
-            Err(e) => return Verdict::Close(format!("journal: {e}")),
-        }
-        if resume_after > last {
-            log::error(format_args!(
-                "peer {remote} holds our changes up to {resume_after} but our journal ends at {last}: was this node's journal replaced?"
-            ));
+            }
+            (Ok(_), Ok(_)) => {}
+            (Err(e), _) | (_, Err(e)) => return Verdict::Close(format!("journal: {e}")),
         }
         if let Err(e) = self.journal.set_acked(&remote, resume_after) {
             log::error(format_args!("{e}"));
         }
+        let why = match &snapshot {
+            Some(s) if s.after_key.is_empty() => {
+                "asks for our state (its journal was restored from a backup)"
+            }
+            _ => "needs changes before our journal's start",
+        };
         match self.plan_snapshot(resume_after, snapshot) {
             Ok(Some(snap)) => {
                 log::info(format_args!(
-                    "peer {remote} needs changes before our journal's start: sending a snapshot of {} keys consistent with sequence {}{}",
+                    "peer {remote} {why}: sending a snapshot of {} keys consistent with sequence {}{}",
                     snap.rows_total,
                     snap.upto,
                     if snap.cursor.is_empty() { "" } else { " (resuming an interrupted one)" }

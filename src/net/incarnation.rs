@@ -96,7 +96,33 @@ impl Net {
             self.status
                 .incarnation
                 .store(self.incarnation, std::sync::atomic::Ordering::Relaxed);
+            self.found_restored(node_id);
         }
+    }
+
+    /// This journal is older than this node's last run (restored from a
+    /// backup), as `peer` showed: the lost run gave its changes the
+    /// sequences this journal gives out again, and peers hold those
+    /// numbers (they would skip ours as resends), and its state lacks what
+    /// changed since the backup. Every peer's position is disowned, so
+    /// that each renumbers this journal after the position it reports on
+    /// its next link (see `on_welcome`), and every peer is asked for its
+    /// state; every link starts again for that.
+    pub(super) fn found_restored(&mut self, peer: &str) {
+        match self.journal.disown_positions(&self.cfg.node_id, peer) {
+            Ok(asked) => log::warn(format_args!(
+                "this journal is older than what peer {peer} holds of this node (restored from \
+                 a backup?): this node's changes are numbered again after what each peer holds, \
+                 and {asked} peers are asked for their state"
+            )),
+            Err(e) => log::error(format_args!(
+                "journal restored from a backup: cannot disown peers' positions: {e}"
+            )),
+        }
+        // Positions acknowledged on the links now closing are in the
+        // numbering just disowned.
+        self.acks_unsaved.clear();
+        self.reconnect_all = true;
     }
 
     /// What this node says about itself on a v2 connection to `node_id`.

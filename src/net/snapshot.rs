@@ -27,7 +27,11 @@ pub(super) struct SnapSend {
 impl Net {
     /// Whether a peer positioned after `resume_after` needs a snapshot,
     /// and which: an interrupted one continues when the journal still
-    /// holds every change since its sequence.
+    /// holds every change since its sequence. A peer that states a
+    /// snapshot in progress gets one whatever its position: one that has
+    /// not begun (an empty key) is how a node whose journal was restored
+    /// from a backup asks for the state it lost (see
+    /// [`crate::journal::Journal::disown_positions`]).
     pub(super) fn plan_snapshot(
         &self,
         resume_after: u64,
@@ -35,12 +39,14 @@ impl Net {
     ) -> Result<Option<SnapSend>, crate::error::JournalError> {
         let first = self.journal.first_available()?;
         let last = self.journal.last_seq()?;
-        if resume_after + 1 >= first || resume_after >= last {
+        if resume.is_none() && (resume_after + 1 >= first || resume_after >= last) {
             return Ok(None);
         }
         let rows_total = self.journal.state_len()?;
         let (upto, cursor) = match resume {
-            Some(r) if r.upto + 1 >= first && r.upto <= last => (r.upto, r.after_key),
+            Some(r) if !r.after_key.is_empty() && r.upto + 1 >= first && r.upto <= last => {
+                (r.upto, r.after_key)
+            }
             _ => (last, Vec::new()),
         };
         Ok(Some(SnapSend {

@@ -36,6 +36,9 @@ pub enum Frame {
     },
     /// `snapshot`: a snapshot from this dialer was interrupted; the
     /// acceptor holds it up to this key, consistent with that sequence.
+    /// With an empty key: the acceptor asks for a snapshot (its journal
+    /// was restored from a backup); a dialer that does not know this
+    /// sends none.
     Welcome {
         tag: Tag,
         resume_after: u64,
