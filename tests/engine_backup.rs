@@ -32,9 +32,9 @@ const JOURNAL_FILES: [&str; 3] = ["journal.db", "journal.db-wal", "journal.db-sh
 struct Usrloc(Arc<Mutex<BTreeMap<String, Contact>>>);
 
 impl Sink for Usrloc {
-    fn apply(&mut self, records: &[Record]) -> Result<(), ApplyError> {
+    fn apply(&mut self, records: &[(u64, Record)]) -> Result<(), ApplyError> {
         let mut t = self.0.lock().unwrap();
-        for r in records {
+        for (_, r) in records {
             if let Record::Contact { op, contact } = r {
                 let aor = String::from_utf8_lossy(&contact.aor).into_owned();
                 match op {
