@@ -48,44 +48,15 @@ impl Engine {
         let cfg = Arc::new(cfg);
         let status = Arc::new(Status::new(&cfg.node_id));
         let open = || Journal::open(&cfg.journal);
-        let mut ingest_journal = open()?;
+        let ingest_journal = open()?;
+        let net_journal = open()?;
+        let mut apply_journal = open()?;
         // Past every version journaled: a change made now is newer.
         shared.observe(ingest_journal.max_stamp()?);
-        // usrloc in memory starts empty: the journal puts it back. A
-        // persistent usrloc loaded its table: compare that with the journal.
-        let mut restore = None;
-        if cfg.usrloc_in_memory {
-            restore = crate::restore::stage(&mut ingest_journal, &cfg.domains, &status)?;
-        } else if let Some(db) = &cfg.database {
-            match crate::seed::reconcile(&mut ingest_journal, &cfg.node_id, db, &cfg.domains) {
-                Ok(r) if r == crate::seed::Reconciled::default() => {}
-                Ok(r) => {
-                    status
-                        .counters
-                        .journaled
-                        .fetch_add(r.journaled as u64, Ordering::Relaxed);
-                    log::info(format_args!(
-                    "start-up comparison with SER's database: journaled {} contacts the journal lacked, \
-                     restoring {} contacts SER lacked",
-                    r.journaled, r.restored
-                ))
-                }
-                Err(e) => log::error(format_args!(
-                    "cannot compare SER's database with the journal: {e}"
-                )),
-            }
-        }
-        let net_journal = open()?;
-        let apply_journal = open()?;
-        let last = ingest_journal.last_seq()?;
-        status
-            .counters
-            .apply_pending
-            .store(apply_journal.inbox_len()?, Ordering::Relaxed);
 
         let stop = Arc::new(AtomicBool::new(false));
         let (wake_apply, wake_rx) = crossbeam_channel::bounded(1);
-        let (to_net, from_ingest) = handoff(last);
+        let (to_net, from_ingest) = handoff(ingest_journal.last_seq()?);
         let (net, waker) = Net::new(
             cfg.clone(),
             status.clone(),
@@ -95,6 +66,52 @@ impl Engine {
             from_ingest,
         )
         .map_err(EngineError::Net)?;
+        let mut engine = Engine {
+            stop: stop.clone(),
+            waker: waker.clone(),
+            wake_apply: wake_apply.clone(),
+            status: status.clone(),
+            threads: Vec::new(),
+        };
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(EngineError::Net)
+        };
+
+        // The worker queue is drained from the first moment: a
+        // registration storm right after a restart is journaled while the
+        // start-up comparison below runs (ordering in usrloc keeps what the
+        // comparison restores from overwriting what SIP workers save now).
+        let scan_watch = Arc::new(ScanWatch::default());
+        let tail = to_net.tail();
+        let ingest = Ingest {
+            journal: ingest_journal,
+            shared,
+            status: status.clone(),
+            net: to_net.connect(waker.clone()),
+            node_id: cfg.node_id.clone(),
+            scan: None,
+            scan_watch: scan_watch.clone(),
+        };
+        {
+            let stop = stop.clone();
+            engine.threads.push(spawn(
+                "sersync-ingest",
+                Box::new(move || ingest.run(&stop)),
+            )?);
+        }
+
+        // usrloc in memory starts empty: the journal puts it back. A
+        // persistent usrloc loaded its table: compare that with the journal.
+        let restore = Self::compare_at_start(&cfg, &mut apply_journal, &status)?;
+        let last = apply_journal.last_seq()?;
+        tail.advance(last);
+        status
+            .counters
+            .apply_pending
+            .store(apply_journal.inbox_len()?, Ordering::Relaxed);
 
         let (primary, fallback): (Box<dyn Sink>, Option<Box<dyn Sink>>) = match sink {
             Some(s) => (s, None),
@@ -111,49 +128,26 @@ impl Engine {
                 )
             }
         };
-        let scan_watch = Arc::new(ScanWatch::default());
         let applier = Applier {
             journal: apply_journal,
             primary,
             fallback,
             status: status.clone(),
             wake: wake_rx,
-            scan_watch: scan_watch.clone(),
+            scan_watch,
             restore,
         };
-
-        let mut threads = Vec::new();
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(f)
-                .map_err(EngineError::Net)
-        };
         {
             let stop = stop.clone();
-            threads.push(spawn("sersync-net", Box::new(move || net.run(&stop)))?);
+            engine
+                .threads
+                .push(spawn("sersync-net", Box::new(move || net.run(&stop)))?);
         }
         {
             let stop = stop.clone();
-            threads.push(spawn(
+            engine.threads.push(spawn(
                 "sersync-apply",
                 Box::new(move || applier.run(&stop)),
-            )?);
-        }
-        {
-            let ingest = Ingest {
-                journal: ingest_journal,
-                shared,
-                status: status.clone(),
-                net: to_net.connect(waker.clone()),
-                node_id: cfg.node_id.clone(),
-                scan: None,
-                scan_watch,
-            };
-            let stop = stop.clone();
-            threads.push(spawn(
-                "sersync-ingest",
-                Box::new(move || ingest.run(&stop)),
             )?);
         }
         status.running.store(true, Ordering::Relaxed);
@@ -163,13 +157,41 @@ impl Engine {
             cfg.journal.display(),
             cfg.peers.len()
         ));
-        Ok(Engine {
-            stop,
-            waker,
-            wake_apply,
-            status,
-            threads,
-        })
+        Ok(engine)
+    }
+
+    /// The start-up comparison: with usrloc in memory, every live contact
+    /// of the journal is staged to be restored into SER; with a persistent
+    /// usrloc, SER's database is compared with the journal.
+    fn compare_at_start(
+        cfg: &Config,
+        journal: &mut Journal,
+        status: &Status,
+    ) -> Result<Option<crate::restore::Restore>, EngineError> {
+        if cfg.usrloc_in_memory {
+            return Ok(crate::restore::stage(journal, &cfg.domains, status)?);
+        }
+        let Some(db) = &cfg.database else {
+            return Ok(None);
+        };
+        match crate::seed::reconcile(journal, &cfg.node_id, db, &cfg.domains) {
+            Ok(r) if r == crate::seed::Reconciled::default() => {}
+            Ok(r) => {
+                status
+                    .counters
+                    .journaled
+                    .fetch_add(r.journaled as u64, Ordering::Relaxed);
+                log::info(format_args!(
+                    "start-up comparison with SER's database: journaled {} contacts the journal lacked, \
+                     restoring {} contacts SER lacked",
+                    r.journaled, r.restored
+                ))
+            }
+            Err(e) => log::error(format_args!(
+                "cannot compare SER's database with the journal: {e}"
+            )),
+        }
+        Ok(None)
     }
 
     /// Runs the engine for the life of the sersync process: a start that

@@ -74,6 +74,12 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// The tail, for entries journaled before the ingest runs (the
+    /// start-up comparison's).
+    pub fn tail(&self) -> Arc<Tail> {
+        self.tail.clone()
+    }
+
     pub fn connect(self, waker: Arc<Waker>) -> ToNet {
         ToNet {
             tail: self.tail,
