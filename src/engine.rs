@@ -175,7 +175,7 @@ impl Engine {
             return Ok(None);
         };
         match crate::seed::reconcile(journal, &cfg.node_id, db, &cfg.domains) {
-            Ok(r) if r == crate::seed::Reconciled::default() => {}
+            Ok(r) if r == crate::seed::Reconciled::default() => Ok(None),
             Ok(r) => {
                 status
                     .counters
@@ -185,13 +185,22 @@ impl Engine {
                     "start-up comparison with SER's database: journaled {} contacts the journal lacked, \
                      restoring {} contacts SER lacked",
                     r.journaled, r.restored
-                ))
+                ));
+                Ok(r.staged.map(|ids| {
+                    crate::restore::Restore::staged(
+                        ids,
+                        status,
+                        "SER's database lacks them or holds older versions",
+                    )
+                }))
             }
-            Err(e) => log::error(format_args!(
-                "cannot compare SER's database with the journal: {e}"
-            )),
+            Err(e) => {
+                log::error(format_args!(
+                    "cannot compare SER's database with the journal: {e}"
+                ));
+                Ok(None)
+            }
         }
-        Ok(None)
     }
 
     /// Runs the engine for the life of the sersync process: a start that

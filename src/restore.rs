@@ -43,26 +43,35 @@ pub fn stage(
         log::info(format_args!("restore: the journal holds no live contact"));
         return Ok(None);
     };
-    let total = (last_id - first_id + 1) as u64;
-    status
-        .counters
-        .restore_pending
-        .store(total, Ordering::Relaxed);
-    log::info(format_args!(
-        "restore: {total} contacts from the journal to put back into SER \
-         (usrloc keeps contacts in memory only)"
-    ));
-    let now = Instant::now();
-    Ok(Some(Restore {
-        first_id,
-        last_id,
-        started: now,
-        last_log: now,
-        done: false,
-    }))
+    Ok(Some(Restore::staged(
+        (first_id, last_id),
+        status,
+        "usrloc keeps contacts in memory only",
+    )))
 }
 
 impl Restore {
+    /// Counts a restore the inbox ids `(first, last)` hold, staged
+    /// because of `why`.
+    pub fn staged((first_id, last_id): (i64, i64), status: &Status, why: &str) -> Restore {
+        let total = (last_id - first_id + 1) as u64;
+        status
+            .counters
+            .restore_pending
+            .store(total, Ordering::Relaxed);
+        log::info(format_args!(
+            "restore: {total} contacts from the journal to put back into SER ({why})"
+        ));
+        let now = Instant::now();
+        Restore {
+            first_id,
+            last_id,
+            started: now,
+            last_log: now,
+            done: false,
+        }
+    }
+
     /// The applier is done with the inbox up to `upto_id` (applied, or
     /// overtaken by a newer version): counts and logs the progress.
     pub fn progress(&mut self, upto_id: i64, status: &Status) {

@@ -115,6 +115,8 @@ pub struct Reconciled {
     pub journaled: usize,
     /// Contacts of the journal staged for applying into SER again.
     pub restored: usize,
+    /// The inbox ids they took (first, last).
+    pub staged: Option<(i64, i64)>,
 }
 
 /// Journals the contacts of SER's database that the journal's state does
@@ -203,7 +205,7 @@ pub fn reconcile(
     let missing = to_ser;
     out.restored = missing.len();
     if !missing.is_empty() {
-        journal.stage_restore(&missing).map_err(|e| e.to_string())?;
+        out.staged = journal.stage_restore(&missing).map_err(|e| e.to_string())?;
     }
     Ok(out)
 }
@@ -290,13 +292,8 @@ mod tests {
             .execute("DELETE FROM location WHERE username = 'alice'", [])
             .unwrap();
         let r = reconcile(&mut j, "n1", &db, &tables).unwrap();
-        assert_eq!(
-            r,
-            Reconciled {
-                journaled: 0,
-                restored: 1
-            }
-        );
+        assert_eq!((r.journaled, r.restored), (0, 1));
+        assert!(matches!(r.staged, Some((a, b)) if a == b));
         let staged = j.inbox_peek(10).unwrap();
         assert_eq!(staged.len(), 1);
         assert_eq!(staged[0].record, contact("alice", now + 3600));
@@ -319,13 +316,11 @@ mod tests {
         .unwrap();
         let r = reconcile(&mut j, "n1", &db, &tables).unwrap();
         assert_eq!(
-            r,
-            Reconciled {
-                journaled: 0,
-                restored: 2
-            },
+            (r.journaled, r.restored),
+            (0, 2),
             "bob's newer version, and alice still missing"
         );
+        assert!(matches!(r.staged, Some((a, b)) if b == a + 1));
         let staged: Vec<Record> = j
             .inbox_peek(10)
             .unwrap()

@@ -276,7 +276,6 @@ fn each_node_restarted_in_turn_gets_every_contact_back() {
     );
 }
 
-
 /// Contacts registered on each of nodes 1 and 2 in `restart_and_kill`.
 const SCENARIO_PER_ORIGIN: usize = 1000;
 
@@ -431,8 +430,13 @@ fn restart_and_kill(mode: u8, name: &str, first: u8) {
     all_back(&cluster, "node 3's graceful restart", t, &want, &survivors);
     // What nodes 1 and 2 hold (the reference from here on) is what the
     // origins stored: every contact nobody touched as before.
-    agree_on(&before, &survivors, "before node 3's restart", "nodes 1 and 2")
-        .unwrap_or_else(|d| panic!("{d}"));
+    agree_on(
+        &before,
+        &survivors,
+        "before node 3's restart",
+        "nodes 1 and 2",
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
     check_started(cluster.node(3), mode, want.len(), false);
     cluster.wait_mesh_up(Duration::from_secs(30));
 
@@ -456,7 +460,13 @@ fn restart_and_kill(mode: u8, name: &str, first: u8) {
             n => Err(format!("{n} of node 1's refreshes not held")),
         }
     };
-    wait_converged_view(&cluster.all(), live, CONVERGE, "node 1's refreshes", refreshed_ok);
+    wait_converged_view(
+        &cluster.all(),
+        live,
+        CONVERGE,
+        "node 1's refreshes",
+        refreshed_ok,
+    );
     let gone_1: Vec<Reg> = a[..200]
         .iter()
         .map(Reg::deregistration)
@@ -507,7 +517,10 @@ fn restart_and_kill(mode: u8, name: &str, first: u8) {
         .cloned()
         .chain(keys(&d, &ip2))
         .collect();
-    assert_eq!(want.len(), 2 * SCENARIO_PER_ORIGIN + 500 - 100 - 300 - 100 + 500);
+    assert_eq!(
+        want.len(),
+        2 * SCENARIO_PER_ORIGIN + 500 - 100 - 300 - 100 + 500
+    );
     // Node 1's last de-registrations may have reached one of them and not
     // the other before the SIGKILL: the origin sends its changes, peers do
     // not relay them, so they agree on those once node 1 is back.
@@ -554,7 +567,13 @@ fn restart_and_kill(mode: u8, name: &str, first: u8) {
         cluster.node_mut(i).start();
     }
     cluster.wait_mesh_up(Duration::from_secs(30));
-    all_back(&cluster, "the whole cluster's SIGKILL and start", t, &want, &survivors);
+    all_back(
+        &cluster,
+        "the whole cluster's SIGKILL and start",
+        t,
+        &want,
+        &survivors,
+    );
     for i in 1..=3 {
         check_started(cluster.node(i), mode, want.len(), true);
     }
