@@ -14,6 +14,7 @@ pub mod abi;
 pub mod apply;
 pub mod codec;
 pub mod config;
+pub mod digest;
 pub mod engine;
 pub mod error;
 #[allow(unsafe_code)]

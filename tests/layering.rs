@@ -13,7 +13,7 @@ const FLOORS: &[&[&str]] = &[
     &["net", "seed", "restore"],
     &["journal", "queue", "config", "wire", "handoff"],
     &["error", "log", "status"],
-    &["abi", "codec", "record", "hlc", "os"],
+    &["abi", "codec", "record", "digest", "hlc", "os"],
 ];
 
 fn floor(module: &str) -> Option<usize> {
