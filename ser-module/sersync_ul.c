@@ -471,7 +471,9 @@ static int sersync_record_unlock(udomain_t *d, str *aor, urecord_t *r, int rc,
 	if(rc < 0) {
 		LM_ERR("cannot %s contact %.*s of %.*s\n", what, contact->len,
 				contact->s, aor->len, aor->s);
-		return -1;
+		return sersync_apply_fail("usrloc could not %s the contact (see"
+								  " SER's log)",
+				what);
 	}
 	return 0;
 }
@@ -568,29 +570,34 @@ int sersync_apply_one(void *ctx, const struct sersync_contact *sc)
 
 	if(sc == NULL)
 		return -1;
+	/* a record this node can never apply is refused, not logged: the
+	 * engine quarantines it and logs each cause once */
 	if(sc->domain.len == 0 || sc->domain.len >= sizeof(dname)
-			|| sc->aor.len == 0 || sc->contact.len == 0) {
-		LM_ERR("record without usrloc table, AOR or contact\n");
-		return -1;
-	}
+			|| sc->aor.len == 0 || sc->contact.len == 0)
+		return sersync_apply_refuse(
+				"invalid field: no usrloc table, AOR or contact, or a table"
+				" name of %d bytes",
+				(int)sc->domain.len);
 	memcpy(dname, sc->domain.s, sc->domain.len);
 	dname[sc->domain.len] = '\0';
-	if(_sersync_ul.get_udomain(dname, &d) < 0) {
-		LM_ERR("usrloc table '%s' is not registered with usrloc on this"
-			   " node (add it to modparam(\"sersync\", \"domains\", ...))\n",
-				dname);
-		return -1;
-	}
+	if(_sersync_ul.get_udomain(dname, &d) < 0)
+		return sersync_apply_refuse(
+				"usrloc table '%s' is not registered on this node (a"
+				" save(\"%s\") or lookup(\"%s\") in the script, or"
+				" modparam(\"sersync\", \"domains\") naming it, registers it)",
+				dname, dname, dname);
 	sersync_str_to(&aor, &sc->aor);
 
 	switch(sc->op) {
 		case SERSYNC_OP_UPSERT:
+			if(sc->ruid.len == 0)
+				return sersync_apply_refuse(
+						"invalid field: contact without ruid");
 			return sersync_apply_upsert(d, &aor, sc);
 		case SERSYNC_OP_DELETE:
 			return sersync_apply_delete(d, &aor, sc);
 		default:
-			LM_ERR("unknown operation %d for %.*s\n", (int)sc->op, aor.len,
-					aor.s);
-			return -1;
+			return sersync_apply_refuse(
+					"invalid field: unknown operation %d", (int)sc->op);
 	}
 }
