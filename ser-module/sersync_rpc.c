@@ -326,7 +326,9 @@ static const struct sersync_apply_ops sersync_apply_ops = {
 		.alias = sersync_alias_apply,
 		.ctx = NULL};
 
-/* why the record sersync.apply stopped at failed, from its writer */
+/* why the record sersync.apply stopped at failed, from its writer; keep
+ * reasons under about 100 characters: jsonrpcs cuts a fault's message at
+ * 128 bytes */
 static char _sersync_apply_reason[SERSYNC_ERR_MAX];
 
 static void sersync_apply_reason_set(const char *fmt, va_list ap)

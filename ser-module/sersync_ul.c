@@ -582,10 +582,7 @@ int sersync_apply_one(void *ctx, const struct sersync_contact *sc)
 	dname[sc->domain.len] = '\0';
 	if(_sersync_ul.get_udomain(dname, &d) < 0)
 		return sersync_apply_refuse(
-				"usrloc table '%s' is not registered on this node (a"
-				" save(\"%s\") or lookup(\"%s\") in the script, or"
-				" modparam(\"sersync\", \"domains\") naming it, registers it)",
-				dname, dname, dname);
+				"usrloc table '%s' is not registered on this node", dname);
 	sersync_str_to(&aor, &sc->aor);
 
 	switch(sc->op) {
