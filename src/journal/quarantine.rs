@@ -49,8 +49,8 @@ impl Which {
 
 impl Journal {
     /// Moves the staged change `inbox_id` into the quarantine with its
-    /// reason, in one transaction. Returns its quarantine id, None when
-    /// the inbox no longer holds it.
+    /// reason, in one transaction, replacing what it held for the key.
+    /// Returns its quarantine id, None when the inbox no longer holds it.
     pub fn quarantine(
         &mut self,
         inbox_id: i64,
@@ -59,6 +59,12 @@ impl Journal {
         at: i64,
     ) -> Result<Option<i64>, JournalError> {
         self.write(|tx| {
+            // One entry per key: one held already is this version (staged
+            // again by a restore) or an older one.
+            tx.execute(
+                "DELETE FROM quarantine WHERE key = (SELECT key FROM inbox WHERE id = ?1)",
+                [inbox_id],
+            )?;
             let n = tx.execute(
                 "INSERT INTO quarantine (origin, seq, hlc, key, body, reason, tries, at)
                  SELECT origin, seq, hlc, coalesce(key, X''), body, ?2, ?3, ?4
@@ -254,7 +260,18 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(q3 > q2);
+        // The same version staged again (a restore) and refused again
+        // replaces its entry instead of adding one.
+        j.stage_restore(&[(100, "n2".into(), rec("a", 7))]).unwrap();
+        let again = j.inbox_peek(10).unwrap().pop().unwrap();
+        let q4 = j
+            .quarantine(again.id, "still unknown", 1, 1004)
+            .unwrap()
+            .unwrap();
+        let list = j.quarantine_list(10).unwrap();
+        assert_eq!(list.iter().map(|q| q.id).collect::<Vec<_>>(), [q2, q4]);
         assert_eq!(j.quarantine_drop(Which::One(q1)).unwrap(), 0);
+        assert_eq!(j.quarantine_drop(Which::One(q3)).unwrap(), 0);
         assert_eq!(j.quarantine_drop(Which::All).unwrap(), 2);
         assert_eq!(j.quarantine_summary().unwrap(), (0, String::new()));
     }
