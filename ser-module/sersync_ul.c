@@ -533,9 +533,9 @@ static int sersync_apply_upsert(
 	if(c != NULL) {
 		rc = _sersync_ul.update_ucontact(r, c, &ci);
 	} else if(ci.ruid.len <= 0) {
-		LM_ERR("contact %.*s of %.*s has no ruid\n", contact.len, contact.s,
-				aor->len, aor->s);
-		rc = -1;
+		/* an update keeps the ruid usrloc holds; a new contact needs one */
+		sersync_record_unlock(d, aor, r, 0, "write", &contact);
+		return sersync_apply_refuse("invalid field: new contact without ruid");
 	} else {
 		rc = _sersync_ul.insert_ucontact(r, &contact, &ci, &c);
 	}
@@ -587,9 +587,6 @@ int sersync_apply_one(void *ctx, const struct sersync_contact *sc)
 
 	switch(sc->op) {
 		case SERSYNC_OP_UPSERT:
-			if(sc->ruid.len == 0)
-				return sersync_apply_refuse(
-						"invalid field: contact without ruid");
 			return sersync_apply_upsert(d, &aor, sc);
 		case SERSYNC_OP_DELETE:
 			return sersync_apply_delete(d, &aor, sc);
