@@ -46,8 +46,10 @@ enum sersync_rc {
 	SERSYNC_E_JOURNAL = 8,    /* the journal cannot be opened or written */
 	SERSYNC_E_CALLBACK = 9,   /* an apply callback reported a failure */
 	SERSYNC_E_TIMEOUT = 10,   /* not journaled within the time allowed */
-	SERSYNC_SUPERSEDED = 11   /* not an error: usrloc holds a newer version
+	SERSYNC_SUPERSEDED = 11,  /* not an error: usrloc holds a newer version
 	                           * (sersync_order_admit) */
+	SERSYNC_E_REFUSED = 12    /* an apply callback refused its record for
+	                           * good (SERSYNC_APPLY_REFUSED) */
 };
 
 struct sersync_str {
@@ -160,6 +162,9 @@ struct sersync_shared;
 #define SERSYNC_ID_MAX 64
 #define SERSYNC_ADDR_MAX 96
 #define SERSYNC_ERR_MAX 160
+/* quarantined records listed in the status area (the oldest) */
+#define SERSYNC_QUARANTINE_SHOWN 16
+#define SERSYNC_RECORD_MAX 256
 
 enum sersync_peer_state {
 	SERSYNC_PEER_DOWN = 0,        /* not connected; retrying with backoff */
@@ -185,6 +190,23 @@ struct sersync_peer_status {
 	uint64_t snapshot_received; /* rows of snapshots received from it */
 };
 
+/* One quarantined remote change (the oldest are listed in the status).
+ * Strings NUL-terminated (truncated to fit). */
+struct sersync_quarantined {
+	uint64_t id;        /* its number in the quarantine, never reused */
+	uint64_t seq;       /* the origin's sequence; 0: not known (it came in
+	                     * a snapshot, or was restored) */
+	uint64_t stamp;     /* the change's version (hybrid logical clock) */
+	int64_t at;         /* unix time it was set aside */
+	uint32_t tries;     /* attempts before it was set aside */
+	uint32_t _pad;
+	char origin[SERSYNC_ID_MAX];
+	char record[SERSYNC_RECORD_MAX]; /* what it is, e.g. "upsert contact
+	                                  * aliases/1234@example.com
+	                                  * sip:alice@10.0.0.1" */
+	char reason[SERSYNC_ERR_MAX];
+};
+
 struct sersync_status {
 	char node_id[SERSYNC_ID_MAX];
 	char last_error[SERSYNC_ERR_MAX];
@@ -207,6 +229,12 @@ struct sersync_status {
 	uint64_t incarnation;     /* this run's incarnation */
 	uint64_t apply_superseded; /* remote changes not written into usrloc
 	                            * because it held a newer version */
+	uint64_t quarantined;     /* remote changes set aside now (SER refused
+	                           * them): sersync.quarantine lists them */
+	char quarantine_last_reason[SERSYNC_ERR_MAX]; /* of the newest one */
+	uint32_t nquarantine;     /* entries in quarantine[] */
+	uint32_t _pad2;
+	struct sersync_quarantined quarantine[SERSYNC_QUARANTINE_SHOWN];
 };
 
 /* Registers the logger. May be called in any process, before or after
@@ -263,6 +291,20 @@ int sersync_journal_wait(struct sersync_shared *sh, uint32_t timeout_ms);
  * when it returns. Called in any SER process; queued like a change. */
 int sersync_forget(struct sersync_shared *sh, const char *node_id, size_t len);
 
+/* What sersync_quarantine_ctl() does with quarantined changes. */
+enum sersync_quarantine_action {
+	SERSYNC_QUARANTINE_RETRY = 1, /* back to the applier, which tries again */
+	SERSYNC_QUARANTINE_DROP = 2   /* forgotten: SER gets it only if a newer
+	                               * version comes */
+};
+
+/* sersync.quarantine_retry / _drop: applies action to the quarantined
+ * change id (as sersync_status lists it), or to all of them when id is 0.
+ * Called in any SER process; queued like a change, so it returns before
+ * the engine acts (the status shows the outcome). */
+int sersync_quarantine_ctl(struct sersync_shared *sh, int32_t action,
+		uint64_t id);
+
 /* Runs the engine in the calling process: journal, network, applier.
  * Copies cfg. Does not return while the engine runs; returns an error code
  * if cfg is invalid or the engine cannot start at all. */
@@ -273,7 +315,13 @@ int sersync_engine_run(struct sersync_shared *sh,
 int sersync_status_read(struct sersync_shared *sh, struct sersync_status *out);
 
 /* Apply callbacks: ctx as given; the record and its strings are valid only
- * during the call. Return 0 on success, negative on failure. */
+ * during the call. Return 0 on success; SERSYNC_APPLY_REFUSED when this
+ * node cannot apply the record as it is, whatever the moment (a usrloc
+ * table it does not have, an invalid field): the engine quarantines it;
+ * another negative value on a failure that may pass (memory, database):
+ * the engine tries again, a bounded number of times. */
+#define SERSYNC_APPLY_REFUSED (-2)
+
 typedef int (*sersync_apply_fn)(void *ctx, const struct sersync_contact *c);
 typedef int (*sersync_apply_alias_fn)(void *ctx, const struct sersync_alias *a);
 
@@ -286,7 +334,9 @@ struct sersync_apply_ops {
 /* Decodes a sersync.apply payload (the text the engine sends through SER's
  * RPC door) and calls the matching callback once per record, in order
  * (aliases only with SERSYNC_OP_UPSERT or SERSYNC_OP_DELETE). Stops at the
- * first callback failure and returns SERSYNC_E_CALLBACK; a malformed
+ * first callback failure and returns SERSYNC_E_REFUSED if the callback
+ * returned SERSYNC_APPLY_REFUSED, else SERSYNC_E_CALLBACK; *count then
+ * is the index of the record that failed. A malformed
  * payload returns SERSYNC_E_DECODE before any callback runs, and what is
  * wrong with it in err (NUL-terminated, at most errlen bytes; err may be
  * NULL). If count is not NULL it receives the number of records applied. */

@@ -547,12 +547,11 @@ int sersync_alias_apply(void *ctx, const struct sersync_alias *a)
 		}
 		return 0;
 	}
-	if(!sersync_alias_table_ok(a->table.s, a->table.len)) {
-		LM_ERR("alias record for table '%.*s': not a table name\n",
+	if(!sersync_alias_table_ok(a->table.s, a->table.len))
+		return sersync_apply_refuse(
+				"invalid field: alias table '%.*s' is not a table name",
 				(int)(a->table.len > 64 ? 64 : a->table.len),
 				a->table.s ? a->table.s : "");
-		return -1;
-	}
 	sersync_str_to(&table, &a->table);
 	sersync_str_to(&r.auser, &a->alias_username);
 	sersync_str_to(&r.adomain, &a->alias_domain);
@@ -563,15 +562,20 @@ int sersync_alias_apply(void *ctx, const struct sersync_alias *a)
 	switch(a->op) {
 		case SERSYNC_OP_UPSERT:
 			rc = sersync_alias_exists(&table, &r);
-			if(rc < 0)
-				return -1;
-			if(rc > 0)
-				return 0;
-			return sersync_alias_insert(&table, &r);
+			if(rc == 0)
+				rc = sersync_alias_insert(&table, &r);
+			break;
 		case SERSYNC_OP_DELETE:
-			return sersync_alias_delete(&table, &r);
+			rc = sersync_alias_delete(&table, &r);
+			break;
 		default:
-			LM_ERR("unknown alias operation %d\n", (int)a->op);
-			return -1;
+			return sersync_apply_refuse(
+					"invalid field: unknown alias operation %d", (int)a->op);
 	}
+	/* a missing table is a database error too: retried, then quarantined */
+	if(rc < 0)
+		return sersync_apply_fail("cannot write alias table '%.*s' (a"
+								  " database error: see SER's log)",
+				table.len, table.s);
+	return 0;
 }

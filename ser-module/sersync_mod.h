@@ -122,6 +122,11 @@ int sersync_alias_scan(int wait_ms, int *rows, char *err, int errlen);
 
 /* RPC commands (sersync_rpc.c) */
 extern rpc_export_t sersync_rpc_cmds[];
+/* sersync.apply's writers say why a record failed (printf format; the
+ * reply carries it to the engine, which quarantines or retries); returns
+ * SERSYNC_APPLY_REFUSED for refuse, -1 for fail */
+int sersync_apply_refuse(const char *fmt, ...);
+int sersync_apply_fail(const char *fmt, ...);
 /* after rpc->scan(ctx, "*.S", ...) returned 0: 1 if a parameter is left */
 int sersync_rpc_left(rpc_t *rpc, void *ctx);
 /* 0 when the call has no parameter, else a 400 fault */

@@ -13,7 +13,10 @@
  * This file is part of sersync, released under the GNU GPL v2 or later.
  */
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "../../core/dprint.h"
 #include "../../core/rpc.h"
@@ -40,7 +43,7 @@ static const char *sersync_peer_state_str(int32_t state)
  * terminate them anyway before printing */
 #define SERSYNC_TERM(a) ((a)[sizeof(a) - 1] = '\0')
 
-/* the engine's status, read into one static copy (about 12 KiB; RPC
+/* the engine's status, read into one static copy (about 21 KiB; RPC
  * handlers run one at a time per process); NULL after a fault */
 static struct sersync_status *sersync_status_get(rpc_t *rpc, void *ctx)
 {
@@ -56,6 +59,14 @@ static struct sersync_status *sersync_status_get(rpc_t *rpc, void *ctx)
 	}
 	SERSYNC_TERM(st.node_id);
 	SERSYNC_TERM(st.last_error);
+	SERSYNC_TERM(st.quarantine_last_reason);
+	if(st.nquarantine > SERSYNC_QUARANTINE_SHOWN)
+		st.nquarantine = SERSYNC_QUARANTINE_SHOWN;
+	for(i = 0; i < st.nquarantine; i++) {
+		SERSYNC_TERM(st.quarantine[i].origin);
+		SERSYNC_TERM(st.quarantine[i].record);
+		SERSYNC_TERM(st.quarantine[i].reason);
+	}
 	if(st.npeers > SERSYNC_MAX_PEERS)
 		st.npeers = SERSYNC_MAX_PEERS;
 	for(i = 0; i < st.npeers; i++) {
@@ -85,8 +96,10 @@ static int sersync_peer_add(
 static const char *sersync_status_doc[2] = {
 		"Engine status: node_id, running, queue_depth, queue_dropped,"
 		" journaled, last_seq, journal_entries, applied, apply_pending,"
-		" apply_failures, applied_via_db, last_error, and peers: one struct"
-		" per member as sersync.peers gives it.",
+		" apply_failures, applied_via_db, apply_superseded, restored,"
+		" restore_pending, set_aside, incarnation, last_error, quarantined,"
+		" quarantine_last_reason, and peers: one struct per member as"
+		" sersync.peers gives it.",
 		0};
 
 /* After rpc->scan(ctx, "*.S", ...) returned 0: 1 if a parameter is left
@@ -146,7 +159,11 @@ static void sersync_rpc_status(rpc_t *rpc, void *ctx)
 			   (unsigned long long)st->set_aside, "incarnation",
 			   (unsigned long long)st->incarnation, "last_error",
 			   st->last_error)
-			< 0) {
+					< 0
+			|| rpc->struct_add(th, "Js", "quarantined",
+					   (unsigned long long)st->quarantined,
+					   "quarantine_last_reason", st->quarantine_last_reason)
+					   < 0) {
 		rpc->fault(ctx, 500, "Internal error adding status");
 		return;
 	}
@@ -297,7 +314,9 @@ static const char *sersync_apply_doc[2] = {
 		"Apply a batch of replicated contacts (to usrloc) and aliases (to"
 		" their table). Takes one string,"
 		" the payload the sersync engine encodes; returns the number of"
-		" records applied. Used by the engine itself.",
+		" records applied, or stops at a record that fails: fault 422"
+		" \"Record N refused: why\" (never appliable here as it is) or 500"
+		" \"Apply failed at record N: why\". Used by the engine itself.",
 		0};
 
 /* the writers: contacts into usrloc (sersync_ul.c), aliases into their
@@ -306,6 +325,36 @@ static const struct sersync_apply_ops sersync_apply_ops = {
 		.contact = sersync_apply_one,
 		.alias = sersync_alias_apply,
 		.ctx = NULL};
+
+/* why the record sersync.apply stopped at failed, from its writer; keep
+ * reasons under about 100 characters: jsonrpcs cuts a fault's message at
+ * 128 bytes */
+static char _sersync_apply_reason[SERSYNC_ERR_MAX];
+
+static void sersync_apply_reason_set(const char *fmt, va_list ap)
+{
+	vsnprintf(_sersync_apply_reason, sizeof(_sersync_apply_reason), fmt, ap);
+}
+
+int sersync_apply_refuse(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	sersync_apply_reason_set(fmt, ap);
+	va_end(ap);
+	return SERSYNC_APPLY_REFUSED;
+}
+
+int sersync_apply_fail(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	sersync_apply_reason_set(fmt, ap);
+	va_end(ap);
+	return -1;
+}
 
 static void sersync_rpc_apply(rpc_t *rpc, void *ctx)
 {
@@ -325,6 +374,7 @@ static void sersync_rpc_apply(rpc_t *rpc, void *ctx)
 	count = 0;
 	_sersync_replaying = 1;
 	err[0] = '\0';
+	_sersync_apply_reason[0] = '\0';
 	rc = sersync_apply_decode(payload.s, (size_t)payload.len,
 			&sersync_apply_ops, &count, err, sizeof(err));
 	_sersync_replaying = 0;
@@ -335,9 +385,16 @@ static void sersync_rpc_apply(rpc_t *rpc, void *ctx)
 		case SERSYNC_E_DECODE:
 			rpc->fault(ctx, 400, "Malformed payload: %s", err);
 			return;
+		/* the engine reads the index and the reason (src/apply/door.rs):
+		 * it applied the records before it, and quarantines or retries it */
+		case SERSYNC_E_REFUSED:
+			rpc->fault(ctx, 422, "Record %u refused: %s", (unsigned int)count,
+					_sersync_apply_reason);
+			return;
 		case SERSYNC_E_CALLBACK:
-			rpc->fault(ctx, 500, "Apply failed after %u record(s)",
-					(unsigned int)count);
+			rpc->fault(ctx, 500, "Apply failed at record %u%s%s",
+					(unsigned int)count, _sersync_apply_reason[0] ? ": " : "",
+					_sersync_apply_reason);
 			return;
 		default:
 			rpc->fault(ctx, 500, "Apply failed (rc %d) after %u record(s)", rc,
@@ -347,12 +404,162 @@ static void sersync_rpc_apply(rpc_t *rpc, void *ctx)
 	rpc->add(ctx, "u", (unsigned int)count);
 }
 
+static const char *sersync_quarantine_doc[2] = {
+		"Remote changes this node's SER refused (a usrloc table it lacks,"
+		" an invalid field, too large for the door) or failed on too often,"
+		" set aside so that the changes behind them are applied: quarantined"
+		" (how many), last_reason (of the newest), and records: the oldest"
+		" 16, each with id, origin, seq (the origin's sequence, 0 if not"
+		" known), stamp, at (unix time set aside), tries, record, reason.",
+		0};
+
+static void sersync_rpc_quarantine(rpc_t *rpc, void *ctx)
+{
+	struct sersync_status *st;
+	struct sersync_quarantined *q;
+	void *th;
+	void *ah;
+	void *qh;
+	uint32_t i;
+
+	if(sersync_rpc_no_params(rpc, ctx, "sersync.quarantine") < 0)
+		return;
+	st = sersync_status_get(rpc, ctx);
+	if(st == NULL)
+		return;
+	if(rpc->add(ctx, "{", &th) < 0
+			|| rpc->struct_add(th, "Js", "quarantined",
+					   (unsigned long long)st->quarantined, "last_reason",
+					   st->quarantine_last_reason)
+					   < 0
+			|| rpc->struct_add(th, "[", "records", &ah) < 0) {
+		rpc->fault(ctx, 500, "Internal error creating reply");
+		return;
+	}
+	for(i = 0; i < st->nquarantine; i++) {
+		q = &st->quarantine[i];
+		if(rpc->array_add(ah, "{", &qh) < 0
+				|| rpc->struct_add(qh, "JsJJJdss", "id",
+						   (unsigned long long)q->id, "origin", q->origin,
+						   "seq", (unsigned long long)q->seq, "stamp",
+						   (unsigned long long)q->stamp, "at",
+						   (unsigned long long)q->at, "tries", (int)q->tries,
+						   "record", q->record, "reason", q->reason)
+						   < 0) {
+			rpc->fault(ctx, 500, "Internal error adding a record");
+			return;
+		}
+	}
+}
+
+/* sersync.quarantine_retry / _drop: one parameter, "all" or an id the
+ * quarantine holds (as sersync.quarantine lists it); queued for the
+ * engine */
+static void sersync_rpc_quarantine_ctl(
+		rpc_t *rpc, void *ctx, int action, const char *name)
+{
+	struct sersync_status *st;
+	str v = STR_NULL;
+	str extra = STR_NULL;
+	unsigned long long id;
+	uint32_t i;
+	int rc;
+
+	if(rpc->scan(ctx, ".S", &v) != 1 || v.s == NULL || v.len <= 0) {
+		rpc->fault(ctx, 400, "Expected one parameter: all, or the id of a"
+							 " quarantined change (see sersync.quarantine)");
+		return;
+	}
+	if(rpc->scan(ctx, "*.S", &extra) != 0 || sersync_rpc_left(rpc, ctx)) {
+		rpc->fault(ctx, 400, "Too many parameters: expected all or one id");
+		return;
+	}
+	id = 0;
+	if(!(v.len == 3 && strncasecmp(v.s, "all", 3) == 0)) {
+		if(v.len > 18) {
+			rpc->fault(ctx, 400, "id too long: %.*s", v.len > 20 ? 20 : v.len,
+					v.s);
+			return;
+		}
+		for(i = 0; i < (uint32_t)v.len; i++) {
+			if(v.s[i] < '0' || v.s[i] > '9') {
+				rpc->fault(ctx, 400, "Expected all or a number, got \"%.*s\"",
+						v.len > 64 ? 64 : v.len, v.s);
+				return;
+			}
+			id = id * 10 + (unsigned long long)(v.s[i] - '0');
+		}
+		if(id == 0) {
+			rpc->fault(ctx, 400, "Quarantine ids start at 1");
+			return;
+		}
+	}
+	st = sersync_status_get(rpc, ctx);
+	if(st == NULL)
+		return;
+	if(st->quarantined == 0) {
+		rpc->fault(ctx, 404, "Nothing is quarantined");
+		return;
+	}
+	if(id != 0 && st->quarantined <= st->nquarantine) {
+		/* the status lists them all: an id not among them is unknown */
+		for(i = 0; i < st->nquarantine; i++)
+			if(st->quarantine[i].id == id)
+				break;
+		if(i == st->nquarantine) {
+			rpc->fault(ctx, 404, "No quarantined change %llu (see"
+								 " sersync.quarantine)",
+					id);
+			return;
+		}
+	}
+	rc = sersync_quarantine_ctl(_sersync_shared, action, (uint64_t)id);
+	if(rc != SERSYNC_OK) {
+		rpc->fault(ctx, 500, "Cannot queue %s: %s (rc %d)", name,
+				sersync_rc_name(rc), rc);
+		return;
+	}
+	LM_INFO("%s %.*s requested\n", name, v.len, v.s);
+	rpc->add(ctx, "s", "ok");
+}
+
+static const char *sersync_quarantine_retry_doc[2] = {
+		"Try quarantined changes again: sersync.quarantine_retry all|id."
+		" They go back to the applier, after what is staged; one that still"
+		" fails is quarantined again (a new id). Returns \"ok\" once queued"
+		" for the engine; sersync.quarantine shows the outcome.",
+		0};
+
+static void sersync_rpc_quarantine_retry(rpc_t *rpc, void *ctx)
+{
+	sersync_rpc_quarantine_ctl(rpc, ctx, SERSYNC_QUARANTINE_RETRY,
+			"sersync.quarantine_retry");
+}
+
+static const char *sersync_quarantine_drop_doc[2] = {
+		"Forget quarantined changes: sersync.quarantine_drop all|id. This"
+		" node's SER gets such a change only if a newer version of its key"
+		" comes. Returns \"ok\" once queued for the engine.",
+		0};
+
+static void sersync_rpc_quarantine_drop(rpc_t *rpc, void *ctx)
+{
+	sersync_rpc_quarantine_ctl(rpc, ctx, SERSYNC_QUARANTINE_DROP,
+			"sersync.quarantine_drop");
+}
+
 /* clang-format off */
 rpc_export_t sersync_rpc_cmds[] = {
 	{"sersync.status", sersync_rpc_status, sersync_status_doc, 0},
 	{"sersync.peers",  sersync_rpc_peers,  sersync_peers_doc,  RET_ARRAY},
 	{"sersync.forget", sersync_rpc_forget, sersync_forget_doc, 0},
 	{"sersync.apply",  sersync_rpc_apply,  sersync_apply_doc,  0},
+	{"sersync.quarantine",       sersync_rpc_quarantine,
+		sersync_quarantine_doc,       0},
+	{"sersync.quarantine_retry", sersync_rpc_quarantine_retry,
+		sersync_quarantine_retry_doc, 0},
+	{"sersync.quarantine_drop",  sersync_rpc_quarantine_drop,
+		sersync_quarantine_drop_doc,  0},
 	{"sersync.alias_add",     sersync_rpc_alias_add,
 		sersync_alias_add_doc,     0},
 	{"sersync.alias_replace", sersync_rpc_alias_replace,

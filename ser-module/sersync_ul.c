@@ -471,7 +471,9 @@ static int sersync_record_unlock(udomain_t *d, str *aor, urecord_t *r, int rc,
 	if(rc < 0) {
 		LM_ERR("cannot %s contact %.*s of %.*s\n", what, contact->len,
 				contact->s, aor->len, aor->s);
-		return -1;
+		return sersync_apply_fail("usrloc could not %s the contact (see"
+								  " SER's log)",
+				what);
 	}
 	return 0;
 }
@@ -531,9 +533,9 @@ static int sersync_apply_upsert(
 	if(c != NULL) {
 		rc = _sersync_ul.update_ucontact(r, c, &ci);
 	} else if(ci.ruid.len <= 0) {
-		LM_ERR("contact %.*s of %.*s has no ruid\n", contact.len, contact.s,
-				aor->len, aor->s);
-		rc = -1;
+		/* an update keeps the ruid usrloc holds; a new contact needs one */
+		sersync_record_unlock(d, aor, r, 0, "write", &contact);
+		return sersync_apply_refuse("invalid field: new contact without ruid");
 	} else {
 		rc = _sersync_ul.insert_ucontact(r, &contact, &ci, &c);
 	}
@@ -568,19 +570,19 @@ int sersync_apply_one(void *ctx, const struct sersync_contact *sc)
 
 	if(sc == NULL)
 		return -1;
+	/* a record this node can never apply is refused, not logged: the
+	 * engine quarantines it and logs each cause once */
 	if(sc->domain.len == 0 || sc->domain.len >= sizeof(dname)
-			|| sc->aor.len == 0 || sc->contact.len == 0) {
-		LM_ERR("record without usrloc table, AOR or contact\n");
-		return -1;
-	}
+			|| sc->aor.len == 0 || sc->contact.len == 0)
+		return sersync_apply_refuse(
+				"invalid field: no usrloc table, AOR or contact, or a table"
+				" name of %d bytes",
+				(int)sc->domain.len);
 	memcpy(dname, sc->domain.s, sc->domain.len);
 	dname[sc->domain.len] = '\0';
-	if(_sersync_ul.get_udomain(dname, &d) < 0) {
-		LM_ERR("usrloc table '%s' is not registered with usrloc on this"
-			   " node (add it to modparam(\"sersync\", \"domains\", ...))\n",
-				dname);
-		return -1;
-	}
+	if(_sersync_ul.get_udomain(dname, &d) < 0)
+		return sersync_apply_refuse(
+				"usrloc table '%s' is not registered on this node", dname);
 	sersync_str_to(&aor, &sc->aor);
 
 	switch(sc->op) {
@@ -589,8 +591,7 @@ int sersync_apply_one(void *ctx, const struct sersync_contact *sc)
 		case SERSYNC_OP_DELETE:
 			return sersync_apply_delete(d, &aor, sc);
 		default:
-			LM_ERR("unknown operation %d for %.*s\n", (int)sc->op, aor.len,
-					aor.s);
-			return -1;
+			return sersync_apply_refuse(
+					"invalid field: unknown operation %d", (int)sc->op);
 	}
 }

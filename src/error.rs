@@ -69,6 +69,16 @@ pub enum ApplyError {
     Database { url: String, detail: String },
     #[error("malformed apply payload: {0}")]
     Decode(String),
+    /// The records before `index` were applied; the one at `index` was
+    /// not. `refused`: it never can be here as it is (a usrloc table this
+    /// node lacks, an invalid field, too large for the door), else the
+    /// failure may pass. The applier quarantines it after its tries.
+    #[error("record {index} of the batch: {reason}")]
+    Record {
+        index: usize,
+        refused: bool,
+        reason: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -96,6 +96,14 @@ impl Ingest {
                     Ok((_, Item::Forget { node_id })) => {
                         self.net.send(NetCmd::Forget(node_id));
                     }
+                    Ok((_, Item::Quarantine { retry, id })) => {
+                        crate::apply::quarantine::control(
+                            &mut self.journal,
+                            &self.status,
+                            retry,
+                            id,
+                        );
+                    }
                     // Stamped by the SIP worker as usrloc made the change.
                     Ok((stamp, Item::Change(rec))) => {
                         let rec = match &mut self.scan {

@@ -5,7 +5,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::abi::{sersync_peer_state, sersync_peer_status, sersync_status, MAX_PEERS};
+use crate::abi::{
+    sersync_peer_state, sersync_peer_status, sersync_quarantined, sersync_status, MAX_PEERS,
+    SERSYNC_QUARANTINE_SHOWN,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerState {
@@ -71,6 +74,30 @@ pub struct Counters {
     /// Contacts restored into SER since start, and still to restore.
     pub restored: AtomicU64,
     pub restore_pending: AtomicU64,
+    /// Remote changes held in the quarantine now.
+    pub quarantined: AtomicU64,
+}
+
+/// One quarantined change as the status lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QuarantineEntry {
+    pub id: u64,
+    pub origin: String,
+    /// 0: not known (snapshot row, restore).
+    pub seq: u64,
+    pub stamp: u64,
+    pub at: i64,
+    pub tries: u32,
+    pub record: String,
+    pub reason: String,
+}
+
+/// What the status shows of the quarantine: the reason of the newest
+/// change and the oldest few.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QuarantineView {
+    pub last_reason: String,
+    pub oldest: Vec<QuarantineEntry>,
 }
 
 #[derive(Default, Debug)]
@@ -82,6 +109,7 @@ pub struct Status {
     pub incarnation: AtomicU64,
     pub last_error: Mutex<String>,
     pub peers: Mutex<Vec<PeerStatus>>,
+    pub quarantine: Mutex<QuarantineView>,
 }
 
 /// A plain copy for tests and logs.
@@ -98,6 +126,7 @@ pub struct Snapshot {
     pub restored: u64,
     pub restore_pending: u64,
     pub incarnation: u64,
+    pub quarantined: u64,
     pub peers: Vec<PeerStatus>,
 }
 
@@ -142,6 +171,7 @@ impl Status {
             restored: c.restored.load(Ordering::Relaxed),
             restore_pending: c.restore_pending.load(Ordering::Relaxed),
             incarnation: self.incarnation.load(Ordering::Relaxed),
+            quarantined: c.quarantined.load(Ordering::Relaxed),
             peers: self
                 .peers
                 .lock()
@@ -174,6 +204,26 @@ impl Status {
         st.restore_pending = snap.restore_pending;
         st.set_aside = snap.set_aside;
         st.incarnation = snap.incarnation;
+        st.quarantined = snap.quarantined;
+        {
+            let q = self.quarantine.lock().unwrap_or_else(|p| p.into_inner());
+            copy_cstr(&mut st.quarantine_last_reason, &q.last_reason);
+            let shown = SERSYNC_QUARANTINE_SHOWN as usize;
+            st.nquarantine = q.oldest.len().min(shown) as u32;
+            for (dst, e) in st.quarantine.iter_mut().zip(q.oldest.iter()) {
+                *dst = sersync_quarantined {
+                    id: e.id,
+                    seq: e.seq,
+                    stamp: e.stamp,
+                    at: e.at,
+                    tries: e.tries,
+                    ..Default::default()
+                };
+                copy_cstr(&mut dst.origin, &e.origin);
+                copy_cstr(&mut dst.record, &e.record);
+                copy_cstr(&mut dst.reason, &e.reason);
+            }
+        }
         st.npeers = snap.peers.len().min(MAX_PEERS) as u32;
         for (dst, p) in st.peers.iter_mut().zip(snap.peers.iter()) {
             *dst = sersync_peer_status::default();

@@ -38,6 +38,10 @@ VAL(SERSYNC_E_JOURNAL, 8);
 VAL(SERSYNC_E_CALLBACK, 9);
 VAL(SERSYNC_E_TIMEOUT, 10);
 VAL(SERSYNC_SUPERSEDED, 11);
+VAL(SERSYNC_E_REFUSED, 12);
+VAL(SERSYNC_APPLY_REFUSED, -2);
+VAL(SERSYNC_QUARANTINE_RETRY, 1);
+VAL(SERSYNC_QUARANTINE_DROP, 2);
 
 VAL(SERSYNC_OP_UPSERT, 1);
 VAL(SERSYNC_OP_DELETE, 2);
@@ -73,6 +77,8 @@ VAL(SERSYNC_MAX_PEERS, 32);
 VAL(SERSYNC_ID_MAX, 64);
 VAL(SERSYNC_ADDR_MAX, 96);
 VAL(SERSYNC_ERR_MAX, 160);
+VAL(SERSYNC_QUARANTINE_SHOWN, 16);
+VAL(SERSYNC_RECORD_MAX, 256);
 
 /* struct sersync_str */
 SIZE(struct sersync_str, 16);
@@ -136,7 +142,7 @@ OFF(struct sersync_peer_status, snapshot_total, 376);
 OFF(struct sersync_peer_status, snapshot_received, 384);
 
 /* struct sersync_status */
-SIZE(struct sersync_status, 12888);
+SIZE(struct sersync_status, 21384);
 OFF(struct sersync_status, node_id, 0);
 OFF(struct sersync_status, last_error, 64);
 OFF(struct sersync_status, running, 224);
@@ -156,6 +162,21 @@ OFF(struct sersync_status, restore_pending, 12856);
 OFF(struct sersync_status, set_aside, 12864);
 OFF(struct sersync_status, incarnation, 12872);
 OFF(struct sersync_status, apply_superseded, 12880);
+OFF(struct sersync_status, quarantined, 12888);
+OFF(struct sersync_status, quarantine_last_reason, 12896);
+OFF(struct sersync_status, nquarantine, 13056);
+OFF(struct sersync_status, quarantine, 13064);
+
+/* struct sersync_quarantined */
+SIZE(struct sersync_quarantined, 520);
+OFF(struct sersync_quarantined, id, 0);
+OFF(struct sersync_quarantined, seq, 8);
+OFF(struct sersync_quarantined, stamp, 16);
+OFF(struct sersync_quarantined, at, 24);
+OFF(struct sersync_quarantined, tries, 32);
+OFF(struct sersync_quarantined, origin, 40);
+OFF(struct sersync_quarantined, record, 104);
+OFF(struct sersync_quarantined, reason, 360);
 
 /* every exported function, typed as declared: a signature change in the
  * header breaks this initializer, a missing export breaks the link */
@@ -168,6 +189,8 @@ static int (*const fn_publish)(struct sersync_shared *,
 		const struct sersync_contact *) = sersync_publish;
 static int (*const fn_forget)(struct sersync_shared *, const char *, size_t) =
 		sersync_forget;
+static int (*const fn_quarantine_ctl)(struct sersync_shared *, int32_t,
+		uint64_t) = sersync_quarantine_ctl;
 static int (*const fn_journal_wait)(struct sersync_shared *, uint32_t) =
 		sersync_journal_wait;
 static int (*const fn_engine_run)(struct sersync_shared *,
@@ -196,6 +219,7 @@ int main(void)
 			(const void *)fn_publish_alias,
 			(const void *)fn_apply_decode,
 			(const void *)fn_order_admit,
+			(const void *)fn_quarantine_ctl,
 	};
 	size_t i;
 

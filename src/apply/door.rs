@@ -135,9 +135,13 @@ impl Door {
                 .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("unknown error");
+            let code = err.get("code").and_then(Value::as_i64);
             // 503: the module's "not yet" (usrloc still loading).
-            if err.get("code").and_then(Value::as_i64) == Some(503) {
+            if code == Some(503) {
                 return Err(ApplyError::NotReady(msg.to_string()));
+            }
+            if let Some(e) = record_failure(code, msg) {
+                return Err(e);
             }
             return Err(ApplyError::Rejected(msg.to_string()));
         }
@@ -209,6 +213,32 @@ impl Door {
     }
 }
 
+/// sersync.apply's faults that name the record that failed
+/// (ser-module/sersync_rpc.c): 422 "Record N refused: why" (never
+/// appliable here as it is) and 500 "Apply failed at record N: why".
+fn record_failure(code: Option<i64>, msg: &str) -> Option<ApplyError> {
+    let (refused, rest) = match code {
+        Some(422) => (true, msg.strip_prefix("Record ")?),
+        Some(500) => (false, msg.strip_prefix("Apply failed at record ")?),
+        _ => return None,
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let index = rest[..digits].parse().ok()?;
+    let reason = rest[digits..]
+        .trim_start_matches(" refused")
+        .trim_start_matches(':')
+        .trim();
+    Some(ApplyError::Record {
+        index,
+        refused,
+        reason: if reason.is_empty() {
+            "SER could not apply it (see SER's log)".into()
+        } else {
+            reason.to_string()
+        },
+    })
+}
+
 fn read_until_eof(f: &mut std::fs::File, timeout: Duration) -> std::io::Result<Vec<u8>> {
     use std::os::fd::AsFd;
     let deadline = Instant::now() + timeout;
@@ -257,11 +287,28 @@ impl Sink for Door {
                 end += 1;
             }
             if size > budget {
-                return Err(self.err(format!(
-                    "a record of {size} bytes exceeds the door's {max}-byte requests"
-                )));
+                return Err(ApplyError::Record {
+                    index: start,
+                    refused: true,
+                    reason: format!(
+                        "a record of {size} bytes exceeds the door's {max}-byte requests"
+                    ),
+                });
             }
-            let n = self.call(&records[start..end])?;
+            let n = match self.call(&records[start..end]) {
+                Err(ApplyError::Record {
+                    index,
+                    refused,
+                    reason,
+                }) => {
+                    return Err(ApplyError::Record {
+                        index: start + index,
+                        refused,
+                        reason,
+                    })
+                }
+                other => other?,
+            };
             if n != (end - start) as u64 {
                 return Err(ApplyError::Rejected(format!(
                     "applied {n} of {}",
@@ -271,5 +318,38 @@ impl Sink for Door {
             start = end;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record_failure;
+    use crate::error::ApplyError;
+
+    #[test]
+    fn faults_naming_a_record_are_read() {
+        let e = record_failure(
+            Some(422),
+            "Record 3 refused: usrloc table 'aliases' is not registered on this node",
+        );
+        assert!(
+            matches!(&e, Some(ApplyError::Record { index: 3, refused: true, reason })
+                if reason == "usrloc table 'aliases' is not registered on this node"),
+            "{e:?}"
+        );
+        let e = record_failure(Some(500), "Apply failed at record 0");
+        assert!(
+            matches!(
+                &e,
+                Some(ApplyError::Record {
+                    index: 0,
+                    refused: false,
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+        assert!(record_failure(Some(500), "Apply failed (rc 2) after 1 record(s)").is_none());
+        assert!(record_failure(Some(400), "Record 1 refused: x").is_none());
     }
 }

@@ -5,7 +5,7 @@ use std::os::raw::{c_char, c_int};
 
 use super::boundary;
 use super::convert::{alias_view, bytes, contact_view, write_err};
-use crate::abi::{sersync_apply_ops, sersync_rc, sersync_str};
+use crate::abi::{sersync_apply_ops, sersync_rc, sersync_str, SERSYNC_APPLY_REFUSED};
 use crate::log;
 use crate::record::Record;
 
@@ -44,15 +44,19 @@ pub unsafe extern "C" fn sersync_apply_decode(
         let mut rc = sersync_rc::SERSYNC_OK;
         for (stamp, r) in &records {
             // SAFETY: each view borrows `r`, alive across its call.
-            let ok = match r {
-                Record::Contact { op, contact } => {
-                    (unsafe { on_contact(ops.ctx, &contact_view(*op, contact, *stamp)) }) >= 0
-                }
-                Record::Alias { op, alias } => {
-                    (unsafe { on_alias(ops.ctx, &alias_view(*op, alias)) }) >= 0
-                }
+            let got = match r {
+                Record::Contact { op, contact } => unsafe {
+                    on_contact(ops.ctx, &contact_view(*op, contact, *stamp))
+                },
+                Record::Alias { op, alias } => unsafe {
+                    on_alias(ops.ctx, &alias_view(*op, alias))
+                },
             };
-            if !ok {
+            if got == SERSYNC_APPLY_REFUSED {
+                rc = sersync_rc::SERSYNC_E_REFUSED;
+                break;
+            }
+            if got < 0 {
                 rc = sersync_rc::SERSYNC_E_CALLBACK;
                 break;
             }

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use super::boundary;
 use super::convert::{bytes, raw_config, shared, write_err};
-use crate::abi::{sersync_config, sersync_rc, sersync_shared, sersync_status, sersync_str};
+use crate::abi::{
+    sersync_config, sersync_quarantine_action, sersync_rc, sersync_shared, sersync_status,
+    sersync_str,
+};
 use crate::engine::Engine;
 use crate::log;
 use crate::queue::{ItemRef, Shared};
@@ -59,6 +62,31 @@ pub unsafe extern "C" fn sersync_forget(
             return sersync_rc::SERSYNC_E_DECODE;
         }
         match sh.publish(ItemRef::Forget { node_id: id }) {
+            Ok(()) => sersync_rc::SERSYNC_OK,
+            Err(e) => (&e).into(),
+        }
+    })
+}
+
+/// # Safety
+/// See sersync.h.
+#[no_mangle]
+pub unsafe extern "C" fn sersync_quarantine_ctl(
+    sh: *mut sersync_shared,
+    action: i32,
+    id: u64,
+) -> c_int {
+    boundary(|| {
+        // SAFETY: NULL checked; validity per sersync.h.
+        let Some(sh) = (unsafe { shared(sh) }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
+        let retry = match action {
+            a if a == sersync_quarantine_action::SERSYNC_QUARANTINE_RETRY as i32 => true,
+            a if a == sersync_quarantine_action::SERSYNC_QUARANTINE_DROP as i32 => false,
+            _ => return sersync_rc::SERSYNC_E_DECODE,
+        };
+        match sh.publish(ItemRef::Quarantine { retry, id }) {
             Ok(()) => sersync_rc::SERSYNC_OK,
             Err(e) => (&e).into(),
         }

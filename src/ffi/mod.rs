@@ -19,7 +19,10 @@ use crate::abi::{
 };
 
 use self::apply::sersync_apply_decode;
-use self::engine::{sersync_config_check, sersync_engine_run, sersync_forget, sersync_status_read};
+use self::engine::{
+    sersync_config_check, sersync_engine_run, sersync_forget, sersync_quarantine_ctl,
+    sersync_status_read,
+};
 use self::log::sersync_set_logger;
 use self::queue::{
     sersync_journal_wait, sersync_order_admit, sersync_publish, sersync_publish_alias,
@@ -47,6 +50,8 @@ const _SIGNATURES: () = {
         [abi::sersync_publish, sersync_publish];
     let _: [unsafe extern "C" fn(*mut sersync_shared, *const c_char, usize) -> c_int; 2] =
         [abi::sersync_forget, sersync_forget];
+    let _: [unsafe extern "C" fn(*mut sersync_shared, i32, u64) -> c_int; 2] =
+        [abi::sersync_quarantine_ctl, sersync_quarantine_ctl];
     let _: [unsafe extern "C" fn(*mut sersync_shared, u32) -> c_int; 2] =
         [abi::sersync_journal_wait, sersync_journal_wait];
     let _: [unsafe extern "C" fn(*mut sersync_shared, *const sersync_config) -> c_int; 2] =

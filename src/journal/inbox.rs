@@ -11,7 +11,8 @@ use crate::record::{Change, Record, SnapRow};
 
 /// Stages a remote change; its key lets the applier check it against the
 /// state in the same query that reads it.
-const INBOX_INSERT: &str = "INSERT INTO inbox (origin, hlc, body, key) VALUES (?1, ?2, ?3, ?4)";
+const INBOX_INSERT: &str =
+    "INSERT INTO inbox (origin, hlc, body, key, seq) VALUES (?1, ?2, ?3, ?4, ?5)";
 
 /// A remote change staged for applying.
 #[derive(Debug, Clone)]
@@ -19,6 +20,9 @@ pub struct Staged {
     pub id: i64,
     pub origin: String,
     pub hlc: u64,
+    /// The origin's sequence of a live change; None for snapshot rows and
+    /// restores.
+    pub seq: Option<u64>,
     pub record: Record,
 }
 
@@ -51,17 +55,29 @@ impl<'t> Stager<'t> {
         })
     }
 
-    /// Stages `record` stamped (`hlc`, `origin`); false when the state
-    /// holds a newer version of its key.
-    fn stage(&mut self, origin: &str, hlc: u64, record: &Record) -> rusqlite::Result<bool> {
+    /// Stages `record` stamped (`hlc`, `origin`), `seq` in the origin's
+    /// log if it came live; false when the state holds a newer version of
+    /// its key.
+    fn stage(
+        &mut self,
+        origin: &str,
+        hlc: u64,
+        seq: Option<u64>,
+        record: &Record,
+    ) -> rusqlite::Result<bool> {
         self.body.clear();
         codec::encode_into(record, &mut self.body).expect("encoding into a Vec cannot fail");
         let key = record.key();
         if !self.state.offer(&key, hlc, origin, record, &self.body)? {
             return Ok(false);
         }
-        self.inbox
-            .execute(params![origin, hlc as i64, self.body, key])?;
+        self.inbox.execute(params![
+            origin,
+            hlc as i64,
+            self.body,
+            key,
+            seq.map(|s| s as i64)
+        ])?;
         Ok(true)
     }
 }
@@ -110,7 +126,7 @@ impl Journal {
                 }
                 out.upto = ch.seq;
                 out.fresh += 1;
-                if !stager.stage(origin, ch.hlc, &ch.record)? {
+                if !stager.stage(origin, ch.hlc, Some(ch.seq), &ch.record)? {
                     out.superseded += 1;
                 }
             }
@@ -146,7 +162,7 @@ impl Journal {
             let mut stager = Stager::new(tx)?;
             for row in rows {
                 out.fresh += 1;
-                if !stager.stage(&row.origin, row.hlc, &row.record)? {
+                if !stager.stage(&row.origin, row.hlc, None, &row.record)? {
                     out.superseded += 1;
                 }
             }
@@ -195,7 +211,7 @@ impl Journal {
             for (hlc, origin, rec) in records {
                 body.clear();
                 codec::encode_into(rec, &mut body).expect("encoding into a Vec cannot fail");
-                ins.execute(params![origin, *hlc as i64, body, rec.key()])?;
+                ins.execute(params![origin, *hlc as i64, body, rec.key(), None::<i64>])?;
                 let id = tx.last_insert_rowid();
                 ids = Some(ids.map_or((id, id), |(first, _)| (first, id)));
             }
@@ -219,7 +235,7 @@ impl Journal {
             // version of its key (a newer one, local or remote).
             let mut peek = tx.prepare_cached(
                 "SELECT i.id, i.origin, i.hlc, i.body,
-                        s.key IS NULL OR (s.hlc = i.hlc AND s.origin = i.origin)
+                        s.key IS NULL OR (s.hlc = i.hlc AND s.origin = i.origin), i.seq
                  FROM inbox i LEFT JOIN state s ON s.key = i.key
                  ORDER BY i.id LIMIT ?1",
             )?;
@@ -227,6 +243,7 @@ impl Journal {
             while let Some(r) = rows.next()? {
                 let (id, origin, hlc, body, current): (i64, String, i64, Vec<u8>, bool) =
                     (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+                let seq: Option<i64> = r.get(5)?;
                 last_id = Some(id);
                 if !current {
                     continue;
@@ -237,6 +254,7 @@ impl Journal {
                     id,
                     origin,
                     hlc: hlc as u64,
+                    seq: seq.map(|s| s as u64),
                     record,
                 });
             }
@@ -256,25 +274,28 @@ impl Journal {
     /// The oldest staged changes, at most `limit`.
     pub fn inbox_peek(&self, limit: usize) -> Result<Vec<Staged>, JournalError> {
         self.run(|c| {
-            let mut stmt =
-                c.prepare_cached("SELECT id, origin, hlc, body FROM inbox ORDER BY id LIMIT ?1")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT id, origin, hlc, body, seq FROM inbox ORDER BY id LIMIT ?1",
+            )?;
             let rows = stmt.query_map([limit as i64], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
                 ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, origin, hlc, body) = row?;
+                let (id, origin, hlc, body, seq) = row?;
                 let record =
                     codec::decode(&body).map_err(|detail| Fault::BadRecord { seq: id, detail })?;
                 out.push(Staged {
                     id,
                     origin,
                     hlc: hlc as u64,
+                    seq: seq.map(|s| s as u64),
                     record,
                 });
             }

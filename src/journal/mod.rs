@@ -23,6 +23,7 @@
 mod inbox;
 mod log;
 mod peers;
+mod quarantine;
 mod retention;
 mod schema;
 mod state;
@@ -35,6 +36,7 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use crate::error::JournalError;
 
 pub use inbox::{StageOutcome, Staged};
+pub use quarantine::{Quarantined, Which};
 use schema::SCHEMA_VERSION;
 
 pub struct Journal {

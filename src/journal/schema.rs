@@ -8,7 +8,7 @@ use crate::codec;
 use crate::record::Record;
 
 /// Schema version this code writes (PRAGMA user_version).
-pub(super) const SCHEMA_VERSION: i64 = 6;
+pub(super) const SCHEMA_VERSION: i64 = 7;
 
 impl Journal {
     /// Brings the schema up to [`SCHEMA_VERSION`] in one IMMEDIATE
@@ -133,6 +133,27 @@ impl Journal {
             drop(up);
             tx.execute_batch("PRAGMA user_version = 6;")?;
         }
+        if version < 7 {
+            // inbox.seq: the origin's sequence of a live change (NULL for
+            // snapshot rows and restores), kept for the quarantine.
+            // quarantine: staged changes SER refused (see quarantine.rs);
+            // AUTOINCREMENT so that an id an operator read is never reused.
+            tx.execute_batch(
+                "ALTER TABLE inbox ADD COLUMN seq INTEGER;
+                 CREATE TABLE quarantine (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     origin TEXT NOT NULL,
+                     seq INTEGER,
+                     hlc INTEGER NOT NULL,
+                     key BLOB NOT NULL,
+                     body BLOB NOT NULL,
+                     reason TEXT NOT NULL,
+                     tries INTEGER NOT NULL,
+                     at INTEGER NOT NULL);
+                 CREATE INDEX quarantine_key ON quarantine (key);
+                 PRAGMA user_version = 7;",
+            )?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -159,7 +180,8 @@ mod tests {
             j.conn
                 .execute_batch(
                     "DROP INDEX state_expiry; ALTER TABLE state DROP COLUMN expires_at;
-                     ALTER TABLE inbox DROP COLUMN key; PRAGMA user_version = 3;",
+                     ALTER TABLE inbox DROP COLUMN key; ALTER TABLE inbox DROP COLUMN seq;
+                     DROP TABLE quarantine; PRAGMA user_version = 3;",
                 )
                 .unwrap();
         }

@@ -27,6 +27,9 @@ pub enum Item {
     /// `sersync.forget`: remove a member for good; the members learn it
     /// by gossip.
     Forget { node_id: String },
+    /// `sersync.quarantine_retry` / `_drop`: the quarantined change `id`,
+    /// or all of them when 0 ([`crate::apply::quarantine`]).
+    Quarantine { retry: bool, id: u64 },
 }
 
 /// Borrowed twin of [`Item`] with the same encoding: what a SIP worker
@@ -45,6 +48,10 @@ pub enum ItemRef<'a> {
     Forget {
         node_id: &'a str,
     },
+    Quarantine {
+        retry: bool,
+        id: u64,
+    },
 }
 
 impl Item {
@@ -54,6 +61,10 @@ impl Item {
             Item::ScanBegin { table } => ItemRef::ScanBegin { table },
             Item::ScanEnd { table } => ItemRef::ScanEnd { table },
             Item::Forget { node_id } => ItemRef::Forget { node_id },
+            Item::Quarantine { retry, id } => ItemRef::Quarantine {
+                retry: *retry,
+                id: *id,
+            },
         }
     }
 }
@@ -96,6 +107,7 @@ mod tests {
             Item::Forget {
                 node_id: "n4".into(),
             },
+            Item::Quarantine { retry: true, id: 7 },
         ];
         for item in items {
             let mut owned = Vec::new();

@@ -56,6 +56,9 @@ pub fn required_module() -> Option<PathBuf> {
 pub struct ClusterOptions {
     /// sersync's "domains" (usrloc tables replicated); None: "location".
     pub domains: Option<String>,
+    /// "domains" of node N (1-based) instead of `domains`: a configuration
+    /// rolled out to some nodes first.
+    pub domains_of: BTreeMap<usize, String>,
     /// Extra lines for the sersync block of node N (1-based), e.g.
     /// `modparam("sersync", "alias_rescan_interval", 5)`, or `#!define`s.
     pub extra: BTreeMap<usize, Vec<String>>,
@@ -153,7 +156,12 @@ pub fn node_config_with(
             if !opts.sersync_no_db {
                 let _ = writeln!(s, "modparam(\"sersync\", \"db_url\", \"{db_url}\")");
             }
-            let domains = opts.domains.as_deref().unwrap_or("location");
+            let domains = opts
+                .domains_of
+                .get(&index)
+                .map(String::as_str)
+                .or(opts.domains.as_deref())
+                .unwrap_or("location");
             let _ = writeln!(s, "modparam(\"sersync\", \"domains\", \"{domains}\")");
             for line in opts.extra.get(&index).into_iter().flatten() {
                 let _ = writeln!(s, "{line}");

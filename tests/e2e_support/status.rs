@@ -41,6 +41,9 @@ pub struct SersyncStatus {
     /// those still waiting for it (0 when the engine does not report them).
     pub restored: u64,
     pub restore_pending: u64,
+    /// Remote changes held in the quarantine, and the reason of the newest.
+    pub quarantined: u64,
+    pub quarantine_last_reason: String,
     pub last_error: String,
     pub peers: Vec<PeerStatus>,
     pub raw: Value,
@@ -127,6 +130,8 @@ impl SersyncStatus {
             apply_superseded: u(v, "apply_superseded"),
             restored: u(v, "restored"),
             restore_pending: u(v, "restore_pending"),
+            quarantined: u(v, "quarantined"),
+            quarantine_last_reason: s(v, "quarantine_last_reason"),
             last_error: s(v, "last_error"),
             peers,
             raw: v.clone(),
@@ -152,7 +157,7 @@ impl SersyncStatus {
         let mut t = format!(
             "id={} running={} journaled={} last_seq={} applied={} apply_pending={} \
              apply_failures={} via_db={} superseded={} restored={} restore_pending={} queue={}/{} dropped \
-             err={:?}",
+             quarantined={} ({:?}) err={:?}",
             self.node_id,
             self.running,
             self.journaled,
@@ -166,6 +171,8 @@ impl SersyncStatus {
             self.restore_pending,
             self.queue_depth,
             self.queue_dropped,
+            self.quarantined,
+            self.quarantine_last_reason,
             self.last_error
         );
         for p in &self.peers {
