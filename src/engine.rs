@@ -100,7 +100,7 @@ impl Engine {
             Some(s) => (s, None),
             None => {
                 let door: Box<dyn Sink> = match &cfg.door {
-                    Some(p) => Box::new(Door::new(p, &cfg.fifo_reply_dir)),
+                    Some(p) => Box::new(Door::new(p, &cfg.fifo_reply_dir, &cfg.reply_dir)),
                     None => Box::new(NoDoor),
                 };
                 (
@@ -149,6 +149,7 @@ impl Engine {
                 node_id: cfg.node_id.clone(),
                 scan: None,
                 scan_watch,
+                delete_limit: cfg.alias_delete_limit,
             };
             let stop = stop.clone();
             threads.push(spawn(

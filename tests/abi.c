@@ -43,6 +43,8 @@ VAL(SERSYNC_OP_UPSERT, 1);
 VAL(SERSYNC_OP_DELETE, 2);
 VAL(SERSYNC_OP_SCAN_BEGIN, 3);
 VAL(SERSYNC_OP_SCAN_END, 4);
+VAL(SERSYNC_OP_SCAN_ABORT, 5);
+VAL(SERSYNC_OP_SCAN_END_CONFIRMED, 6);
 
 /* struct sersync_alias */
 SIZE(struct sersync_alias, 88);
@@ -104,7 +106,7 @@ OFF(struct sersync_contact, server_id, 204);
 OFF(struct sersync_contact, stamp, 216);
 
 /* struct sersync_config */
-SIZE(struct sersync_config, 168);
+SIZE(struct sersync_config, 192);
 OFF(struct sersync_config, node_id, 0);
 OFF(struct sersync_config, listen, 16);
 OFF(struct sersync_config, peers, 32);
@@ -118,6 +120,9 @@ OFF(struct sersync_config, domains, 128);
 OFF(struct sersync_config, retention_secs, 144);
 OFF(struct sersync_config, retention_records, 152);
 OFF(struct sersync_config, ul_db_mode, 160);
+OFF(struct sersync_config, alias_scan_max_delete, 164);
+OFF(struct sersync_config, alias_scan_max_delete_pct, 168);
+OFF(struct sersync_config, runtime_dir, 176);
 
 /* struct sersync_peer_status */
 SIZE(struct sersync_peer_status, 392);
@@ -136,7 +141,7 @@ OFF(struct sersync_peer_status, snapshot_total, 376);
 OFF(struct sersync_peer_status, snapshot_received, 384);
 
 /* struct sersync_status */
-SIZE(struct sersync_status, 12888);
+SIZE(struct sersync_status, 12912);
 OFF(struct sersync_status, node_id, 0);
 OFF(struct sersync_status, last_error, 64);
 OFF(struct sersync_status, running, 224);
@@ -156,6 +161,9 @@ OFF(struct sersync_status, restore_pending, 12856);
 OFF(struct sersync_status, set_aside, 12864);
 OFF(struct sersync_status, incarnation, 12872);
 OFF(struct sersync_status, apply_superseded, 12880);
+OFF(struct sersync_status, alias_scans, 12888);
+OFF(struct sersync_status, alias_scan_removed, 12896);
+OFF(struct sersync_status, alias_scan_refused, 12904);
 
 /* every exported function, typed as declared: a signature change in the
  * header breaks this initializer, a missing export breaks the link */

@@ -129,7 +129,10 @@ impl Node {
     fn scan_mark(&self, end: bool) {
         let table: &[u8] = b"dbaliases";
         let mark = if end {
-            ItemRef::ScanEnd { table }
+            ItemRef::ScanEnd {
+                table,
+                confirmed: false,
+            }
         } else {
             ItemRef::ScanBegin { table }
         };
@@ -370,7 +373,12 @@ fn scan(shared: &Shared, rows: &[(&str, &str)]) {
             })
             .unwrap();
     }
-    shared.publish(ItemRef::ScanEnd { table }).unwrap();
+    shared
+        .publish(ItemRef::ScanEnd {
+            table,
+            confirmed: false,
+        })
+        .unwrap();
 }
 
 #[test]

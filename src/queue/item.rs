@@ -20,13 +20,20 @@ pub enum Item {
         table: Vec<u8>,
     },
     /// The scan ends; the ingest concludes it ([`crate::scan`]).
+    /// `confirmed`: the operator confirmed its deletions, however many.
     ScanEnd {
         #[serde(with = "serde_bytes")]
         table: Vec<u8>,
+        confirmed: bool,
     },
     /// `sersync.forget`: remove a member for good; the members learn it
     /// by gossip.
     Forget { node_id: String },
+    /// The scan gave up: nothing is deleted for it.
+    ScanAbort {
+        #[serde(with = "serde_bytes")]
+        table: Vec<u8>,
+    },
 }
 
 /// Borrowed twin of [`Item`] with the same encoding: what a SIP worker
@@ -41,9 +48,14 @@ pub enum ItemRef<'a> {
     ScanEnd {
         #[serde(with = "serde_bytes")]
         table: &'a [u8],
+        confirmed: bool,
     },
     Forget {
         node_id: &'a str,
+    },
+    ScanAbort {
+        #[serde(with = "serde_bytes")]
+        table: &'a [u8],
     },
 }
 
@@ -52,8 +64,12 @@ impl Item {
         match self {
             Item::Change(rec) => ItemRef::Change(rec.as_ref()),
             Item::ScanBegin { table } => ItemRef::ScanBegin { table },
-            Item::ScanEnd { table } => ItemRef::ScanEnd { table },
+            Item::ScanEnd { table, confirmed } => ItemRef::ScanEnd {
+                table,
+                confirmed: *confirmed,
+            },
             Item::Forget { node_id } => ItemRef::Forget { node_id },
+            Item::ScanAbort { table } => ItemRef::ScanAbort { table },
         }
     }
 }
@@ -91,6 +107,10 @@ mod tests {
                 table: b"dbaliases".to_vec(),
             },
             Item::ScanEnd {
+                table: b"dbaliases".to_vec(),
+                confirmed: true,
+            },
+            Item::ScanAbort {
                 table: b"dbaliases".to_vec(),
             },
             Item::Forget {
