@@ -430,15 +430,12 @@ int sersync_alias_scan(int wait_ms, int confirmed,
 		goto done;
 	}
 	if(res->refused > 0) {
+		/* short: SER's RPC layer cuts a fault's message at 128 bytes;
+		 * the engine's log line has the counts and limits */
 		snprintf(err, errlen,
-				"Scan of %.*s read %d row(s) and would delete %llu aliases,"
-				" over the limit (more than %d and more than %d%%, or any"
-				" when the table reads empty); nothing deleted. Check the"
-				" table; if those deletions are meant, run"
-				" sersync.alias_rescan_confirm",
-				_sersync_alias_table.len, _sersync_alias_table.s, published,
-				(unsigned long long)res->refused, _sersync_alias_scan_max_delete,
-				_sersync_alias_scan_max_delete_pct);
+				"Would delete %llu aliases, over the limit; nothing deleted."
+				" If meant: sersync.alias_rescan_confirm",
+				(unsigned long long)res->refused);
 		rc = -3;
 		goto done;
 	}
