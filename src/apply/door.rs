@@ -92,8 +92,29 @@ impl Door {
         }
     }
 
+    /// Binds our reply socket in SER's runtime directory; when that
+    /// directory cannot take it (missing, not writable: a door named by
+    /// an absolute path elsewhere), in fifo_reply_dir, saying so.
     fn bind_reply(&self) -> Result<Reply, ApplyError> {
-        let local = self.sock_dir.join(format!("{}_sock", self.reply_name));
+        match self.bind_reply_in(&self.sock_dir) {
+            Err(e) if self.fifo_reply_dir != self.sock_dir => {
+                match self.bind_reply_in(&self.fifo_reply_dir) {
+                    Ok(alt) => {
+                        log::warn(format_args!(
+                            "{e}; the reply socket is {} instead",
+                            alt.path.display()
+                        ));
+                        Ok(alt)
+                    }
+                    Err(_) => Err(e),
+                }
+            }
+            r => r,
+        }
+    }
+
+    fn bind_reply_in(&self, dir: &Path) -> Result<Reply, ApplyError> {
+        let local = dir.join(format!("{}_sock", self.reply_name));
         let _ = std::fs::remove_file(&local);
         let sock = UnixDatagram::bind(&local)
             .map_err(|e| self.err(format!("bind {}: {e}", local.display())))?;
@@ -326,5 +347,86 @@ impl Sink for Door {
             start = end;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Alias, Op};
+
+    /// A stand-in for jsonrpcs' datagram door: answers every request with
+    /// result 1, to the address it came from; as many requests as asked.
+    fn fake_door(path: &Path, requests: usize) -> std::thread::JoinHandle<()> {
+        let sock = UnixDatagram::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            for _ in 0..requests {
+                let (n, from) = sock.recv_from(&mut buf).unwrap();
+                let v: Value = serde_json::from_slice(&buf[..n]).unwrap();
+                let reply = serde_json::json!({"jsonrpc": "2.0", "result": 1, "id": v["id"]});
+                let to = from.as_pathname().unwrap().to_path_buf();
+                // a reply to a removed socket file is lost, as with SER
+                let _ = sock.send_to(reply.to_string().as_bytes(), to);
+            }
+        })
+    }
+
+    fn one() -> Vec<(u64, Record)> {
+        vec![(
+            1,
+            Record::Alias {
+                op: Op::Upsert,
+                alias: Alias {
+                    table: b"dbaliases".to_vec(),
+                    ..Default::default()
+                },
+            },
+        )]
+    }
+
+    fn sockets(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("sersync_apply_")
+            })
+            .count()
+    }
+
+    #[test]
+    fn the_reply_socket_is_bound_again_when_its_file_is_removed() {
+        let run = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let path = run.path().join("rpc.sock");
+        let server = fake_door(&path, 2);
+        let mut door = Door::new(&path, tmp.path(), run.path());
+        door.apply(&one()).unwrap();
+        assert_eq!((sockets(run.path()), sockets(tmp.path())), (1, 0));
+        let Some(Kind::Dgram(reply)) = &door.kind else {
+            panic!("not a datagram door")
+        };
+        std::fs::remove_file(&reply.path).unwrap();
+        door.apply(&one()).unwrap();
+        assert_eq!(sockets(run.path()), 1);
+        server.join().unwrap();
+        drop(door);
+        assert_eq!(sockets(run.path()), 0, "removed on drop");
+    }
+
+    #[test]
+    fn a_runtime_dir_that_cannot_take_it_falls_back_to_fifo_reply_dir() {
+        let doors = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let path = doors.path().join("rpc.sock");
+        let server = fake_door(&path, 1);
+        let mut door = Door::new(&path, tmp.path(), &doors.path().join("missing"));
+        door.apply(&one()).unwrap();
+        assert_eq!(sockets(tmp.path()), 1);
+        server.join().unwrap();
     }
 }
