@@ -2,6 +2,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::error::ConfigError;
 
@@ -32,6 +33,9 @@ pub struct Config {
     pub reply_dir: PathBuf,
     /// How many deletions an alias table scan may conclude unconfirmed.
     pub alias_delete_limit: AliasDeleteLimit,
+    /// An open alias scan that sent nothing for this long, with the
+    /// worker queue empty, is ended ([`ALIAS_SCAN_IDLE_MAX`]).
+    pub alias_scan_idle_max: Duration,
     /// SER's SQLite database for the fallback path.
     pub database: Option<PathBuf>,
     /// Journal entries older than this are dropped even if a peer has not
@@ -89,6 +93,16 @@ impl AliasDeleteLimit {
 /// more than 10% of the table.
 pub const ALIAS_SCAN_MAX_DELETE: u64 = 100;
 pub const ALIAS_SCAN_MAX_DELETE_PCT: u64 = 10;
+
+/// A scan that sent nothing for this long, with the worker queue empty,
+/// is over: the scan's process in SER ends every scan it gives up with
+/// an abort marker, so this only ends one whose marker could not be
+/// queued (a queue full for seconds) or whose process stopped. A live
+/// scan never pauses this long: its process reads the whole table
+/// before it sends the first row, then waits at most seconds for room
+/// in the queue (sersync_alias_scan.c aborts a scan whose read alone
+/// took longer than SERSYNC_SCAN_READ_MAX_S, 30 s).
+pub const ALIAS_SCAN_IDLE_MAX: Duration = Duration::from_secs(60);
 
 /// Defaults for retention: a day, or a million changes.
 pub const RETENTION_MS: u64 = 24 * 3600 * 1000;
@@ -293,6 +307,7 @@ impl RawConfig {
             fifo_reply_dir,
             reply_dir,
             alias_delete_limit,
+            alias_scan_idle_max: ALIAS_SCAN_IDLE_MAX,
             database,
             retention_ms: if self.retention_secs == 0 {
                 RETENTION_MS

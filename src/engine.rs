@@ -150,6 +150,7 @@ impl Engine {
                 scan: None,
                 scan_watch,
                 delete_limit: cfg.alias_delete_limit,
+                scan_idle_max: cfg.alias_scan_idle_max,
             };
             let stop = stop.clone();
             threads.push(spawn(

@@ -13,7 +13,7 @@ use crate::journal::Journal;
 use crate::log::{self, RateLimit};
 use crate::queue::{Item, Shared};
 use crate::record::Record;
-use crate::scan::{Conclusion, Scan, ScanWatch, SCAN_IDLE_MAX};
+use crate::scan::{Conclusion, Scan, ScanWatch};
 use crate::status::Status;
 
 /// Records taken from the worker queue per journal transaction.
@@ -34,6 +34,8 @@ pub struct Ingest {
     pub scan_watch: Arc<ScanWatch>,
     /// Deletions a scan may make unless the operator confirmed them.
     pub delete_limit: AliasDeleteLimit,
+    /// A scan silent this long, the queue empty, is ended (config).
+    pub scan_idle_max: Duration,
 }
 
 impl Ingest {
@@ -196,12 +198,12 @@ impl Ingest {
                 }
             }
             // Everything queued is taken and the scan sent nothing for
-            // long: its end marker will not come (see SCAN_IDLE_MAX).
+            // long: its end marker will not come (ALIAS_SCAN_IDLE_MAX).
             if drained
                 && self
                     .scan
                     .as_ref()
-                    .is_some_and(|s| s.idle(Instant::now()) >= SCAN_IDLE_MAX)
+                    .is_some_and(|s| s.idle(Instant::now()) >= self.scan_idle_max)
             {
                 self.abandon_scan("no end marker came", &mut pending);
             }

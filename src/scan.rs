@@ -35,16 +35,6 @@ enum Watch {
 /// Keys remembered per scan before it gives up.
 const WATCH_MAX: usize = 1 << 20;
 
-/// A scan that sent nothing for this long, with the worker queue empty,
-/// is over: the scan's process in SER ends every scan it gives up with
-/// an abort marker, so this only ends one whose marker could not be
-/// queued (a queue full for seconds) or whose process stopped. A live
-/// scan never pauses this long: its process reads the whole table
-/// before it sends the first row, then waits at most seconds for room
-/// in the queue (sersync_alias_scan.c aborts a scan whose read alone
-/// took longer than SERSYNC_SCAN_READ_MAX_S, well below this).
-pub const SCAN_IDLE_MAX: Duration = Duration::from_secs(60);
-
 impl ScanWatch {
     /// A scan starts: remember alias keys applied from now on.
     pub fn open(&self) {
@@ -128,7 +118,8 @@ impl Scan {
         &self.table
     }
 
-    /// How long the scan has sent nothing (see [`SCAN_IDLE_MAX`]).
+    /// How long the scan has sent nothing (see
+    /// [`crate::config::ALIAS_SCAN_IDLE_MAX`]).
     pub fn idle(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.last_item)
     }
@@ -239,7 +230,11 @@ impl Scan {
             }
         }
         let (removed, refused) = if limit.is_some_and(|l| {
-            l.refuses(deletions.len() as u64, known.len() as u64, seen.len() as u64)
+            l.refuses(
+                deletions.len() as u64,
+                known.len() as u64,
+                seen.len() as u64,
+            )
         }) {
             (0, deletions.len())
         } else {
@@ -280,7 +275,9 @@ mod tests {
     fn journal_with(n: usize) -> (tempfile::TempDir, Journal) {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
-        let recs: Vec<(u64, Record)> = (0..n).map(|i| (i as u64 + 1, alias(i, Op::Upsert))).collect();
+        let recs: Vec<(u64, Record)> = (0..n)
+            .map(|i| (i as u64 + 1, alias(i, Op::Upsert)))
+            .collect();
         j.append_local("n1", &recs).unwrap();
         (dir, j)
     }
@@ -311,7 +308,10 @@ mod tests {
             .conclude(&j, &watch, &HashSet::new(), Some(&limit))
             .unwrap()
             .unwrap();
-        assert_eq!((c.removed, c.refused, c.known, c.present), (0, 150, 200, 51));
+        assert_eq!(
+            (c.removed, c.refused, c.known, c.present),
+            (0, 150, 200, 51)
+        );
         assert_eq!(deletions(&c), 0);
         assert_eq!(c.records.len(), 51, "the rows are still journaled");
         let c = scan_of(150..201, &watch)
@@ -333,7 +333,12 @@ mod tests {
         let (_d, j) = journal_with(20);
         let watch = ScanWatch::default();
         let c = scan_of(0..0, &watch)
-            .conclude(&j, &watch, &HashSet::new(), Some(&AliasDeleteLimit::default()))
+            .conclude(
+                &j,
+                &watch,
+                &HashSet::new(),
+                Some(&AliasDeleteLimit::default()),
+            )
             .unwrap()
             .unwrap();
         assert_eq!((c.removed, c.refused), (0, 20));
@@ -363,7 +368,9 @@ mod tests {
         s.hold(alias(1, Op::Upsert), t0 + Duration::from_secs(4));
         assert_eq!(s.idle(t0 + Duration::from_secs(5)), Duration::from_secs(1));
         // another table's rows and deletions pass through, and do not count
-        assert!(s.hold(alias(2, Op::Delete), t0 + Duration::from_secs(5)).is_some());
+        assert!(s
+            .hold(alias(2, Op::Delete), t0 + Duration::from_secs(5))
+            .is_some());
         assert_eq!(s.idle(t0 + Duration::from_secs(5)), Duration::from_secs(1));
     }
 }

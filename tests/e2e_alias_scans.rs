@@ -147,12 +147,16 @@ fn a_scan_missing_most_of_the_table_refuses_until_confirmed() {
     assert_eq!(aliases(n1), kept);
 
     let f = match n1.http_rpc("sersync.alias_rescan", json!([])) {
-        Ok(v) => panic!("a rescan deleting {} of {TOTAL} succeeded: {v}", TOTAL - KEEP),
+        Ok(v) => panic!(
+            "a rescan deleting {} of {TOTAL} succeeded: {v}",
+            TOTAL - KEEP
+        ),
         Err(f) => f,
     };
     assert!(
         f.code == 409
-            && f.message.contains(&format!("delete {} aliases", TOTAL - KEEP))
+            && f.message
+                .contains(&format!("delete {} aliases", TOTAL - KEEP))
             && f.message.contains("sersync.alias_rescan_confirm"),
         "expected a 409 naming the deletions and the confirmation, got {f}"
     );

@@ -85,7 +85,10 @@ fn the_reply_socket_lives_in_runtime_dir_and_comes_back() {
     // Node 2's engine applies through jsonrpcs' datagram socket.
     opts.extra.entry(2).or_default().extend([
         "modparam(\"jsonrpcs\", \"transport\", 7)".to_string(),
-        format!("modparam(\"jsonrpcs\", \"dgram_socket\", \"{}\")", door.display()),
+        format!(
+            "modparam(\"jsonrpcs\", \"dgram_socket\", \"{}\")",
+            door.display()
+        ),
         format!("modparam(\"sersync\", \"fifo\", \"{}\")", door.display()),
     ]);
     let c = Cluster::start_with_options("reply-socket", 107, 2, &opts);
@@ -111,7 +114,9 @@ fn the_reply_socket_lives_in_runtime_dir_and_comes_back() {
     );
     assert_eq!(reply_sockets(&run).len(), 1, "the socket is back");
     assert!(
-        !c.node(2).log_grep("is gone (removed by a cleaner?)").is_empty(),
+        !c.node(2)
+            .log_grep("is gone (removed by a cleaner?)")
+            .is_empty(),
         "node 2 does not log the re-created socket"
     );
     eprintln!(
