@@ -64,9 +64,17 @@ enum sersync_op {
 	/* Alias table scans (sersync_publish_alias only): SCAN_BEGIN, then one
 	 * UPSERT per row the table holds, then SCAN_END. The engine journals
 	 * only rows that changed, and a DELETE for every alias it knew in that
-	 * table that the scan did not report. Only the table field is read. */
+	 * table that the scan did not report, unless there are more than the
+	 * configured limit (alias_scan_max_delete*): then it deletes nothing
+	 * and reports alias_scan_refused. SCAN_END_CONFIRMED ends a scan
+	 * whose deletions the operator confirmed: no limit. SCAN_ABORT ends a
+	 * scan that gave up: the engine deletes nothing for it. A scan that
+	 * sees no end at all is ended by the engine once its queue is empty
+	 * and no row came for a minute. Only the table field is read. */
 	SERSYNC_OP_SCAN_BEGIN = 3,
-	SERSYNC_OP_SCAN_END = 4
+	SERSYNC_OP_SCAN_END = 4,
+	SERSYNC_OP_SCAN_ABORT = 5,
+	SERSYNC_OP_SCAN_END_CONFIRMED = 6
 };
 
 /*
@@ -138,6 +146,14 @@ struct sersync_config {
 	int32_t ul_db_mode;          /* usrloc's db_mode: 0 keeps contacts in
 	                              * memory only, so every start restores
 	                              * them from the journal */
+	/* an alias scan refuses to delete more than alias_scan_max_delete
+	 * aliases when that is also more than alias_scan_max_delete_pct
+	 * percent of the table (and any, when it read no row at all) */
+	uint32_t alias_scan_max_delete;
+	uint32_t alias_scan_max_delete_pct;
+	struct sersync_str runtime_dir; /* SER's runtime_dir (-Y): where the
+	                                 * engine binds its reply socket;
+	                                 * empty: fifo_reply_dir */
 };
 
 /* Log levels passed to the logger callback. */
@@ -235,6 +251,11 @@ struct sersync_status {
 	uint32_t nquarantine;     /* entries in quarantine[] */
 	uint32_t _pad2;
 	struct sersync_quarantined quarantine[SERSYNC_QUARANTINE_SHOWN];
+	uint64_t alias_scans;      /* alias table scans ended by their end
+	                            * marker since start (refused included) */
+	uint64_t alias_scan_removed; /* aliases the latest scan deleted */
+	uint64_t alias_scan_refused; /* deletions the latest scan refused
+	                              * (over the limit; 0: none) */
 };
 
 /* Registers the logger. May be called in any process, before or after

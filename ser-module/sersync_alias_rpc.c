@@ -414,36 +414,78 @@ const char *sersync_alias_rescan_doc[2] = {
 		"Read the whole alias table and replicate what changed since the"
 		" last scan, deletions included (rows written to the database by"
 		" other tools). Costs one read of every row and one queue slot per"
-		" row; only changed rows are journaled and sent. Returns the number"
-		" of rows.",
+		" row; only changed rows are journaled and sent. Deletions over the"
+		" limit (modparams alias_scan_max_delete, alias_scan_max_delete_pct)"
+		" are refused with error 409 and made by"
+		" sersync.alias_rescan_confirm. Returns the number of rows.",
 		0};
 
-void sersync_rpc_alias_rescan(rpc_t *rpc, void *ctx)
+const char *sersync_alias_rescan_confirm_doc[2] = {
+		"Like sersync.alias_rescan, but deletes every alias the table no"
+		" longer holds however many there are, on every node: the"
+		" confirmation of a mass deletion sersync.alias_rescan refused."
+		" Returns {rows, removed}.",
+		0};
+
+/* runs a scan for an RPC; 0 with res filled, or -1 after a fault */
+static int sersync_rpc_scan(rpc_t *rpc, void *ctx, const char *name,
+		int confirmed, struct sersync_scan_result *res)
 {
-	char err[SERSYNC_ERR_MAX];
+	char err[SERSYNC_SCAN_ERR_MAX];
 	int attempt;
-	int rows;
 	int rc;
 
-	if(sersync_rpc_no_params(rpc, ctx, "sersync.alias_rescan") < 0)
-		return;
+	if(sersync_rpc_no_params(rpc, ctx, name) < 0)
+		return -1;
 	if(sersync_alias_no_db(rpc, ctx))
-		return;
+		return -1;
 	/* a scan gives up when remote alias changes arrive meanwhile */
 	for(attempt = 0; attempt < 3; attempt++) {
 		err[0] = '\0';
-		rc = sersync_alias_scan(5000, &rows, err, sizeof(err));
+		rc = sersync_alias_scan(5000, confirmed, res, err, sizeof(err));
 		if(rc != -2)
 			break;
 	}
 	if(rc == -2) {
 		rpc->fault(ctx, 503, "%s", err);
-		return;
+		return -1;
+	}
+	if(rc == -3) {
+		/* the engine logged it; the caller must see it too */
+		rpc->fault(ctx, 409, "%s", err);
+		return -1;
 	}
 	if(rc < 0) {
-		LM_ERR("alias rescan failed: %s\n", err);
+		LM_ERR("%s failed: %s\n", name, err);
 		rpc->fault(ctx, 500, "%s", err);
-		return;
+		return -1;
 	}
-	rpc->add(ctx, "d", rows);
+	return 0;
+}
+
+void sersync_rpc_alias_rescan(rpc_t *rpc, void *ctx)
+{
+	struct sersync_scan_result res;
+
+	if(sersync_rpc_scan(rpc, ctx, "sersync.alias_rescan", 0, &res) == 0)
+		rpc->add(ctx, "d", res.rows);
+}
+
+void sersync_rpc_alias_rescan_confirm(rpc_t *rpc, void *ctx)
+{
+	struct sersync_scan_result res;
+	void *th;
+
+	if(sersync_rpc_scan(rpc, ctx, "sersync.alias_rescan_confirm", 1, &res)
+			< 0)
+		return;
+	LM_INFO("confirmed alias rescan of %.*s: %d row(s), %llu alias(es)"
+			" deleted on every node\n",
+			_sersync_alias_table.len, _sersync_alias_table.s, res.rows,
+			(unsigned long long)res.removed);
+	if(rpc->add(ctx, "{", &th) < 0
+			|| rpc->struct_add(th, "dd", "rows", res.rows, "removed",
+					   (int)res.removed)
+					   < 0)
+		rpc->fault(ctx, 500, "Internal error creating reply");
 }

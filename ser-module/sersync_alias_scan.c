@@ -6,7 +6,12 @@
  * the rescan process (alias_rescan_interval), declared and forked here.
  * A scan publishes SCAN_BEGIN, one UPSERT per row, SCAN_END; the engine
  * journals only the rows that changed, plus a deletion for every alias
- * the scan no longer reports.
+ * the scan no longer reports, unless those are more than the deletion
+ * limit (alias_scan_max_delete, alias_scan_max_delete_pct): then it
+ * deletes none and the scan reports the refusal, until an operator
+ * confirms with sersync.alias_rescan_confirm. A scan that gives up after
+ * SCAN_BEGIN always publishes SCAN_ABORT, so that the engine stops
+ * holding back alias rows for it.
  *
  * This file is part of sersync, released under the GNU GPL v2 or later.
  */
@@ -14,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../../core/sr_module.h"
 #include "../../core/dprint.h"
@@ -24,6 +30,9 @@
 
 /* a scan waits at most this long for staged remote records to be applied */
 #define SERSYNC_SCAN_SETTLE_MS 5000
+/* a scan whose table read took longer gives up: the engine ends a scan
+ * that sent nothing for a minute (SCAN_IDLE_MAX in src/scan.rs) */
+#define SERSYNC_SCAN_READ_MAX_S 30
 
 static void sersync_alias_timer(unsigned int ticks, void *param);
 
@@ -237,8 +246,60 @@ static int sersync_snapshot_publish(struct sersync_snapshot *sn, int *done)
 }
 
 /*
+ * Ends a scan that gave up after SCAN_BEGIN: the engine deletes nothing
+ * for it, and stops holding back alias rows (the alias RPCs' changes
+ * after it would otherwise wait for an end that never comes).
+ */
+static void sersync_scan_abort(void)
+{
+	if(sersync_alias_publish(SERSYNC_OP_SCAN_ABORT, NULL) != SERSYNC_OK)
+		LM_ERR("the engine's queue took no scan abort marker: the engine ends"
+			   " the scan itself once its queue is empty for a minute\n");
+}
+
+/* the engine's count of scans ended by their end marker */
+static int sersync_scans_ended(uint64_t *n)
+{
+	static struct sersync_status st;
+
+	memset(&st, 0, sizeof(st));
+	if(sersync_status_read(_sersync_shared, &st) != SERSYNC_OK)
+		return -1;
+	*n = st.alias_scans;
+	return 0;
+}
+
+/*
+ * Waits up to wait_ms for the engine to report the scan ended after
+ * `before` scans (the status area follows within 200 ms) and reads what
+ * it deleted and refused. 0, or -1 when no report came.
+ */
+static int sersync_scan_verdict(
+		uint64_t before, int wait_ms, struct sersync_scan_result *res)
+{
+	static struct sersync_status st;
+	int waited;
+
+	for(waited = 0;; waited += 20) {
+		memset(&st, 0, sizeof(st));
+		if(sersync_status_read(_sersync_shared, &st) != SERSYNC_OK)
+			return -1;
+		if(st.alias_scans > before) {
+			res->removed = st.alias_scan_removed;
+			res->refused = st.alias_scan_refused;
+			return 0;
+		}
+		if(waited >= wait_ms)
+			return -1;
+		sleep_us(20000);
+	}
+}
+
+/*
  * Publishes a scan of _sersync_alias_table: SCAN_BEGIN, one UPSERT per
- * row, SCAN_END; the engine journals what changed, and deletions.
+ * row, SCAN_END (SCAN_END_CONFIRMED when confirmed: the operator
+ * confirmed its deletions, however many); the engine journals what
+ * changed, and deletions.
  *
  * A scan must not contradict remote alias changes that the table does not
  * show (staged, not applied yet, or applied after the read): it would
@@ -249,17 +310,24 @@ static int sersync_snapshot_publish(struct sersync_snapshot *sn, int *done)
  * nothing is staged, and gives up (no SCAN_END, nothing deleted) when
  * remote aliases were applied while it read, to try again later.
  *
- * Returns 0 and the row count, -1 on error, -2 when it gave up (retry
- * later); err says why.
+ * Returns 0 with the row count and the deletions in res, -1 on error,
+ * -2 when it gave up (retry later), -3 when the engine refused its
+ * deletions (res->refused: over the limit; nothing deleted); err says
+ * why. Every return after SCAN_BEGIN ends the scan in the engine.
  */
-int sersync_alias_scan(int wait_ms, int *rows, char *err, int errlen)
+int sersync_alias_scan(int wait_ms, int confirmed,
+		struct sersync_scan_result *res, char *err, int errlen)
 {
 	struct sersync_snapshot sn;
 	struct sersync_scan_mark m0;
+	uint64_t scans0;
+	time_t t_read;
 	int published;
+	int begun;
 	int rc;
 
-	*rows = 0;
+	memset(res, 0, sizeof(*res));
+	begun = 0;
 	if(!sersync_alias_enabled()) {
 		snprintf(err, errlen, "no db_url: the alias table is out of reach");
 		return -1;
@@ -273,12 +341,18 @@ int sersync_alias_scan(int wait_ms, int *rows, char *err, int errlen)
 										 : "cannot read the engine's status");
 		goto done;
 	}
+	if(sersync_scans_ended(&scans0) < 0) {
+		snprintf(err, errlen, "cannot read the engine's status");
+		rc = -1;
+		goto done;
+	}
 	rc = sersync_alias_publish(SERSYNC_OP_SCAN_BEGIN, NULL);
 	if(rc != SERSYNC_OK) {
 		snprintf(err, errlen, "the engine's queue took no scan (rc %d)", rc);
 		rc = -1;
 		goto done;
 	}
+	begun = 1;
 	/* the engine has taken SCAN_BEGIN once it is settled: from then on it
 	 * notes every remote alias it applies, so the table read below cannot
 	 * miss a change the scan would then undo */
@@ -289,11 +363,21 @@ int sersync_alias_scan(int wait_ms, int *rows, char *err, int errlen)
 		rc = -2;
 		goto done;
 	}
+	t_read = time(NULL);
 	if(sersync_alias_select(&_sersync_alias_table, NULL, NULL,
 			   sersync_snapshot_row, &sn)
 			!= 0) {
-		snprintf(err, errlen, "cannot read table %.*s",
+		snprintf(err, errlen, "cannot read table %.*s; scan abandoned, nothing"
+							  " deleted",
 				_sersync_alias_table.len, _sersync_alias_table.s);
+		rc = -1;
+		goto done;
+	}
+	if(time(NULL) - t_read > SERSYNC_SCAN_READ_MAX_S) {
+		snprintf(err, errlen, "reading table %.*s took over %d s; scan"
+							  " abandoned, nothing changed",
+				_sersync_alias_table.len, _sersync_alias_table.s,
+				SERSYNC_SCAN_READ_MAX_S);
 		rc = -1;
 		goto done;
 	}
@@ -319,21 +403,46 @@ int sersync_alias_scan(int wait_ms, int *rows, char *err, int errlen)
 		rc = -2;
 		goto done;
 	}
-	rc = sersync_alias_publish(SERSYNC_OP_SCAN_END, NULL);
+	rc = sersync_alias_publish(
+			confirmed ? SERSYNC_OP_SCAN_END_CONFIRMED : SERSYNC_OP_SCAN_END,
+			NULL);
 	if(rc != SERSYNC_OK) {
 		snprintf(err, errlen, "the engine's queue took no scan end (rc %d)",
 				rc);
 		rc = -1;
 		goto done;
 	}
+	begun = 0;
 	if(sn.too_long > 0)
 		LM_ERR("%d row(s) of %.*s have a field over 65535 bytes; not"
 			   " replicated\n",
 				sn.too_long, _sersync_alias_table.len,
 				_sersync_alias_table.s);
-	*rows = published;
+	res->rows = published;
+	/* the engine concludes at SCAN_END: wait for its verdict, so that a
+	 * refusal reaches whoever asked for the scan */
+	if(sersync_scan_verdict(scans0, wait_ms, res) < 0) {
+		snprintf(err, errlen, "scan of %d row(s) sent; the engine has not"
+							  " concluded it yet (see sersync.status"
+							  " alias_scan_*)",
+				published);
+		rc = -1;
+		goto done;
+	}
+	if(res->refused > 0) {
+		/* short: SER's RPC layer cuts a fault's message at 128 bytes;
+		 * the engine's log line has the counts and limits */
+		snprintf(err, errlen,
+				"Would delete %llu aliases, over the limit; nothing deleted."
+				" If meant: sersync.alias_rescan_confirm",
+				(unsigned long long)res->refused);
+		rc = -3;
+		goto done;
+	}
 	rc = 0;
 done:
+	if(begun)
+		sersync_scan_abort();
 	sersync_alias_unlock();
 	if(sn.buf != NULL)
 		free(sn.buf);
@@ -343,17 +452,19 @@ done:
 /* the rescan process: one scan per alias_rescan_interval */
 static void sersync_alias_timer(unsigned int ticks, void *param)
 {
-	char err[SERSYNC_ERR_MAX];
-	int rows;
+	struct sersync_scan_result res;
+	char err[SERSYNC_SCAN_ERR_MAX];
 	int rc;
 
 	err[0] = '\0';
-	rc = sersync_alias_scan(SERSYNC_SCAN_SETTLE_MS, &rows, err, sizeof(err));
+	rc = sersync_alias_scan(SERSYNC_SCAN_SETTLE_MS, 0, &res, err, sizeof(err));
 	if(rc == 0)
 		LM_DBG("alias table %.*s scanned: %d row(s)\n",
-				_sersync_alias_table.len, _sersync_alias_table.s, rows);
+				_sersync_alias_table.len, _sersync_alias_table.s, res.rows);
 	else if(rc == -2)
 		LM_INFO("alias rescan skipped: %s\n", err);
+	else if(rc == -3)
+		LM_DBG("alias rescan refused (the engine logged it): %s\n", err);
 	else
 		LM_ERR("alias rescan failed: %s\n", err);
 }

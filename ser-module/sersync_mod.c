@@ -35,6 +35,9 @@ str _sersync_domains = str_init("location");
 int _sersync_queue_size = 16384;
 str _sersync_alias_table = str_init("dbaliases");
 int _sersync_alias_rescan_interval = 0;
+/* an alias scan deletes more aliases than both only once confirmed */
+int _sersync_alias_scan_max_delete = 100;
+int _sersync_alias_scan_max_delete_pct = 10;
 /* journal retention: seconds and entries (0: the engine's defaults, a day
  * and a million) */
 int _sersync_retention_secs = 0;
@@ -70,6 +73,9 @@ static int sersync_add_peer(modparam_t type, void *val);
  *  domains            usrloc tables replicated, comma-separated
  *  queue_size         slots of the worker -> engine queue
  *  alias_table, alias_rescan_interval   alias_db's table, periodic scan
+ *  alias_scan_max_delete, alias_scan_max_delete_pct   a scan deleting
+ *                     more aliases than both (100, 10%) needs
+ *                     sersync.alias_rescan_confirm
  *  retention_secs     journal entries kept at most this long (0: a day)
  *  retention_records  and at most this many (0: a million)
  *  durability         "queue" (default) or "journal": save() returns once
@@ -90,6 +96,10 @@ static param_export_t params[] = {
 	{"alias_table", PARAM_STR,                    &_sersync_alias_table},
 	{"alias_rescan_interval",
 	               PARAM_INT,            &_sersync_alias_rescan_interval},
+	{"alias_scan_max_delete",
+	               PARAM_INT,            &_sersync_alias_scan_max_delete},
+	{"alias_scan_max_delete_pct",
+	               PARAM_INT,            &_sersync_alias_scan_max_delete_pct},
 	{"retention_secs",    PARAM_INT,      &_sersync_retention_secs},
 	{"retention_records", PARAM_INT,      &_sersync_retention_records},
 	{"durability",        PARAM_STR,      &_sersync_durability},
@@ -319,6 +329,16 @@ static int sersync_config_build(void)
 				_sersync_retention_secs, _sersync_retention_records);
 		return -1;
 	}
+	if(_sersync_alias_scan_max_delete < 1
+			|| _sersync_alias_scan_max_delete_pct < 1
+			|| _sersync_alias_scan_max_delete_pct > 100) {
+		LM_ERR("modparam \"alias_scan_max_delete\" (%d) must be at least 1"
+			   " and \"alias_scan_max_delete_pct\" (%d) 1 to 100 (100: no"
+			   " percentage bound)\n",
+				_sersync_alias_scan_max_delete,
+				_sersync_alias_scan_max_delete_pct);
+		return -1;
+	}
 	if(sersync_durability_check() < 0)
 		return -1;
 	if(sersync_resolve_fifo() < 0)
@@ -337,6 +357,15 @@ static int sersync_config_build(void)
 	sersync_str_from(&_sersync_config.domains, &_sersync_domains);
 	_sersync_config.retention_secs = (uint64_t)_sersync_retention_secs;
 	_sersync_config.retention_records = (uint64_t)_sersync_retention_records;
+	_sersync_config.alias_scan_max_delete =
+			(uint32_t)_sersync_alias_scan_max_delete;
+	_sersync_config.alias_scan_max_delete_pct =
+			(uint32_t)_sersync_alias_scan_max_delete_pct;
+	/* the engine binds its reply socket beside SER's own (SER's -Y) */
+	if(runtime_dir != NULL && runtime_dir[0] != '\0') {
+		_sersync_config.runtime_dir.s = runtime_dir;
+		_sersync_config.runtime_dir.len = strlen(runtime_dir);
+	}
 
 	err[0] = '\0';
 	rc = sersync_config_check(&_sersync_config, err, sizeof(err));

@@ -55,6 +55,8 @@ extern str _sersync_domains;
 extern int _sersync_queue_size;
 extern str _sersync_alias_table;
 extern int _sersync_alias_rescan_interval;
+extern int _sersync_alias_scan_max_delete;
+extern int _sersync_alias_scan_max_delete_pct;
 extern int _sersync_retention_secs;
 extern int _sersync_retention_records;
 extern str _sersync_durability;
@@ -118,7 +120,18 @@ int sersync_alias_apply(void *ctx, const struct sersync_alias *a);
 /* alias table scans and the rescan process (sersync_alias_scan.c) */
 int sersync_alias_timer_init(void);
 int sersync_alias_timer_start(void);
-int sersync_alias_scan(int wait_ms, int *rows, char *err, int errlen);
+/* a scan's error text: room for a refusal's explanation */
+#define SERSYNC_SCAN_ERR_MAX 512
+
+/* what a scan read, and what the engine concluded from it */
+struct sersync_scan_result
+{
+	int rows;		   /* rows published */
+	uint64_t removed;  /* aliases deleted */
+	uint64_t refused;  /* deletions refused: over the limit */
+};
+int sersync_alias_scan(int wait_ms, int confirmed,
+		struct sersync_scan_result *res, char *err, int errlen);
 
 /* RPC commands (sersync_rpc.c) */
 extern rpc_export_t sersync_rpc_cmds[];
@@ -138,11 +151,13 @@ extern const char *sersync_alias_replace_doc[2];
 extern const char *sersync_alias_rm_doc[2];
 extern const char *sersync_alias_list_doc[2];
 extern const char *sersync_alias_rescan_doc[2];
+extern const char *sersync_alias_rescan_confirm_doc[2];
 void sersync_rpc_alias_add(rpc_t *rpc, void *ctx);
 void sersync_rpc_alias_replace(rpc_t *rpc, void *ctx);
 void sersync_rpc_alias_rm(rpc_t *rpc, void *ctx);
 void sersync_rpc_alias_list(rpc_t *rpc, void *ctx);
 void sersync_rpc_alias_rescan(rpc_t *rpc, void *ctx);
+void sersync_rpc_alias_rescan_confirm(rpc_t *rpc, void *ctx);
 
 /* sersync_sqlite.c: busy timeout for every SQLite connection of SER */
 int sersync_sqlite_init(void);

@@ -167,6 +167,17 @@ static void sersync_rpc_status(rpc_t *rpc, void *ctx)
 		rpc->fault(ctx, 500, "Internal error adding status");
 		return;
 	}
+	/* alias table scans ended by their end marker; the latest one's
+	 * deletions, and those it refused (over the limit) */
+	if(rpc->struct_add(th, "JJJ", "alias_scans",
+			   (unsigned long long)st->alias_scans, "alias_scan_removed",
+			   (unsigned long long)st->alias_scan_removed,
+			   "alias_scan_refused",
+			   (unsigned long long)st->alias_scan_refused)
+			< 0) {
+		rpc->fault(ctx, 500, "Internal error adding status");
+		return;
+	}
 	if(rpc->struct_add(th, "[", "peers", &ah) < 0) {
 		rpc->fault(ctx, 500, "Internal error adding peers");
 		return;
@@ -570,6 +581,8 @@ rpc_export_t sersync_rpc_cmds[] = {
 		sersync_alias_list_doc,    RET_ARRAY},
 	{"sersync.alias_rescan",  sersync_rpc_alias_rescan,
 		sersync_alias_rescan_doc,  0},
+	{"sersync.alias_rescan_confirm", sersync_rpc_alias_rescan_confirm,
+		sersync_alias_rescan_confirm_doc, 0},
 	{0, 0, 0, 0}
 };
 /* clang-format on */

@@ -2,6 +2,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::error::ConfigError;
 
@@ -26,6 +27,15 @@ pub struct Config {
     /// tests, where an in-process applier stands in for SER.
     pub door: Option<PathBuf>,
     pub fifo_reply_dir: PathBuf,
+    /// Where the engine binds its datagram reply socket: SER's
+    /// runtime_dir (its own sockets and FIFOs live there; /tmp is swept by
+    /// tmpfiles cleaners), else `fifo_reply_dir`.
+    pub reply_dir: PathBuf,
+    /// How many deletions an alias table scan may conclude unconfirmed.
+    pub alias_delete_limit: AliasDeleteLimit,
+    /// An open alias scan that sent nothing for this long, with the
+    /// worker queue empty, is ended ([`ALIAS_SCAN_IDLE_MAX`]).
+    pub alias_scan_idle_max: Duration,
     /// SER's SQLite database for the fallback path.
     pub database: Option<PathBuf>,
     /// Journal entries older than this are dropped even if a peer has not
@@ -39,6 +49,60 @@ pub struct Config {
     /// restores them from the journal.
     pub usrloc_in_memory: bool,
 }
+
+/// An alias table scan that would delete more than `max` aliases, and
+/// more than `pct` percent of those the journal holds for the table,
+/// deletes none: a table read empty or half-empty (a restored or
+/// lagging database, a wrong db_url) looks exactly like a mass deletion
+/// made behind SER's back, and undoing it on every node is far worse than
+/// asking the operator to confirm. Routine changes made by other tools
+/// (a few rows) stay far below both bounds. A scan that read no row at
+/// all while the journal holds aliases also refuses, whatever the counts:
+/// an empty table is the typical sign of a database that is not the
+/// one the aliases were written to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AliasDeleteLimit {
+    pub max: u64,
+    pub pct: u64,
+}
+
+impl Default for AliasDeleteLimit {
+    fn default() -> Self {
+        AliasDeleteLimit {
+            max: ALIAS_SCAN_MAX_DELETE,
+            pct: ALIAS_SCAN_MAX_DELETE_PCT,
+        }
+    }
+}
+
+impl AliasDeleteLimit {
+    /// Does deleting `removed` of the `held` aliases, after a scan that
+    /// read `present` rows, need the operator's confirmation?
+    pub fn refuses(&self, removed: u64, held: u64, present: u64) -> bool {
+        if removed == 0 {
+            return false;
+        }
+        if present == 0 {
+            return true;
+        }
+        removed > self.max && removed.saturating_mul(100) > self.pct.saturating_mul(held)
+    }
+}
+
+/// Defaults of the alias scan's deletion limit: more than 100 aliases and
+/// more than 10% of the table.
+pub const ALIAS_SCAN_MAX_DELETE: u64 = 100;
+pub const ALIAS_SCAN_MAX_DELETE_PCT: u64 = 10;
+
+/// A scan that sent nothing for this long, with the worker queue empty,
+/// is over: the scan's process in SER ends every scan it gives up with
+/// an abort marker, so this only ends one whose marker could not be
+/// queued (a queue full for seconds) or whose process stopped. A live
+/// scan never pauses this long: its process reads the whole table
+/// before it sends the first row, then waits at most seconds for room
+/// in the queue (sersync_alias_scan.c aborts a scan whose read alone
+/// took longer than SERSYNC_SCAN_READ_MAX_S, 30 s).
+pub const ALIAS_SCAN_IDLE_MAX: Duration = Duration::from_secs(60);
 
 /// Defaults for retention: a day, or a million changes.
 pub const RETENTION_MS: u64 = 24 * 3600 * 1000;
@@ -55,11 +119,17 @@ pub struct RawConfig {
     pub fifo: String,
     pub db_url: String,
     pub fifo_reply_dir: String,
+    /// SER's runtime_dir; empty: unknown (the reply socket goes to
+    /// fifo_reply_dir).
+    pub runtime_dir: String,
     pub domains: String,
     pub retention_secs: u64,
     pub retention_records: u64,
     /// usrloc keeps contacts in memory only (db_mode 0).
     pub usrloc_in_memory: bool,
+    /// Alias scan deletion limit (0: the default, 100 and 10%).
+    pub alias_scan_max_delete: u64,
+    pub alias_scan_max_delete_pct: u64,
 }
 
 /// Parses "tcp:ip:port" (the "tcp:" prefix may be omitted).
@@ -206,6 +276,27 @@ impl RawConfig {
         } else {
             &self.fifo_reply_dir
         });
+        let reply_dir = if self.runtime_dir.is_empty() {
+            fifo_reply_dir.clone()
+        } else {
+            PathBuf::from(&self.runtime_dir)
+        };
+        if self.alias_scan_max_delete_pct > 100 {
+            return Err(ConfigError::invalid(
+                "alias_scan_max_delete_pct",
+                format!("{}: a percentage, 1 to 100", self.alias_scan_max_delete_pct),
+            ));
+        }
+        let alias_delete_limit = AliasDeleteLimit {
+            max: match self.alias_scan_max_delete {
+                0 => ALIAS_SCAN_MAX_DELETE,
+                n => n,
+            },
+            pct: match self.alias_scan_max_delete_pct {
+                0 => ALIAS_SCAN_MAX_DELETE_PCT,
+                n => n,
+            },
+        };
         Ok(Config {
             node_id,
             listen,
@@ -214,6 +305,9 @@ impl RawConfig {
             journal: PathBuf::from(&self.journal),
             door,
             fifo_reply_dir,
+            reply_dir,
+            alias_delete_limit,
+            alias_scan_idle_max: ALIAS_SCAN_IDLE_MAX,
             database,
             retention_ms: if self.retention_secs == 0 {
                 RETENTION_MS
@@ -258,6 +352,26 @@ mod tests {
             PathBuf::from("/var/lib/kamailio/kamailio.db")
         );
         assert_eq!(c.fifo_reply_dir, PathBuf::from("/tmp/"));
+        assert_eq!(c.reply_dir, PathBuf::from("/tmp/"));
+        assert_eq!(c.alias_delete_limit, AliasDeleteLimit { max: 100, pct: 10 });
+        let mut r = good();
+        r.runtime_dir = "/run/kamailio".into();
+        assert_eq!(r.check().unwrap().reply_dir, PathBuf::from("/run/kamailio"));
+    }
+
+    #[test]
+    fn alias_delete_limit_needs_both_bounds_or_an_empty_read() {
+        let l = AliasDeleteLimit::default();
+        assert!(!l.refuses(0, 1000, 0), "nothing to delete");
+        assert!(!l.refuses(100, 1000, 900), "100 is not more than 100");
+        assert!(l.refuses(101, 1000, 899), "101 of 1000");
+        assert!(!l.refuses(101, 1010, 909), "exactly 10%");
+        assert!(!l.refuses(150, 20000, 19850), "150 of 20000");
+        assert!(!l.refuses(20, 50, 30), "a small table, a few rows");
+        assert!(l.refuses(20, 50, 0), "a small table read empty");
+        let mut r = good();
+        r.alias_scan_max_delete_pct = 101;
+        assert!(r.check().is_err());
     }
 
     #[test]

@@ -94,6 +94,8 @@ impl Engine {
             node_id: cfg.node_id.clone(),
             scan: None,
             scan_watch: scan_watch.clone(),
+            delete_limit: cfg.alias_delete_limit,
+            scan_idle_max: cfg.alias_scan_idle_max,
         };
         {
             let stop = stop.clone();
@@ -117,7 +119,7 @@ impl Engine {
             Some(s) => (s, None),
             None => {
                 let door: Box<dyn Sink> = match &cfg.door {
-                    Some(p) => Box::new(Door::new(p, &cfg.fifo_reply_dir)),
+                    Some(p) => Box::new(Door::new(p, &cfg.fifo_reply_dir, &cfg.reply_dir)),
                     None => Box::new(NoDoor),
                 };
                 (

@@ -5,8 +5,9 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::config::AliasDeleteLimit;
 use crate::handoff::{NetCmd, ToNet};
 use crate::journal::Journal;
 use crate::log::{self, RateLimit};
@@ -31,6 +32,10 @@ pub struct Ingest {
     pub scan: Option<Scan>,
     /// What the applier wrote into SER since the scan started.
     pub scan_watch: Arc<ScanWatch>,
+    /// Deletions a scan may make unless the operator confirmed them.
+    pub delete_limit: AliasDeleteLimit,
+    /// A scan silent this long, the queue empty, is ended (config).
+    pub scan_idle_max: Duration,
 }
 
 impl Ingest {
@@ -40,7 +45,9 @@ impl Ingest {
     /// changed here after the scan started (staged, or applied meanwhile),
     /// and keys changed locally since, are left alone: the row the scan
     /// read may be older than that change, or missing because of it.
-    fn finish_scan(&mut self, table: &[u8], pending: &mut Vec<(u64, Record)>) {
+    /// Unless `confirmed`, deletions over the limit are refused: none is
+    /// made, and the status and the log say how many and what to do.
+    fn finish_scan(&mut self, table: &[u8], confirmed: bool, pending: &mut Vec<(u64, Record)>) {
         let Some(scan) = self.scan.take() else {
             log::warn(format_args!("alias scan end without a start; ignored"));
             return;
@@ -53,26 +60,89 @@ impl Ingest {
             return;
         }
         let pending_keys: HashSet<Vec<u8>> = pending.iter().map(|(_, r)| r.key()).collect();
-        let result = scan.conclude(&self.journal, &self.scan_watch, &pending_keys);
-        match result {
+        let limit = (!confirmed).then_some(&self.delete_limit);
+        let result = scan.conclude(&self.journal, &self.scan_watch, &pending_keys, limit);
+        let (removed, refused) = match result {
             Ok(Some(Conclusion {
                 records,
                 present,
+                known,
                 removed,
+                refused,
                 skipped,
             })) => {
                 for rec in records {
                     pending.push((self.shared.stamp(), rec));
                 }
-                log::info(format_args!(
-                    "alias scan of {name}: {present} aliases present, {removed} removed, {skipped} left to changes in flight"
+                if refused > 0 {
+                    let l = &self.delete_limit;
+                    let msg = format!(
+                        "alias scan of {name} refused to delete {refused} of {known} aliases \
+                         (it read {present} rows; the limit is more than {} and more than {}%, \
+                         or any when the table reads empty): nothing deleted. If the table is \
+                         right, run sersync.alias_rescan_confirm",
+                        l.max, l.pct
+                    );
+                    log::error(format_args!("{msg}"));
+                    // The status area keeps 159 bytes of it.
+                    self.status.set_error(&format!(
+                        "alias scan of {name} refused {refused} of {known} deletions: \
+                         sersync.alias_rescan_confirm if meant"
+                    ));
+                } else {
+                    log::info(format_args!(
+                        "alias scan of {name}: {present} aliases present, {removed} removed{}, \
+                         {skipped} left to changes in flight",
+                        if confirmed { " (confirmed)" } else { "" }
+                    ));
+                }
+                (removed, refused)
+            }
+            Ok(None) => {
+                log::warn(format_args!(
+                    "alias scan of {name}: too many remote alias changes were applied while it ran; \
+                     nothing concluded, the next scan will"
+                ));
+                (0, 0)
+            }
+            Err(e) => {
+                log::error(format_args!("alias scan of {name}: {e}; ignored"));
+                (0, 0)
+            }
+        };
+        self.scan_ended(removed, refused);
+    }
+
+    /// A scan ended by its end marker: what sersync.alias_rescan reports.
+    fn scan_ended(&self, removed: usize, refused: usize) {
+        let c = &self.status.counters;
+        c.alias_scan_removed.store(removed as u64, Ordering::SeqCst);
+        c.alias_scan_refused.store(refused as u64, Ordering::SeqCst);
+        // Last: sersync.alias_rescan waits for this count to move.
+        c.alias_scans.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Ends the open scan without its end marker (`why`): it deletes
+    /// nothing, and the upserts it held are journaled ([`Scan::abandon`]).
+    fn abandon_scan(&mut self, why: &str, pending: &mut Vec<(u64, Record)>) {
+        let Some(scan) = self.scan.take() else {
+            return;
+        };
+        let name = String::from_utf8_lossy(scan.table()).into_owned();
+        match scan.abandon(&self.journal, &self.scan_watch) {
+            Ok((records, skipped)) => {
+                let kept = records.len();
+                for rec in records {
+                    pending.push((self.shared.stamp(), rec));
+                }
+                log::warn(format_args!(
+                    "alias scan of {name} ended without concluding ({why}): nothing deleted; \
+                     {kept} rows journaled as they are, {skipped} left to changes in flight"
                 ));
             }
-            Ok(None) => log::warn(format_args!(
-                "alias scan of {name}: too many remote alias changes were applied while it ran; \
-                 nothing concluded, the next scan will"
+            Err(e) => log::error(format_args!(
+                "alias scan of {name} ended ({why}): {e}; its rows are not journaled"
             )),
-            Err(e) => log::error(format_args!("alias scan of {name}: {e}; ignored")),
         }
     }
 
@@ -81,18 +151,33 @@ impl Ingest {
         let mut buf = Vec::with_capacity(crate::queue::SLOT_SIZE);
         let mut retry = Duration::from_millis(100);
         while !stop.load(Ordering::Acquire) {
-            while pending.len() < INGEST_BATCH && self.shared.pop(&mut buf) {
+            let mut drained = false;
+            while pending.len() < INGEST_BATCH {
+                if !self.shared.pop(&mut buf) {
+                    drained = true;
+                    break;
+                }
                 if buf.is_empty() {
                     continue; // a slot whose record did not fit; counted by the producer
                 }
                 match crate::queue::decode(&buf) {
                     Ok((started, Item::ScanBegin { table })) => {
+                        // A scan begins only after the last one ended,
+                        // unless that one's end marker was lost.
+                        self.abandon_scan("a new scan began", &mut pending);
                         // Opened before the scan's process may read the
                         // table: it waits until this marker is settled.
                         self.scan_watch.open();
-                        self.scan = Some(Scan::begin(table, started));
+                        self.scan = Some(Scan::begin(table, started, Instant::now()));
                     }
-                    Ok((_, Item::ScanEnd { table })) => self.finish_scan(&table, &mut pending),
+                    Ok((_, Item::ScanEnd { table, confirmed })) => {
+                        self.finish_scan(&table, confirmed, &mut pending)
+                    }
+                    Ok((_, Item::ScanAbort { table })) => {
+                        if self.scan.as_ref().is_some_and(|s| s.table() == table) {
+                            self.abandon_scan("its process gave up", &mut pending);
+                        }
+                    }
                     Ok((_, Item::Forget { node_id })) => {
                         self.net.send(NetCmd::Forget(node_id));
                     }
@@ -107,7 +192,7 @@ impl Ingest {
                     // Stamped by the SIP worker as usrloc made the change.
                     Ok((stamp, Item::Change(rec))) => {
                         let rec = match &mut self.scan {
-                            Some(scan) => match scan.hold(rec) {
+                            Some(scan) => match scan.hold(rec, Instant::now()) {
                                 Some(rec) => rec,
                                 None => continue,
                             },
@@ -119,6 +204,16 @@ impl Ingest {
                         log::error(format_args!("undecodable record in the worker queue: {e}"))
                     }
                 }
+            }
+            // Everything queued is taken and the scan sent nothing for
+            // long: its end marker will not come (ALIAS_SCAN_IDLE_MAX).
+            if drained
+                && self
+                    .scan
+                    .as_ref()
+                    .is_some_and(|s| s.idle(Instant::now()) >= self.scan_idle_max)
+            {
+                self.abandon_scan("no end marker came", &mut pending);
             }
             if pending.is_empty() {
                 // Skipped slots and scan markers are settled too.

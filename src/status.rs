@@ -76,6 +76,12 @@ pub struct Counters {
     pub restore_pending: AtomicU64,
     /// Remote changes held in the quarantine now.
     pub quarantined: AtomicU64,
+    /// Alias table scans ended by their end marker (refused included;
+    /// not those abandoned).
+    pub alias_scans: AtomicU64,
+    /// Aliases the latest scan deleted, and deletions it refused.
+    pub alias_scan_removed: AtomicU64,
+    pub alias_scan_refused: AtomicU64,
 }
 
 /// One quarantined change as the status lists it.
@@ -125,6 +131,9 @@ pub struct Snapshot {
     pub set_aside: u64,
     pub restored: u64,
     pub restore_pending: u64,
+    pub alias_scans: u64,
+    pub alias_scan_removed: u64,
+    pub alias_scan_refused: u64,
     pub incarnation: u64,
     pub quarantined: u64,
     pub peers: Vec<PeerStatus>,
@@ -170,6 +179,9 @@ impl Status {
             set_aside: c.set_aside.load(Ordering::Relaxed),
             restored: c.restored.load(Ordering::Relaxed),
             restore_pending: c.restore_pending.load(Ordering::Relaxed),
+            alias_scans: c.alias_scans.load(Ordering::SeqCst),
+            alias_scan_removed: c.alias_scan_removed.load(Ordering::SeqCst),
+            alias_scan_refused: c.alias_scan_refused.load(Ordering::SeqCst),
             incarnation: self.incarnation.load(Ordering::Relaxed),
             quarantined: c.quarantined.load(Ordering::Relaxed),
             peers: self
@@ -203,6 +215,9 @@ impl Status {
         st.restored = snap.restored;
         st.restore_pending = snap.restore_pending;
         st.set_aside = snap.set_aside;
+        st.alias_scans = snap.alias_scans;
+        st.alias_scan_removed = snap.alias_scan_removed;
+        st.alias_scan_refused = snap.alias_scan_refused;
         st.incarnation = snap.incarnation;
         st.quarantined = snap.quarantined;
         {

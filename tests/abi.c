@@ -47,6 +47,8 @@ VAL(SERSYNC_OP_UPSERT, 1);
 VAL(SERSYNC_OP_DELETE, 2);
 VAL(SERSYNC_OP_SCAN_BEGIN, 3);
 VAL(SERSYNC_OP_SCAN_END, 4);
+VAL(SERSYNC_OP_SCAN_ABORT, 5);
+VAL(SERSYNC_OP_SCAN_END_CONFIRMED, 6);
 
 /* struct sersync_alias */
 SIZE(struct sersync_alias, 88);
@@ -110,7 +112,7 @@ OFF(struct sersync_contact, server_id, 204);
 OFF(struct sersync_contact, stamp, 216);
 
 /* struct sersync_config */
-SIZE(struct sersync_config, 168);
+SIZE(struct sersync_config, 192);
 OFF(struct sersync_config, node_id, 0);
 OFF(struct sersync_config, listen, 16);
 OFF(struct sersync_config, peers, 32);
@@ -124,6 +126,9 @@ OFF(struct sersync_config, domains, 128);
 OFF(struct sersync_config, retention_secs, 144);
 OFF(struct sersync_config, retention_records, 152);
 OFF(struct sersync_config, ul_db_mode, 160);
+OFF(struct sersync_config, alias_scan_max_delete, 164);
+OFF(struct sersync_config, alias_scan_max_delete_pct, 168);
+OFF(struct sersync_config, runtime_dir, 176);
 
 /* struct sersync_peer_status */
 SIZE(struct sersync_peer_status, 392);
@@ -142,7 +147,7 @@ OFF(struct sersync_peer_status, snapshot_total, 376);
 OFF(struct sersync_peer_status, snapshot_received, 384);
 
 /* struct sersync_status */
-SIZE(struct sersync_status, 21384);
+SIZE(struct sersync_status, 21408);
 OFF(struct sersync_status, node_id, 0);
 OFF(struct sersync_status, last_error, 64);
 OFF(struct sersync_status, running, 224);
@@ -166,6 +171,9 @@ OFF(struct sersync_status, quarantined, 12888);
 OFF(struct sersync_status, quarantine_last_reason, 12896);
 OFF(struct sersync_status, nquarantine, 13056);
 OFF(struct sersync_status, quarantine, 13064);
+OFF(struct sersync_status, alias_scans, 21384);
+OFF(struct sersync_status, alias_scan_removed, 21392);
+OFF(struct sersync_status, alias_scan_refused, 21400);
 
 /* struct sersync_quarantined */
 SIZE(struct sersync_quarantined, 520);

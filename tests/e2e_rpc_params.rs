@@ -348,6 +348,12 @@ fn garbage_rpc_parameters_get_clear_errors_and_change_nothing() {
             400,
             "takes no parameters",
         ),
+        (
+            "sersync.alias_rescan_confirm",
+            json!(["yes"]),
+            400,
+            "takes no parameters",
+        ),
     ];
     let mut failures = Vec::new();
     for (method, params, code, needle) in &cases {
@@ -381,6 +387,10 @@ fn garbage_rpc_parameters_get_clear_errors_and_change_nothing() {
             "at most one parameter",
         ),
         (&["sersync.alias_rescan", "x"][..], "takes no parameters"),
+        (
+            &["sersync.alias_rescan_confirm", "x"][..],
+            "takes no parameters",
+        ),
     ] {
         match n1.kamcmd(args) {
             Ok(out) => failures.push(format!("kamcmd {args:?}: accepted: {out}")),

@@ -69,6 +69,8 @@ struct Node {
     /// Held by a test to keep the applier from writing `table`.
     gate: Arc<Mutex<()>>,
     retention_records: Option<u64>,
+    /// Config::alias_scan_idle_max, when not the default.
+    scan_idle_max: Option<Duration>,
 }
 
 fn config(id: &str, port: u16, peers: &[u16], dir: &Path) -> sersync::config::Config {
@@ -89,6 +91,9 @@ impl Node {
         let mut cfg = config(&self.id, self.port, &self.peers, self.dir.path());
         if let Some(n) = self.retention_records {
             cfg.retention_records = n;
+        }
+        if let Some(d) = self.scan_idle_max {
+            cfg.alias_scan_idle_max = d;
         }
         let sink = Box::new(MemorySink(self.table.clone(), self.gate.clone()));
         self.engine = Some(Engine::start(cfg, self.shared.clone(), Some(sink)).unwrap());
@@ -129,7 +134,10 @@ impl Node {
     fn scan_mark(&self, end: bool) {
         let table: &[u8] = b"dbaliases";
         let mark = if end {
-            ItemRef::ScanEnd { table }
+            ItemRef::ScanEnd {
+                table,
+                confirmed: false,
+            }
         } else {
             ItemRef::ScanBegin { table }
         };
@@ -193,6 +201,7 @@ fn cluster(n: usize) -> Vec<Node> {
             table: Arc::default(),
             gate: Arc::default(),
             retention_records: None,
+            scan_idle_max: None,
         })
         .collect();
     for node in &mut nodes {
@@ -370,7 +379,12 @@ fn scan(shared: &Shared, rows: &[(&str, &str)]) {
             })
             .unwrap();
     }
-    shared.publish(ItemRef::ScanEnd { table }).unwrap();
+    shared
+        .publish(ItemRef::ScanEnd {
+            table,
+            confirmed: false,
+        })
+        .unwrap();
 }
 
 #[test]
@@ -581,6 +595,7 @@ fn a_new_node_joins_through_one_seed_and_is_forgotten_for_good() {
         table: Arc::default(),
         gate: Arc::default(),
         retention_records: None,
+        scan_idle_max: None,
     };
     n4.start();
     nodes.push(n4);
@@ -745,6 +760,68 @@ fn a_scan_does_not_undo_an_older_peer_change_applied_while_it_ran() {
             n.id
         );
     }
+}
+
+#[test]
+fn an_aborted_scan_deletes_nothing_and_alias_changes_after_it_flow_at_once() {
+    let nodes = cluster(2);
+    let (x, y) = (alias("sales", "alice"), alias("support", "bob"));
+    nodes[0].publish_alias(Op::Upsert, &x);
+    nodes[0].publish_alias(Op::Upsert, &y);
+    wait_for("both aliases to reach n2", Duration::from_secs(10), || {
+        nodes[1].holds_alias("sales", "alice") && nodes[1].holds_alias("support", "bob")
+    });
+    // A scan reads one row and gives up (its abort marker).
+    let table: &[u8] = b"dbaliases";
+    nodes[0].scan_mark(false);
+    nodes[0].publish_alias(Op::Upsert, &x);
+    nodes[0]
+        .shared
+        .publish(ItemRef::ScanAbort { table })
+        .unwrap();
+    // An alias RPC afterwards: replicated at once, not held for a scan.
+    nodes[0].publish_alias(Op::Upsert, &alias("later", "carol"));
+    wait_for(
+        "the later alias to reach n2",
+        Duration::from_secs(5),
+        || nodes[1].holds_alias("later", "carol"),
+    );
+    assert!(
+        nodes[1].holds_alias("support", "bob"),
+        "the aborted scan deleted the alias it did not read"
+    );
+}
+
+#[test]
+fn a_scan_without_an_end_is_ended_and_what_it_held_replicates() {
+    let mut nodes = cluster(2);
+    nodes[0].stop();
+    nodes[0].scan_idle_max = Some(Duration::from_secs(1));
+    nodes[0].start();
+    // The scan's process sends a row and is never heard of again.
+    nodes[0].scan_mark(false);
+    nodes[0].publish_alias(Op::Upsert, &alias("row", "alice"));
+    // An alias RPC afterwards, held back as the scan's row would be.
+    nodes[0].publish_alias(Op::Upsert, &alias("later", "bob"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !nodes[1].holds_alias("later", "bob"),
+        "held while the scan may still end"
+    );
+    wait_for(
+        "the held rows to reach n2 once the scan is ended",
+        Duration::from_secs(10),
+        || nodes[1].holds_alias("row", "alice") && nodes[1].holds_alias("later", "bob"),
+    );
+    // The next scan is concluded as usual.
+    nodes[0].scan_mark(false);
+    nodes[0].publish_alias(Op::Upsert, &alias("row", "alice"));
+    nodes[0].scan_mark(true);
+    wait_for(
+        "the deletion found by the next scan",
+        Duration::from_secs(10),
+        || !nodes[1].holds_alias("later", "bob"),
+    );
 }
 
 #[test]

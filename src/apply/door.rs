@@ -5,13 +5,18 @@
 //! read from the file itself. The datagram socket carries eight times as
 //! much per request, so it is the faster door.
 //!
+//! Our end of the datagram door is a socket bound in SER's runtime
+//! directory (beside SER's own sockets; cleaners sweep /tmp), checked
+//! before every request and bound anew when its file is gone: a socket
+//! whose file was removed still receives nothing sent to its path.
+//!
 //! Each request calls `sersync.apply` with one payload ([`super::payload`]);
 //! the module applies it into usrloc inside SER, marked as replaying so
 //! the usrloc callbacks do not send it back out.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,6 +26,7 @@ use serde_json::Value;
 use super::payload;
 use super::Sink;
 use crate::error::ApplyError;
+use crate::log;
 use crate::os;
 use crate::record::Record;
 
@@ -33,27 +39,94 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum Kind {
     Fifo,
-    Dgram(UnixDatagram),
+    Dgram(Reply),
+}
+
+/// Our bound datagram socket and the identity of its file.
+struct Reply {
+    sock: UnixDatagram,
+    path: PathBuf,
+    /// (device, inode) of the socket file as bound.
+    file: (u64, u64),
+}
+
+impl Reply {
+    /// Is the file at our path still the socket we bound?
+    fn in_place(&self) -> bool {
+        std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.file)
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if self.in_place() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 pub struct Door {
     path: PathBuf,
-    reply_dir: PathBuf,
+    /// jsonrpcs' fifo_reply_dir: where it opens a FIFO client's reply.
+    fifo_reply_dir: PathBuf,
+    /// Where our datagram socket is bound (SER's runtime_dir).
+    sock_dir: PathBuf,
     reply_name: String,
     kind: Option<Kind>,
     next_id: u64,
 }
 
 impl Door {
-    pub fn new(path: &Path, reply_dir: &Path) -> Door {
+    /// The door at `path`; FIFO replies come through `fifo_reply_dir`
+    /// (jsonrpcs' own setting), the datagram socket is bound in
+    /// `sock_dir`.
+    pub fn new(path: &Path, fifo_reply_dir: &Path, sock_dir: &Path) -> Door {
         Door {
             path: path.to_path_buf(),
-            reply_dir: reply_dir.to_path_buf(),
+            fifo_reply_dir: fifo_reply_dir.to_path_buf(),
+            sock_dir: sock_dir.to_path_buf(),
             // jsonrpcs forbids '.' and '/' in reply names.
             reply_name: format!("sersync_apply_{}", std::process::id()),
             kind: None,
             next_id: 1,
         }
+    }
+
+    /// Binds our reply socket in SER's runtime directory; when that
+    /// directory cannot take it (missing, not writable: a door named by
+    /// an absolute path elsewhere), in fifo_reply_dir, saying so.
+    fn bind_reply(&self) -> Result<Reply, ApplyError> {
+        match self.bind_reply_in(&self.sock_dir) {
+            Err(e) if self.fifo_reply_dir != self.sock_dir => {
+                match self.bind_reply_in(&self.fifo_reply_dir) {
+                    Ok(alt) => {
+                        log::warn(format_args!(
+                            "{e}; the reply socket is {} instead",
+                            alt.path.display()
+                        ));
+                        Ok(alt)
+                    }
+                    Err(_) => Err(e),
+                }
+            }
+            r => r,
+        }
+    }
+
+    fn bind_reply_in(&self, dir: &Path) -> Result<Reply, ApplyError> {
+        let local = dir.join(format!("{}_sock", self.reply_name));
+        let _ = std::fs::remove_file(&local);
+        let sock = UnixDatagram::bind(&local)
+            .map_err(|e| self.err(format!("bind {}: {e}", local.display())))?;
+        let meta = std::fs::symlink_metadata(&local)
+            .map_err(|e| self.err(format!("stat {}: {e}", local.display())))?;
+        sock.set_read_timeout(Some(REPLY_TIMEOUT))
+            .map_err(|e| self.err(e.to_string()))?;
+        Ok(Reply {
+            sock,
+            path: local,
+            file: (meta.dev(), meta.ino()),
+        })
     }
 
     fn err(&self, detail: impl Into<String>) -> ApplyError {
@@ -79,19 +152,22 @@ impl Door {
     }
 
     fn kind(&mut self) -> Result<&Kind, ApplyError> {
+        if let Some(Kind::Dgram(reply)) = &self.kind {
+            if !reply.in_place() {
+                log::warn(format_args!(
+                    "the reply socket {} is gone (removed by a cleaner?): binding it again",
+                    reply.path.display()
+                ));
+                self.kind = None;
+            }
+        }
         if self.kind.is_none() {
             let meta = std::fs::metadata(&self.path).map_err(|e| self.io_err("stat", &e))?;
             let ft = meta.file_type();
             let kind = if ft.is_fifo() {
                 Kind::Fifo
             } else if ft.is_socket() {
-                let local = self.reply_dir.join(format!("{}_sock", self.reply_name));
-                let _ = std::fs::remove_file(&local);
-                let sock = UnixDatagram::bind(&local)
-                    .map_err(|e| self.err(format!("bind {}: {e}", local.display())))?;
-                sock.set_read_timeout(Some(REPLY_TIMEOUT))
-                    .map_err(|e| self.err(e.to_string()))?;
-                Kind::Dgram(sock)
+                Kind::Dgram(self.bind_reply()?)
             } else {
                 return Err(self.err("neither a FIFO nor a unix socket: point modparam fifo at jsonrpcs' fifo_name or dgram socket"));
             };
@@ -149,7 +225,7 @@ impl Door {
     }
 
     fn call_fifo(&mut self, body: &[u8], reply_name: &str) -> Result<Vec<u8>, ApplyError> {
-        let reply_path = self.reply_dir.join(reply_name);
+        let reply_path = self.fifo_reply_dir.join(reply_name);
         let _ = std::fs::remove_file(&reply_path);
         let cpath = std::ffi::CString::new(reply_path.as_os_str().as_encoded_bytes())
             .map_err(|_| self.err("reply path contains NUL"))?;
@@ -180,7 +256,7 @@ impl Door {
 
     fn call_dgram(&mut self, body: &[u8], id: u64) -> Result<Vec<u8>, ApplyError> {
         let path = self.path.clone();
-        let Some(Kind::Dgram(sock)) = &self.kind else {
+        let Some(Kind::Dgram(Reply { sock, .. })) = &self.kind else {
             unreachable!("checked by caller")
         };
         if let Err(e) = sock.send_to(body, &path) {
@@ -323,8 +399,8 @@ impl Sink for Door {
 
 #[cfg(test)]
 mod tests {
-    use super::record_failure;
-    use crate::error::ApplyError;
+    use super::*;
+    use crate::record::{Alias, Op};
 
     #[test]
     fn faults_naming_a_record_are_read() {
@@ -351,5 +427,80 @@ mod tests {
         );
         assert!(record_failure(Some(500), "Apply failed (rc 2) after 1 record(s)").is_none());
         assert!(record_failure(Some(400), "Record 1 refused: x").is_none());
+    }
+
+    /// A stand-in for jsonrpcs' datagram door: answers every request with
+    /// result 1, to the address it came from; as many requests as asked.
+    fn fake_door(path: &Path, requests: usize) -> std::thread::JoinHandle<()> {
+        let sock = UnixDatagram::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            for _ in 0..requests {
+                let (n, from) = sock.recv_from(&mut buf).unwrap();
+                let v: Value = serde_json::from_slice(&buf[..n]).unwrap();
+                let reply = serde_json::json!({"jsonrpc": "2.0", "result": 1, "id": v["id"]});
+                let to = from.as_pathname().unwrap().to_path_buf();
+                // a reply to a removed socket file is lost, as with SER
+                let _ = sock.send_to(reply.to_string().as_bytes(), to);
+            }
+        })
+    }
+
+    fn one() -> Vec<(u64, Record)> {
+        vec![(
+            1,
+            Record::Alias {
+                op: Op::Upsert,
+                alias: Alias {
+                    table: b"dbaliases".to_vec(),
+                    ..Default::default()
+                },
+            },
+        )]
+    }
+
+    fn sockets(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("sersync_apply_")
+            })
+            .count()
+    }
+
+    #[test]
+    fn the_reply_socket_is_bound_again_when_its_file_is_removed() {
+        let run = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let path = run.path().join("rpc.sock");
+        let server = fake_door(&path, 2);
+        let mut door = Door::new(&path, tmp.path(), run.path());
+        door.apply(&one()).unwrap();
+        assert_eq!((sockets(run.path()), sockets(tmp.path())), (1, 0));
+        let Some(Kind::Dgram(reply)) = &door.kind else {
+            panic!("not a datagram door")
+        };
+        std::fs::remove_file(&reply.path).unwrap();
+        door.apply(&one()).unwrap();
+        assert_eq!(sockets(run.path()), 1);
+        server.join().unwrap();
+        drop(door);
+        assert_eq!(sockets(run.path()), 0, "removed on drop");
+    }
+
+    #[test]
+    fn a_runtime_dir_that_cannot_take_it_falls_back_to_fifo_reply_dir() {
+        let doors = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let path = doors.path().join("rpc.sock");
+        let server = fake_door(&path, 1);
+        let mut door = Door::new(&path, tmp.path(), &doors.path().join("missing"));
+        door.apply(&one()).unwrap();
+        assert_eq!(sockets(tmp.path()), 1);
+        server.join().unwrap();
     }
 }

@@ -112,7 +112,19 @@ pub(super) unsafe fn alias_ref<'a>(a: &'a sersync_alias) -> Option<ItemRef<'a>> 
             return Some(ItemRef::ScanBegin { table })
         }
         x if x == abi::sersync_op::SERSYNC_OP_SCAN_END as i32 => {
-            return Some(ItemRef::ScanEnd { table })
+            return Some(ItemRef::ScanEnd {
+                table,
+                confirmed: false,
+            })
+        }
+        x if x == abi::sersync_op::SERSYNC_OP_SCAN_END_CONFIRMED as i32 => {
+            return Some(ItemRef::ScanEnd {
+                table,
+                confirmed: true,
+            })
+        }
+        x if x == abi::sersync_op::SERSYNC_OP_SCAN_ABORT as i32 => {
+            return Some(ItemRef::ScanAbort { table })
         }
         x if x == abi::sersync_op::SERSYNC_OP_UPSERT as i32 => Op::Upsert,
         x if x == abi::sersync_op::SERSYNC_OP_DELETE as i32 => Op::Delete,
@@ -177,10 +189,13 @@ pub(super) unsafe fn raw_config(cfg: &sersync_config) -> Result<RawConfig, Confi
         fifo: s(&cfg.fifo, "fifo")?,
         db_url: s(&cfg.db_url, "db_url")?,
         fifo_reply_dir: s(&cfg.fifo_reply_dir, "fifo_reply_dir")?,
+        runtime_dir: s(&cfg.runtime_dir, "runtime_dir")?,
         domains: s(&cfg.domains, "domains")?,
         retention_secs: cfg.retention_secs,
         retention_records: cfg.retention_records,
         usrloc_in_memory: cfg.ul_db_mode == 0,
+        alias_scan_max_delete: u64::from(cfg.alias_scan_max_delete),
+        alias_scan_max_delete_pct: u64::from(cfg.alias_scan_max_delete_pct),
     })
 }
 

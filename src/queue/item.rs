@@ -20,9 +20,11 @@ pub enum Item {
         table: Vec<u8>,
     },
     /// The scan ends; the ingest concludes it ([`crate::scan`]).
+    /// `confirmed`: the operator confirmed its deletions, however many.
     ScanEnd {
         #[serde(with = "serde_bytes")]
         table: Vec<u8>,
+        confirmed: bool,
     },
     /// `sersync.forget`: remove a member for good; the members learn it
     /// by gossip.
@@ -30,6 +32,11 @@ pub enum Item {
     /// `sersync.quarantine_retry` / `_drop`: the quarantined change `id`,
     /// or all of them when 0 ([`crate::apply::quarantine`]).
     Quarantine { retry: bool, id: u64 },
+    /// The scan gave up: nothing is deleted for it.
+    ScanAbort {
+        #[serde(with = "serde_bytes")]
+        table: Vec<u8>,
+    },
 }
 
 /// Borrowed twin of [`Item`] with the same encoding: what a SIP worker
@@ -44,6 +51,7 @@ pub enum ItemRef<'a> {
     ScanEnd {
         #[serde(with = "serde_bytes")]
         table: &'a [u8],
+        confirmed: bool,
     },
     Forget {
         node_id: &'a str,
@@ -52,6 +60,10 @@ pub enum ItemRef<'a> {
         retry: bool,
         id: u64,
     },
+    ScanAbort {
+        #[serde(with = "serde_bytes")]
+        table: &'a [u8],
+    },
 }
 
 impl Item {
@@ -59,12 +71,16 @@ impl Item {
         match self {
             Item::Change(rec) => ItemRef::Change(rec.as_ref()),
             Item::ScanBegin { table } => ItemRef::ScanBegin { table },
-            Item::ScanEnd { table } => ItemRef::ScanEnd { table },
+            Item::ScanEnd { table, confirmed } => ItemRef::ScanEnd {
+                table,
+                confirmed: *confirmed,
+            },
             Item::Forget { node_id } => ItemRef::Forget { node_id },
             Item::Quarantine { retry, id } => ItemRef::Quarantine {
                 retry: *retry,
                 id: *id,
             },
+            Item::ScanAbort { table } => ItemRef::ScanAbort { table },
         }
     }
 }
@@ -102,6 +118,10 @@ mod tests {
                 table: b"dbaliases".to_vec(),
             },
             Item::ScanEnd {
+                table: b"dbaliases".to_vec(),
+                confirmed: true,
+            },
+            Item::ScanAbort {
                 table: b"dbaliases".to_vec(),
             },
             Item::Forget {
