@@ -65,7 +65,9 @@ fn wait_holds(node: &Node, aliases: usize, phones: usize, what: &str) {
         if (a, p) == (aliases, phones) {
             Ok(())
         } else {
-            Err(format!("{a} aliases and {p} phones, expected {aliases} and {phones}"))
+            Err(format!(
+                "{a} aliases and {p} phones, expected {aliases} and {phones}"
+            ))
         }
     });
 }
@@ -95,7 +97,10 @@ fn unappliable_records_are_quarantined_and_the_rest_flow() {
     for n in [1, 3] {
         let node = c.node(n);
         let q = wait_held(node, 2, "both aliases quarantined");
-        assert!(q["last_reason"].as_str().unwrap_or("").starts_with(REFUSAL), "{q}");
+        assert!(
+            q["last_reason"].as_str().unwrap_or("").starts_with(REFUSAL),
+            "{q}"
+        );
         let records = q["records"].as_array().cloned().unwrap_or_default();
         assert_eq!(records.len(), 2, "{q}");
         for (r, (alias, _)) in records.iter().zip(ALIASES) {
@@ -107,11 +112,18 @@ fn unappliable_records_are_quarantined_and_the_rest_flow() {
                 rec.starts_with("upsert contact aliases/") && rec.contains(alias),
                 "{q}"
             );
-            assert!(r["reason"].as_str().unwrap_or("").starts_with(REFUSAL), "{q}");
+            assert!(
+                r["reason"].as_str().unwrap_or("").starts_with(REFUSAL),
+                "{q}"
+            );
         }
         let st = node.status();
         assert_eq!(st.quarantined, 2, "{}", st.summary());
-        assert!(st.quarantine_last_reason.starts_with(REFUSAL), "{}", st.summary());
+        assert!(
+            st.quarantine_last_reason.starts_with(REFUSAL),
+            "{}",
+            st.summary()
+        );
         assert_eq!(st.apply_pending, 0, "{}", st.summary());
         // One log line for the cause, not one per record.
         assert_eq!(
@@ -139,17 +151,24 @@ fn unappliable_records_are_quarantined_and_the_rest_flow() {
     assert_eq!(held(node3), 2);
 
     // Node 3 drops one by id, then the rest; its SER never gets them.
-    let first = quarantine(node3)["records"][0]["id"].as_u64().expect("an id");
+    let first = quarantine(node3)["records"][0]["id"]
+        .as_u64()
+        .expect("an id");
     assert_eq!(
         node3.rpc("sersync.quarantine_drop", json!([first.to_string()])),
         Ok(json!("ok"))
     );
     wait_held(node3, 1, "one dropped");
-    assert_eq!(node3.rpc("sersync.quarantine_drop", json!(["all"])), Ok(json!("ok")));
+    assert_eq!(
+        node3.rpc("sersync.quarantine_drop", json!(["all"])),
+        Ok(json!("ok"))
+    );
     let q = wait_held(node3, 0, "all dropped");
     assert_eq!(q["last_reason"], "", "{q}");
     assert_eq!(
-        node3.rpc("sersync.quarantine_retry", json!(["all"])).map_err(|e| e.contains("404")),
+        node3
+            .rpc("sersync.quarantine_retry", json!(["all"]))
+            .map_err(|e| e.contains("404")),
         Err(true)
     );
 
@@ -157,7 +176,11 @@ fn unappliable_records_are_quarantined_and_the_rest_flow() {
     // The quarantine is in the journal: it survives the restart.
     let cfg_path = c.node(1).dir.join("kamailio.cfg");
     let cfg = std::fs::read_to_string(&cfg_path).expect("node 1's kamailio.cfg");
-    let cfg = cfg.replacen("loadmodule \"", &format!("{ALIASES_DEFINE}\nloadmodule \""), 1);
+    let cfg = cfg.replacen(
+        "loadmodule \"",
+        &format!("{ALIASES_DEFINE}\nloadmodule \""),
+        1,
+    );
     std::fs::write(&cfg_path, cfg).expect("writing node 1's kamailio.cfg");
     c.node_mut(1).stop().expect("node 1 stops");
     c.node_mut(1).start();
@@ -170,7 +193,12 @@ fn unappliable_records_are_quarantined_and_the_rest_flow() {
         Ok(json!("ok"))
     );
     wait_held(c.node(1), 0, "retried");
-    wait_holds(c.node(1), 2, 30, "node 1: both aliases applied by the retry");
+    wait_holds(
+        c.node(1),
+        2,
+        30,
+        "node 1: both aliases applied by the retry",
+    );
     wait_holds(c.node(3), 0, 30, "node 3: still no alias");
     expect_log(
         c.node(1),
@@ -180,5 +208,8 @@ fn unappliable_records_are_quarantined_and_the_rest_flow() {
     );
 
     c.stop_all();
-    eprintln!("e2e: quarantine test took {:.1} s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "e2e: quarantine test took {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
 }

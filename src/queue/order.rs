@@ -164,6 +164,18 @@ impl Shared {
         admitted
     }
 
+    /// The version usrloc holds for a contact as far as the table knows:
+    /// the stamp noted for it, or the bucket's floor it is at most (or
+    /// older than this SER's start) when forgotten or never noted. For the
+    /// proof's repair: which side of a difference is newer.
+    pub fn version_held(&self, key: u64) -> crate::digest::Held {
+        let b = self.bucket(key).lock();
+        match b.find(key) {
+            Some(i) => crate::digest::Held::Known(b.stamp(i)),
+            None => crate::digest::Held::AtMost(b.floor()),
+        }
+    }
+
     /// Remote changes usrloc did not take because it held a newer version.
     pub fn superseded(&self) -> u64 {
         self.header().superseded.0.load(Ordering::Relaxed)
