@@ -90,23 +90,6 @@ fn the_version(
     }
 }
 
-/// The PID of `node`'s jsonrpcs FIFO process: sersync's RPC door.
-fn door_pid(node: &Node) -> u32 {
-    let text = node.kamcmd(&["core.psx"]).expect("kamcmd core.psx");
-    let mut pid = None;
-    for line in text.lines().map(str::trim) {
-        if let Some(p) = line.strip_prefix("PID:") {
-            pid = p.trim().parse::<u32>().ok();
-        } else if line.starts_with("DSC:") && line.contains("JSONRPCS FIFO") {
-            return pid.expect("PID before DSC in core.psx");
-        }
-    }
-    panic!(
-        "{}: no JSONRPCS FIFO process in core.psx:\n{text}",
-        node.name()
-    );
-}
-
 /// sersync.status over HTTP (SIP workers serve it): the FIFO is the door
 /// this test stops.
 fn status_over_http(node: &Node) -> SersyncStatus {
@@ -123,32 +106,6 @@ fn received_from(node: &Node, id: &str) -> u64 {
         .iter()
         .find(|p| p.node_id == id)
         .map_or(0, |p| p.received)
-}
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a process of our own cluster.
-    assert_eq!(
-        unsafe { libc::kill(pid as i32, sig) },
-        0,
-        "kill {pid} {sig}"
-    );
-}
-
-/// Continues a stopped process when dropped, also if the test fails.
-struct Stopped(u32);
-
-impl Stopped {
-    fn new(pid: u32) -> Stopped {
-        signal(pid, libc::SIGSTOP);
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        // SAFETY: as above; failure (the process is gone) is harmless here.
-        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
-    }
 }
 
 /// Node 2's door is stopped (SIGSTOP) while the phones register again on
@@ -173,7 +130,7 @@ fn neither_a_stuck_door_nor_a_restore_overwrites_a_newer_registration() {
     let before = n2.status().apply_superseded;
 
     let received_before = received_from(n2, "n1");
-    let door = Stopped::new(door_pid(n2));
+    let door = Stopped::new(n2.process_pid("JSONRPCS FIFO"));
     sipp_register(n1, &phones(2), RATE, "v2-n1");
     // Node 2's engine holds node 1's second version, and its applier is
     // stuck in the door with it.

@@ -38,13 +38,15 @@ pub(super) struct Header {
 
 impl Shared {
     /// Maps a region with `slots` slots (rounded up to a power of two, at
-    /// least 64) and as many buckets of versions ([`super::order`]). Call
-    /// before fork; starts no thread.
+    /// least 64) and as many buckets of versions ([`super::order`]), at
+    /// least [`super::order::MIN_BUCKETS`]. Call before fork; starts no
+    /// thread.
     pub fn create(slots: u32) -> Result<Shared, QueueError> {
         let slots = (slots.max(64) as u64).next_power_of_two();
         let order_off =
             std::mem::size_of::<Header>().next_multiple_of(64) + slots as usize * SLOT_SIZE;
-        let len = order_off + slots as usize * std::mem::size_of::<Bucket>();
+        let buckets = slots.max(super::order::MIN_BUCKETS);
+        let len = order_off + buckets as usize * std::mem::size_of::<Bucket>();
         let map = os::SharedMap::new(len).map_err(QueueError::Map)?;
         // On failure `map` is unmapped as it drops.
         let efd = os::eventfd().map_err(QueueError::Map)?;
@@ -53,6 +55,7 @@ impl Shared {
             _map: map,
             mask: slots - 1,
             order_off,
+            order_mask: buckets - 1,
             // Inherited by every process SER forks: one key everywhere.
             order_keys: std::hash::RandomState::new(),
         };

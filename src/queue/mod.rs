@@ -35,8 +35,9 @@ pub struct Shared {
     /// Owns what `base` points into; unmapped as it drops.
     _map: crate::os::SharedMap,
     mask: u64,
-    /// Where the buckets of versions start (as many as slots).
+    /// Where the buckets of versions start, and their number - 1.
     order_off: usize,
+    order_mask: u64,
     /// Keys the hash of a contact's bucket: a stranger choosing AORs cannot
     /// aim at one bucket.
     order_keys: std::hash::RandomState,

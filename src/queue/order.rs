@@ -12,7 +12,7 @@
 //! first, usrloc ends with the newer version, as the journals do.
 //!
 //! Memory is bounded: buckets of [`WAYS`] entries (key hash, stamp), one
-//! cache line each, as many buckets as queue slots. A full bucket forgets
+//! cache line each, as many buckets as queue slots (at least 16,384). A full bucket forgets
 //! its oldest entry and keeps that stamp as the bucket's floor: a contact
 //! not found was last changed at or before the floor, or before this SER
 //! started (loaded from its database: the start-up comparison judges
@@ -27,6 +27,10 @@ use super::Shared;
 
 /// Entries per bucket: the bucket fills one cache line.
 const WAYS: usize = 3;
+
+/// Buckets at the least (1 MiB), however small the queue: the versions of
+/// about the last 49,000 changes.
+pub(super) const MIN_BUCKETS: u64 = 16_384;
 
 #[repr(C, align(64))]
 pub(super) struct Bucket {
@@ -110,9 +114,9 @@ impl Locked<'_> {
 
 impl Shared {
     fn bucket(&self, key: u64) -> &Bucket {
-        let i = (key >> 7) & self.mask;
+        let i = (key >> 7) & self.order_mask;
         let off = self.order_off + i as usize * std::mem::size_of::<Bucket>();
-        // SAFETY: `create` mapped mask + 1 buckets from order_off, aligned
+        // SAFETY: `create` mapped order_mask + 1 buckets from order_off, aligned
         // to 64 bytes (the region is page-aligned and order_off a multiple
         // of 64); a bucket is only touched through atomics.
         unsafe { &*(self.base.add(off) as *const Bucket) }
@@ -208,7 +212,7 @@ mod tests {
         let sh = Shared::create(64).unwrap();
         // Keys of one bucket: more than it holds.
         let first = sh.order_key(b"location", b"u0", b"c");
-        let same_bucket: Vec<u64> = (1..100_000)
+        let same_bucket: Vec<u64> = (1..2_000_000)
             .map(|i| sh.order_key(b"location", format!("u{i}").as_bytes(), b"c"))
             .filter(|k| std::ptr::eq(sh.bucket(*k), sh.bucket(first)))
             .take(WAYS)

@@ -152,3 +152,30 @@ impl Drop for ChildGuard {
         }
     }
 }
+
+/// Sends `sig` to `pid`; panics if it cannot.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a process of our own cluster.
+    assert_eq!(
+        unsafe { libc::kill(pid as i32, sig) },
+        0,
+        "kill {pid} {sig}"
+    );
+}
+
+/// Continues a stopped process when dropped, also if the test fails.
+pub struct Stopped(u32);
+
+impl Stopped {
+    pub fn new(pid: u32) -> Stopped {
+        signal(pid, libc::SIGSTOP);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above; failure (the process is gone) is harmless here.
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
+}

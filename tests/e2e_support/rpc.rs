@@ -243,6 +243,21 @@ impl Node {
             .ok_or_else(|| fault(format!("{method}: reply without result: {}", short(&v))))
     }
 
+    /// The PID of the node's process that `core.psx` describes as `dsc`
+    /// (e.g. "JSONRPCS FIFO", "sersync"), asked over kamcmd.
+    pub fn process_pid(&self, dsc: &str) -> u32 {
+        let text = self.kamcmd(&["core.psx"]).expect("kamcmd core.psx");
+        let mut pid = None;
+        for line in text.lines().map(str::trim) {
+            if let Some(p) = line.strip_prefix("PID:") {
+                pid = p.trim().parse::<u32>().ok();
+            } else if line.strip_prefix("DSC:").map(str::trim) == Some(dsc) {
+                return pid.expect("PID before DSC in core.psx");
+            }
+        }
+        panic!("{}: no process {dsc:?} in core.psx:\n{text}", self.name());
+    }
+
     /// kamcmd through the node's binrpc socket (ctl); its output.
     pub fn kamcmd(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new("kamcmd")
