@@ -15,7 +15,8 @@ use ports::{connect_when_listening, free_port};
 mod peer;
 
 use std::collections::BTreeMap;
-use std::net::TcpStream;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,8 @@ use sersync::error::ApplyError;
 use sersync::journal::Journal;
 use sersync::queue::Shared;
 use sersync::record::{Contact, Op, Record, SnapRow};
-use sersync::wire::{Frame, RawSnapRow, Session};
+use sersync::wire::auth::{self, Role, Transcript};
+use sersync::wire::{Frame, FrameReader, KeyVersion, RawSnapRow, Session, MAGIC};
 
 const SECRET: &[u8] = b"peer-check-test-secret";
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -332,46 +334,123 @@ fn contacts_expiring_during_checks_are_no_divergence() {
     n2.stop();
 }
 
+/// One end of a link spoken by hand: a socket and the frames buffered
+/// from it (a read may bring several).
+struct Link {
+    s: TcpStream,
+    r: FrameReader,
+}
+
+impl Link {
+    fn new(s: TcpStream) -> Link {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Link {
+            s,
+            r: FrameReader::new(),
+        }
+    }
+
+    /// The next frame, None at EOF, on an error or after the timeout.
+    fn frame(&mut self) -> Option<Frame> {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            if let Some(f) = self.r.next_frame().ok()? {
+                return Some(f);
+            }
+            match self.s.read(&mut buf) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.r.extend(&buf[..n]),
+            }
+        }
+    }
+
+    /// The next frame that is not a member list, with its encoded size.
+    fn next(&mut self) -> Option<(Frame, usize)> {
+        loop {
+            let f = self.frame()?;
+            if !matches!(f, Frame::Members { .. }) {
+                let n = size(&f);
+                return Some((f, n));
+            }
+        }
+    }
+
+    fn send(&mut self, f: &Frame) {
+        peer::send(&mut self.s, f);
+    }
+}
+
+fn session(version: u16) -> Session {
+    Session {
+        version,
+        incarnation: 1,
+        run: 7,
+        seen: 0,
+        seen_run: 0,
+        capabilities: Vec::new(),
+    }
+}
+
 /// A hand-written v3 dialer, authenticated, after its session frame.
-fn dial_v3(port: u16, id: &str) -> TcpStream {
-    let mut s = connect_when_listening(port);
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let (acceptor, nonce) = peer::challenge(&mut s);
-    peer::send(
-        &mut s,
-        &peer::hello(SECRET, id, &acceptor, &nonce, 3, "tcp:127.0.0.1:9"),
-    );
-    match peer::read_frame(&mut s) {
+fn dial_v3(port: u16, id: &str) -> Link {
+    let mut s = Link::new(connect_when_listening(port));
+    let (acceptor, nonce) = match s.frame() {
+        Some(Frame::Challenge { node_id, nonce, .. }) => (node_id, nonce),
+        other => panic!("expected the node's challenge, got {other:?}"),
+    };
+    s.send(&peer::hello(
+        SECRET,
+        id,
+        &acceptor,
+        &nonce,
+        3,
+        "tcp:127.0.0.1:9",
+    ));
+    match s.frame() {
         Some(Frame::WelcomeV2 { session, .. }) => assert_eq!(session.version, 3),
         other => panic!("expected a v3 welcome, got {other:?}"),
     }
-    peer::send(
-        &mut s,
-        &Frame::DialerSession {
-            session: Session {
-                version: 3,
-                incarnation: 1,
-                run: 7,
-                seen: 0,
-                seen_run: 0,
-                capabilities: Vec::new(),
-            },
-        },
-    );
+    s.send(&Frame::DialerSession {
+        session: session(3),
+    });
     s
 }
 
-/// The next frame that is not a member list, with its encoded size.
-fn next(s: &mut TcpStream) -> Option<(Frame, usize)> {
-    loop {
-        let f = peer::read_frame(s)?;
-        if matches!(f, Frame::Members { .. }) {
-            continue;
-        }
-        let mut b = Vec::new();
-        f.write_to(&mut b).unwrap();
-        return Some((f, b.len()));
-    }
+/// A hand-written acceptor `id` on `l` speaking up to `version`: takes
+/// the engine's connection and welcomes it as a node of that version.
+fn accept(l: &TcpListener, id: &str, version: u16) -> Link {
+    let (s, _) = l.accept().unwrap();
+    let mut s = Link::new(s);
+    let nonce_a = auth::fresh_nonce();
+    s.send(&Frame::Challenge {
+        magic: MAGIC,
+        version: 1,
+        node_id: id.into(),
+        nonce: nonce_a,
+    });
+    let Some(Frame::Hello {
+        node_id,
+        nonce: nonce_d,
+        version: stated,
+        ..
+    }) = s.frame()
+    else {
+        panic!("expected a hello")
+    };
+    let chosen = stated.min(version);
+    let tr = Transcript {
+        nonce_a: &nonce_a,
+        nonce_d: &nonce_d,
+        dialer: &node_id,
+        acceptor: id,
+    };
+    s.send(&Frame::WelcomeV2 {
+        tag: auth::tag_for(SECRET, Role::Acceptor, &tr, chosen),
+        resume_after: 0,
+        snapshot: None,
+        session: session(chosen),
+    });
+    s
 }
 
 fn size(f: &Frame) -> usize {
@@ -411,8 +490,8 @@ fn digest_exchange_of_empty_and_large_states_bytes_and_time() {
             digest: digest.clone(),
         };
         let t = Instant::now();
-        peer::send(&mut s, &ask);
-        let (reply, reply_bytes) = next(&mut s).expect("an answer");
+        s.send(&ask);
+        let (reply, reply_bytes) = s.next().expect("an answer");
         let equal_took = t.elapsed();
         let Frame::CheckVersions {
             differing, ranges, ..
@@ -437,8 +516,8 @@ fn digest_exchange_of_empty_and_large_states_bytes_and_time() {
                 digest: Digest::of(&records(&lacking), at),
             };
             let t = Instant::now();
-            peer::send(&mut s, &ask);
-            let (reply, reply_bytes) = next(&mut s).expect("an answer");
+            s.send(&ask);
+            let (reply, reply_bytes) = s.next().expect("an answer");
             let diff_took = t.elapsed();
             let Frame::CheckVersions {
                 differing,
@@ -461,8 +540,8 @@ fn digest_exchange_of_empty_and_large_states_bytes_and_time() {
                 rows: vec![],
                 want: missing.clone(),
             };
-            peer::send(&mut s, &want);
-            let (got, rows_bytes) = next(&mut s).expect("rows");
+            s.send(&want);
+            let (got, rows_bytes) = s.next().expect("rows");
             let total_took = t.elapsed();
             let Frame::CheckRows { rows: got, .. } = got else {
                 panic!("expected rows, got {got:?}")
@@ -512,29 +591,23 @@ fn a_peer_that_lies_or_sends_garbage_costs_bounded_work_and_breaks_nothing() {
     };
     let t = Instant::now();
     for check in 0..40 {
-        peer::send(
-            &mut s,
-            &Frame::CheckDigest {
-                check,
-                at,
-                digest: lie.clone(),
-            },
-        );
+        s.send(&Frame::CheckDigest {
+            check,
+            at,
+            digest: lie.clone(),
+        });
     }
     // Garbage: a digest of 3 ranges, a check time a day off, rows and
     // wants for no check, too many wants.
-    peer::send(
-        &mut s,
-        &Frame::CheckDigest {
-            check: 99,
-            at,
-            digest: Digest {
-                counts: vec![1; 3],
-                sums: vec![1; 3],
-            },
+    s.send(&Frame::CheckDigest {
+        check: 99,
+        at,
+        digest: Digest {
+            counts: vec![1; 3],
+            sums: vec![1; 3],
         },
-    );
-    let (first, bytes) = next(&mut s).expect("the first lie answered");
+    });
+    let (first, bytes) = s.next().expect("the first lie answered");
     let answered_in = t.elapsed();
     let Frame::CheckVersions {
         check, versions, ..
@@ -546,64 +619,49 @@ fn a_peer_that_lies_or_sends_garbage_costs_bounded_work_and_breaks_nothing() {
     assert_eq!(versions.len(), 5000, "every range listed, once");
     println!("a lie about every range cost one answer: {bytes} bytes in {answered_in:?}");
     // Its answer to the lie: garbage rows and a request for keys it made up.
-    peer::send(
-        &mut s,
-        &Frame::CheckRows {
-            check: 0,
-            rows: vec![
-                RawSnapRow {
-                    origin: "x".into(),
-                    hlc: u64::MAX,
-                    record: vec![42, 1, 2],
-                },
-                RawSnapRow {
-                    origin: "x".into(),
-                    hlc: u64::MAX,
-                    record: vec![],
-                },
-            ],
-            want: vec![1, 2, 3],
-        },
-    );
-    let (rows_back, _) = next(&mut s).expect("an answer to the request");
+    s.send(&Frame::CheckRows {
+        check: 0,
+        rows: vec![
+            RawSnapRow {
+                origin: "x".into(),
+                hlc: u64::MAX,
+                record: vec![42, 1, 2],
+            },
+            RawSnapRow {
+                origin: "x".into(),
+                hlc: u64::MAX,
+                record: vec![],
+            },
+        ],
+        want: vec![1, 2, 3],
+    });
+    let (rows_back, _) = s.next().expect("an answer to the request");
     assert!(matches!(rows_back, Frame::CheckRows { ref rows, .. } if rows.is_empty()));
-    peer::send(
-        &mut s,
-        &Frame::CheckRows {
-            check: 0,
-            rows: vec![],
-            want: vec![1],
-        },
-    );
-    peer::send(
-        &mut s,
-        &Frame::CheckRows {
-            check: 5,
-            rows: vec![],
-            want: vec![0; 100_000],
-        },
-    );
+    s.send(&Frame::CheckRows {
+        check: 0,
+        rows: vec![],
+        want: vec![1],
+    });
+    s.send(&Frame::CheckRows {
+        check: 5,
+        rows: vec![],
+        want: vec![0; 100_000],
+    });
     std::thread::sleep(INTERVAL);
-    peer::send(
-        &mut s,
-        &Frame::CheckDigest {
-            check: 100,
-            at: at - 86_400,
-            digest: lie.clone(),
-        },
-    );
+    s.send(&Frame::CheckDigest {
+        check: 100,
+        at: at - 86_400,
+        digest: lie.clone(),
+    });
     // After half an interval, an honest digest is answered again: the
     // link still works, and nothing was staged.
     let at = now_s();
-    peer::send(
-        &mut s,
-        &Frame::CheckDigest {
-            check: 101,
-            at,
-            digest: Digest::of(&records(&rows), at),
-        },
-    );
-    let (again, _) = next(&mut s).expect("the honest check answered");
+    s.send(&Frame::CheckDigest {
+        check: 101,
+        at,
+        digest: Digest::of(&records(&rows), at),
+    });
+    let (again, _) = s.next().expect("the honest check answered");
     assert!(
         matches!(again, Frame::CheckVersions { check: 101, ref ranges, .. } if ranges.is_empty()),
         "got {again:?}"
@@ -619,5 +677,119 @@ fn a_peer_that_lies_or_sends_garbage_costs_bounded_work_and_breaks_nothing() {
     assert_eq!(st.peer_check_repaired, 0);
     assert_eq!(node.usrloc.len(), 5000);
     drop(s);
+    node.stop();
+}
+
+#[test]
+fn a_lying_peer_answering_checks_gets_nothing_staged_and_a_v2_peer_no_check() {
+    let l2 = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let l3 = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let ports = vec![
+        l2.local_addr().unwrap().port(),
+        l3.local_addr().unwrap().port(),
+    ];
+    let mut node = Node::new("honest", free_port(), ports);
+    let now = now_s();
+    let rows: Vec<SnapRow> = (0..300)
+        .map(|i| {
+            let c = contact(&format!("u-{i}"), 1, now + 3600);
+            row("n0", stamp(60_000) + i, Op::Upsert, c)
+        })
+        .collect();
+    node.write(&[], &rows);
+    node.start();
+    let mut v2 = accept(&l2, "old", 2);
+    let mut liar = accept(&l3, "liar", 3);
+    let mut digests = 0;
+    let t = Instant::now();
+    let mut asked = Vec::new();
+    // Five checks, each answered with a lie: versions for another check,
+    // an origin the frame does not name, more than the bound, and then
+    // (twice) 100,000 keys it claims to hold newer, followed by rows
+    // that are not what was asked for.
+    while digests < 5 || asked.len() < 2 {
+        let (f, _) = liar.next().expect("the engine's frames");
+        match f {
+            Frame::CheckDigest { check, .. } => {
+                digests += 1;
+                let made_up = |n: u64, origin: u16| -> Vec<KeyVersion> {
+                    (0..n)
+                        .map(|k| KeyVersion {
+                            key: k,
+                            hlc: 1 << 16,
+                            origin,
+                            live: true,
+                        })
+                        .collect()
+                };
+                let (check, origins, versions) = match digests {
+                    1 => (check + 1000, vec!["x".to_string()], made_up(3, 0)),
+                    2 => (check, vec!["x".to_string()], made_up(3, 5)),
+                    3 => (check, vec!["x".to_string()], made_up(100_001, 0)),
+                    _ => (check, vec!["x".to_string()], made_up(99_000, 0)),
+                };
+                liar.send(&Frame::CheckVersions {
+                    check,
+                    differing: 256,
+                    ranges: (0..256).collect(),
+                    origins,
+                    versions,
+                });
+            }
+            Frame::CheckRows { check, want, rows } => {
+                assert!(rows.len() <= 2000 && want.len() <= 2000);
+                asked.push(want.len());
+                let garbage = RawSnapRow {
+                    origin: "x".into(),
+                    hlc: 1 << 16,
+                    record: vec![0; 40],
+                };
+                let stranger = RawSnapRow {
+                    origin: "x".into(),
+                    hlc: 1 << 16,
+                    record: {
+                        let mut b = Vec::new();
+                        let rec = Record::Contact {
+                            op: Op::Delete,
+                            contact: contact("u-1", 9, now + 3600),
+                        };
+                        sersync::codec::encode_into(&rec, &mut b).unwrap();
+                        b
+                    },
+                };
+                liar.send(&Frame::CheckRows {
+                    check,
+                    rows: vec![garbage, stranger],
+                    want: vec![],
+                });
+            }
+            _ => {}
+        }
+    }
+    let took = t.elapsed();
+    let st = node.status();
+    println!(
+        "five lying answers in {took:?}: {} checks, {} ignored, {} divergences claimed, \
+         {} repaired; asked for {asked:?}",
+        st.peer_checks, st.peer_check_ignored, st.peer_check_divergences, st.peer_check_repaired
+    );
+    assert_eq!(asked, vec![2000, 2000], "the claims were bounded");
+    assert!(st.peer_check_ignored >= 3, "three lies out of bounds");
+    assert_eq!(
+        st.peer_check_repaired, 0,
+        "nothing the liar sent was staged"
+    );
+    assert_eq!(node.usrloc.get("u-1").map(|c| c.cseq), Some(1));
+    assert!(st.peers.iter().all(|p| p.connects == 1), "no link dropped");
+    // The v2 peer heard member lists in the meantime, never a check.
+    v2.s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    while let Some(f) = v2.frame() {
+        assert!(
+            matches!(f, Frame::DialerSession { .. } | Frame::Members { .. }),
+            "a v2 peer got {f:?}"
+        );
+    }
+    drop((v2, liar));
     node.stop();
 }
