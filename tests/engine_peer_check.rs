@@ -793,3 +793,59 @@ fn a_lying_peer_answering_checks_gets_nothing_staged_and_a_v2_peer_no_check() {
     drop((v2, liar));
     node.stop();
 }
+
+#[test]
+fn a_thousand_contacts_lost_among_fifty_thousand_are_repaired_within_an_interval() {
+    let (mut n1, mut n2) = pair();
+    let now = now_s();
+    let old = stamp(60_000);
+    let both: Vec<SnapRow> = (0..49_000)
+        .map(|i| {
+            row(
+                "n0",
+                old + i,
+                Op::Upsert,
+                contact(&format!("c-{i}"), 1, now + 3600),
+            )
+        })
+        .collect();
+    let lost: Vec<SnapRow> = (0..1000)
+        .map(|i| {
+            row(
+                "n1",
+                old + i,
+                Op::Upsert,
+                contact(&format!("lost-{i}"), 1, now + 3600),
+            )
+        })
+        .collect();
+    let mut behind1 = both.clone();
+    behind1.extend(lost);
+    n1.write(&[], &behind1);
+    n2.write(&[], &both);
+    let t0 = Instant::now();
+    n1.start();
+    n2.start();
+    wait_for("the lost contacts at n2", Duration::from_secs(30), || {
+        n2.usrloc.len() == 50_000
+    });
+    let took = t0.elapsed();
+    let (s1, s2) = (n1.status(), n2.status());
+    println!(
+        "1,000 of 50,000 contacts lost: repaired at n2 {took:?} after start (check every \
+         {INTERVAL:?}); n1: {} checks, {} ranges, {} divergences; n2: {} checks, {} ranges, \
+         {} divergences, {} repaired",
+        s1.peer_checks,
+        s1.peer_check_ranges,
+        s1.peer_check_divergences,
+        s2.peer_checks,
+        s2.peer_check_ranges,
+        s2.peer_check_divergences,
+        s2.peer_check_repaired
+    );
+    assert_eq!(s2.peer_check_repaired, 1000);
+    n1.stop();
+    n2.stop();
+    let at = now_s();
+    assert_eq!(n1.digest(at), n2.digest(at));
+}
