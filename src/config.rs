@@ -36,6 +36,10 @@ pub struct Config {
     /// An open alias scan that sent nothing for this long, with the
     /// worker queue empty, is ended ([`ALIAS_SCAN_IDLE_MAX`]).
     pub alias_scan_idle_max: Duration,
+    /// How often this node checks that each peer's state equals its own
+    /// ([`PEER_CHECK_INTERVAL`]); a peer's checks more frequent than half
+    /// of it are ignored.
+    pub peer_check_interval: Duration,
     /// SER's SQLite database for the fallback path.
     pub database: Option<PathBuf>,
     /// Journal entries older than this are dropped even if a peer has not
@@ -104,6 +108,11 @@ pub const ALIAS_SCAN_MAX_DELETE_PCT: u64 = 10;
 /// took longer than SERSYNC_SCAN_READ_MAX_S, 30 s).
 pub const ALIAS_SCAN_IDLE_MAX: Duration = Duration::from_secs(60);
 
+/// Default interval of the peer check: a divergence (a change lost on
+/// the way, a journal restored from a backup) is repaired within about
+/// this long, for about 3 KiB per peer per check when states are equal.
+pub const PEER_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Defaults for retention: a day, or a million changes.
 pub const RETENTION_MS: u64 = 24 * 3600 * 1000;
 pub const RETENTION_RECORDS: u64 = 1_000_000;
@@ -130,6 +139,8 @@ pub struct RawConfig {
     /// Alias scan deletion limit (0: the default, 100 and 10%).
     pub alias_scan_max_delete: u64,
     pub alias_scan_max_delete_pct: u64,
+    /// Peer check interval in seconds (0: the default, 60 s).
+    pub peer_check_secs: u64,
 }
 
 /// Parses "tcp:ip:port" (the "tcp:" prefix may be omitted).
@@ -308,6 +319,10 @@ impl RawConfig {
             reply_dir,
             alias_delete_limit,
             alias_scan_idle_max: ALIAS_SCAN_IDLE_MAX,
+            peer_check_interval: match self.peer_check_secs {
+                0 => PEER_CHECK_INTERVAL,
+                n => Duration::from_secs(n),
+            },
             database,
             retention_ms: if self.retention_secs == 0 {
                 RETENTION_MS

@@ -82,6 +82,19 @@ pub struct Counters {
     /// Aliases the latest scan deleted, and deletions it refused.
     pub alias_scan_removed: AtomicU64,
     pub alias_scan_refused: AtomicU64,
+    /// Peer checks (`net::check`) this node made and completed: digests
+    /// compared with a peer's.
+    pub peer_checks: AtomicU64,
+    /// Ranges compared key by key (their digests differed).
+    pub peer_check_ranges: AtomicU64,
+    /// Keys whose versions differed there (found by this node's checks).
+    pub peer_check_divergences: AtomicU64,
+    /// Versions staged here by checks (either side's): rows that were
+    /// missing or newer than the state's.
+    pub peer_check_repaired: AtomicU64,
+    /// Check frames from peers ignored: too frequent, out of bounds, or
+    /// answering no check of ours.
+    pub peer_check_ignored: AtomicU64,
 }
 
 /// One quarantined change as the status lists it.
@@ -134,6 +147,11 @@ pub struct Snapshot {
     pub alias_scans: u64,
     pub alias_scan_removed: u64,
     pub alias_scan_refused: u64,
+    pub peer_checks: u64,
+    pub peer_check_ranges: u64,
+    pub peer_check_divergences: u64,
+    pub peer_check_repaired: u64,
+    pub peer_check_ignored: u64,
     pub incarnation: u64,
     pub quarantined: u64,
     pub peers: Vec<PeerStatus>,
@@ -182,6 +200,11 @@ impl Status {
             alias_scans: c.alias_scans.load(Ordering::SeqCst),
             alias_scan_removed: c.alias_scan_removed.load(Ordering::SeqCst),
             alias_scan_refused: c.alias_scan_refused.load(Ordering::SeqCst),
+            peer_checks: c.peer_checks.load(Ordering::Relaxed),
+            peer_check_ranges: c.peer_check_ranges.load(Ordering::Relaxed),
+            peer_check_divergences: c.peer_check_divergences.load(Ordering::Relaxed),
+            peer_check_repaired: c.peer_check_repaired.load(Ordering::Relaxed),
+            peer_check_ignored: c.peer_check_ignored.load(Ordering::Relaxed),
             incarnation: self.incarnation.load(Ordering::Relaxed),
             quarantined: c.quarantined.load(Ordering::Relaxed),
             peers: self

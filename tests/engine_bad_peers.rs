@@ -20,7 +20,7 @@ use sersync::engine::Engine;
 use sersync::error::ApplyError;
 use sersync::queue::Shared;
 use sersync::record::{Contact, Op, Record, RecordRef};
-use sersync::wire::version::NEWEST;
+use sersync::wire::version::{NEWEST, OLDEST};
 use sersync::wire::{Frame, VERSION};
 
 const SECRET: &[u8] = b"bad-peer-test-secret";
@@ -207,7 +207,8 @@ fn wrong_secret_replayed_handshake_and_unknown_version_are_refused() {
     send(&mut s, &hello(SECRET, "ancient", &id, &nonce, 0));
     match read_frame(&mut s) {
         Some(Frame::Refuse { reason }) => {
-            assert!(reason.contains("protocol v1 to v2 only"), "{reason}")
+            let spoken = format!("protocol v{OLDEST} to v{NEWEST} only");
+            assert!(reason.contains(&spoken), "{reason}")
         }
         other => panic!("expected a refusal, got {other:?}"),
     }

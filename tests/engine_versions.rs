@@ -234,8 +234,8 @@ fn a_v1_node_and_this_engine_exchange_changes_both_ways() {
     };
     let (engine, shared) = start("new", pe, &[pv], dir.path(), &applied);
 
-    // This engine → the v1 node: it states v2 first, is refused, says
-    // hello again stating v1, and sends v1 batches only.
+    // This engine → the v1 node: it states its newest first, is refused,
+    // says hello again stating v1, and sends v1 batches only.
     publish(&shared, "to-old");
     let mut refused = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -247,7 +247,11 @@ fn a_v1_node_and_this_engine_exchange_changes_both_ways() {
         }
     };
     assert_eq!(got, vec![b"to-old".to_vec()]);
-    assert_eq!(refused, vec![2], "the engine states v2 first, then v1");
+    assert_eq!(
+        refused,
+        vec![sersync::wire::version::NEWEST],
+        "the engine states its newest first, then v1"
+    );
 
     // The v1 node → this engine: a v1 hello gets a v1 welcome, a v1 batch
     // is acknowledged and applied.

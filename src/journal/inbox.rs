@@ -184,6 +184,25 @@ impl Journal {
         })
     }
 
+    /// Stages versions a peer check brought (rows of a peer's state, each
+    /// with its own origin and stamp) in one transaction: each enters the
+    /// inbox unless the state holds a newer version of its key (last
+    /// writer wins on (hlc, origin)). No position moves. Durable on
+    /// return.
+    pub fn stage_repair(&mut self, rows: &[SnapRow]) -> Result<StageOutcome, JournalError> {
+        self.write(|tx| {
+            let mut out = StageOutcome::default();
+            let mut stager = Stager::new(tx)?;
+            for row in rows {
+                out.fresh += 1;
+                if !stager.stage(&row.origin, row.hlc, None, &row.record)? {
+                    out.superseded += 1;
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Where a snapshot from `origin` stopped, if one is in progress:
     /// (the sender's sequence it is consistent with, last key received).
     pub fn snapshot_progress(&self, origin: &str) -> Result<Option<(u64, Vec<u8>)>, JournalError> {

@@ -112,6 +112,15 @@ impl Journal {
         &self,
         keep: impl Fn(&crate::record::Contact) -> bool,
     ) -> Result<Vec<(u64, String, Record)>, JournalError> {
+        self.contact_versions(|op, c| op == crate::record::Op::Upsert && keep(c))
+    }
+
+    /// (hlc, origin, record) of every contact version the state holds,
+    /// present or deleted, that `keep` accepts.
+    fn contact_versions(
+        &self,
+        keep: impl Fn(crate::record::Op, &crate::record::Contact) -> bool,
+    ) -> Result<Vec<(u64, String, Record)>, JournalError> {
         self.run(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT hlc, origin, body FROM state WHERE key >= X'63' AND key < X'64'",
@@ -126,17 +135,11 @@ impl Journal {
             let mut out = Vec::new();
             for row in rows {
                 let (hlc, origin, body) = row?;
-                if let Ok(
-                    rec @ Record::Contact {
-                        op: crate::record::Op::Upsert,
-                        ..
-                    },
-                ) = codec::decode::<Record>(&body)
-                {
-                    let Record::Contact { contact, .. } = &rec else {
+                if let Ok(rec @ Record::Contact { .. }) = codec::decode::<Record>(&body) {
+                    let Record::Contact { op, contact } = &rec else {
                         unreachable!()
                     };
-                    if keep(contact) {
+                    if keep(*op, contact) {
                         out.push((hlc as u64, origin, rec));
                     }
                 }
@@ -165,10 +168,35 @@ impl Journal {
         ranges: &[usize],
         now: i64,
     ) -> Result<Vec<SnapRow>, JournalError> {
-        let rows = self.live_contacts(|c| {
+        self.versions_in_ranges(ranges, now, false)
+    }
+
+    /// What a peer check compares in `ranges` (sorted) at unix time
+    /// `now`: the versions of the comparable contacts whose keys fall in
+    /// them (as [`Journal::state_in_ranges`]) and the contacts' tombstones
+    /// there, whatever their expiry (a peer that still holds the contact
+    /// must get the deletion).
+    pub fn check_versions_in_ranges(
+        &self,
+        ranges: &[usize],
+        now: i64,
+    ) -> Result<Vec<SnapRow>, JournalError> {
+        self.versions_in_ranges(ranges, now, true)
+    }
+
+    fn versions_in_ranges(
+        &self,
+        ranges: &[usize],
+        now: i64,
+        tombstones: bool,
+    ) -> Result<Vec<SnapRow>, JournalError> {
+        let rows = self.contact_versions(|op, c| {
             let c = c.as_ref();
-            crate::digest::comparable(&c, now)
-                && ranges.binary_search(&crate::digest::range_of(&c)).is_ok()
+            let compared = match op {
+                crate::record::Op::Upsert => crate::digest::comparable(&c, now),
+                crate::record::Op::Delete => tombstones,
+            };
+            compared && ranges.binary_search(&crate::digest::range_of(&c)).is_ok()
         })?;
         Ok(rows
             .into_iter()
@@ -324,6 +352,42 @@ mod tests {
         let r0 = d.counts.iter().position(|&n| n > 0).unwrap();
         let rows = j.state_in_ranges(&[r0], now).unwrap();
         assert_eq!(rows.len(), d.counts[r0] as usize);
+    }
+
+    #[test]
+    fn a_check_compares_live_contacts_and_tombstones_of_its_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let now = 1_800_000_000;
+        let range = |r: &crate::record::Record| match r {
+            crate::record::Record::Contact { contact, .. } => {
+                crate::digest::range_of(&contact.as_ref())
+            }
+            _ => unreachable!(),
+        };
+        let live = expiring("live", Op::Upsert, now + 3600);
+        let soon = expiring("soon", Op::Upsert, now + 10);
+        let gone = expiring("gone", Op::Delete, now - 5);
+        j.append_local(
+            "n1",
+            &[(1, live.clone()), (2, soon.clone()), (3, gone.clone())],
+        )
+        .unwrap();
+        let mut all = vec![range(&live), range(&soon), range(&gone)];
+        all.sort_unstable();
+        all.dedup();
+        let got: Vec<u64> = j
+            .check_versions_in_ranges(&all, now)
+            .unwrap()
+            .iter()
+            .map(|r| r.hlc)
+            .collect();
+        assert_eq!(got.len(), 2, "the live contact and the tombstone: {got:?}");
+        assert!(got.contains(&1) && got.contains(&3));
+        let others: Vec<usize> = (0..crate::digest::RANGES)
+            .filter(|r| !all.contains(r))
+            .collect();
+        assert!(j.check_versions_in_ranges(&others, now).unwrap().is_empty());
     }
 
     #[test]

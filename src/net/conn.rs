@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use super::check::{CheckIn, CheckOut};
 use super::snapshot::SnapSend;
 use super::{ACK_TIMEOUT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT};
 use crate::log;
@@ -63,6 +64,11 @@ pub(super) struct Conn {
     pub(super) version: u16,
     /// Dialer: the newest version its hello stated.
     pub(super) hello_version: u16,
+    /// Dialer: the peer check in progress (`check.rs`).
+    pub(super) check_out: Option<CheckOut>,
+    /// Acceptor: the check answered last, and when one was last answered.
+    pub(super) check_in: Option<CheckIn>,
+    pub(super) check_in_last: Option<Instant>,
 }
 
 /// What a handler decides about its connection.
@@ -88,6 +94,9 @@ pub(super) fn frame_name(f: &Frame) -> &'static str {
         Frame::WelcomeV2 { .. } => "welcome-v2",
         Frame::DialerSession { .. } => "dialer-session",
         Frame::RawBatch { .. } => "raw-batch",
+        Frame::CheckDigest { .. } => "check-digest",
+        Frame::CheckVersions { .. } => "check-versions",
+        Frame::CheckRows { .. } => "check-rows",
     }
 }
 
@@ -113,6 +122,9 @@ impl Conn {
             snap: None,
             version: crate::wire::version::OLDEST,
             hello_version: crate::wire::version::OLDEST,
+            check_out: None,
+            check_in: None,
+            check_in_last: None,
         }
     }
 

@@ -170,6 +170,27 @@ impl Net {
             {
                 self.on_dialer_session(t, session)
             }
+            (Side::Accept, Phase::Streaming, Frame::CheckDigest { check, at, digest })
+                if c.version >= 3 =>
+            {
+                self.on_check_digest(t, check, at, digest)
+            }
+            (
+                Side::Dial { .. },
+                Phase::Streaming,
+                Frame::CheckVersions {
+                    check,
+                    differing,
+                    ranges,
+                    origins,
+                    versions,
+                },
+            ) if c.version >= 3 => {
+                self.on_check_versions(t, check, differing, ranges, origins, versions)
+            }
+            (_, Phase::Streaming, Frame::CheckRows { check, rows, want }) if c.version >= 3 => {
+                self.on_check_rows(t, check, rows, want)
+            }
             (_, _, f) => Verdict::Close(format!("unexpected {} frame", frame_name(&f))),
         }
     }

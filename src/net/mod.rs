@@ -24,6 +24,7 @@ use crate::wire::auth;
 use crate::wire::version::NEWEST;
 use crate::wire::{Frame, MAGIC, VERSION};
 
+mod check;
 mod conn;
 mod dispatch;
 mod handshake;
@@ -112,6 +113,9 @@ pub struct Net {
     run: u64,
     /// The incarnation changed: every connection starts again.
     reconnect_all: bool,
+    /// When the last peer check started, and the last check's number.
+    last_check: Instant,
+    next_check: u64,
 }
 
 static STAGE_ERR: RateLimit = RateLimit::new(1000);
@@ -175,6 +179,8 @@ impl Net {
             incarnation,
             run: incarnation::fresh_run(),
             reconnect_all: false,
+            last_check: now,
+            next_check: 0,
         };
         Ok((net, waker))
     }
@@ -213,6 +219,7 @@ impl Net {
                 }
             }
             self.timers();
+            self.start_checks();
             self.pump_all();
             self.trim();
             if std::mem::take(&mut self.members_dirty) {

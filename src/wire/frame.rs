@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::{Nonce, Tag};
 use crate::codec;
+use crate::digest::Digest;
 use crate::error::WireError;
 use crate::record::{Change, SnapRow};
 
@@ -95,6 +96,63 @@ pub enum Frame {
     RawBatch {
         changes: Vec<RawChange>,
     },
+    // Protocol v3: the peer check (`net::check`), only on connections
+    // that negotiated v3 or later.
+    /// Dialer → acceptor: the dialer's state digest ([`Digest`]: per key
+    /// range, the count and sum of version hashes of its comparable
+    /// contacts) for a check made at unix time `at`.
+    CheckDigest {
+        check: u64,
+        at: i64,
+        digest: Digest,
+    },
+    /// Acceptor → dialer: how many ranges differ, the ones compared this
+    /// round (a bounded part of them) and the versions the acceptor holds
+    /// in them: comparable contacts and tombstones. Empty when the digests
+    /// are equal.
+    CheckVersions {
+        check: u64,
+        differing: u16,
+        ranges: Vec<u16>,
+        /// The origins the versions name, each once.
+        origins: Vec<String>,
+        versions: Vec<KeyVersion>,
+    },
+    /// Either way: versions the receiver lacks or holds older, and the
+    /// key hashes of those the sender wants in return.
+    CheckRows {
+        check: u64,
+        rows: Vec<RawSnapRow>,
+        want: Vec<u64>,
+    },
+}
+
+/// One version a node holds of a key, as a check compares it: the key's
+/// hash ([`key_hash`]), its stamp, its origin (an index into
+/// the frame's `origins`) and whether it is present or a tombstone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyVersion {
+    pub key: u64,
+    pub hlc: u64,
+    pub origin: u16,
+    pub live: bool,
+}
+
+/// The hash a check names a key by (a record's `key()`): the first 8
+/// bytes of its SHA-256.
+pub fn key_hash(key: &[u8]) -> u64 {
+    use sha2::{Digest as _, Sha256};
+    let out = Sha256::digest(key);
+    u64::from_be_bytes(out[..8].try_into().expect("32 bytes"))
+}
+
+/// A state row whose record is still encoded (as [`RawChange`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawSnapRow {
+    pub origin: String,
+    pub hlc: u64,
+    #[serde(with = "serde_bytes")]
+    pub record: Vec<u8>,
 }
 
 /// What each side of a v2 connection tells the other about itself.

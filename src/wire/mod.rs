@@ -20,11 +20,16 @@
 //! sends its whole state as `SnapshotChunk`s (acknowledged one by one with
 //! `SnapshotAck`), then its journal after the snapshot's sequence. An
 //! interrupted snapshot resumes after the last key the acceptor staged.
+//!
+//! From v3, the dialer checks now and then that the acceptor's state
+//! equals its own (`CheckDigest` → `CheckVersions` → `CheckRows` both
+//! ways; see `net::check`).
 
 pub mod auth;
 pub mod frame;
 pub mod version;
 
 pub use frame::{
-    Frame, FrameReader, Member, RawChange, Session, SnapshotResume, MAGIC, MAX_FRAME, VERSION,
+    key_hash, Frame, FrameReader, KeyVersion, Member, RawChange, RawSnapRow, Session,
+    SnapshotResume, MAGIC, MAX_FRAME, VERSION,
 };

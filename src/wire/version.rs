@@ -28,7 +28,10 @@ pub const OLDEST: u16 = 1;
 ///   handshake), `RawBatch` (each record as its origin encoded it, so a
 ///   receiver sets aside a record it cannot decode instead of refusing
 ///   the whole batch).
-pub const NEWEST: u16 = 2;
+/// - v3: `CheckDigest`, `CheckVersions`, `CheckRows` (the peer check:
+///   state digests compared, differing ranges compared key by key, the
+///   versions one side lacks or holds older sent to it).
+pub const NEWEST: u16 = 3;
 
 /// The version for a connection whose dialer speaks up to `their_newest`,
 /// or why there is none.
@@ -102,6 +105,7 @@ impl Frame {
     pub fn since(&self) -> u16 {
         match self {
             Frame::WelcomeV2 { .. } | Frame::DialerSession { .. } | Frame::RawBatch { .. } => 2,
+            Frame::CheckDigest { .. } | Frame::CheckVersions { .. } | Frame::CheckRows { .. } => 3,
             Frame::Batch { changes } => changes.iter().map(|c| c.record.since()).max().unwrap_or(1),
             _ => 1,
         }
@@ -126,8 +130,9 @@ mod tests {
     fn the_newest_version_both_speak_is_used() {
         assert_eq!(negotiate(1), Ok(1));
         assert_eq!(negotiate(2), Ok(2));
+        assert_eq!(negotiate(3), Ok(3));
         assert_eq!(negotiate(9), Ok(NEWEST));
-        assert!(negotiate(0).unwrap_err().contains("v1 to v2"));
+        assert!(negotiate(0).unwrap_err().contains("v1 to v3"));
     }
 
     #[test]
