@@ -465,8 +465,10 @@ mod tests {
             .map(|x| x.0.clone())
             .collect();
         assert_eq!(applied, ["a", "c", "e"]);
-        wait_for("two quarantined", Duration::from_secs(5), || {
+        wait_for("two quarantined and shown", Duration::from_secs(5), || {
             run.status.counters.quarantined.load(Ordering::Relaxed) == 2
+                && run.status.quarantine.lock().unwrap().oldest.len() == 2
+                && j.inbox_len().unwrap() == 0
         });
         // Refused for good: tried once each.
         assert_eq!(ser.failed.lock().unwrap().get("b"), Some(&1));
