@@ -47,6 +47,8 @@ int _sersync_retention_records = 0;
 str _sersync_durability = str_init("queue");
 int _sersync_durability_timeout = 100;
 int _sersync_durable_wait = 0;
+/* seconds between two checks of usrloc against the journal; 0: none */
+int _sersync_check_interval = 60;
 
 /* where jsonrpcs lets FIFO clients create reply FIFOs (its fifo_reply_dir) */
 static str _sersync_fifo_reply_dir = STR_NULL;
@@ -81,6 +83,9 @@ static int sersync_add_peer(modparam_t type, void *val);
  *  durability         "queue" (default) or "journal": save() returns once
  *                     the change is journaled (or durability_timeout ms,
  *                     1..5000, default 100, have passed)
+ *  check_interval     seconds between two checks of usrloc against the
+ *                     journal's state, repairing what differs (default
+ *                     60; 0: no check)
  */
 /* clang-format off */
 static param_export_t params[] = {
@@ -104,6 +109,7 @@ static param_export_t params[] = {
 	{"retention_records", PARAM_INT,      &_sersync_retention_records},
 	{"durability",        PARAM_STR,      &_sersync_durability},
 	{"durability_timeout", PARAM_INT,     &_sersync_durability_timeout},
+	{"check_interval",    PARAM_INT,      &_sersync_check_interval},
 	{0, 0, 0}
 };
 
@@ -339,6 +345,12 @@ static int sersync_config_build(void)
 				_sersync_alias_scan_max_delete_pct);
 		return -1;
 	}
+	if(_sersync_check_interval < 0) {
+		LM_ERR("modparam \"check_interval\" must be 0 (no check) or a"
+			   " number of seconds (got %d)\n",
+				_sersync_check_interval);
+		return -1;
+	}
 	if(sersync_durability_check() < 0)
 		return -1;
 	if(sersync_resolve_fifo() < 0)
@@ -361,6 +373,7 @@ static int sersync_config_build(void)
 			(uint32_t)_sersync_alias_scan_max_delete;
 	_sersync_config.alias_scan_max_delete_pct =
 			(uint32_t)_sersync_alias_scan_max_delete_pct;
+	_sersync_config.check_interval = (uint32_t)_sersync_check_interval;
 	/* the engine binds its reply socket beside SER's own (SER's -Y) */
 	if(runtime_dir != NULL && runtime_dir[0] != '\0') {
 		_sersync_config.runtime_dir.s = runtime_dir;

@@ -82,6 +82,12 @@ pub struct Counters {
     /// Aliases the latest scan deleted, and deletions it refused.
     pub alias_scan_removed: AtomicU64,
     pub alias_scan_refused: AtomicU64,
+    /// The check of SER against the journal ([`crate::proof`]): checks
+    /// made, ranges compared key by key, differences confirmed, repairs.
+    pub checks: AtomicU64,
+    pub ranges_compared: AtomicU64,
+    pub divergences: AtomicU64,
+    pub repaired: AtomicU64,
 }
 
 /// One quarantined change as the status lists it.
@@ -134,6 +140,10 @@ pub struct Snapshot {
     pub alias_scans: u64,
     pub alias_scan_removed: u64,
     pub alias_scan_refused: u64,
+    pub checks: u64,
+    pub ranges_compared: u64,
+    pub divergences: u64,
+    pub repaired: u64,
     pub incarnation: u64,
     pub quarantined: u64,
     pub peers: Vec<PeerStatus>,
@@ -182,6 +192,10 @@ impl Status {
             alias_scans: c.alias_scans.load(Ordering::SeqCst),
             alias_scan_removed: c.alias_scan_removed.load(Ordering::SeqCst),
             alias_scan_refused: c.alias_scan_refused.load(Ordering::SeqCst),
+            checks: c.checks.load(Ordering::Relaxed),
+            ranges_compared: c.ranges_compared.load(Ordering::Relaxed),
+            divergences: c.divergences.load(Ordering::Relaxed),
+            repaired: c.repaired.load(Ordering::Relaxed),
             incarnation: self.incarnation.load(Ordering::Relaxed),
             quarantined: c.quarantined.load(Ordering::Relaxed),
             peers: self
@@ -218,6 +232,10 @@ impl Status {
         st.alias_scans = snap.alias_scans;
         st.alias_scan_removed = snap.alias_scan_removed;
         st.alias_scan_refused = snap.alias_scan_refused;
+        st.checks = snap.checks;
+        st.ranges_compared = snap.ranges_compared;
+        st.divergences = snap.divergences;
+        st.repaired = snap.repaired;
         st.incarnation = snap.incarnation;
         st.quarantined = snap.quarantined;
         {

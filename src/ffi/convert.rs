@@ -196,6 +196,7 @@ pub(super) unsafe fn raw_config(cfg: &sersync_config) -> Result<RawConfig, Confi
         usrloc_in_memory: cfg.ul_db_mode == 0,
         alias_scan_max_delete: u64::from(cfg.alias_scan_max_delete),
         alias_scan_max_delete_pct: u64::from(cfg.alias_scan_max_delete_pct),
+        check_interval: u64::from(cfg.check_interval),
     })
 }
 
