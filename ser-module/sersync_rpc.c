@@ -599,8 +599,9 @@ static void sersync_rpc_walk(rpc_t *rpc, void *ctx, struct sersync_walk *w,
 		return;
 	}
 	clock_gettime(CLOCK_MONOTONIC, &t1);
-	walk_us = (uint64_t)(t1.tv_sec - t0.tv_sec) * 1000000ULL
-			  + (uint64_t)(t1.tv_nsec - t0.tv_nsec) / 1000;
+	walk_us = (uint64_t)(((int64_t)(t1.tv_sec - t0.tv_sec) * 1000000000LL
+								 + (int64_t)(t1.tv_nsec - t0.tv_nsec))
+						 / 1000);
 	rc = sersync_walk_reply(w, skip, _sersync_walk_reply,
 			sizeof(_sersync_walk_reply), &next, &count);
 	if(rc != SERSYNC_OK) {

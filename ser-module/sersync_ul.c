@@ -650,8 +650,8 @@ int sersync_ul_walk(struct sersync_walk *w, uint64_t *contacts,
 			}
 			rec_lock_release(&d->table[i].rlock);
 			clock_gettime(CLOCK_MONOTONIC, &t1);
-			ns = (uint64_t)(t1.tv_sec - t0.tv_sec) * 1000000000ULL
-				 + (uint64_t)t1.tv_nsec - (uint64_t)t0.tv_nsec;
+			ns = (uint64_t)((int64_t)(t1.tv_sec - t0.tv_sec) * 1000000000LL
+							+ (int64_t)(t1.tv_nsec - t0.tv_nsec));
 			if(ns > *max_lock_ns)
 				*max_lock_ns = ns;
 			if(rc != SERSYNC_OK) {
