@@ -633,8 +633,8 @@ int sersync_ul_walk(struct sersync_walk *w, uint64_t *contacts,
 			return -1;
 		}
 		for(i = 0; i < d->size; i++) {
-			clock_gettime(CLOCK_MONOTONIC, &t0);
 			rec_lock_get(&d->table[i].rlock);
+			clock_gettime(CLOCK_MONOTONIC, &t0);
 			rc = SERSYNC_OK;
 			for(r = d->table[i].first; r != NULL && rc == SERSYNC_OK;
 					r = r->next) {
@@ -648,8 +648,8 @@ int sersync_ul_walk(struct sersync_walk *w, uint64_t *contacts,
 					(*contacts)++;
 				}
 			}
-			rec_lock_release(&d->table[i].rlock);
 			clock_gettime(CLOCK_MONOTONIC, &t1);
+			rec_lock_release(&d->table[i].rlock);
 			ns = (uint64_t)((int64_t)(t1.tv_sec - t0.tv_sec) * 1000000000LL
 							+ (int64_t)(t1.tv_nsec - t0.tv_nsec));
 			if(ns > *max_lock_ns)

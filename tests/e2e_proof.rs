@@ -110,6 +110,8 @@ fn changes_the_full_queue_dropped_reach_every_node_within_the_interval() {
         expect_contacts(N),
     );
     let took = resumed.elapsed();
+    // The status area is refreshed by the engine now and then.
+    wait_until(Duration::from_secs(5), || n1.status().repaired >= dropped);
     let st = n1.status();
     assert!(
         st.repaired >= dropped,
@@ -194,6 +196,7 @@ fn contacts_removed_from_usrloc_behind_sersyncs_back_are_put_back() {
         "removed contacts put back",
         expect_contacts(N),
     );
+    wait_until(Duration::from_secs(5), || n2.status().repaired >= 20);
     let st = n2.status();
     assert!(st.repaired >= 20, "{}", st.summary());
     assert_eq!(n1.status().repaired, 0, "node 1 had nothing to repair");
