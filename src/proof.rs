@@ -743,4 +743,93 @@ mod tests {
         assert_eq!(Walk::parse_ranges(b"256"), None);
         assert_eq!(Walk::parse_ranges(b"x"), None);
     }
+
+    /// SER as the check sees it: the contacts usrloc holds.
+    struct FakeSer(std::sync::Arc<std::sync::Mutex<Vec<Contact>>>);
+
+    impl SerView for FakeSer {
+        fn digest(&mut self, now: i64) -> Result<SerDigest, ApplyError> {
+            let mut w = Walk::new(now, None);
+            for c in self.0.lock().unwrap().iter() {
+                w.add(&c.as_ref());
+            }
+            let (text, _, n) = w.reply(0, 1 << 16);
+            Ok(SerDigest {
+                digest: decode_digest(&text).unwrap(),
+                contacts: n,
+                walk_us: 0,
+                max_lock_us: 0,
+            })
+        }
+
+        fn contacts_in(&mut self, ranges: &[usize], now: i64) -> Result<Vec<Contact>, ApplyError> {
+            let mut w = Walk::new(now, Some(ranges.to_vec()));
+            for c in self.0.lock().unwrap().iter() {
+                w.add(&c.as_ref());
+            }
+            Ok(decode_contacts(&w.reply(0, usize::MAX / 2).0).unwrap())
+        }
+    }
+
+    #[test]
+    fn a_difference_is_repaired_only_when_the_second_look_finds_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let shared = Arc::new(Shared::create(64).unwrap());
+        let status = Arc::new(Status::new("n1"));
+        let now = (crate::hlc::wall_ms() / 1000) as i64;
+        let live = |aor: &str| Contact {
+            expires: now + 3600,
+            ..contact(aor, 1, now)
+        };
+        let upsert = |c: Contact| Record::Contact {
+            op: Op::Upsert,
+            contact: c,
+        };
+        j.append_local("n1", &[(shared.stamp(), upsert(live("a")))])
+            .unwrap();
+        j.append_local("n1", &[(shared.stamp(), upsert(live("b")))])
+            .unwrap();
+        // SER lacks both; "a" is in flight (applied before the second look).
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut ser = FakeSer(held.clone());
+        let mut p = Proof::new(
+            Duration::from_secs(3600),
+            vec!["location".into()],
+            shared,
+            status.clone(),
+        );
+        p.next = Instant::now();
+        p.tick(&mut j, &mut ser);
+        let c = &status.counters;
+        assert_eq!(c.checks.load(Ordering::Relaxed), 1);
+        assert!(c.ranges_compared.load(Ordering::Relaxed) >= 1);
+        assert_eq!(
+            j.inbox_len().unwrap(),
+            0,
+            "nothing acted on at the first look"
+        );
+        held.lock().unwrap().push(live("a"));
+        p.tick(&mut j, &mut ser);
+        assert_eq!(j.inbox_len().unwrap(), 0, "not before CONFIRM_DELAY");
+        std::thread::sleep(CONFIRM_DELAY + Duration::from_millis(50));
+        p.tick(&mut j, &mut ser);
+        assert_eq!(c.divergences.load(Ordering::Relaxed), 1);
+        assert_eq!(c.repaired.load(Ordering::Relaxed), 1);
+        let (staged, _) = j.inbox_current(10).unwrap();
+        let aors: Vec<Vec<u8>> = staged
+            .iter()
+            .map(|s| match &s.record {
+                Record::Contact { contact, .. } => contact.aor.clone(),
+                Record::Alias { .. } => unreachable!(),
+            })
+            .collect();
+        assert_eq!(aors, [b"b".to_vec()], "only b, still missing, is put back");
+        // Equal now: the next check finds nothing.
+        held.lock().unwrap().push(live("b"));
+        p.next = Instant::now();
+        p.tick(&mut j, &mut ser);
+        assert_eq!(c.checks.load(Ordering::Relaxed), 2);
+        assert!(p.pending.is_none());
+    }
 }
