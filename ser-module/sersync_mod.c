@@ -406,6 +406,13 @@ static int mod_init(void)
 		return -1;
 	/* usrloc in memory only: the engine restores it at every start */
 	_sersync_config.ul_db_mode = (int32_t)_sersync_ul.db_mode;
+	/* usrloc's DB_ONLY mode (3) keeps no contact in memory: nothing to
+	 * walk, and the check would put the whole state back every time */
+	if(_sersync_ul.db_mode == 3 && _sersync_config.check_interval > 0) {
+		LM_INFO("usrloc db_mode 3 keeps no contacts in memory: no check of"
+				" usrloc against the journal (check_interval)\n");
+		_sersync_config.check_interval = 0;
+	}
 	if(sersync_alias_init() < 0)
 		return -1;
 

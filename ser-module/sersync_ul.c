@@ -626,6 +626,10 @@ int sersync_ul_walk(struct sersync_walk *w, uint64_t *contacts,
 
 	*contacts = 0;
 	*max_lock_ns = 0;
+	if(_sersync_ul.db_mode == 3) {
+		snprintf(err, errlen, "usrloc db_mode 3 keeps no contacts in memory");
+		return -1;
+	}
 	for(k = 0; k < _sersync_ndomains; k++) {
 		if(_sersync_ul.get_udomain(_sersync_domain_list[k].s, &d) < 0) {
 			snprintf(err, errlen, "usrloc table '%s' is not registered",
