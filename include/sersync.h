@@ -154,6 +154,12 @@ struct sersync_config {
 	struct sersync_str runtime_dir; /* SER's runtime_dir (-Y): where the
 	                                 * engine binds its reply socket;
 	                                 * empty: fifo_reply_dir */
+	uint32_t check_interval;     /* seconds between two checks of SER's
+	                              * usrloc against the journal's state
+	                              * (sersync.digest); 0: no check */
+	uint32_t peer_check_interval; /* seconds between two checks of the
+	                               * journal's state against each peer's
+	                               * (protocol v3); 0: 60 */
 };
 
 /* Log levels passed to the logger callback. */
@@ -256,6 +262,23 @@ struct sersync_status {
 	uint64_t alias_scan_removed; /* aliases the latest scan deleted */
 	uint64_t alias_scan_refused; /* deletions the latest scan refused
 	                              * (over the limit; 0: none) */
+	/* the check of SER's usrloc against the journal's state
+	 * (check_interval): checks made since start, ranges compared key by
+	 * key (their digests differed), contacts found different twice in a
+	 * row, and repairs made (applied into SER or journaled) */
+	uint64_t checks;
+	uint64_t ranges_compared;
+	uint64_t divergences;
+	uint64_t repaired;
+	/* the check of the journal's state against each peer's (protocol v3):
+	 * checks made, ranges compared key by key, keys found differing,
+	 * versions staged by checks, check frames ignored (too frequent, out
+	 * of bounds, answering no check) */
+	uint64_t peer_checks;
+	uint64_t peer_check_ranges;
+	uint64_t peer_check_divergences;
+	uint64_t peer_check_repaired;
+	uint64_t peer_check_ignored;
 };
 
 /* Registers the logger. May be called in any process, before or after
@@ -364,6 +387,38 @@ struct sersync_apply_ops {
 int sersync_apply_decode(const char *payload, size_t len,
 		const struct sersync_apply_ops *ops, uint32_t *count, char *err,
 		size_t errlen);
+
+/*
+ * The check of SER against the journal (sersync.digest,
+ * sersync.digest_range): the RPC process walks usrloc's tables inside
+ * SER, one slot at a time under usrloc's own slot lock, and hands each
+ * live contact (filled as the callback fills it) to a walk; the walk
+ * keeps either the digest of every comparable contact (ranges NULL or
+ * empty) or the comparable contacts of the listed ranges, and encodes
+ * them for the reply. "Comparable" and the digest are src/digest.rs's:
+ * the engine computes the journal's side with the same code.
+ * Called in any SER process; no thread, no lock, no SER memory.
+ */
+struct sersync_walk;
+
+/* A new walk for a check made at unix time now. ranges: NULL/empty for
+ * the digest, else comma-separated range numbers (0..255), e.g. "3,17".
+ * Returns SERSYNC_OK (*out set), SERSYNC_E_DECODE (bad ranges). */
+int sersync_walk_new(int64_t now, const char *ranges, size_t len,
+		struct sersync_walk **out);
+
+/* Counts (or keeps) one contact; its strings are copied if kept. */
+int sersync_walk_add(struct sersync_walk *w, const struct sersync_contact *c);
+
+/* Writes the walk's reply text (NUL-terminated) into out: base64 of the
+ * encoded digest, or of the kept contacts from index skip on, as many as
+ * fit in outlen. *next: the index of the first contact left out, 0 when
+ * none is. *count: contacts counted (digest) or kept (ranges). */
+int sersync_walk_reply(struct sersync_walk *w, uint64_t skip, char *out,
+		size_t outlen, uint64_t *next, uint64_t *count);
+
+/* Frees the walk (NULL is ignored). */
+int sersync_walk_free(struct sersync_walk *w);
 
 #ifdef __cplusplus
 }

@@ -47,6 +47,10 @@ int _sersync_retention_records = 0;
 str _sersync_durability = str_init("queue");
 int _sersync_durability_timeout = 100;
 int _sersync_durable_wait = 0;
+/* seconds between two checks of usrloc against the journal; 0: none */
+int _sersync_check_interval = 60;
+/* seconds between two checks of the journal's state against each peer's */
+static int _sersync_peer_check_interval = 60;
 
 /* where jsonrpcs lets FIFO clients create reply FIFOs (its fifo_reply_dir) */
 static str _sersync_fifo_reply_dir = STR_NULL;
@@ -81,6 +85,12 @@ static int sersync_add_peer(modparam_t type, void *val);
  *  durability         "queue" (default) or "journal": save() returns once
  *                     the change is journaled (or durability_timeout ms,
  *                     1..5000, default 100, have passed)
+ *  check_interval     seconds between two checks of usrloc against the
+ *                     journal's state, repairing what differs (default
+ *                     60; 0: no check)
+ *  peer_check_interval seconds between two checks of the journal's state
+ *                     against each peer's (protocol v3), repairing what
+ *                     differs (default 60)
  */
 /* clang-format off */
 static param_export_t params[] = {
@@ -104,6 +114,8 @@ static param_export_t params[] = {
 	{"retention_records", PARAM_INT,      &_sersync_retention_records},
 	{"durability",        PARAM_STR,      &_sersync_durability},
 	{"durability_timeout", PARAM_INT,     &_sersync_durability_timeout},
+	{"check_interval",    PARAM_INT,      &_sersync_check_interval},
+	{"peer_check_interval", PARAM_INT,    &_sersync_peer_check_interval},
 	{0, 0, 0}
 };
 
@@ -339,6 +351,18 @@ static int sersync_config_build(void)
 				_sersync_alias_scan_max_delete_pct);
 		return -1;
 	}
+	if(_sersync_check_interval < 0) {
+		LM_ERR("modparam \"check_interval\" must be 0 (no check) or a"
+			   " number of seconds (got %d)\n",
+				_sersync_check_interval);
+		return -1;
+	}
+	if(_sersync_peer_check_interval <= 0) {
+		LM_ERR("modparam \"peer_check_interval\" must be a positive number"
+			   " of seconds (got %d)\n",
+				_sersync_peer_check_interval);
+		return -1;
+	}
 	if(sersync_durability_check() < 0)
 		return -1;
 	if(sersync_resolve_fifo() < 0)
@@ -361,6 +385,9 @@ static int sersync_config_build(void)
 			(uint32_t)_sersync_alias_scan_max_delete;
 	_sersync_config.alias_scan_max_delete_pct =
 			(uint32_t)_sersync_alias_scan_max_delete_pct;
+	_sersync_config.check_interval = (uint32_t)_sersync_check_interval;
+	_sersync_config.peer_check_interval =
+			(uint32_t)_sersync_peer_check_interval;
 	/* the engine binds its reply socket beside SER's own (SER's -Y) */
 	if(runtime_dir != NULL && runtime_dir[0] != '\0') {
 		_sersync_config.runtime_dir.s = runtime_dir;
@@ -393,6 +420,13 @@ static int mod_init(void)
 		return -1;
 	/* usrloc in memory only: the engine restores it at every start */
 	_sersync_config.ul_db_mode = (int32_t)_sersync_ul.db_mode;
+	/* usrloc's DB_ONLY mode (3) keeps no contact in memory: nothing to
+	 * walk, and the check would put the whole state back every time */
+	if(_sersync_ul.db_mode == 3 && _sersync_config.check_interval > 0) {
+		LM_INFO("usrloc db_mode 3 keeps no contacts in memory: no check of"
+				" usrloc against the journal (check_interval)\n");
+		_sersync_config.check_interval = 0;
+	}
 	if(sersync_alias_init() < 0)
 		return -1;
 

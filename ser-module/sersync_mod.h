@@ -61,6 +61,7 @@ extern int _sersync_retention_secs;
 extern int _sersync_retention_records;
 extern str _sersync_durability;
 extern int _sersync_durability_timeout;
+extern int _sersync_check_interval;
 /* derived from "durability": 1 for "journal" */
 extern int _sersync_durable_wait;
 
@@ -79,6 +80,10 @@ int sersync_ul_is_loaded(void);
 /* sersync_apply_fn, sersync.apply's writer: one decoded contact from a
  * peer into usrloc; the caller sets _sersync_replaying around it */
 int sersync_apply_one(void *ctx, const struct sersync_contact *sc);
+/* the check's walk of the replicated usrloc tables, slot by slot under
+ * usrloc's slot locks (sersync.digest, sersync.digest_range) */
+int sersync_ul_walk(struct sersync_walk *w, uint64_t *contacts,
+		uint64_t *max_lock_ns, char *err, size_t errlen);
 
 /* the sersync process (sersync_proc.c) */
 int sersync_proc_start(void);

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "../../core/dprint.h"
 #include "../../core/rpc.h"
@@ -98,7 +99,9 @@ static const char *sersync_status_doc[2] = {
 		" journaled, last_seq, journal_entries, applied, apply_pending,"
 		" apply_failures, applied_via_db, apply_superseded, restored,"
 		" restore_pending, set_aside, incarnation, last_error, quarantined,"
-		" quarantine_last_reason, and peers: one struct per member as"
+		" quarantine_last_reason, alias_scans, alias_scan_removed,"
+		" alias_scan_refused, checks, ranges_compared, divergences,"
+		" repaired, and peers: one struct per member as"
 		" sersync.peers gives it.",
 		0};
 
@@ -174,6 +177,29 @@ static void sersync_rpc_status(rpc_t *rpc, void *ctx)
 			   (unsigned long long)st->alias_scan_removed,
 			   "alias_scan_refused",
 			   (unsigned long long)st->alias_scan_refused)
+			< 0) {
+		rpc->fault(ctx, 500, "Internal error adding status");
+		return;
+	}
+	/* the check of usrloc against the journal (check_interval) */
+	if(rpc->struct_add(th, "JJJJ", "checks", (unsigned long long)st->checks,
+			   "ranges_compared", (unsigned long long)st->ranges_compared,
+			   "divergences", (unsigned long long)st->divergences,
+			   "repaired", (unsigned long long)st->repaired)
+			< 0) {
+		rpc->fault(ctx, 500, "Internal error adding status");
+		return;
+	}
+	/* the check of the journal against each peer's (peer_check_interval) */
+	if(rpc->struct_add(th, "JJJJJ", "peer_checks",
+			   (unsigned long long)st->peer_checks, "peer_check_ranges",
+			   (unsigned long long)st->peer_check_ranges,
+			   "peer_check_divergences",
+			   (unsigned long long)st->peer_check_divergences,
+			   "peer_check_repaired",
+			   (unsigned long long)st->peer_check_repaired,
+			   "peer_check_ignored",
+			   (unsigned long long)st->peer_check_ignored)
 			< 0) {
 		rpc->fault(ctx, 500, "Internal error adding status");
 		return;
@@ -559,12 +585,153 @@ static void sersync_rpc_quarantine_drop(rpc_t *rpc, void *ctx)
 			"sersync.quarantine_drop");
 }
 
+/* one reply's text: under jsonrpcs' datagram size (65456 bytes) with the
+ * JSON around it */
+#define SERSYNC_WALK_REPLY_MAX 60000
+
+static char _sersync_walk_reply[SERSYNC_WALK_REPLY_MAX];
+
+/* walks usrloc into w and adds the reply: the digest, or the contacts of
+ * w's ranges from skip on (one page) */
+static void sersync_rpc_walk(rpc_t *rpc, void *ctx, struct sersync_walk *w,
+		int ranges, uint64_t skip)
+{
+	struct timespec t0;
+	struct timespec t1;
+	char err[SERSYNC_ERR_MAX];
+	uint64_t contacts;
+	uint64_t max_lock_ns;
+	uint64_t next;
+	uint64_t count;
+	uint64_t walk_us;
+	void *th;
+	int rc;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	if(sersync_ul_walk(w, &contacts, &max_lock_ns, err, sizeof(err)) < 0) {
+		rpc->fault(ctx, 500, "Cannot walk usrloc: %s", err);
+		return;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	walk_us = (uint64_t)(((int64_t)(t1.tv_sec - t0.tv_sec) * 1000000000LL
+								 + (int64_t)(t1.tv_nsec - t0.tv_nsec))
+						 / 1000);
+	rc = sersync_walk_reply(w, skip, _sersync_walk_reply,
+			sizeof(_sersync_walk_reply), &next, &count);
+	if(rc != SERSYNC_OK) {
+		rpc->fault(ctx, 500, "Cannot encode the walk (rc %d)", rc);
+		return;
+	}
+	if(rpc->add(ctx, "{", &th) < 0
+			|| rpc->struct_add(th, "sJJJJ", ranges ? "contacts" : "digest",
+					   _sersync_walk_reply, "count",
+					   (unsigned long long)count, "next",
+					   (unsigned long long)next, "walk_us",
+					   (unsigned long long)walk_us, "max_lock_us",
+					   (unsigned long long)(max_lock_ns / 1000))
+					   < 0
+			|| rpc->struct_add(th, "J", "walked",
+					   (unsigned long long)contacts)
+					   < 0) {
+		rpc->fault(ctx, 500, "Internal error creating reply");
+		return;
+	}
+}
+
+static const char *sersync_digest_doc[2] = {
+		"The digest of the contacts of the replicated usrloc tables, walked"
+		" inside SER (one slot lock at a time): sersync.digest [now]. now:"
+		" the unix time the check is made at (default: now); contacts"
+		" expiring within 30 s of it are left out. Returns digest (base64;"
+		" src/digest.rs), count (contacts digested), walked, walk_us and"
+		" max_lock_us (the longest a slot lock was held). Used by the"
+		" engine's check (check_interval).",
+		0};
+
+static void sersync_rpc_digest(rpc_t *rpc, void *ctx)
+{
+	struct sersync_walk *w;
+	int now = 0;
+	int rc;
+
+	if(rpc->scan(ctx, "*d", &now) < 1)
+		now = 0;
+	if(sersync_rpc_left(rpc, ctx)) {
+		rpc->fault(ctx, 400, "sersync.digest takes at most one parameter:"
+							 " the unix time of the check");
+		return;
+	}
+	if(now <= 0)
+		now = (int)time(NULL);
+	w = NULL;
+	rc = sersync_walk_new((int64_t)now, NULL, 0, &w);
+	if(rc != SERSYNC_OK) {
+		rpc->fault(ctx, 500, "Cannot start the walk (rc %d)", rc);
+		return;
+	}
+	sersync_rpc_walk(rpc, ctx, w, 0, 0);
+	sersync_walk_free(w);
+}
+
+static const char *sersync_digest_range_doc[2] = {
+		"The contacts of some ranges of the digest, walked inside SER:"
+		" sersync.digest_range ranges [now [skip]]. ranges: comma-separated"
+		" range numbers, 0 to 255; skip: contacts of earlier pages. Returns"
+		" contacts (base64 of the encoded records, at most about 60 KB),"
+		" count (in those ranges), next (skip of the next page; 0: last),"
+		" walked, walk_us, max_lock_us. Used by the engine's check.",
+		0};
+
+static void sersync_rpc_digest_range(rpc_t *rpc, void *ctx)
+{
+	struct sersync_walk *w;
+	str ranges = STR_NULL;
+	int now = 0;
+	int skip = 0;
+	int rc;
+
+	if(rpc->scan(ctx, "S", &ranges) != 1 || ranges.s == NULL
+			|| ranges.len <= 0) {
+		rpc->fault(ctx, 400, "Expected the ranges: comma-separated numbers"
+							 " 0 to 255");
+		return;
+	}
+	rc = rpc->scan(ctx, "*dd", &now, &skip);
+	if(rc < 1)
+		now = 0;
+	if(rc < 2)
+		skip = 0;
+	if(sersync_rpc_left(rpc, ctx) || skip < 0) {
+		rpc->fault(ctx, 400, "Expected ranges [now [skip]]");
+		return;
+	}
+	if(now <= 0)
+		now = (int)time(NULL);
+	w = NULL;
+	rc = sersync_walk_new((int64_t)now, ranges.s, (size_t)ranges.len, &w);
+	if(rc == SERSYNC_E_DECODE) {
+		rpc->fault(ctx, 400, "Bad ranges \"%.*s\": comma-separated numbers"
+							 " 0 to 255",
+				ranges.len > 64 ? 64 : ranges.len, ranges.s);
+		return;
+	}
+	if(rc != SERSYNC_OK) {
+		rpc->fault(ctx, 500, "Cannot start the walk (rc %d)", rc);
+		return;
+	}
+	sersync_rpc_walk(rpc, ctx, w, 1, (uint64_t)skip);
+	sersync_walk_free(w);
+}
+
 /* clang-format off */
 rpc_export_t sersync_rpc_cmds[] = {
 	{"sersync.status", sersync_rpc_status, sersync_status_doc, 0},
 	{"sersync.peers",  sersync_rpc_peers,  sersync_peers_doc,  RET_ARRAY},
 	{"sersync.forget", sersync_rpc_forget, sersync_forget_doc, 0},
 	{"sersync.apply",  sersync_rpc_apply,  sersync_apply_doc,  0},
+	{"sersync.digest", sersync_rpc_digest, sersync_digest_doc, 0},
+	{"sersync.digest_range", sersync_rpc_digest_range,
+		sersync_digest_range_doc, 0},
 	{"sersync.quarantine",       sersync_rpc_quarantine,
 		sersync_quarantine_doc,       0},
 	{"sersync.quarantine_retry", sersync_rpc_quarantine_retry,

@@ -22,6 +22,9 @@
 #include "../../core/mem/mem.h"
 #include "../../core/mem/shm_mem.h"
 #include "../usrloc/ucontact.h"
+#include "../usrloc/udomain.h"
+#include "../usrloc/hslot.h"
+#include "../usrloc/urecord.h"
 
 #include "sersync_mod.h"
 
@@ -594,4 +597,73 @@ int sersync_apply_one(void *ctx, const struct sersync_contact *sc)
 			return sersync_apply_refuse(
 					"invalid field: unknown operation %d", (int)sc->op);
 	}
+}
+
+/*
+ * The walk for the check of SER against the journal (sersync.digest,
+ * sersync.digest_range in sersync_rpc.c): every replicated usrloc table,
+ * slot by slot, each slot under usrloc's own slot lock (as usrloc's timer
+ * and ul.dump walk it) held for that slot only. Each live contact is
+ * filled as the callback fills it and handed to the engine's walk, which
+ * digests it or keeps it; a contact write-back mode keeps deleted
+ * (expires == UL_EXPIRED_TIME, until usrloc's timer) is not live.
+ * *max_lock_ns: the longest one slot lock was held. 0, or -1 with a
+ * fault reason in err.
+ */
+int sersync_ul_walk(struct sersync_walk *w, uint64_t *contacts,
+		uint64_t *max_lock_ns, char *err, size_t errlen)
+{
+	struct sersync_contact sc;
+	struct timespec t0;
+	struct timespec t1;
+	udomain_t *d;
+	urecord_t *r;
+	ucontact_t *c;
+	uint64_t ns;
+	int i;
+	int k;
+	int rc;
+
+	*contacts = 0;
+	*max_lock_ns = 0;
+	if(_sersync_ul.db_mode == 3) {
+		snprintf(err, errlen, "usrloc db_mode 3 keeps no contacts in memory");
+		return -1;
+	}
+	for(k = 0; k < _sersync_ndomains; k++) {
+		if(_sersync_ul.get_udomain(_sersync_domain_list[k].s, &d) < 0) {
+			snprintf(err, errlen, "usrloc table '%s' is not registered",
+					_sersync_domain_list[k].s);
+			return -1;
+		}
+		for(i = 0; i < d->size; i++) {
+			rec_lock_get(&d->table[i].rlock);
+			clock_gettime(CLOCK_MONOTONIC, &t0);
+			rc = SERSYNC_OK;
+			for(r = d->table[i].first; r != NULL && rc == SERSYNC_OK;
+					r = r->next) {
+				for(c = r->contacts; c != NULL; c = c->next) {
+					if(c->expires == UL_EXPIRED_TIME)
+						continue;
+					sersync_contact_fill(&sc, c, SERSYNC_OP_UPSERT);
+					rc = sersync_walk_add(w, &sc);
+					if(rc != SERSYNC_OK)
+						break;
+					(*contacts)++;
+				}
+			}
+			clock_gettime(CLOCK_MONOTONIC, &t1);
+			rec_lock_release(&d->table[i].rlock);
+			ns = (uint64_t)((int64_t)(t1.tv_sec - t0.tv_sec) * 1000000000LL
+							+ (int64_t)(t1.tv_nsec - t0.tv_nsec));
+			if(ns > *max_lock_ns)
+				*max_lock_ns = ns;
+			if(rc != SERSYNC_OK) {
+				snprintf(err, errlen, "the walk refused a contact (rc %d)",
+						rc);
+				return -1;
+			}
+		}
+	}
+	return 0;
 }

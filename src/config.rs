@@ -52,6 +52,9 @@ pub struct Config {
     /// usrloc keeps contacts in memory only (its db_mode 0): every start
     /// restores them from the journal.
     pub usrloc_in_memory: bool,
+    /// How often SER's usrloc is checked against the journal's state
+    /// ([`crate::proof`]); None: never.
+    pub check_interval: Option<Duration>,
 }
 
 /// An alias table scan that would delete more than `max` aliases, and
@@ -141,6 +144,8 @@ pub struct RawConfig {
     pub alias_scan_max_delete_pct: u64,
     /// Peer check interval in seconds (0: the default, 60 s).
     pub peer_check_secs: u64,
+    /// Seconds between checks of SER against the journal (0: none).
+    pub check_interval: u64,
 }
 
 /// Parses "tcp:ip:port" (the "tcp:" prefix may be omitted).
@@ -336,6 +341,8 @@ impl RawConfig {
             },
             domains,
             usrloc_in_memory: self.usrloc_in_memory,
+            check_interval: (self.check_interval > 0)
+                .then(|| Duration::from_secs(self.check_interval)),
         })
     }
 }

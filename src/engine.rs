@@ -86,6 +86,9 @@ impl Engine {
         // comparison restores from overwriting what SIP workers save now).
         let scan_watch = Arc::new(ScanWatch::default());
         let tail = to_net.tail();
+        let proof = cfg.check_interval.map(|every| {
+            crate::proof::Proof::new(every, cfg.domains.clone(), shared.clone(), status.clone())
+        });
         let ingest = Ingest {
             journal: ingest_journal,
             shared,
@@ -138,6 +141,7 @@ impl Engine {
             wake: wake_rx,
             scan_watch,
             restore,
+            proof,
         };
         {
             let stop = stop.clone();

@@ -27,6 +27,7 @@ pub mod log;
 pub mod net;
 #[allow(unsafe_code)]
 pub mod os;
+pub mod proof;
 #[allow(unsafe_code)]
 pub mod queue;
 pub mod record;

@@ -95,6 +95,12 @@ pub struct Counters {
     /// Check frames from peers ignored: too frequent, out of bounds, or
     /// answering no check of ours.
     pub peer_check_ignored: AtomicU64,
+    /// The check of SER against the journal ([`crate::proof`]): checks
+    /// made, ranges compared key by key, differences confirmed, repairs.
+    pub checks: AtomicU64,
+    pub ranges_compared: AtomicU64,
+    pub divergences: AtomicU64,
+    pub repaired: AtomicU64,
 }
 
 /// One quarantined change as the status lists it.
@@ -152,6 +158,10 @@ pub struct Snapshot {
     pub peer_check_divergences: u64,
     pub peer_check_repaired: u64,
     pub peer_check_ignored: u64,
+    pub checks: u64,
+    pub ranges_compared: u64,
+    pub divergences: u64,
+    pub repaired: u64,
     pub incarnation: u64,
     pub quarantined: u64,
     pub peers: Vec<PeerStatus>,
@@ -205,6 +215,10 @@ impl Status {
             peer_check_divergences: c.peer_check_divergences.load(Ordering::Relaxed),
             peer_check_repaired: c.peer_check_repaired.load(Ordering::Relaxed),
             peer_check_ignored: c.peer_check_ignored.load(Ordering::Relaxed),
+            checks: c.checks.load(Ordering::Relaxed),
+            ranges_compared: c.ranges_compared.load(Ordering::Relaxed),
+            divergences: c.divergences.load(Ordering::Relaxed),
+            repaired: c.repaired.load(Ordering::Relaxed),
             incarnation: self.incarnation.load(Ordering::Relaxed),
             quarantined: c.quarantined.load(Ordering::Relaxed),
             peers: self
@@ -241,6 +255,15 @@ impl Status {
         st.alias_scans = snap.alias_scans;
         st.alias_scan_removed = snap.alias_scan_removed;
         st.alias_scan_refused = snap.alias_scan_refused;
+        st.checks = snap.checks;
+        st.ranges_compared = snap.ranges_compared;
+        st.divergences = snap.divergences;
+        st.repaired = snap.repaired;
+        st.peer_checks = snap.peer_checks;
+        st.peer_check_ranges = snap.peer_check_ranges;
+        st.peer_check_divergences = snap.peer_check_divergences;
+        st.peer_check_repaired = snap.peer_check_repaired;
+        st.peer_check_ignored = snap.peer_check_ignored;
         st.incarnation = snap.incarnation;
         st.quarantined = snap.quarantined;
         {

@@ -112,7 +112,7 @@ OFF(struct sersync_contact, server_id, 204);
 OFF(struct sersync_contact, stamp, 216);
 
 /* struct sersync_config */
-SIZE(struct sersync_config, 192);
+SIZE(struct sersync_config, 200);
 OFF(struct sersync_config, node_id, 0);
 OFF(struct sersync_config, listen, 16);
 OFF(struct sersync_config, peers, 32);
@@ -129,6 +129,8 @@ OFF(struct sersync_config, ul_db_mode, 160);
 OFF(struct sersync_config, alias_scan_max_delete, 164);
 OFF(struct sersync_config, alias_scan_max_delete_pct, 168);
 OFF(struct sersync_config, runtime_dir, 176);
+OFF(struct sersync_config, check_interval, 192);
+OFF(struct sersync_config, peer_check_interval, 196);
 
 /* struct sersync_peer_status */
 SIZE(struct sersync_peer_status, 392);
@@ -147,7 +149,7 @@ OFF(struct sersync_peer_status, snapshot_total, 376);
 OFF(struct sersync_peer_status, snapshot_received, 384);
 
 /* struct sersync_status */
-SIZE(struct sersync_status, 21408);
+SIZE(struct sersync_status, 21480);
 OFF(struct sersync_status, node_id, 0);
 OFF(struct sersync_status, last_error, 64);
 OFF(struct sersync_status, running, 224);
@@ -174,6 +176,15 @@ OFF(struct sersync_status, quarantine, 13064);
 OFF(struct sersync_status, alias_scans, 21384);
 OFF(struct sersync_status, alias_scan_removed, 21392);
 OFF(struct sersync_status, alias_scan_refused, 21400);
+OFF(struct sersync_status, checks, 21408);
+OFF(struct sersync_status, ranges_compared, 21416);
+OFF(struct sersync_status, divergences, 21424);
+OFF(struct sersync_status, repaired, 21432);
+OFF(struct sersync_status, peer_checks, 21440);
+OFF(struct sersync_status, peer_check_ranges, 21448);
+OFF(struct sersync_status, peer_check_divergences, 21456);
+OFF(struct sersync_status, peer_check_repaired, 21464);
+OFF(struct sersync_status, peer_check_ignored, 21472);
 
 /* struct sersync_quarantined */
 SIZE(struct sersync_quarantined, 520);
@@ -212,6 +223,13 @@ static int (*const fn_order_admit)(struct sersync_shared *,
 static int (*const fn_apply_decode)(const char *, size_t,
 		const struct sersync_apply_ops *, uint32_t *, char *,
 		size_t) = sersync_apply_decode;
+static int (*const fn_walk_new)(int64_t, const char *, size_t,
+		struct sersync_walk **) = sersync_walk_new;
+static int (*const fn_walk_add)(struct sersync_walk *,
+		const struct sersync_contact *) = sersync_walk_add;
+static int (*const fn_walk_reply)(struct sersync_walk *, uint64_t, char *,
+		size_t, uint64_t *, uint64_t *) = sersync_walk_reply;
+static int (*const fn_walk_free)(struct sersync_walk *) = sersync_walk_free;
 
 int main(void)
 {
@@ -228,6 +246,10 @@ int main(void)
 			(const void *)fn_apply_decode,
 			(const void *)fn_order_admit,
 			(const void *)fn_quarantine_ctl,
+			(const void *)fn_walk_new,
+			(const void *)fn_walk_add,
+			(const void *)fn_walk_reply,
+			(const void *)fn_walk_free,
 	};
 	size_t i;
 

@@ -10,7 +10,7 @@ const FLOORS: &[&[&str]] = &[
     &["ffi"],
     &["engine"],
     &["ingest", "apply", "scan"],
-    &["net", "seed", "restore"],
+    &["net", "seed", "restore", "proof"],
     &["journal", "queue", "config", "wire", "handoff"],
     &["error", "log", "status"],
     &["abi", "codec", "record", "digest", "hlc", "os"],

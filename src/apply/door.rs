@@ -28,7 +28,8 @@ use super::Sink;
 use crate::error::ApplyError;
 use crate::log;
 use crate::os;
-use crate::record::Record;
+use crate::proof::{self, SerDigest, SerView};
+use crate::record::{Contact, Record};
 
 /// jsonrpcs reads FIFO requests into an 8 KiB buffer; writes above
 /// PIPE_BUF (4 KiB) may interleave with another client's, so stay below.
@@ -185,12 +186,22 @@ impl Door {
 
     /// One `sersync.apply` call; returns the count SER reports applied.
     fn call(&mut self, records: &[(u64, Record)]) -> Result<u64, ApplyError> {
+        let v = self.rpc(
+            "sersync.apply",
+            vec![Value::String(payload::encode(records))],
+        )?;
+        Ok(v.as_u64().unwrap_or(0))
+    }
+
+    /// One RPC call through the door; its result, or its fault as an
+    /// error (sersync.apply's faults naming a record as such).
+    fn rpc(&mut self, method: &str, params: Vec<Value>) -> Result<Value, ApplyError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut req = serde_json::json!({
             "jsonrpc": "2.0",
-            "method": "sersync.apply",
-            "params": [payload::encode(records)],
+            "method": method,
+            "params": params,
             "id": id,
         });
         let reply_name = self.reply_name.clone();
@@ -204,7 +215,7 @@ impl Door {
         } else {
             self.call_dgram(&body, id)?
         };
-        let v: Value = serde_json::from_slice(&reply)
+        let mut v: Value = serde_json::from_slice(&reply)
             .map_err(|e| self.err(format!("unreadable reply: {e}")))?;
         if let Some(err) = v.get("error") {
             let msg = err
@@ -221,7 +232,7 @@ impl Door {
             }
             return Err(ApplyError::Rejected(msg.to_string()));
         }
-        Ok(v.get("result").and_then(Value::as_u64).unwrap_or(0))
+        Ok(v.get_mut("result").map(Value::take).unwrap_or(Value::Null))
     }
 
     fn call_fifo(&mut self, body: &[u8], reply_name: &str) -> Result<Vec<u8>, ApplyError> {
@@ -345,7 +356,58 @@ fn read_until_eof(f: &mut std::fs::File, timeout: Duration) -> std::io::Result<V
     }
 }
 
+/// The check's view of SER: `sersync.digest` and `sersync.digest_range`
+/// (ser-module/sersync_rpc.c), which walk usrloc inside SER.
+impl SerView for Door {
+    fn digest(&mut self, now: i64) -> Result<SerDigest, ApplyError> {
+        let v = self.rpc("sersync.digest", vec![Value::from(now)])?;
+        let text = v.get("digest").and_then(Value::as_str).unwrap_or("");
+        let digest = proof::decode_digest(text)
+            .map_err(|e| ApplyError::Rejected(format!("sersync.digest: {e}")))?;
+        let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+        Ok(SerDigest {
+            digest,
+            contacts: n("count"),
+            walk_us: n("walk_us"),
+            max_lock_us: n("max_lock_us"),
+        })
+    }
+
+    fn contacts_in(&mut self, ranges: &[usize], now: i64) -> Result<Vec<Contact>, ApplyError> {
+        let list = ranges
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut out = Vec::new();
+        let mut skip = 0u64;
+        loop {
+            let v = self.rpc(
+                "sersync.digest_range",
+                vec![
+                    Value::from(list.clone()),
+                    Value::from(now),
+                    Value::from(skip),
+                ],
+            )?;
+            let text = v.get("contacts").and_then(Value::as_str).unwrap_or("");
+            out.extend(
+                proof::decode_contacts(text)
+                    .map_err(|e| ApplyError::Rejected(format!("sersync.digest_range: {e}")))?,
+            );
+            match v.get("next").and_then(Value::as_u64) {
+                Some(n) if n > skip => skip = n,
+                _ => return Ok(out),
+            }
+        }
+    }
+}
+
 impl Sink for Door {
+    fn ser_view(&mut self) -> Option<&mut dyn SerView> {
+        Some(self)
+    }
+
     fn apply(&mut self, records: &[(u64, Record)]) -> Result<(), ApplyError> {
         let max = self.request_max()?;
         // JSON wrapper, id and reply name stay well under this.

@@ -30,6 +30,13 @@ use crate::status::Status;
 /// Where applied records go, each with its stamp.
 pub trait Sink: Send {
     fn apply(&mut self, records: &[(u64, Record)]) -> Result<(), ApplyError>;
+
+    /// SER as the check of SER against the journal sees it
+    /// ([`crate::proof`]); None for a sink that cannot walk SER's usrloc
+    /// (SER's database, stand-ins in tests).
+    fn ser_view(&mut self) -> Option<&mut dyn crate::proof::SerView> {
+        None
+    }
 }
 
 /// Changes taken from the inbox per attempt.
@@ -62,6 +69,9 @@ pub struct Applier {
     pub scan_watch: Arc<ScanWatch>,
     /// The restore staged at start, if any: its progress is counted.
     pub restore: Option<Restore>,
+    /// The periodic check of SER against the journal, if configured: run
+    /// here, between batches, with nothing staged.
+    pub proof: Option<crate::proof::Proof>,
 }
 
 static APPLY_ERR: RateLimit = RateLimit::new(2000);
@@ -93,6 +103,9 @@ impl Applier {
                 Ordering::Relaxed,
             );
             let Some(last_id) = last_read else {
+                if let (Some(p), Some(ser)) = (&mut self.proof, self.primary.ser_view()) {
+                    p.tick(&mut self.journal, ser);
+                }
                 let _ = self.wake.recv_timeout(Duration::from_millis(500));
                 continue;
             };
@@ -400,6 +413,7 @@ mod tests {
             wake: wake_rx,
             scan_watch: Arc::new(ScanWatch::default()),
             restore: None,
+            proof: None,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();

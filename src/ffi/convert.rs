@@ -196,8 +196,8 @@ pub(super) unsafe fn raw_config(cfg: &sersync_config) -> Result<RawConfig, Confi
         usrloc_in_memory: cfg.ul_db_mode == 0,
         alias_scan_max_delete: u64::from(cfg.alias_scan_max_delete),
         alias_scan_max_delete_pct: u64::from(cfg.alias_scan_max_delete_pct),
-        // No modparam yet: the default interval.
-        peer_check_secs: 0,
+        peer_check_secs: u64::from(cfg.peer_check_interval),
+        check_interval: u64::from(cfg.check_interval),
     })
 }
 

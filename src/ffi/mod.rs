@@ -8,6 +8,7 @@ mod engine;
 mod error;
 mod log;
 mod queue;
+mod walk;
 
 use std::os::raw::{c_char, c_int};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -15,7 +16,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use crate::abi;
 use crate::abi::{
     sersync_alias, sersync_apply_ops, sersync_config, sersync_contact, sersync_log_fn, sersync_rc,
-    sersync_shared, sersync_status,
+    sersync_shared, sersync_status, sersync_walk,
 };
 
 use self::apply::sersync_apply_decode;
@@ -28,6 +29,7 @@ use self::queue::{
     sersync_journal_wait, sersync_order_admit, sersync_publish, sersync_publish_alias,
     sersync_shared_create,
 };
+use self::walk::{sersync_walk_add, sersync_walk_free, sersync_walk_new, sersync_walk_reply};
 
 fn boundary(f: impl FnOnce() -> sersync_rc) -> c_int {
     match catch_unwind(AssertUnwindSafe(f)) {
@@ -70,4 +72,18 @@ const _SIGNATURES: () = {
         *mut c_char,
         usize,
     ) -> c_int; 2] = [abi::sersync_apply_decode, sersync_apply_decode];
+    let _: [unsafe extern "C" fn(i64, *const c_char, usize, *mut *mut sersync_walk) -> c_int; 2] =
+        [abi::sersync_walk_new, sersync_walk_new];
+    let _: [unsafe extern "C" fn(*mut sersync_walk, *const sersync_contact) -> c_int; 2] =
+        [abi::sersync_walk_add, sersync_walk_add];
+    let _: [unsafe extern "C" fn(
+        *mut sersync_walk,
+        u64,
+        *mut c_char,
+        usize,
+        *mut u64,
+        *mut u64,
+    ) -> c_int; 2] = [abi::sersync_walk_reply, sersync_walk_reply];
+    let _: [unsafe extern "C" fn(*mut sersync_walk) -> c_int; 2] =
+        [abi::sersync_walk_free, sersync_walk_free];
 };

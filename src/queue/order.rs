@@ -137,6 +137,13 @@ impl Shared {
         }
     }
 
+    /// The version usrloc holds for `key` as last noted, if still kept
+    /// (read only: the check of SER against the journal, [`crate::proof`]).
+    pub fn held(&self, key: u64) -> Option<u64> {
+        let b = self.bucket(key).lock();
+        b.find(key).map(|i| b.stamp(i))
+    }
+
     /// The applier's question, asked with usrloc's lock of the AOR held: may
     /// version `stamp` of the contact (last modified at `last_modified`)
     /// overwrite what usrloc holds? Yes is noted as the version held; no is

@@ -44,6 +44,12 @@ pub struct SersyncStatus {
     /// Remote changes held in the quarantine, and the reason of the newest.
     pub quarantined: u64,
     pub quarantine_last_reason: String,
+    /// The check of SER against the journal: checks made, ranges compared
+    /// key by key, differences confirmed, repairs made.
+    pub checks: u64,
+    pub ranges_compared: u64,
+    pub divergences: u64,
+    pub repaired: u64,
     pub last_error: String,
     pub peers: Vec<PeerStatus>,
     pub raw: Value,
@@ -132,6 +138,10 @@ impl SersyncStatus {
             restore_pending: u(v, "restore_pending"),
             quarantined: u(v, "quarantined"),
             quarantine_last_reason: s(v, "quarantine_last_reason"),
+            checks: u(v, "checks"),
+            ranges_compared: u(v, "ranges_compared"),
+            divergences: u(v, "divergences"),
+            repaired: u(v, "repaired"),
             last_error: s(v, "last_error"),
             peers,
             raw: v.clone(),
@@ -157,7 +167,7 @@ impl SersyncStatus {
         let mut t = format!(
             "id={} running={} journaled={} last_seq={} applied={} apply_pending={} \
              apply_failures={} via_db={} superseded={} restored={} restore_pending={} queue={}/{} dropped \
-             quarantined={} ({:?}) err={:?}",
+             quarantined={} ({:?}) checks={} ranges_compared={} divergences={} repaired={} err={:?}",
             self.node_id,
             self.running,
             self.journaled,
@@ -173,6 +183,10 @@ impl SersyncStatus {
             self.queue_dropped,
             self.quarantined,
             self.quarantine_last_reason,
+            self.checks,
+            self.ranges_compared,
+            self.divergences,
+            self.repaired,
             self.last_error
         );
         for p in &self.peers {

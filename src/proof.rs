@@ -1,0 +1,835 @@
+//! The check (issue 12, items 1–2, the local half): what SER's usrloc
+//! holds equals the journal's last-writer-wins state, and what differs is
+//! repaired.
+//!
+//! Every `check_interval` seconds the applier (on its own thread, between
+//! two batches, with nothing staged and the worker queue empty) asks SER
+//! for the digest of its replicated usrloc tables (`sersync.digest`: the
+//! RPC process walks usrloc inside SER, one slot at a time under usrloc's
+//! slot lock, and feeds each contact to a [`Walk`]) and compares it with
+//! the digest of the state's contacts of the same tables ([`crate::digest`]
+//! defines "equal" for both). For the ranges whose digests differ it
+//! fetches SER's contacts (`sersync.digest_range`, paged) and the state's,
+//! and compares them key by key ([`compare`]).
+//!
+//! Changes in flight must not look like divergences: a contact saved in a
+//! SIP worker while the check runs is in usrloc before it is journaled, a
+//! remote change is in the state before it is applied. So a difference is
+//! acted on only if it is found twice, [`CONFIRM_DELAY`] apart, exactly the
+//! same (SER's version, the state's stamp), with the inbox and the worker
+//! queue empty both times. A change in flight moves one side in between
+//! (the queue drains in milliseconds, the applier applies what is staged
+//! before the second look) and the difference is dropped; one still there
+//! is next check's.
+//!
+//! Which side is right: the newer version. The state's stamp against the
+//! version usrloc holds, as ordering in SER noted it ([`Shared::held`]:
+//! the callback notes its stamp even when the queue drops the change);
+//! for a contact noted too long ago, usrloc's `last_modified` against the
+//! state's stamp (seconds). Then:
+//! - (a) the state holds a live version SER lacks or holds older: it is
+//!   staged in the inbox (as the restore does) and the applier applies it,
+//!   through ordering in SER and the quarantine as usual;
+//! - (b) SER holds a version the state lacks or holds older (a change the
+//!   full queue dropped, `queue_dropped`): it is published into the
+//!   worker queue as SER's callback would have, with a fresh stamp from
+//!   the node's clock, journaled as a local change and replicated; a
+//!   deletion the queue dropped (SER lacks a contact it deleted after the
+//!   state's version) likewise;
+//! - (c) SER holds a contact the state deleted after it: the deletion is
+//!   staged and applied.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::digest::{self, Digest, RANGES};
+use crate::error::{ApplyError, JournalError};
+use crate::journal::Journal;
+use crate::log;
+use crate::queue::Shared;
+use crate::record::{Contact, ContactRef, Op, Record, SnapRow};
+use crate::status::Status;
+
+/// How long after finding a difference it is looked at again.
+pub const CONFIRM_DELAY: Duration = Duration::from_secs(1);
+
+/// How long one repair waits for room in a full worker queue before it is
+/// left to the next check.
+const QUEUE_WAIT: Duration = Duration::from_millis(200);
+
+/// SER's contacts walked inside SER: the digest of all of them, or the
+/// contacts of some ranges (what `sersync.digest` and
+/// `sersync.digest_range` reply).
+pub struct Walk {
+    now: i64,
+    /// None: the digest; else the ranges (sorted) whose contacts are kept.
+    ranges: Option<Vec<usize>>,
+    digest: Digest,
+    counted: u64,
+    kept: Vec<Contact>,
+}
+
+/// The digest's reply, decoded.
+#[derive(Debug, Serialize, Deserialize)]
+struct DigestReply {
+    digest: Digest,
+}
+
+impl Walk {
+    pub fn new(now: i64, ranges: Option<Vec<usize>>) -> Walk {
+        Walk {
+            now,
+            ranges,
+            digest: Digest::default(),
+            counted: 0,
+            kept: Vec::new(),
+        }
+    }
+
+    /// Parses "3,17,200" (ranges of [`RANGES`]); None when malformed.
+    pub fn parse_ranges(text: &[u8]) -> Option<Vec<usize>> {
+        let text = std::str::from_utf8(text).ok()?;
+        let mut out = Vec::new();
+        for part in text.split(',') {
+            let r: usize = part.trim().parse().ok()?;
+            if r >= RANGES {
+                return None;
+            }
+            out.push(r);
+        }
+        out.sort_unstable();
+        out.dedup();
+        Some(out)
+    }
+
+    pub fn add(&mut self, c: &ContactRef) {
+        if !digest::comparable(c, self.now) {
+            return;
+        }
+        match &self.ranges {
+            None => {
+                self.digest.add(c, self.now);
+                self.counted += 1;
+            }
+            Some(ranges) => {
+                if ranges.binary_search(&digest::range_of(c)).is_ok() {
+                    self.kept.push(owned(c));
+                }
+            }
+        }
+    }
+
+    /// (reply text, index of the first contact left out or 0, count):
+    /// the digest, or the kept contacts from `skip` on that fit in `max`
+    /// bytes of text.
+    pub fn reply(&self, skip: u64, max: usize) -> (String, u64, u64) {
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let mut bytes = Vec::new();
+        if self.ranges.is_none() {
+            codec::encode_into(
+                &DigestReply {
+                    digest: self.digest.clone(),
+                },
+                &mut bytes,
+            )
+            .expect("encoding into a Vec cannot fail");
+            return (b64(&bytes), 0, self.counted);
+        }
+        let from = (skip as usize).min(self.kept.len());
+        // Vec length prefix, then each contact; base64 grows by 4/3.
+        let mut size = 8usize;
+        let mut end = from;
+        while end < self.kept.len() {
+            let n = codec::encoded_len(&self.kept[end]).unwrap_or(u64::MAX) as usize;
+            if end > from && (size + n) * 4 / 3 + 8 > max {
+                break;
+            }
+            size += n;
+            end += 1;
+        }
+        codec::encode_into(&self.kept[from..end], &mut bytes)
+            .expect("encoding into a Vec cannot fail");
+        let next = if end < self.kept.len() { end as u64 } else { 0 };
+        (b64(&bytes), next, self.kept.len() as u64)
+    }
+}
+
+fn unb64(text: &str) -> Result<Vec<u8>, String> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("not base64: {e}"))
+}
+
+/// Decodes `sersync.digest`'s digest text.
+pub fn decode_digest(text: &str) -> Result<Digest, String> {
+    let d: DigestReply = codec::decode(&unb64(text)?)?;
+    if d.digest.counts.len() != RANGES || d.digest.sums.len() != RANGES {
+        return Err("a digest of the wrong size".into());
+    }
+    Ok(d.digest)
+}
+
+/// Decodes one page of `sersync.digest_range`'s contacts.
+pub fn decode_contacts(text: &str) -> Result<Vec<Contact>, String> {
+    codec::decode(&unb64(text)?)
+}
+
+/// `c` owned: [`ContactRef`] and [`Contact`] share one encoding.
+fn owned(c: &ContactRef) -> Contact {
+    let mut bytes = Vec::new();
+    codec::encode_into(c, &mut bytes).expect("encoding into a Vec cannot fail");
+    codec::decode(&bytes).expect("ContactRef and Contact share one layout")
+}
+
+/// SER's digest as `sersync.digest` reports it, with the walk's cost.
+#[derive(Debug, Clone)]
+pub struct SerDigest {
+    pub digest: Digest,
+    pub contacts: u64,
+    /// The walk inside SER, and the longest one slot lock was held.
+    pub walk_us: u64,
+    pub max_lock_us: u64,
+}
+
+/// What the check needs of SER: its RPC door ([`crate::apply::door`]).
+pub trait SerView {
+    fn digest(&mut self, now: i64) -> Result<SerDigest, ApplyError>;
+    /// SER's comparable contacts in `ranges` (sorted), all pages.
+    fn contacts_in(&mut self, ranges: &[usize], now: i64) -> Result<Vec<Contact>, ApplyError>;
+}
+
+/// One repair, as [`compare`] decides it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Repair {
+    /// (a), (c): the state's version (live, or a deletion) into SER.
+    Apply(SnapRow),
+    /// (b): SER's version (an upsert, or the deletion of a contact SER
+    /// lacks) journaled as a local change.
+    Journal(Record),
+}
+
+impl Repair {
+    /// What must be the same at the second look for it to be acted on.
+    fn fingerprint(&self) -> (u8, u64, u64) {
+        match self {
+            Repair::Apply(row) => (0, row.hlc, version(&row.record)),
+            Repair::Journal(rec) => (1, 0, version(rec)),
+        }
+    }
+}
+
+fn version(r: &Record) -> u64 {
+    match r {
+        Record::Contact {
+            op: Op::Upsert,
+            contact,
+        } => digest::version_hash(&contact.as_ref()),
+        Record::Contact { op: Op::Delete, .. } => 1,
+        Record::Alias { .. } => 2,
+    }
+}
+
+/// Which side holds the newer version of a key.
+pub trait Newer {
+    /// Is the version usrloc holds for `c`'s key (or its deletion there,
+    /// when `present` is false) newer than the state's, stamped `stamp`?
+    fn ser_newer(&self, c: &Contact, present: bool, stamp: u64) -> bool;
+}
+
+impl Newer for Shared {
+    fn ser_newer(&self, c: &Contact, present: bool, stamp: u64) -> bool {
+        let key = self.order_key(&c.domain, &c.aor, &c.contact);
+        match self.held(key) {
+            Some(held) => held > stamp,
+            // Forgotten (or from before this SER started): usrloc's own
+            // clock, in seconds, for a contact it holds; a deletion it
+            // does not remember is not newer.
+            None => present && c.last_modified > (crate::hlc::millis(stamp) / 1000) as i64,
+        }
+    }
+}
+
+/// The repairs that make SER equal to the state for the keys of some
+/// ranges: `ser` and `state` hold the comparable contacts of those ranges
+/// on each side; `version_of` gives the state's version of a key it does
+/// not hold comparable (deleted, expiring, absent: None).
+pub fn compare(
+    ser: &[Contact],
+    state: &[SnapRow],
+    version_of: &mut dyn FnMut(&[u8]) -> Option<SnapRow>,
+    newer: &dyn Newer,
+) -> Vec<Repair> {
+    let key = |c: &Contact| {
+        Record::Contact {
+            op: Op::Upsert,
+            contact: c.clone(),
+        }
+        .key()
+    };
+    let in_ser: HashMap<Vec<u8>, &Contact> = ser.iter().map(|c| (key(c), c)).collect();
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for row in state {
+        let Record::Contact { contact: sc, .. } = &row.record else {
+            continue;
+        };
+        let k = row.record.key();
+        seen.insert(k.clone());
+        match in_ser.get(&k) {
+            Some(c) if digest::same_version(c, sc) => {}
+            Some(c) if newer.ser_newer(c, true, row.hlc) => {
+                out.push(Repair::Journal(Record::Contact {
+                    op: Op::Upsert,
+                    contact: (*c).clone(),
+                }))
+            }
+            // SER lacks it: deleted there by a change the queue dropped?
+            None if newer.ser_newer(sc, false, row.hlc) => {
+                out.push(Repair::Journal(Record::Contact {
+                    op: Op::Delete,
+                    contact: sc.clone(),
+                }))
+            }
+            _ => out.push(Repair::Apply(row.clone())),
+        }
+    }
+    for c in ser {
+        let k = key(c);
+        if seen.contains(&k) {
+            continue;
+        }
+        let journal_it = Repair::Journal(Record::Contact {
+            op: Op::Upsert,
+            contact: c.clone(),
+        });
+        match version_of(&k) {
+            None => out.push(journal_it),
+            Some(row) if newer.ser_newer(c, true, row.hlc) => out.push(journal_it),
+            Some(row) => out.push(Repair::Apply(row)),
+        }
+    }
+    out
+}
+
+/// The state's side of a check: its contacts of `tables`.
+fn state_digest(journal: &Journal, tables: &[String], now: i64) -> Result<Digest, JournalError> {
+    let mut d = Digest::default();
+    for (_, _, rec) in
+        journal.live_contacts(|c| in_tables(tables, c) && digest::comparable(&c.as_ref(), now))?
+    {
+        if let Record::Contact { contact, .. } = &rec {
+            d.add(&contact.as_ref(), now);
+        }
+    }
+    Ok(d)
+}
+
+fn in_tables(tables: &[String], c: &Contact) -> bool {
+    tables.iter().any(|t| t.as_bytes() == c.domain.as_slice())
+}
+
+/// The differences of one look, by key.
+type Found = HashMap<Vec<u8>, Repair>;
+
+/// The periodic check, run by the applier.
+pub struct Proof {
+    interval: Duration,
+    tables: Vec<String>,
+    shared: Arc<Shared>,
+    status: Arc<Status>,
+    next: Instant,
+    /// Differences found at the first look, to confirm at `.1`, in ranges.
+    pending: Option<(Found, Instant, Vec<usize>)>,
+}
+
+fn repair_key(r: &Repair) -> Vec<u8> {
+    match r {
+        Repair::Apply(row) => row.record.key(),
+        Repair::Journal(rec) => rec.key(),
+    }
+}
+
+impl Proof {
+    pub fn new(
+        interval: Duration,
+        tables: Vec<String>,
+        shared: Arc<Shared>,
+        status: Arc<Status>,
+    ) -> Proof {
+        Proof {
+            interval,
+            tables,
+            shared,
+            status,
+            next: Instant::now() + interval,
+            pending: None,
+        }
+    }
+
+    /// Called by the applier with nothing staged: runs the check when it
+    /// is due. Errors (SER not answering) postpone it to the next interval.
+    pub fn tick(&mut self, journal: &mut Journal, ser: &mut dyn SerView) {
+        let now_i = Instant::now();
+        if self.shared.depth() > 0 {
+            return;
+        }
+        let result = match self.pending.take() {
+            Some((found, at, ranges)) if now_i >= at => self.confirm(journal, ser, found, &ranges),
+            Some(p) => {
+                self.pending = Some(p);
+                return;
+            }
+            None if now_i >= self.next => {
+                self.next = now_i + self.interval;
+                self.first_look(journal, ser)
+            }
+            None => return,
+        };
+        if let Err(e) = result {
+            log::warn(format_args!(
+                "check of SER against the journal postponed: {e}"
+            ));
+        }
+    }
+
+    fn now() -> i64 {
+        (crate::hlc::wall_ms() / 1000) as i64
+    }
+
+    fn look(
+        &self,
+        journal: &Journal,
+        ser: &mut dyn SerView,
+        ranges: &[usize],
+        now: i64,
+    ) -> Result<Found, String> {
+        let contacts = ser.contacts_in(ranges, now).map_err(|e| e.to_string())?;
+        let rows: Vec<SnapRow> = journal
+            .state_in_ranges(ranges, now)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|r| matches!(&r.record, Record::Contact { contact, .. } if in_tables(&self.tables, contact)))
+            .collect();
+        let mut version_of = |k: &[u8]| {
+            journal
+                .state_version(k)
+                .ok()
+                .flatten()
+                .map(|(hlc, origin, record)| SnapRow {
+                    origin,
+                    hlc,
+                    record,
+                })
+        };
+        let repairs = compare(&contacts, &rows, &mut version_of, &*self.shared);
+        Ok(repairs.into_iter().map(|r| (repair_key(&r), r)).collect())
+    }
+
+    fn first_look(&mut self, journal: &mut Journal, ser: &mut dyn SerView) -> Result<(), String> {
+        let now = Self::now();
+        let c = &self.status.counters;
+        let theirs = ser.digest(now).map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let ours = state_digest(journal, &self.tables, now).map_err(|e| e.to_string())?;
+        let state_ms = t.elapsed().as_secs_f64() * 1000.0;
+        c.checks.fetch_add(1, Ordering::Relaxed);
+        let ranges = theirs.digest.differing(&ours);
+        log::info(format_args!(
+            "check: SER holds {} comparable contacts (walk {:.1} ms, longest slot lock {} us), state digest {state_ms:.1} ms; {} ranges differ",
+            theirs.contacts,
+            theirs.walk_us as f64 / 1000.0,
+            theirs.max_lock_us,
+            ranges.len()
+        ));
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        c.ranges_compared
+            .fetch_add(ranges.len() as u64, Ordering::Relaxed);
+        let found = self.look(journal, ser, &ranges, now)?;
+        if !found.is_empty() {
+            self.pending = Some((found, Instant::now() + CONFIRM_DELAY, ranges));
+        }
+        Ok(())
+    }
+
+    /// Hands `rec` to the ingest thread through the worker queue, as
+    /// SER's callback would have; waits (at most [`QUEUE_WAIT`]) while the
+    /// queue is full, which a tiny queue after a burst may well be.
+    fn publish(&self, rec: &Record) -> bool {
+        let until = Instant::now() + QUEUE_WAIT;
+        loop {
+            // Leave room for SIP workers.
+            if self.shared.depth() < self.shared.capacity() / 2
+                && self.shared.publish(&rec.as_ref()).is_ok()
+            {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn confirm(
+        &mut self,
+        journal: &mut Journal,
+        ser: &mut dyn SerView,
+        first: Found,
+        ranges: &[usize],
+    ) -> Result<(), String> {
+        let now = Self::now();
+        let second = self.look(journal, ser, ranges, now)?;
+        let confirmed: Vec<Repair> = second
+            .into_iter()
+            .filter(|(k, r)| {
+                first
+                    .get(k)
+                    .is_some_and(|f| f.fingerprint() == r.fingerprint())
+            })
+            .map(|(_, r)| r)
+            .collect();
+        let c = &self.status.counters;
+        c.divergences
+            .fetch_add(confirmed.len() as u64, Ordering::Relaxed);
+        let mut apply = Vec::new();
+        let mut journaled = 0u64;
+        let mut dropped = 0u64;
+        for r in confirmed {
+            match r {
+                Repair::Apply(row) => apply.push((row.hlc, row.origin, row.record)),
+                Repair::Journal(rec) => {
+                    if self.publish(&rec) {
+                        journaled += 1;
+                    } else {
+                        dropped += 1;
+                    }
+                }
+            }
+        }
+        let staged = apply.len() as u64;
+        if !apply.is_empty() {
+            journal.stage_restore(&apply).map_err(|e| e.to_string())?;
+        }
+        c.repaired.fetch_add(staged + journaled, Ordering::Relaxed);
+        log::info(format_args!(
+            "check: {} contacts differ from the journal's state: {staged} put back into SER, {journaled} journaled from SER{}",
+            staged + journaled + dropped,
+            if dropped > 0 {
+                format!(", {dropped} not (queue full: next check)")
+            } else {
+                String::new()
+            }
+        ));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contact(aor: &str, cseq: i32, lm: i64) -> Contact {
+        Contact {
+            domain: b"location".to_vec(),
+            aor: aor.as_bytes().to_vec(),
+            contact: format!("sip:{aor}@192.0.2.1").into_bytes(),
+            ruid: format!("ruid-{aor}").into_bytes(),
+            expires: 0,
+            cseq,
+            last_modified: lm,
+            ..Default::default()
+        }
+    }
+
+    fn row(c: Contact, op: Op, hlc: u64) -> SnapRow {
+        SnapRow {
+            origin: "n1".into(),
+            hlc,
+            record: Record::Contact { op, contact: c },
+        }
+    }
+
+    /// Versions usrloc holds as ordering in SER noted them, by AOR.
+    struct Held(HashMap<Vec<u8>, u64>);
+
+    impl Newer for Held {
+        fn ser_newer(&self, c: &Contact, present: bool, stamp: u64) -> bool {
+            match self.0.get(&c.aor) {
+                Some(h) => *h > stamp,
+                None => present && c.last_modified > (crate::hlc::millis(stamp) / 1000) as i64,
+            }
+        }
+    }
+
+    fn held(pairs: &[(&str, u64)]) -> Held {
+        Held(
+            pairs
+                .iter()
+                .map(|(a, s)| (a.as_bytes().to_vec(), *s))
+                .collect(),
+        )
+    }
+
+    const S: u64 = 1_800_000_000_000 << 16; // a stamp at unix 1.8e9 s
+
+    #[test]
+    fn equal_sides_need_no_repair() {
+        let a = contact("a", 1, 100);
+        let r = compare(
+            std::slice::from_ref(&a),
+            &[row(a.clone(), Op::Upsert, S)],
+            &mut |_| None,
+            &held(&[]),
+        );
+        assert!(r.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn what_ser_lacks_or_holds_older_is_applied() {
+        let a = contact("a", 1, 100);
+        let b_old = contact("b", 1, 100);
+        let b_new = contact("b", 2, 100);
+        let state = [
+            row(a.clone(), Op::Upsert, S),
+            row(b_new.clone(), Op::Upsert, S + 5),
+        ];
+        // b's older version was applied at S: noted so.
+        let r = compare(&[b_old], &state, &mut |_| None, &held(&[("b", S)]));
+        assert_eq!(
+            r,
+            vec![
+                Repair::Apply(state[0].clone()),
+                Repair::Apply(state[1].clone())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dropped_local_change_is_journaled() {
+        // The state holds cseq 1 (stamp S); usrloc holds cseq 2, saved at
+        // S + 9 whose change the full queue dropped (noted all the same).
+        let old = contact("a", 1, 100);
+        let new = contact("a", 2, 101);
+        let fresh = contact("n", 1, 101);
+        let r = compare(
+            &[new.clone(), fresh.clone()],
+            &[row(old, Op::Upsert, S)],
+            &mut |_| None,
+            &held(&[("a", S + 9), ("n", S + 10)]),
+        );
+        assert_eq!(
+            r,
+            vec![
+                Repair::Journal(Record::Contact {
+                    op: Op::Upsert,
+                    contact: new
+                }),
+                Repair::Journal(Record::Contact {
+                    op: Op::Upsert,
+                    contact: fresh
+                }),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dropped_deletion_is_journaled_and_a_deleted_contact_leaves_ser() {
+        let gone_here = contact("g", 1, 100);
+        let deleted_there = contact("d", 1, 100);
+        let tomb = row(deleted_there.clone(), Op::Delete, S + 20);
+        let tomb2 = tomb.clone();
+        let r = compare(
+            &[deleted_there],
+            &[row(gone_here.clone(), Op::Upsert, S)],
+            &mut |k| (k == tomb2.record.key()).then(|| tomb2.clone()),
+            // g deleted here at S + 3 (dropped); d applied at S + 1
+            &held(&[("g", S + 3), ("d", S + 1)]),
+        );
+        assert_eq!(
+            r,
+            vec![
+                Repair::Journal(Record::Contact {
+                    op: Op::Delete,
+                    contact: gone_here
+                }),
+                Repair::Apply(tomb),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_forgotten_version_is_judged_by_last_modified() {
+        let secs = (crate::hlc::millis(S) / 1000) as i64;
+        let state_v = contact("a", 1, secs);
+        let ser_newer = contact("a", 2, secs + 5);
+        let ser_same_second = contact("a", 3, secs);
+        let st = [row(state_v, Op::Upsert, S)];
+        let r = compare(
+            std::slice::from_ref(&ser_newer),
+            &st,
+            &mut |_| None,
+            &held(&[]),
+        );
+        assert!(matches!(&r[..], [Repair::Journal(_)]), "{r:?}");
+        let r = compare(&[ser_same_second], &st, &mut |_| None, &held(&[]));
+        assert_eq!(r, vec![Repair::Apply(st[0].clone())]);
+    }
+
+    #[test]
+    fn a_walk_digests_as_the_state_does_and_pages_its_ranges() {
+        let now = 1_800_000_000;
+        let cs: Vec<Contact> = (0..3000)
+            .map(|i| Contact {
+                expires: now + 3600,
+                path: vec![b'p'; 200],
+                ..contact(&format!("u{i}"), 1, 1)
+            })
+            .collect();
+        let mut w = Walk::new(now, None);
+        for c in &cs {
+            w.add(&c.as_ref());
+        }
+        let soon = Contact {
+            expires: now + 10,
+            ..contact("soon", 1, 1)
+        };
+        w.add(&soon.as_ref());
+        let (text, next, n) = w.reply(0, 60_000);
+        assert_eq!((next, n), (0, 3000));
+        let recs: Vec<Record> = cs
+            .iter()
+            .map(|c| Record::Contact {
+                op: Op::Upsert,
+                contact: c.clone(),
+            })
+            .collect();
+        let want = Digest::of(&recs, now);
+        assert_eq!(decode_digest(&text).unwrap(), want);
+
+        let ranges: Vec<usize> = (0..64).collect();
+        let mut w = Walk::new(now, Some(ranges.clone()));
+        for c in &cs {
+            w.add(&c.as_ref());
+        }
+        let mut got = Vec::new();
+        let mut skip = 0;
+        let mut pages = 0;
+        loop {
+            let (text, next, _) = w.reply(skip, 60_000);
+            assert!(text.len() <= 60_000);
+            got.extend(decode_contacts(&text).unwrap());
+            pages += 1;
+            if next == 0 {
+                break;
+            }
+            skip = next;
+        }
+        assert!(pages > 1, "paged");
+        let want: Vec<&Contact> = cs
+            .iter()
+            .filter(|c| digest::range_of(&c.as_ref()) < 64)
+            .collect();
+        assert_eq!(got.len(), want.len());
+        assert!(want.iter().zip(&got).all(|(a, b)| *a == b));
+        assert_eq!(Walk::parse_ranges(b"3, 17,3"), Some(vec![3, 17]));
+        assert_eq!(Walk::parse_ranges(b"256"), None);
+        assert_eq!(Walk::parse_ranges(b"x"), None);
+    }
+
+    /// SER as the check sees it: the contacts usrloc holds.
+    struct FakeSer(std::sync::Arc<std::sync::Mutex<Vec<Contact>>>);
+
+    impl SerView for FakeSer {
+        fn digest(&mut self, now: i64) -> Result<SerDigest, ApplyError> {
+            let mut w = Walk::new(now, None);
+            for c in self.0.lock().unwrap().iter() {
+                w.add(&c.as_ref());
+            }
+            let (text, _, n) = w.reply(0, 1 << 16);
+            Ok(SerDigest {
+                digest: decode_digest(&text).unwrap(),
+                contacts: n,
+                walk_us: 0,
+                max_lock_us: 0,
+            })
+        }
+
+        fn contacts_in(&mut self, ranges: &[usize], now: i64) -> Result<Vec<Contact>, ApplyError> {
+            let mut w = Walk::new(now, Some(ranges.to_vec()));
+            for c in self.0.lock().unwrap().iter() {
+                w.add(&c.as_ref());
+            }
+            Ok(decode_contacts(&w.reply(0, usize::MAX / 2).0).unwrap())
+        }
+    }
+
+    #[test]
+    fn a_difference_is_repaired_only_when_the_second_look_finds_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let shared = Arc::new(Shared::create(64).unwrap());
+        let status = Arc::new(Status::new("n1"));
+        let now = (crate::hlc::wall_ms() / 1000) as i64;
+        let live = |aor: &str| Contact {
+            expires: now + 3600,
+            ..contact(aor, 1, now)
+        };
+        let upsert = |c: Contact| Record::Contact {
+            op: Op::Upsert,
+            contact: c,
+        };
+        j.append_local("n1", &[(shared.stamp(), upsert(live("a")))])
+            .unwrap();
+        j.append_local("n1", &[(shared.stamp(), upsert(live("b")))])
+            .unwrap();
+        // SER lacks both; "a" is in flight (applied before the second look).
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut ser = FakeSer(held.clone());
+        let mut p = Proof::new(
+            Duration::from_secs(3600),
+            vec!["location".into()],
+            shared,
+            status.clone(),
+        );
+        p.next = Instant::now();
+        p.tick(&mut j, &mut ser);
+        let c = &status.counters;
+        assert_eq!(c.checks.load(Ordering::Relaxed), 1);
+        assert!(c.ranges_compared.load(Ordering::Relaxed) >= 1);
+        assert_eq!(
+            j.inbox_len().unwrap(),
+            0,
+            "nothing acted on at the first look"
+        );
+        held.lock().unwrap().push(live("a"));
+        p.tick(&mut j, &mut ser);
+        assert_eq!(j.inbox_len().unwrap(), 0, "not before CONFIRM_DELAY");
+        std::thread::sleep(CONFIRM_DELAY + Duration::from_millis(50));
+        p.tick(&mut j, &mut ser);
+        assert_eq!(c.divergences.load(Ordering::Relaxed), 1);
+        assert_eq!(c.repaired.load(Ordering::Relaxed), 1);
+        let (staged, _) = j.inbox_current(10).unwrap();
+        let aors: Vec<Vec<u8>> = staged
+            .iter()
+            .map(|s| match &s.record {
+                Record::Contact { contact, .. } => contact.aor.clone(),
+                Record::Alias { .. } => unreachable!(),
+            })
+            .collect();
+        assert_eq!(aors, [b"b".to_vec()], "only b, still missing, is put back");
+        // Equal now: the next check finds nothing.
+        held.lock().unwrap().push(live("b"));
+        p.next = Instant::now();
+        p.tick(&mut j, &mut ser);
+        assert_eq!(c.checks.load(Ordering::Relaxed), 2);
+        assert!(p.pending.is_none());
+    }
+}

@@ -1,0 +1,208 @@
+//! End-to-end: the check of SER against the journal (issue 12, items 1–2,
+//! the local half). Every `check_interval` each node compares what its
+//! usrloc holds (walked inside SER, `sersync.digest`) with its journal's
+//! state, and repairs what differs.
+//!
+//! Three Kamailio 5.6 nodes, usrloc in memory, sipp, check_interval 5 s.
+//! - Changes the full worker queue dropped (queue_size 64, the engine
+//!   process stopped while 400 phones register on node 1): counted in
+//!   `queue_dropped`, never journaled, so never sent; node 1's check finds
+//!   them in its usrloc, journals them, and every node ends identical,
+//!   field by field.
+//! - Contacts removed from node 2's usrloc behind sersync's back (through
+//!   `sersync.apply`, whose writes fire no replication): node 2's check
+//!   finds them in its journal's state and puts them back.
+//!
+//! Needs `build/sersync.so` (`make`); fails, never skips, without it.
+
+#[path = "e2e_support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::*;
+
+use sersync::record::{Op, Record};
+
+const INTERVAL: u64 = 5;
+/// Two check intervals, the confirmation and the replication.
+const REPAIRED_WITHIN: Duration = Duration::from_secs(3 * INTERVAL);
+
+fn cluster(name: &str, first: u8, queue_size: Option<u32>) -> Cluster {
+    let mut opts = ClusterOptions {
+        ul_db_mode: Some(0),
+        sersync_no_db: true,
+        ..ClusterOptions::default()
+    };
+    for n in 1..=3 {
+        let mut lines = vec![format!(
+            "modparam(\"sersync\", \"check_interval\", {INTERVAL})"
+        )];
+        if let Some(q) = queue_size {
+            lines.push(format!("modparam(\"sersync\", \"queue_size\", {q})"));
+        }
+        opts.extra.insert(n, lines);
+    }
+    Cluster::start_private(name, first, 3, &opts)
+}
+
+fn phones(prefix: &str, n: usize) -> Vec<Reg> {
+    (0..n)
+        .map(|i| Reg::new(format!("{prefix}{i}"), 3600))
+        .collect()
+}
+
+/// The PID of `node`'s sersync engine process (core.psx: "sersync").
+fn engine_pid(node: &Node) -> u32 {
+    let text = node.kamcmd(&["core.psx"]).expect("kamcmd core.psx");
+    let mut pid = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(p) = line.strip_prefix("PID:") {
+            pid = p.trim().parse::<u32>().ok();
+        } else if line.strip_prefix("DSC:").map(str::trim) == Some("sersync") {
+            return pid.expect("PID before DSC in core.psx");
+        }
+    }
+    panic!("{}: no sersync process in core.psx:\n{text}", node.name());
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a process of our own cluster.
+    assert_eq!(
+        unsafe { libc::kill(pid as i32, sig) },
+        0,
+        "kill {pid} {sig}"
+    );
+}
+
+/// Continues a stopped process when dropped, also if the test fails.
+struct Stopped(u32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above; failure (the process is gone) is harmless here.
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
+}
+
+#[test]
+fn changes_the_full_queue_dropped_reach_every_node_within_the_interval() {
+    let t0 = Instant::now();
+    let cluster = cluster("proof-dropped", 171, Some(64));
+    let n1 = cluster.node(1);
+    const N: usize = 400;
+    let stopped = Stopped(engine_pid(n1));
+    signal(stopped.0, libc::SIGSTOP);
+    sipp_register(n1, &phones("d", N), 400, "burst");
+    drop(stopped);
+    let dropped = n1.status().queue_dropped;
+    assert!(
+        dropped > 0,
+        "no change dropped: the test proves nothing ({})",
+        n1.status().summary()
+    );
+    let resumed = Instant::now();
+    wait_converged(
+        &cluster.all(),
+        REPAIRED_WITHIN,
+        "dropped changes repaired",
+        expect_contacts(N),
+    );
+    let took = resumed.elapsed();
+    // The status area is refreshed by the engine now and then.
+    wait_until(Duration::from_secs(5), || n1.status().repaired >= dropped);
+    let st = n1.status();
+    assert!(
+        st.repaired >= dropped,
+        "repaired < dropped: {}",
+        st.summary()
+    );
+    assert!(st.checks > 0 && st.divergences > 0, "{}", st.summary());
+    for line in n1.log_grep("check: ") {
+        eprintln!("node 1: {line}");
+    }
+    eprintln!(
+        "{dropped} dropped changes on node 1 repaired on every node {:.1} s after the \
+         engine resumed; test {:.1} s",
+        took.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+/// Contacts of `node`'s journal state, with their stamps: (stamp, record).
+fn state_contacts(node: &Node, n: usize) -> Vec<(u64, Record)> {
+    let p = node.journal_path();
+    let db = rusqlite::Connection::open(&p).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mut stmt = db
+        .prepare("SELECT hlc, body FROM state WHERE key >= X'63' AND key < X'64' ORDER BY key")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+        .unwrap();
+    rows.map(|r| r.unwrap())
+        .filter_map(|(hlc, body)| {
+            let rec: Record = sersync::codec::decode(&body).ok()?;
+            matches!(rec, Record::Contact { op: Op::Upsert, .. }).then_some((hlc as u64, rec))
+        })
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn contacts_removed_from_usrloc_behind_sersyncs_back_are_put_back() {
+    let t0 = Instant::now();
+    let cluster = cluster("proof-removed", 181, None);
+    let (n1, n2) = (cluster.node(1), cluster.node(2));
+    const N: usize = 200;
+    sipp_register(n1, &phones("r", N), 400, "register");
+    wait_converged(
+        &cluster.all(),
+        Duration::from_secs(20),
+        "registered",
+        expect_contacts(N),
+    );
+    // The deletion of 20 of them, at the versions node 2 holds: written
+    // into node 2's usrloc by sersync.apply, which replicates nothing.
+    let gone: Vec<(u64, Record)> = state_contacts(n2, 20)
+        .into_iter()
+        .map(|(hlc, r)| match r {
+            Record::Contact { contact, .. } => (
+                hlc,
+                Record::Contact {
+                    op: Op::Delete,
+                    contact,
+                },
+            ),
+            Record::Alias { .. } => unreachable!(),
+        })
+        .collect();
+    assert_eq!(gone.len(), 20);
+    // One per request: the FIFO takes requests of at most 4 KiB.
+    for one in gone.chunks(1) {
+        let payload = sersync::apply::payload::encode(one);
+        let applied = n2
+            .rpc("sersync.apply", json!([payload]))
+            .unwrap_or_else(|e| panic!("sersync.apply on node 2: {e}"));
+        assert_eq!(applied, json!(1), "sersync.apply: {applied}");
+    }
+    let held = n2.contacts().len();
+    assert_eq!(held, N - 20, "node 2's usrloc after the removal");
+    let removed = Instant::now();
+    wait_converged(
+        &cluster.all(),
+        REPAIRED_WITHIN,
+        "removed contacts put back",
+        expect_contacts(N),
+    );
+    wait_until(Duration::from_secs(5), || n2.status().repaired >= 20);
+    let st = n2.status();
+    assert!(st.repaired >= 20, "{}", st.summary());
+    assert_eq!(n1.status().repaired, 0, "node 1 had nothing to repair");
+    eprintln!(
+        "20 contacts removed behind sersync's back put back {:.1} s later; test {:.1} s",
+        removed.elapsed().as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+}
