@@ -53,49 +53,28 @@ fn phones(prefix: &str, n: usize) -> Vec<Reg> {
         .collect()
 }
 
-/// The PID of `node`'s sersync engine process (core.psx: "sersync").
-fn engine_pid(node: &Node) -> u32 {
-    let text = node.kamcmd(&["core.psx"]).expect("kamcmd core.psx");
-    let mut pid = None;
-    for line in text.lines().map(str::trim) {
-        if let Some(p) = line.strip_prefix("PID:") {
-            pid = p.trim().parse::<u32>().ok();
-        } else if line.strip_prefix("DSC:").map(str::trim) == Some("sersync") {
-            return pid.expect("PID before DSC in core.psx");
-        }
-    }
-    panic!("{}: no sersync process in core.psx:\n{text}", node.name());
-}
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a process of our own cluster.
-    assert_eq!(
-        unsafe { libc::kill(pid as i32, sig) },
-        0,
-        "kill {pid} {sig}"
-    );
-}
-
-/// Continues a stopped process when dropped, also if the test fails.
-struct Stopped(u32);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        // SAFETY: as above; failure (the process is gone) is harmless here.
-        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
-    }
-}
-
 #[test]
 fn changes_the_full_queue_dropped_reach_every_node_within_the_interval() {
     let t0 = Instant::now();
     let cluster = cluster("proof-dropped", 171, Some(64));
     let n1 = cluster.node(1);
     const N: usize = 400;
-    let stopped = Stopped(engine_pid(n1));
-    signal(stopped.0, libc::SIGSTOP);
-    sipp_register(n1, &phones("d", N), 400, "burst");
-    drop(stopped);
+    // Phones registered and replicated before; 100 of them de-register
+    // while the engine is stopped, beside the burst of new ones.
+    let old = phones("o", 200);
+    sipp_register(n1, &old, 400, "before");
+    wait_converged(
+        &cluster.all(),
+        REPAIRED_WITHIN,
+        "registered",
+        expect_contacts(200),
+    );
+    let gone: Vec<Reg> = old[..100].iter().map(Reg::deregistration).collect();
+    {
+        let _stopped = Stopped::new(n1.process_pid("sersync"));
+        sipp_register(n1, &phones("d", N), 400, "burst");
+        sipp_register(n1, &gone, 400, "de-registrations");
+    }
     let dropped = n1.status().queue_dropped;
     assert!(
         dropped > 0,
@@ -107,7 +86,7 @@ fn changes_the_full_queue_dropped_reach_every_node_within_the_interval() {
         &cluster.all(),
         REPAIRED_WITHIN,
         "dropped changes repaired",
-        expect_contacts(N),
+        expect_contacts(N + 100),
     );
     let took = resumed.elapsed();
     // The status area is refreshed by the engine now and then.
