@@ -319,7 +319,7 @@ fn a_member_that_never_reads_costs_a_bounded_output_and_is_dropped() {
     assert!(
         most_sent < 20_000 && most_sent * record_bytes < 24 << 20,
         "{most_sent} records (~{} MiB) queued for a member that reads nothing",
-        most_sent * record_bytes >> 20
+        (most_sent * record_bytes) >> 20
     );
     eprintln!(
         "never-reading member: at most {most_sent} of {total} records queued before the drop"
