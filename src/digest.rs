@@ -141,49 +141,6 @@ pub fn same_version(a: &Contact, b: &Contact) -> bool {
     version_hash(&a.as_ref()) == version_hash(&b.as_ref())
 }
 
-/// What the table of versions usrloc holds says about one contact
-/// ([`crate::queue::Shared::version_held`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Held {
-    /// usrloc's content for the key (present or absent) has this version.
-    Known(u64),
-    /// Forgotten or never noted: usrloc's version is at most this stamp
-    /// (or older than this SER's start).
-    AtMost(u64),
-}
-
-/// How a difference between SER and the journal's state is repaired.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Repair {
-    /// The journal's version is newer: apply it into SER (a deletion
-    /// when the state holds a tombstone or nothing live).
-    IntoSer,
-    /// SER's content is newer (its change never reached the journal: a
-    /// dropped queue entry): journal it with its stamp, as present (SER's
-    /// contact) or deleted (SER lacks it).
-    IntoJournal { stamp: u64 },
-    /// Nothing tells which is newer: left alone, counted.
-    Undecided,
-}
-
-/// Which side of a difference wins, by last writer: `journal` is the
-/// stamp of the state's version of the key (live or tombstone; None when
-/// the state holds nothing), `held` what usrloc's table of versions says.
-pub fn repair(journal: Option<u64>, held: Held) -> Repair {
-    match (journal, held) {
-        (j, Held::Known(s)) if s > j.unwrap_or(0) => Repair::IntoJournal { stamp: s },
-        (_, Held::Known(_)) => Repair::IntoSer,
-        // Whatever usrloc holds is no newer than the floor.
-        (Some(j), Held::AtMost(floor)) if j > floor => Repair::IntoSer,
-        // The journal never had the key: SER's contact is its only
-        // version, stamped no newer than it can be.
-        (None, Held::AtMost(floor)) => Repair::IntoJournal {
-            stamp: floor.max(1),
-        },
-        (Some(_), Held::AtMost(_)) => Repair::Undecided,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,31 +201,6 @@ mod tests {
         );
         b.remove(8);
         assert_eq!(Digest::of(&a, now).differing(&Digest::of(&b, now)).len(), 2);
-    }
-
-    #[test]
-    fn the_newer_side_wins_the_repair() {
-        // A de-registration whose queue entry was dropped: usrloc lacks the
-        // contact with a newer version than the journal's.
-        assert_eq!(
-            repair(Some(10), Held::Known(20)),
-            Repair::IntoJournal { stamp: 20 }
-        );
-        // A contact SER lost (or never got): the journal's is newer.
-        assert_eq!(repair(Some(20), Held::Known(10)), Repair::IntoSer);
-        assert_eq!(repair(Some(20), Held::AtMost(10)), Repair::IntoSer);
-        // A registration the journal never saw.
-        assert_eq!(
-            repair(None, Held::Known(5)),
-            Repair::IntoJournal { stamp: 5 }
-        );
-        // Forgotten, and not older than the journal's: nobody knows.
-        assert_eq!(repair(Some(10), Held::AtMost(10)), Repair::Undecided);
-        // Never journaled, forgotten: SER's is the only version.
-        assert_eq!(
-            repair(None, Held::AtMost(7)),
-            Repair::IntoJournal { stamp: 7 }
-        );
     }
 
     #[test]

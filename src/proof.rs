@@ -52,7 +52,7 @@ use crate::digest::{self, Digest, RANGES};
 use crate::error::{ApplyError, JournalError};
 use crate::journal::Journal;
 use crate::log;
-use crate::queue::Shared;
+use crate::queue::{Shared, VersionHeld};
 use crate::record::{Contact, ContactRef, Op, Record, SnapRow};
 use crate::status::Status;
 
@@ -239,19 +239,30 @@ fn version(r: &Record) -> u64 {
 pub trait Newer {
     /// Is the version usrloc holds for `c`'s key (or its deletion there,
     /// when `present` is false) newer than the state's, stamped `stamp`?
-    fn ser_newer(&self, c: &Contact, present: bool, stamp: u64) -> bool;
+    /// None: nothing tells (then nothing is repaired).
+    fn ser_newer(&self, c: &Contact, present: bool, stamp: u64) -> Option<bool>;
+}
+
+/// The rule behind [`Newer`], from what ordering in SER says of the key.
+pub fn ser_newer(held: VersionHeld, c: &Contact, present: bool, stamp: u64) -> Option<bool> {
+    match held {
+        VersionHeld::Known(h) => Some(h > stamp),
+        // usrloc's version is no newer than the floor, older than this.
+        VersionHeld::AtMost(floor) if stamp > floor => Some(false),
+        // Forgotten: usrloc's own clock, in seconds, for a contact it
+        // holds; a deletion it may have made cannot be told from a loss,
+        // and a contact is never brought back on a guess.
+        VersionHeld::AtMost(_) if present => {
+            Some(c.last_modified > (crate::hlc::millis(stamp) / 1000) as i64)
+        }
+        VersionHeld::AtMost(_) => None,
+    }
 }
 
 impl Newer for Shared {
-    fn ser_newer(&self, c: &Contact, present: bool, stamp: u64) -> bool {
+    fn ser_newer(&self, c: &Contact, present: bool, stamp: u64) -> Option<bool> {
         let key = self.order_key(&c.domain, &c.aor, &c.contact);
-        match self.held(key) {
-            Some(held) => held > stamp,
-            // Forgotten (or from before this SER started): usrloc's own
-            // clock, in seconds, for a contact it holds; a deletion it
-            // does not remember is not newer.
-            None => present && c.last_modified > (crate::hlc::millis(stamp) / 1000) as i64,
-        }
+        ser_newer(self.version_held(key), c, present, stamp)
     }
 }
 
@@ -283,19 +294,21 @@ pub fn compare(
         seen.insert(k.clone());
         match in_ser.get(&k) {
             Some(c) if digest::same_version(c, sc) => {}
-            Some(c) if newer.ser_newer(c, true, row.hlc) => {
+            Some(c) if newer.ser_newer(c, true, row.hlc) == Some(true) => {
                 out.push(Repair::Journal(Record::Contact {
                     op: Op::Upsert,
                     contact: (*c).clone(),
                 }))
             }
             // SER lacks it: deleted there by a change the queue dropped?
-            None if newer.ser_newer(sc, false, row.hlc) => {
-                out.push(Repair::Journal(Record::Contact {
+            None => match newer.ser_newer(sc, false, row.hlc) {
+                Some(true) => out.push(Repair::Journal(Record::Contact {
                     op: Op::Delete,
                     contact: sc.clone(),
-                }))
-            }
+                })),
+                Some(false) => out.push(Repair::Apply(row.clone())),
+                None => {}
+            },
             _ => out.push(Repair::Apply(row.clone())),
         }
     }
@@ -310,7 +323,7 @@ pub fn compare(
         });
         match version_of(&k) {
             None => out.push(journal_it),
-            Some(row) if newer.ser_newer(c, true, row.hlc) => out.push(journal_it),
+            Some(row) if newer.ser_newer(c, true, row.hlc) == Some(true) => out.push(journal_it),
             Some(row) => out.push(Repair::Apply(row)),
         }
     }
@@ -557,24 +570,32 @@ mod tests {
         }
     }
 
-    /// Versions usrloc holds as ordering in SER noted them, by AOR.
-    struct Held(HashMap<Vec<u8>, u64>);
+    /// Versions usrloc holds as ordering in SER noted them, by AOR, and
+    /// the floor of what it forgot.
+    struct Held(HashMap<Vec<u8>, u64>, u64);
 
     impl Newer for Held {
-        fn ser_newer(&self, c: &Contact, present: bool, stamp: u64) -> bool {
-            match self.0.get(&c.aor) {
-                Some(h) => *h > stamp,
-                None => present && c.last_modified > (crate::hlc::millis(stamp) / 1000) as i64,
-            }
+        fn ser_newer(&self, c: &Contact, present: bool, stamp: u64) -> Option<bool> {
+            let held = match self.0.get(&c.aor) {
+                Some(h) => VersionHeld::Known(*h),
+                None => VersionHeld::AtMost(self.1),
+            };
+            super::ser_newer(held, c, present, stamp)
         }
     }
 
     fn held(pairs: &[(&str, u64)]) -> Held {
+        forgot(pairs, 0)
+    }
+
+    /// As `held`, having forgotten versions up to `floor`.
+    fn forgot(pairs: &[(&str, u64)], floor: u64) -> Held {
         Held(
             pairs
                 .iter()
                 .map(|(a, s)| (a.as_bytes().to_vec(), *s))
                 .collect(),
+            floor,
         )
     }
 
@@ -676,10 +697,24 @@ mod tests {
             std::slice::from_ref(&ser_newer),
             &st,
             &mut |_| None,
-            &held(&[]),
+            &forgot(&[], S),
         );
         assert!(matches!(&r[..], [Repair::Journal(_)]), "{r:?}");
-        let r = compare(&[ser_same_second], &st, &mut |_| None, &held(&[]));
+        let r = compare(&[ser_same_second], &st, &mut |_| None, &forgot(&[], S));
+        assert_eq!(r, vec![Repair::Apply(st[0].clone())]);
+        // Newer than every version forgotten: the state's wins.
+        let r = compare(
+            &[contact("a", 2, secs + 5)],
+            &st,
+            &mut |_| None,
+            &forgot(&[], S - 1),
+        );
+        assert_eq!(r, vec![Repair::Apply(st[0].clone())]);
+        // A contact SER lacks, whose version it forgot: it may have been
+        // de-registered there; it is not brought back on a guess.
+        let r = compare(&[], &st, &mut |_| None, &forgot(&[], S));
+        assert!(r.is_empty(), "{r:?}");
+        let r = compare(&[], &st, &mut |_| None, &forgot(&[], S - 1));
         assert_eq!(r, vec![Repair::Apply(st[0].clone())]);
     }
 

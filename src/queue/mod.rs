@@ -20,7 +20,7 @@ mod ring;
 mod status_area;
 
 pub use item::{Item, ItemRef};
-pub use order::Held;
+pub use order::{Held, VersionHeld};
 pub use ring::SLOT_SIZE;
 
 /// What a slot holds: the stamp the producer gave the item, and the item.

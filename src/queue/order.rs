@@ -50,6 +50,16 @@ pub enum Held {
     Live { last_modified: i64 },
 }
 
+/// What the table says of the version usrloc holds for one contact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionHeld {
+    /// usrloc's content for the key (present or deleted) has this version.
+    Known(u64),
+    /// Forgotten, or never noted: usrloc's version is at most this stamp
+    /// (or older than this SER's start).
+    AtMost(u64),
+}
+
 /// A locked bucket; unlocked as it drops.
 struct Locked<'a>(&'a Bucket);
 
@@ -137,13 +147,6 @@ impl Shared {
         }
     }
 
-    /// The version usrloc holds for `key` as last noted, if still kept
-    /// (read only: the check of SER against the journal, [`crate::proof`]).
-    pub fn held(&self, key: u64) -> Option<u64> {
-        let b = self.bucket(key).lock();
-        b.find(key).map(|i| b.stamp(i))
-    }
-
     /// The applier's question, asked with usrloc's lock of the AOR held: may
     /// version `stamp` of the contact (last modified at `last_modified`)
     /// overwrite what usrloc holds? Yes is noted as the version held; no is
@@ -175,15 +178,13 @@ impl Shared {
         admitted
     }
 
-    /// The version usrloc holds for a contact as far as the table knows:
-    /// the stamp noted for it, or the bucket's floor it is at most (or
-    /// older than this SER's start) when forgotten or never noted. For the
-    /// proof's repair: which side of a difference is newer.
-    pub fn version_held(&self, key: u64) -> crate::digest::Held {
+    /// The version usrloc holds for a contact as far as the table knows
+    /// (read only: the check of SER against the journal, [`crate::proof`]).
+    pub fn version_held(&self, key: u64) -> VersionHeld {
         let b = self.bucket(key).lock();
         match b.find(key) {
-            Some(i) => crate::digest::Held::Known(b.stamp(i)),
-            None => crate::digest::Held::AtMost(b.floor()),
+            Some(i) => VersionHeld::Known(b.stamp(i)),
+            None => VersionHeld::AtMost(b.floor()),
         }
     }
 
