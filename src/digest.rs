@@ -27,7 +27,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::record::{Contact, ContactRef, Record};
+use crate::record::{AliasRef, Contact, ContactRef, Record};
 
 /// Ranges the key space is split into.
 pub const RANGES: usize = 256;
@@ -97,6 +97,41 @@ pub fn version_hash(c: &ContactRef) -> u64 {
     u64::from_be_bytes(out[..8].try_into().expect("32 bytes"))
 }
 
+/// The range of an alias (the peer check; SER's alias table is proven by
+/// its rescan). An alias's key is all its fields, so its version is its
+/// presence.
+pub fn alias_range(a: &AliasRef) -> usize {
+    alias_sha(b"k", a)[0] as usize
+}
+
+fn alias_hash(a: &AliasRef) -> u64 {
+    u64::from_be_bytes(alias_sha(b"v", a)[..8].try_into().expect("32 bytes"))
+}
+
+fn alias_sha(what: &[u8], a: &AliasRef) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(what);
+    for part in [
+        a.table,
+        a.alias_username,
+        a.alias_domain,
+        a.username,
+        a.domain,
+    ] {
+        h.update((part.len() as u32).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+/// The range of any record's key.
+pub fn record_range(r: &Record) -> usize {
+    match r {
+        Record::Contact { contact, .. } => range_of(&contact.as_ref()),
+        Record::Alias { alias, .. } => alias_range(&alias.as_ref()),
+    }
+}
+
 /// Whether a contact takes part in a check made at unix time `now`.
 pub fn comparable(c: &ContactRef, now: i64) -> bool {
     c.expires == 0 || c.expires > now + EXPIRY_MARGIN
@@ -111,6 +146,27 @@ impl Digest {
         let r = range_of(c);
         self.counts[r] += 1;
         self.sums[r] = self.sums[r].wrapping_add(version_hash(c));
+    }
+
+    /// Counts a present record in: a comparable contact, or an alias
+    /// (aliases do not expire). Deletions are absence.
+    pub fn add_record(&mut self, r: &Record, now: i64) {
+        match r {
+            Record::Contact {
+                op: crate::record::Op::Upsert,
+                contact,
+            } => self.add(&contact.as_ref(), now),
+            Record::Alias {
+                op: crate::record::Op::Upsert,
+                alias,
+            } => {
+                let a = alias.as_ref();
+                let r = alias_range(&a);
+                self.counts[r] += 1;
+                self.sums[r] = self.sums[r].wrapping_add(alias_hash(&a));
+            }
+            _ => {}
+        }
     }
 
     /// The digest of the live contacts among `records`.

@@ -148,14 +148,41 @@ impl Journal {
         })
     }
 
-    /// The digest ([`crate::digest`]) of the contacts the state holds as
-    /// present, for a check made at unix time `now`.
+    /// (hlc, origin, record) of every version the state holds, contacts
+    /// and aliases, present or deleted, that `keep` accepts.
+    fn record_versions(
+        &self,
+        keep: impl Fn(&Record) -> bool,
+    ) -> Result<Vec<(u64, String, Record)>, JournalError> {
+        self.run(|c| {
+            let mut stmt = c.prepare_cached("SELECT hlc, origin, body FROM state")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (hlc, origin, body) = row?;
+                if let Ok(rec) = codec::decode::<Record>(&body) {
+                    if keep(&rec) {
+                        out.push((hlc as u64, origin, rec));
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The digest ([`crate::digest`]) of what the state holds as present
+    /// (comparable contacts and aliases), for a peer check made at unix
+    /// time `now`.
     pub fn state_digest(&self, now: i64) -> Result<crate::digest::Digest, JournalError> {
         let mut d = crate::digest::Digest::default();
-        for (_, _, rec) in self.live_contacts(|c| crate::digest::comparable(&c.as_ref(), now))? {
-            if let Record::Contact { contact, .. } = &rec {
-                d.add(&contact.as_ref(), now);
-            }
+        for (_, _, rec) in self.record_versions(|r| !r.is_delete())? {
+            d.add_record(&rec, now);
         }
         Ok(d)
     }
@@ -168,35 +195,42 @@ impl Journal {
         ranges: &[usize],
         now: i64,
     ) -> Result<Vec<SnapRow>, JournalError> {
-        self.versions_in_ranges(ranges, now, false)
+        let rows = self.live_contacts(|c| {
+            let c = c.as_ref();
+            crate::digest::comparable(&c, now)
+                && ranges.binary_search(&crate::digest::range_of(&c)).is_ok()
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(hlc, origin, record)| SnapRow {
+                origin,
+                hlc,
+                record,
+            })
+            .collect())
     }
 
     /// What a peer check compares in `ranges` (sorted) at unix time
-    /// `now`: the versions of the comparable contacts whose keys fall in
-    /// them (as [`Journal::state_in_ranges`]) and the contacts' tombstones
-    /// there, whatever their expiry (a peer that still holds the contact
-    /// must get the deletion).
+    /// `now`: the versions of the comparable contacts and the aliases
+    /// whose keys fall in them, and their tombstones there, whatever their
+    /// expiry (a peer that still holds the contact must get the deletion).
     pub fn check_versions_in_ranges(
         &self,
         ranges: &[usize],
         now: i64,
     ) -> Result<Vec<SnapRow>, JournalError> {
-        self.versions_in_ranges(ranges, now, true)
-    }
-
-    fn versions_in_ranges(
-        &self,
-        ranges: &[usize],
-        now: i64,
-        tombstones: bool,
-    ) -> Result<Vec<SnapRow>, JournalError> {
-        let rows = self.contact_versions(|op, c| {
-            let c = c.as_ref();
-            let compared = match op {
-                crate::record::Op::Upsert => crate::digest::comparable(&c, now),
-                crate::record::Op::Delete => tombstones,
+        let rows = self.record_versions(|r| {
+            let compared = match r {
+                Record::Contact {
+                    op: crate::record::Op::Upsert,
+                    contact,
+                } => crate::digest::comparable(&contact.as_ref(), now),
+                _ => true,
             };
-            compared && ranges.binary_search(&crate::digest::range_of(&c)).is_ok()
+            compared
+                && ranges
+                    .binary_search(&crate::digest::record_range(r))
+                    .is_ok()
         })?;
         Ok(rows
             .into_iter()

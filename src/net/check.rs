@@ -95,12 +95,12 @@ fn raw(row: &SnapRow) -> RawSnapRow {
     }
 }
 
-/// The rows of `rows` that decode to contacts `keep` accepts.
+/// The rows of `rows` that decode to records `keep` accepts.
 fn contacts(rows: Vec<RawSnapRow>, keep: impl Fn(&Record) -> bool) -> Vec<SnapRow> {
     rows.into_iter()
         .filter_map(|r| {
             let record: Record = codec::decode(&r.record).ok()?;
-            (matches!(record, Record::Contact { .. }) && keep(&record)).then_some(SnapRow {
+            keep(&record).then_some(SnapRow {
                 origin: r.origin,
                 hlc: r.hlc,
                 record,
@@ -110,10 +110,7 @@ fn contacts(rows: Vec<RawSnapRow>, keep: impl Fn(&Record) -> bool) -> Vec<SnapRo
 }
 
 fn range_of(rec: &Record) -> Option<usize> {
-    match rec {
-        Record::Contact { contact, .. } => Some(crate::digest::range_of(&contact.as_ref())),
-        Record::Alias { .. } => None,
-    }
+    Some(crate::digest::record_range(rec))
 }
 
 /// The ranges a check compares among `differing`: from the one `check`
