@@ -121,41 +121,26 @@ impl Journal {
         &self,
         keep: impl Fn(crate::record::Op, &crate::record::Contact) -> bool,
     ) -> Result<Vec<(u64, String, Record)>, JournalError> {
-        self.run(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT hlc, origin, body FROM state WHERE key >= X'63' AND key < X'64'",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (hlc, origin, body) = row?;
-                if let Ok(rec @ Record::Contact { .. }) = codec::decode::<Record>(&body) {
-                    let Record::Contact { op, contact } = &rec else {
-                        unreachable!()
-                    };
-                    if keep(*op, contact) {
-                        out.push((hlc as u64, origin, rec));
-                    }
-                }
-            }
-            Ok(out)
+        self.versions(true, |r| match r {
+            Record::Contact { op, contact } => keep(*op, contact),
+            Record::Alias { .. } => false,
         })
     }
 
-    /// (hlc, origin, record) of every version the state holds, contacts
-    /// and aliases, present or deleted, that `keep` accepts.
-    fn record_versions(
+    /// (hlc, origin, record) of every version the state holds (of
+    /// contacts only when `contacts_only`: their keys' range is read),
+    /// present or deleted, that `keep` accepts.
+    fn versions(
         &self,
+        contacts_only: bool,
         keep: impl Fn(&Record) -> bool,
     ) -> Result<Vec<(u64, String, Record)>, JournalError> {
         self.run(|c| {
-            let mut stmt = c.prepare_cached("SELECT hlc, origin, body FROM state")?;
+            let mut stmt = c.prepare_cached(if contacts_only {
+                "SELECT hlc, origin, body FROM state WHERE key >= X'63' AND key < X'64'"
+            } else {
+                "SELECT hlc, origin, body FROM state"
+            })?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
@@ -181,7 +166,7 @@ impl Journal {
     /// time `now`.
     pub fn state_digest(&self, now: i64) -> Result<crate::digest::Digest, JournalError> {
         let mut d = crate::digest::Digest::default();
-        for (_, _, rec) in self.record_versions(|r| !r.is_delete())? {
+        for (_, _, rec) in self.versions(false, |r| !r.is_delete())? {
             d.add_record(&rec, now);
         }
         Ok(d)
@@ -219,7 +204,7 @@ impl Journal {
         ranges: &[usize],
         now: i64,
     ) -> Result<Vec<SnapRow>, JournalError> {
-        let rows = self.record_versions(|r| {
+        let rows = self.versions(false, |r| {
             let compared = match r {
                 Record::Contact {
                     op: crate::record::Op::Upsert,
