@@ -169,15 +169,11 @@ impl Digest {
         }
     }
 
-    /// The digest of the live contacts among `records`.
+    /// The digest of what `records` hold as present ([`Digest::add_record`]).
     pub fn of<'a>(records: impl IntoIterator<Item = &'a Record>, now: i64) -> Digest {
         let mut d = Digest::default();
         for r in records {
-            if let Record::Contact { contact, op } = r {
-                if *op == crate::record::Op::Upsert {
-                    d.add(&contact.as_ref(), now);
-                }
-            }
+            d.add_record(r, now);
         }
         d
     }

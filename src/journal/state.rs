@@ -79,6 +79,17 @@ pub(super) fn expires_at(rec: &Record) -> Option<i64> {
     }
 }
 
+/// (hlc, origin, record) rows as snapshot rows.
+fn snap_rows(rows: Vec<(u64, String, Record)>) -> Vec<SnapRow> {
+    rows.into_iter()
+        .map(|(hlc, origin, record)| SnapRow {
+            origin,
+            hlc,
+            record,
+        })
+        .collect()
+}
+
 impl Journal {
     /// Keys of the aliases of `table` that the state holds as present.
     pub fn live_alias_keys(&self, table: &[u8]) -> Result<Vec<Vec<u8>>, JournalError> {
@@ -185,14 +196,7 @@ impl Journal {
             crate::digest::comparable(&c, now)
                 && ranges.binary_search(&crate::digest::range_of(&c)).is_ok()
         })?;
-        Ok(rows
-            .into_iter()
-            .map(|(hlc, origin, record)| SnapRow {
-                origin,
-                hlc,
-                record,
-            })
-            .collect())
+        Ok(snap_rows(rows))
     }
 
     /// What a peer check compares in `ranges` (sorted) at unix time
@@ -217,14 +221,7 @@ impl Journal {
                     .binary_search(&crate::digest::record_range(r))
                     .is_ok()
         })?;
-        Ok(rows
-            .into_iter()
-            .map(|(hlc, origin, record)| SnapRow {
-                origin,
-                hlc,
-                record,
-            })
-            .collect())
+        Ok(snap_rows(rows))
     }
 
     /// The highest stamp the state holds (0 for an empty journal): the

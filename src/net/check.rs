@@ -109,10 +109,6 @@ fn contacts(rows: Vec<RawSnapRow>, keep: impl Fn(&Record) -> bool) -> Vec<SnapRo
         .collect()
 }
 
-fn range_of(rec: &Record) -> Option<usize> {
-    Some(crate::digest::record_range(rec))
-}
-
 /// The ranges a check compares among `differing`: from the one `check`
 /// picks, as many as the bounds allow with `mine`'s counts (versions this
 /// node will list; tombstones come on top, hence half the bound).
@@ -253,7 +249,7 @@ impl Net {
         let mut per_range: HashMap<usize, usize> = HashMap::new();
         for r in &rows {
             *per_range
-                .entry(range_of(&r.record).unwrap_or(0))
+                .entry(crate::digest::record_range(&r.record))
                 .or_default() += 1;
         }
         while ranges
@@ -268,7 +264,10 @@ impl Net {
         let mut index: HashMap<String, u16> = HashMap::new();
         let mut versions = Vec::with_capacity(rows.len());
         for row in &rows {
-            if range_of(&row.record).is_none_or(|r| ranges.binary_search(&r).is_err()) {
+            if ranges
+                .binary_search(&crate::digest::record_range(&row.record))
+                .is_err()
+            {
                 continue;
             }
             let origin = match index.get(&row.origin) {
@@ -442,7 +441,9 @@ impl Net {
                 };
                 let ranges = &inn.ranges;
                 let rows = contacts(rows, |r| {
-                    range_of(r).is_some_and(|n| ranges.binary_search(&n).is_ok())
+                    ranges
+                        .binary_search(&crate::digest::record_range(r))
+                        .is_ok()
                 });
                 self.stage_check_rows(&from, &rows);
                 if want.is_empty() {
