@@ -4,6 +4,11 @@
 #   make            Rust engine (cargo) + SER module, result in build/sersync.so
 #   make install    install build/sersync.so into SER's module directory
 #                   (DESTDIR-aware; SER_MODULES_DIR overrides the directory)
+#   make SER_ROOT=DIR [install]
+#                   the module for the Kamailio installed in the Debian root
+#                   DIR (.ci/debian13-root.sh), built inside DIR against its
+#                   own source tree, into build/<kamailio version>/sersync.so;
+#                   install puts it into DIR's module directory
 #   make test       make, C ABI check (tests/abi.c), cargo test --release
 #   make demo       make, then demo/run.sh
 #   make clean      remove build products (keeps the SER source tree)
@@ -19,23 +24,48 @@ CARGO ?= cargo
 KAMAILIO ?= kamailio
 
 BUILD := $(CURDIR)/build
+SER_CFG := make -C src cfg FLAVOUR=kamailio PREFIX=/usr \
+	CC_EXTRA_OPTS=-DVERSION_NODATE
+SERSYNC_LIB := $(CURDIR)/target/release/libsersync.a
+SERSYNC_INC := $(CURDIR)/include
+ABI_TEST := $(BUILD)/abi
+ENGINE_LIBS := -lsqlite3 -lpthread -ldl -lm
+# runs a command inside a Debian root (mounts in a namespace of its own)
+IN_ROOT := bash $(CURDIR)/.ci/in-root.sh
+# the Debian 13 root `make test` builds for (.ci/debian13-root.sh)
+TEST_ROOT ?= $(or $(SERSYNC_DEBIAN13_ROOT),/var/cache/sersync/debian13)
+
+ifeq ($(SER_ROOT),)
+# the host's Kamailio
 SER_VERSION := $(shell $(KAMAILIO) -V 2>/dev/null \
 	| sed -n 's/^version: kamailio \([0-9][0-9.]*\).*/\1/p')
 SER_SRC ?= $(BUILD)/kamailio-$(or $(SER_VERSION),5.6.3)
-SER_CFG := make -C src cfg FLAVOUR=kamailio PREFIX=/usr \
-	CC_EXTRA_OPTS=-DVERSION_NODATE
-
-SERSYNC_LIB := $(CURDIR)/target/release/libsersync.a
-SERSYNC_INC := $(CURDIR)/include
-MOD_DIR := $(SER_SRC)/src/modules/sersync
 MODULE := $(BUILD)/sersync.so
-ABI_TEST := $(BUILD)/abi
-ENGINE_LIBS := -lsqlite3 -lpthread -ldl -lm
-
 # SER's module directory, from the kamailio package, else the Debian layout
 SER_MODULES_DIR ?= $(or $(patsubst %/tm.so,%,$(shell dpkg -L kamailio \
 	2>/dev/null | grep -m1 '/kamailio/modules/tm.so$$')),\
 	/usr/lib/$(shell $(CC) -print-multiarch 2>/dev/null)/kamailio/modules)
+else
+# the Kamailio of the Debian root SER_ROOT: its source tree is fetched into
+# the root's /usr/src (SER_SRC is the host's path of it, SER_SRC_IN the
+# root's) and the module is compiled inside the root, with the root's
+# compiler and headers; the Rust engine is the host's (plain static archive)
+override SER_ROOT := $(abspath $(SER_ROOT))
+ifeq ($(wildcard $(SER_ROOT)/usr/sbin/kamailio),)
+$(error SER_ROOT=$(SER_ROOT) has no Kamailio (make one with .ci/debian13-root.sh))
+endif
+SER_VERSION := $(shell chroot $(SER_ROOT) kamailio -V 2>/dev/null \
+	| sed -n 's/^version: kamailio \([0-9][0-9.]*\).*/\1/p')
+ifeq ($(SER_VERSION),)
+$(error `chroot $(SER_ROOT) kamailio -V` names no version)
+endif
+SER_SRC_IN := /usr/src/kamailio-$(SER_VERSION)
+SER_SRC := $(SER_ROOT)$(SER_SRC_IN)
+MODULE := $(BUILD)/$(SER_VERSION)/sersync.so
+SER_MODULES_DIR ?= $(patsubst %/tm.so,%,$(shell chroot $(SER_ROOT) dpkg -L \
+	kamailio 2>/dev/null | grep -m1 '/kamailio/modules/tm.so$$'))
+endif
+MOD_DIR := $(SER_SRC)/src/modules/sersync
 
 .PHONY: all engine module install test demo clean distclean
 
@@ -45,6 +75,24 @@ engine:
 	$(CARGO) build --release
 
 # the SER source tree: the Debian source of the installed kamailio
+ifneq ($(SER_ROOT),)
+# in the root (its deb-src line); the .orig.tar.gz.asc may be missing on
+# the mirror: apt-get's error is tolerated when the tarball came
+$(SER_SRC)/src/Makefile:
+	mkdir -p $(SER_ROOT)/usr/src
+	$(IN_ROOT) $(SER_ROOT) sh -c 'cd /usr/src && apt-get source \
+		--download-only kamailio=$$(dpkg-query -W -f="\$${Version}" \
+		kamailio)' || true
+	@test -f $(SER_ROOT)/usr/src/kamailio_$(SER_VERSION).orig.tar.gz || { \
+		echo "no kamailio_$(SER_VERSION).orig.tar.gz in $(SER_ROOT)/usr/src:" \
+			"does the root's apt have a deb-src line?" >&2; exit 1; }
+	tar -xzf $(SER_ROOT)/usr/src/kamailio_$(SER_VERSION).orig.tar.gz \
+		-C $(SER_ROOT)/usr/src
+	touch $@
+
+$(SER_SRC)/src/config.mak: $(SER_SRC)/src/Makefile
+	$(IN_ROOT) $(SER_ROOT) sh -c 'cd $(SER_SRC_IN) && $(SER_CFG)'
+else
 $(SER_SRC)/src/Makefile:
 	@test -n "$(SER_VERSION)" || { echo "kamailio is not installed" \
 		"(apt-get install kamailio)" >&2; exit 1; }
@@ -65,6 +113,7 @@ $(SER_SRC)/src/Makefile:
 # configured like Debian's binary; reconfigured if configured otherwise
 $(SER_SRC)/src/config.mak: $(SER_SRC)/src/Makefile
 	cd $(SER_SRC) && $(SER_CFG)
+endif
 
 module: engine $(SER_SRC)/src/config.mak
 	@v=$$(sed -n 's/^\(VERSION\|PATCHLEVEL\|SUBLEVEL\) *= *\([0-9]*\).*/\2/p' \
@@ -73,25 +122,43 @@ module: engine $(SER_SRC)/src/config.mak
 		echo "$(SER_SRC) is SER $$v, the installed kamailio is" \
 			"$(SER_VERSION)" >&2; exit 1; }
 	@grep -q -- '-DVERSION_NODATE' $(SER_SRC)/src/config.mak \
-		|| (cd $(SER_SRC) && $(SER_CFG))
+		|| rm -f $(SER_SRC)/src/config.mak
+	@test -f $(SER_SRC)/src/config.mak || $(MAKE) $(SER_SRC)/src/config.mak
 	@# a copy, not a symlink: Makefile.modules works with ../../ paths
 	mkdir -p $(MOD_DIR)
 	rm -f $(MOD_DIR)/*.c $(MOD_DIR)/*.h $(MOD_DIR)/*.map
 	cp -p ser-module/* $(MOD_DIR)/
+ifeq ($(SER_ROOT),)
 	$(MAKE) -C $(MOD_DIR) SERSYNC_LIB=$(SERSYNC_LIB) \
 		SERSYNC_INC=$(SERSYNC_INC)
+else
+	$(IN_ROOT) $(SER_ROOT) --bind $(dir $(SERSYNC_LIB)) --bind \
+		$(SERSYNC_INC) -- make -C $(SER_SRC_IN)/src/modules/sersync \
+		SERSYNC_LIB=$(SERSYNC_LIB) SERSYNC_INC=$(SERSYNC_INC)
+endif
 
 $(MODULE): module
-	mkdir -p $(BUILD)
+	mkdir -p $(dir $@)
 	@# replace, never overwrite in place: running SERs have it mapped
 	cp $(MOD_DIR)/sersync.so $@.tmp && mv -f $@.tmp $@
 
 install:
 	@test -f $(MODULE) || $(MAKE) all
-	install -d $(DESTDIR)$(SER_MODULES_DIR)
-	install -m 0644 $(MODULE) $(DESTDIR)$(SER_MODULES_DIR)/sersync.so
+	@test -n "$(SER_MODULES_DIR)" || { echo "no kamailio module" \
+		"directory found in $(SER_ROOT)" >&2; exit 1; }
+	install -d $(DESTDIR)$(SER_ROOT)$(SER_MODULES_DIR)
+	install -m 0644 $(MODULE) \
+		$(DESTDIR)$(SER_ROOT)$(SER_MODULES_DIR)/sersync.so
 
+# the Kamailio 6.0 tests (tests/e2e_kamailio6.rs) load the module built
+# for the Debian 13 root; CI creates the root (.ci/run) before `make test`
 test: all
+	@if [ -f $(TEST_ROOT)/.sersync-root ]; then \
+		$(MAKE) SER_ROOT=$(TEST_ROOT) all; \
+	else \
+		echo "no Debian 13 root $(TEST_ROOT) (.ci/debian13-root.sh):" \
+			"the Kamailio 6.0 tests will fail" >&2; \
+	fi
 	$(CC) -std=c11 -Wall -Wextra -Werror -I$(SERSYNC_INC) tests/abi.c \
 		$(SERSYNC_LIB) $(ENGINE_LIBS) -o $(ABI_TEST)
 	$(ABI_TEST)

@@ -101,6 +101,18 @@ int sersync_ul_is_loaded(void)
  */
 #define SERSYNC_FL_DELETED (1U << 24)
 
+/*
+ * usrloc's flags that describe this node only, never published: the
+ * expiry callback ran, the mark above and, from Kamailio 6.0, FL_KASENT
+ * (usrloc sent this node's keepalive to the contact). src/digest.rs's
+ * NODE_LOCAL_FLAGS names them too.
+ */
+#if VERSIONVAL >= 6000000
+#define SERSYNC_FL_NODE_LOCAL (FL_EXPCLB | FL_KASENT | SERSYNC_FL_DELETED)
+#else
+#define SERSYNC_FL_NODE_LOCAL (FL_EXPCLB | SERSYNC_FL_DELETED)
+#endif
+
 /* usrloc tables to replicate, from the "domains" param (NUL-terminated) */
 static str *_sersync_domain_list = NULL;
 static int _sersync_ndomains = 0;
@@ -262,8 +274,7 @@ static void sersync_contact_fill(
 	sc->expires = (int64_t)c->expires;
 	sc->last_modified = (int64_t)c->last_modified;
 	sc->cseq = (int32_t)c->cseq;
-	sc->flags =
-			(uint32_t)c->flags & ~(uint32_t)(FL_EXPCLB | SERSYNC_FL_DELETED);
+	sc->flags = (uint32_t)c->flags & ~(uint32_t)SERSYNC_FL_NODE_LOCAL;
 	sc->cflags = (uint32_t)c->cflags;
 	sc->methods = (uint32_t)c->methods;
 	sc->reg_id = (uint32_t)c->reg_id;

@@ -38,8 +38,9 @@ pub const EXPIRY_MARGIN: i64 = 30;
 
 /// usrloc's flags that describe this node only: FL_MEM (update memory
 /// only), FL_DMQRPL (dmq_usrloc's replication mark), FL_EXPCLB (expiry
-/// callback ran), and the mark sersync_ul.c keeps above them.
-pub const NODE_LOCAL_FLAGS: u32 = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 24);
+/// callback ran), Kamailio 6.0's FL_KASENT (keepalive sent to the
+/// contact), and the mark sersync_ul.c keeps above them.
+pub const NODE_LOCAL_FLAGS: u32 = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 24);
 
 /// The digest of a set of contacts: per range, how many and the sum of
 /// their version hashes.
