@@ -79,6 +79,9 @@ pub struct ClusterOptions {
     /// no start-up comparison with SER's location table, no aliases), as a
     /// cluster with usrloc in memory runs; false: SER's database.
     pub sersync_no_db: bool,
+    /// Node N (1-based) runs on the Kamailio of this Debian root
+    /// (ser_root.rs: e.g. 6.0 beside the host's 5.6), with its module.
+    pub ser_root_of: BTreeMap<usize, super::ser_root::SerRoot>,
 }
 
 /// The template's usrloc db_mode line, replaced when

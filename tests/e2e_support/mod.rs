@@ -12,7 +12,8 @@
 //! `config` (paths, module, kamailio.cfg, SER's database), `cluster`,
 //! `node`, `rpc` (the FIFO, HTTP and kamcmd doors), `contacts` (ul.dump,
 //! comparison, convergence), `status` (sersync.status and .peers), `sipp`
-//! (registrations), `sipp_calls` and `noise` (garbage bytes). Everything
+//! (registrations), `sipp_calls` and `noise` (garbage bytes), `ser_root`
+//! (nodes on a Debian root's Kamailio, e.g. 6.0). Everything
 //! public is re-exported here.
 //!
 //! The nodes need `build/sersync.so` (`make`). `SERSYNC_E2E_NO_MODULE=1`
@@ -27,12 +28,13 @@ mod node;
 mod noise;
 mod processes;
 mod rpc;
+mod ser_root;
 mod sipp;
 mod sipp_calls;
 mod status;
 
 #[allow(unused_imports)] // each test binary and bench uses a part
 pub use {
-    cluster::*, config::*, contacts::*, node::*, noise::*, processes::*, rpc::*, sipp::*,
-    sipp_calls::*, status::*,
+    cluster::*, config::*, contacts::*, node::*, noise::*, processes::*, rpc::*, ser_root::*,
+    sipp::*, sipp_calls::*, status::*,
 };

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::config::{create_db_with, node_config_with, ClusterOptions};
 use super::processes::{reap_group, signal_group, tail, unix_now, wait_until, ParentDeath};
+use super::ser_root::SerRoot;
 
 pub const KAMAILIO: &str = "/usr/sbin/kamailio";
 
@@ -27,6 +28,9 @@ pub struct Node {
     /// More `kamailio` arguments (ClusterOptions::kamailio_args).
     pub kamailio_args: Vec<String>,
     child: Option<Child>,
+    /// The Debian root whose Kamailio runs this node (ser_root.rs); None:
+    /// the host's.
+    pub ser_root: Option<SerRoot>,
 }
 
 impl Node {
@@ -40,6 +44,12 @@ impl Node {
         opts: &ClusterOptions,
     ) -> Node {
         fs::create_dir_all(dir).expect("creating node dir");
+        // a node on a Debian root's Kamailio loads the module built for it
+        let ser_root = opts.ser_root_of.get(&index).cloned();
+        let module = match (&ser_root, module) {
+            (Some(root), Some(_)) => Some(root.module.as_path()),
+            (_, m) => m,
+        };
         let sock = dir.join("ctl.sock");
         assert!(
             sock.as_os_str().len() < 100,
@@ -60,6 +70,7 @@ impl Node {
             memory_mb: (opts.shm_mb.unwrap_or(64), 16),
             kamailio_args: opts.kamailio_args.clone(),
             child: None,
+            ser_root,
         }
     }
 
@@ -109,7 +120,8 @@ impl Node {
             unix_now()
         );
         let d = &self.dir;
-        let child = Command::new(KAMAILIO)
+        let child = self
+            .kamailio_command()
             .arg("-DD")
             .arg("-E")
             .arg("-f")
