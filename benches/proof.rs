@@ -154,16 +154,18 @@ fn main() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let reply_bytes = {
-        let mut w = sersync::proof::Walk::new(now, None);
+        let mut w = sersync::proof::Walk::new(now, sersync::proof::Want::Digest);
         for (_, r) in &records {
             w.add(&r.as_ref_contact());
         }
         w.reply(0, 1 << 16).0.len()
     };
-    let ranges: Vec<usize> = (0..8).collect();
+    let ranges: Vec<usize> = (0..256).collect();
     let t = Instant::now();
-    let got = ser.contacts_in(&ranges, now).expect("sersync.digest_range");
+    let got = ser.hashes_in(&ranges, now).expect("sersync.digest_range h:");
     let range_s = t.elapsed().as_secs_f64();
+    assert_eq!(got.len(), n);
+    let repair = repair_divergent(&mut ser, &tmp.path().join("j.db"), &records, now);
 
     let per = |s: f64| s * 100_000.0 / n as f64;
     let (wmin, wmax) = minmax(&walks);
@@ -192,12 +194,108 @@ fn main() {
         median(&ewall) * 1e3
     );
     println!(
-        "| SER: sersync.digest_range, 8 of 256 ranges | {:.1} ms | — | {} contacts fetched |",
+        "| SER: sersync.digest_range h:, all 256 ranges | {:.1} ms | {:.1} ms | {} version hashes, {} bytes of text: one walk, paged |",
         range_s * 1e3,
-        got.len()
+        per(range_s) * 1e3,
+        got.len(),
+        (got.len() * 9).div_ceil(3) * 4
+    );
+    println!(
+        "| check: detect and repair {} divergent contacts | {:.2} s | — | first look {:.2} s, second look {:.2} s (after the {} s confirmation delay), applying {:.2} s; SER equal to the state after it |",
+        repair.divergent,
+        repair.first_s + repair.confirm_delay_s + repair.second_s + repair.apply_s,
+        repair.first_s,
+        repair.second_s,
+        repair.confirm_delay_s,
+        repair.apply_s
     );
     drop(ser);
     c.stop_all();
+}
+
+struct RepairFigures {
+    divergent: usize,
+    first_s: f64,
+    confirm_delay_s: f64,
+    second_s: f64,
+    apply_s: f64,
+}
+
+/// The journal at `path` (holding what SER holds) gets newer versions of
+/// PROOF_DIVERGENT (1,000) contacts spread over the key space, as a peer's
+/// changes SER never received; one check (two looks) finds them and
+/// stages them, and the applier's door applies them. SER must then equal
+/// the state.
+fn repair_divergent(
+    ser: &mut ApplyDoor,
+    path: &std::path::Path,
+    records: &[(u64, Record)],
+    now: i64,
+) -> RepairFigures {
+    use std::sync::Arc;
+    let divergent: usize = env_or("PROOF_DIVERGENT", 1000).min(records.len());
+    let step = records.len() / divergent;
+    let mut j = Journal::open(path).expect("journal");
+    let base = sersync::hlc::wall_ms() << 16;
+    let newer: Vec<(u64, Record)> = (0..divergent)
+        .map(|k| {
+            let (_, r) = &records[k * step];
+            let Record::Contact { contact, .. } = r else {
+                unreachable!()
+            };
+            let mut c = contact.clone();
+            c.cseq += 1;
+            c.user_agent = b"Bench Phone 2.0".to_vec();
+            (
+                base + k as u64,
+                Record::Contact {
+                    op: Op::Upsert,
+                    contact: c,
+                },
+            )
+        })
+        .collect();
+    j.append_local("n2", &newer).expect("append");
+    let shared = Arc::new(sersync::queue::Shared::create(1024).expect("shared"));
+    let status = Arc::new(sersync::status::Status::new("n1"));
+    let mut p = sersync::proof::Proof::new(
+        Duration::ZERO,
+        vec!["location".into()],
+        shared,
+        status.clone(),
+    );
+    let t = Instant::now();
+    p.tick(&mut j, ser);
+    let first_s = t.elapsed().as_secs_f64();
+    std::thread::sleep(sersync::proof::CONFIRM_DELAY);
+    let t = Instant::now();
+    p.tick(&mut j, ser);
+    let second_s = t.elapsed().as_secs_f64();
+    let c = &status.counters;
+    let found = c.divergences.load(std::sync::atomic::Ordering::Relaxed) as usize;
+    assert_eq!(found, divergent, "divergences found");
+    let t = Instant::now();
+    loop {
+        let (staged, last) = j.inbox_current(2000).expect("inbox");
+        let Some(last) = last else { break };
+        let recs: Vec<(u64, Record)> = staged.into_iter().map(|s| (s.hlc, s.record)).collect();
+        ser.apply(&recs).expect("sersync.apply");
+        j.inbox_done(last).expect("inbox done");
+    }
+    let apply_s = t.elapsed().as_secs_f64();
+    let theirs = ser.digest(now).expect("sersync.digest");
+    assert_eq!(
+        theirs.digest,
+        j.state_digest(now).expect("state digest"),
+        "SER equals the state after the repair"
+    );
+    RepairFigures {
+        divergent,
+        first_s,
+        confirm_delay_s: sersync::proof::CONFIRM_DELAY.as_secs_f64(),
+        second_s,
+        apply_s,
+    }
 }
 
 trait AsRefContact {

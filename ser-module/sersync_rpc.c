@@ -14,6 +14,7 @@
  */
 
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -591,33 +592,79 @@ static void sersync_rpc_quarantine_drop(rpc_t *rpc, void *ctx)
 
 static char _sersync_walk_reply[SERSYNC_WALK_REPLY_MAX];
 
-/* walks usrloc into w and adds the reply: the digest, or the contacts of
- * w's ranges from skip on (one page) */
+/* The walk of sersync.digest_range's first page, kept in this process for
+ * the next pages of the same request (same argument and time), so that a
+ * request of N pages walks usrloc once, not N times. Freed when a request
+ * with another argument starts or the last page is read. */
+static struct sersync_walk *_sersync_walk_kept = NULL;
+static char *_sersync_walk_kept_arg = NULL;
+static int _sersync_walk_kept_now = 0;
+
+static void sersync_walk_forget(void)
+{
+	if(_sersync_walk_kept != NULL)
+		sersync_walk_free(_sersync_walk_kept);
+	_sersync_walk_kept = NULL;
+	if(_sersync_walk_kept_arg != NULL)
+		free(_sersync_walk_kept_arg);
+	_sersync_walk_kept_arg = NULL;
+}
+
+/* the kept walk of (arg, now), or NULL */
+static struct sersync_walk *sersync_walk_find(const str *arg, int now)
+{
+	if(_sersync_walk_kept == NULL || _sersync_walk_kept_now != now
+			|| strlen(_sersync_walk_kept_arg) != (size_t)arg->len
+			|| memcmp(_sersync_walk_kept_arg, arg->s, arg->len) != 0)
+		return NULL;
+	return _sersync_walk_kept;
+}
+
+/* keeps w for the next pages of (arg, now); 0, or -1 (w not kept) */
+static int sersync_walk_keep(struct sersync_walk *w, const str *arg, int now)
+{
+	sersync_walk_forget();
+	_sersync_walk_kept_arg = malloc(arg->len + 1);
+	if(_sersync_walk_kept_arg == NULL)
+		return -1;
+	memcpy(_sersync_walk_kept_arg, arg->s, arg->len);
+	_sersync_walk_kept_arg[arg->len] = '\0';
+	_sersync_walk_kept = w;
+	_sersync_walk_kept_now = now;
+	return 0;
+}
+
+/* walks usrloc into w (unless walked is set: w holds an earlier page's
+ * walk) and adds the reply: the digest, or what w keeps from skip on (one
+ * page); *next: the next page's skip, 0 for the last */
 static void sersync_rpc_walk(rpc_t *rpc, void *ctx, struct sersync_walk *w,
-		int ranges, uint64_t skip)
+		int ranges, uint64_t skip, int walked, uint64_t *next)
 {
 	struct timespec t0;
 	struct timespec t1;
 	char err[SERSYNC_ERR_MAX];
-	uint64_t contacts;
-	uint64_t max_lock_ns;
-	uint64_t next;
+	uint64_t contacts = 0;
+	uint64_t max_lock_ns = 0;
 	uint64_t count;
-	uint64_t walk_us;
+	uint64_t walk_us = 0;
 	void *th;
 	int rc;
 
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	if(sersync_ul_walk(w, &contacts, &max_lock_ns, err, sizeof(err)) < 0) {
-		rpc->fault(ctx, 500, "Cannot walk usrloc: %s", err);
-		return;
+	*next = 0;
+	if(!walked) {
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		if(sersync_ul_walk(w, &contacts, &max_lock_ns, err, sizeof(err))
+				< 0) {
+			rpc->fault(ctx, 500, "Cannot walk usrloc: %s", err);
+			return;
+		}
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		walk_us = (uint64_t)(((int64_t)(t1.tv_sec - t0.tv_sec) * 1000000000LL
+									 + (int64_t)(t1.tv_nsec - t0.tv_nsec))
+							 / 1000);
 	}
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	walk_us = (uint64_t)(((int64_t)(t1.tv_sec - t0.tv_sec) * 1000000000LL
-								 + (int64_t)(t1.tv_nsec - t0.tv_nsec))
-						 / 1000);
 	rc = sersync_walk_reply(w, skip, _sersync_walk_reply,
-			sizeof(_sersync_walk_reply), &next, &count);
+			sizeof(_sersync_walk_reply), next, &count);
 	if(rc != SERSYNC_OK) {
 		rpc->fault(ctx, 500, "Cannot encode the walk (rc %d)", rc);
 		return;
@@ -626,7 +673,7 @@ static void sersync_rpc_walk(rpc_t *rpc, void *ctx, struct sersync_walk *w,
 			|| rpc->struct_add(th, "sJJJJ", ranges ? "contacts" : "digest",
 					   _sersync_walk_reply, "count",
 					   (unsigned long long)count, "next",
-					   (unsigned long long)next, "walk_us",
+					   (unsigned long long)*next, "walk_us",
 					   (unsigned long long)walk_us, "max_lock_us",
 					   (unsigned long long)(max_lock_ns / 1000))
 					   < 0
@@ -651,6 +698,7 @@ static const char *sersync_digest_doc[2] = {
 static void sersync_rpc_digest(rpc_t *rpc, void *ctx)
 {
 	struct sersync_walk *w;
+	uint64_t next;
 	int now = 0;
 	int rc;
 
@@ -669,31 +717,37 @@ static void sersync_rpc_digest(rpc_t *rpc, void *ctx)
 		rpc->fault(ctx, 500, "Cannot start the walk (rc %d)", rc);
 		return;
 	}
-	sersync_rpc_walk(rpc, ctx, w, 0, 0);
+	sersync_rpc_walk(rpc, ctx, w, 0, 0, 0, &next);
 	sersync_walk_free(w);
 }
 
 static const char *sersync_digest_range_doc[2] = {
-		"The contacts of some ranges of the digest, walked inside SER:"
-		" sersync.digest_range ranges [now [skip]]. ranges: comma-separated"
-		" range numbers, 0 to 255; skip: contacts of earlier pages. Returns"
-		" contacts (base64 of the encoded records, at most about 60 KB),"
-		" count (in those ranges), next (skip of the next page; 0: last),"
-		" walked, walk_us, max_lock_us. Used by the engine's check.",
+		"Contacts of some ranges of the digest, walked inside SER:"
+		" sersync.digest_range what [now [skip]]. what: comma-separated"
+		" range numbers, 0 to 255 (their contacts); h: and range numbers"
+		" (their contacts' version hashes, about 9 bytes each); p: and"
+		" comma-separated hex version hashes, at most 2500 (those contacts)."
+		" skip: items of earlier pages (the walk of the first page is kept"
+		" for the next ones). Returns contacts (base64 of the encoded list,"
+		" at most about 60 KB), count (items in all), next (skip of the next"
+		" page; 0: last), walked, walk_us, max_lock_us. Used by the engine's"
+		" check.",
 		0};
 
 static void sersync_rpc_digest_range(rpc_t *rpc, void *ctx)
 {
 	struct sersync_walk *w;
 	str ranges = STR_NULL;
+	uint64_t next;
 	int now = 0;
 	int skip = 0;
+	int walked;
 	int rc;
 
 	if(rpc->scan(ctx, "S", &ranges) != 1 || ranges.s == NULL
 			|| ranges.len <= 0) {
-		rpc->fault(ctx, 400, "Expected the ranges: comma-separated numbers"
-							 " 0 to 255");
+		rpc->fault(ctx, 400, "Expected what to walk: comma-separated range"
+							 " numbers 0 to 255, h:ranges or p:hashes");
 		return;
 	}
 	rc = rpc->scan(ctx, "*dd", &now, &skip);
@@ -702,25 +756,37 @@ static void sersync_rpc_digest_range(rpc_t *rpc, void *ctx)
 	if(rc < 2)
 		skip = 0;
 	if(sersync_rpc_left(rpc, ctx) || skip < 0) {
-		rpc->fault(ctx, 400, "Expected ranges [now [skip]]");
+		rpc->fault(ctx, 400, "Expected what [now [skip]]");
 		return;
 	}
 	if(now <= 0)
 		now = (int)time(NULL);
-	w = NULL;
-	rc = sersync_walk_new((int64_t)now, ranges.s, (size_t)ranges.len, &w);
-	if(rc == SERSYNC_E_DECODE) {
-		rpc->fault(ctx, 400, "Bad ranges \"%.*s\": comma-separated numbers"
-							 " 0 to 255",
-				ranges.len > 64 ? 64 : ranges.len, ranges.s);
-		return;
+	w = skip > 0 ? sersync_walk_find(&ranges, now) : NULL;
+	walked = w != NULL;
+	if(w == NULL) {
+		sersync_walk_forget();
+		rc = sersync_walk_new((int64_t)now, ranges.s, (size_t)ranges.len, &w);
+		if(rc == SERSYNC_E_DECODE) {
+			rpc->fault(ctx, 400,
+					"Bad argument \"%.*s\": comma-separated range numbers 0"
+					" to 255, h:ranges or p:hex hashes (at most 2500)",
+					ranges.len > 64 ? 64 : ranges.len, ranges.s);
+			return;
+		}
+		if(rc != SERSYNC_OK) {
+			rpc->fault(ctx, 500, "Cannot start the walk (rc %d)", rc);
+			return;
+		}
 	}
-	if(rc != SERSYNC_OK) {
-		rpc->fault(ctx, 500, "Cannot start the walk (rc %d)", rc);
-		return;
+	sersync_rpc_walk(rpc, ctx, w, 1, (uint64_t)skip, walked, &next);
+	if(next == 0) {
+		if(walked)
+			sersync_walk_forget();
+		else
+			sersync_walk_free(w);
+	} else if(!walked && sersync_walk_keep(w, &ranges, now) < 0) {
+		sersync_walk_free(w);
 	}
-	sersync_rpc_walk(rpc, ctx, w, 1, (uint64_t)skip);
-	sersync_walk_free(w);
 }
 
 /* clang-format off */

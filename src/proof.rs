@@ -63,16 +63,32 @@ pub const CONFIRM_DELAY: Duration = Duration::from_secs(1);
 /// left to the next check.
 const QUEUE_WAIT: Duration = Duration::from_millis(200);
 
-/// SER's contacts walked inside SER: the digest of all of them, or the
-/// contacts of some ranges (what `sersync.digest` and
-/// `sersync.digest_range` reply).
+/// What a walk of SER's contacts collects (`sersync.digest`,
+/// `sersync.digest_range`'s argument, [`Walk::parse`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// The digest of every comparable contact.
+    Digest,
+    /// The contacts of some ranges (sorted): "3,17".
+    Contacts(Vec<usize>),
+    /// The version hashes ([`digest::version_hash`], which covers the key)
+    /// of the contacts of some ranges: "h:3,17". 9 bytes a contact, so
+    /// that only the contacts that differ are fetched whole.
+    Hashes(Vec<usize>),
+    /// The contacts whose version hash is one of these: "p:" and
+    /// comma-separated hex.
+    Pick(std::collections::HashSet<u64>),
+}
+
+/// SER's contacts walked inside SER: fed contact by contact, it keeps
+/// what [`Want`] asks for and writes the reply.
 pub struct Walk {
     now: i64,
-    /// None: the digest; else the ranges (sorted) whose contacts are kept.
-    ranges: Option<Vec<usize>>,
+    want: Want,
     digest: Digest,
     counted: u64,
     kept: Vec<Contact>,
+    hashes: Vec<u64>,
 }
 
 /// The digest's reply, decoded.
@@ -81,83 +97,150 @@ struct DigestReply {
     digest: Digest,
 }
 
+/// The most version hashes one "p:" argument carries (the request is a
+/// datagram of at most 64 KiB).
+pub const PICK_MAX: usize = 2500;
+
+fn parse_ranges(text: &str) -> Option<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in text.split(',') {
+        let r: usize = part.trim().parse().ok()?;
+        if r >= RANGES {
+            return None;
+        }
+        out.push(r);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
+}
+
+impl Want {
+    /// The argument text `sersync.digest_range` takes for `self`.
+    pub fn text(&self) -> String {
+        let list = |r: &[usize]| r.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+        match self {
+            Want::Digest => String::new(),
+            Want::Contacts(r) => list(r),
+            Want::Hashes(r) => format!("h:{}", list(r)),
+            Want::Pick(set) => {
+                let mut v: Vec<&u64> = set.iter().collect();
+                v.sort_unstable();
+                let hex: Vec<String> = v.iter().map(|h| format!("{h:x}")).collect();
+                format!("p:{}", hex.join(","))
+            }
+        }
+    }
+}
+
 impl Walk {
-    pub fn new(now: i64, ranges: Option<Vec<usize>>) -> Walk {
+    pub fn new(now: i64, want: Want) -> Walk {
         Walk {
             now,
-            ranges,
+            want,
             digest: Digest::default(),
             counted: 0,
             kept: Vec::new(),
+            hashes: Vec::new(),
         }
     }
 
-    /// Parses "3,17,200" (ranges of [`RANGES`]); None when malformed.
-    pub fn parse_ranges(text: &[u8]) -> Option<Vec<usize>> {
+    /// Parses `sersync.digest_range`'s argument ([`Want`]); None when
+    /// malformed.
+    pub fn parse(text: &[u8]) -> Option<Want> {
         let text = std::str::from_utf8(text).ok()?;
-        let mut out = Vec::new();
-        for part in text.split(',') {
-            let r: usize = part.trim().parse().ok()?;
-            if r >= RANGES {
-                return None;
-            }
-            out.push(r);
+        if let Some(r) = text.strip_prefix("h:") {
+            return parse_ranges(r).map(Want::Hashes);
         }
-        out.sort_unstable();
-        out.dedup();
-        Some(out)
+        if let Some(p) = text.strip_prefix("p:") {
+            let mut set = std::collections::HashSet::new();
+            for h in p.split(',') {
+                set.insert(u64::from_str_radix(h.trim(), 16).ok()?);
+            }
+            return (set.len() <= PICK_MAX).then_some(Want::Pick(set));
+        }
+        parse_ranges(text).map(Want::Contacts)
     }
 
     pub fn add(&mut self, c: &ContactRef) {
         if !digest::comparable(c, self.now) {
             return;
         }
-        match &self.ranges {
-            None => {
+        match &self.want {
+            Want::Digest => {
                 self.digest.add(c, self.now);
                 self.counted += 1;
             }
-            Some(ranges) => {
+            Want::Contacts(ranges) => {
                 if ranges.binary_search(&digest::range_of(c)).is_ok() {
+                    self.kept.push(owned(c));
+                }
+            }
+            Want::Hashes(ranges) => {
+                if ranges.binary_search(&digest::range_of(c)).is_ok() {
+                    self.hashes.push(digest::version_hash(c));
+                }
+            }
+            Want::Pick(set) => {
+                if set.contains(&digest::version_hash(c)) {
                     self.kept.push(owned(c));
                 }
             }
         }
     }
 
-    /// (reply text, index of the first contact left out or 0, count):
-    /// the digest, or the kept contacts from `skip` on that fit in `max`
-    /// bytes of text.
+    /// (reply text, index of the first item left out or 0, count): the
+    /// digest, or the kept contacts (or hashes) from `skip` on that fit in
+    /// `max` bytes of text.
     pub fn reply(&self, skip: u64, max: usize) -> (String, u64, u64) {
         let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
         let mut bytes = Vec::new();
-        if self.ranges.is_none() {
-            codec::encode_into(
-                &DigestReply {
-                    digest: self.digest.clone(),
-                },
-                &mut bytes,
-            )
-            .expect("encoding into a Vec cannot fail");
-            return (b64(&bytes), 0, self.counted);
-        }
-        let from = (skip as usize).min(self.kept.len());
-        // Vec length prefix, then each contact; base64 grows by 4/3.
-        let mut size = 8usize;
-        let mut end = from;
-        while end < self.kept.len() {
-            let n = codec::encoded_len(&self.kept[end]).unwrap_or(u64::MAX) as usize;
-            if end > from && (size + n) * 4 / 3 + 8 > max {
-                break;
+        match self.want {
+            Want::Digest => {
+                codec::encode_into(
+                    &DigestReply {
+                        digest: self.digest.clone(),
+                    },
+                    &mut bytes,
+                )
+                .expect("encoding into a Vec cannot fail");
+                (b64(&bytes), 0, self.counted)
             }
-            size += n;
-            end += 1;
+            Want::Hashes(_) => {
+                let (page, next) = page(&self.hashes, skip, max, |h| {
+                    codec::encoded_len(h).unwrap_or(u64::MAX) as usize
+                });
+                codec::encode_into(&page, &mut bytes).expect("encoding into a Vec cannot fail");
+                (b64(&bytes), next, self.hashes.len() as u64)
+            }
+            Want::Contacts(_) | Want::Pick(_) => {
+                let (page, next) = page(&self.kept, skip, max, |c| {
+                    codec::encoded_len(c).unwrap_or(u64::MAX) as usize
+                });
+                codec::encode_into(&page, &mut bytes).expect("encoding into a Vec cannot fail");
+                (b64(&bytes), next, self.kept.len() as u64)
+            }
         }
-        codec::encode_into(&self.kept[from..end], &mut bytes)
-            .expect("encoding into a Vec cannot fail");
-        let next = if end < self.kept.len() { end as u64 } else { 0 };
-        (b64(&bytes), next, self.kept.len() as u64)
     }
+}
+
+/// The items of `all` from `skip` on whose encoding (a length prefix,
+/// then each item, `size` bytes) fits in `max` bytes of base64 (at least
+/// one), and the index of the next page (0: none).
+fn page<T>(all: &[T], skip: u64, max: usize, size: impl Fn(&T) -> usize) -> (&[T], u64) {
+    let from = (skip as usize).min(all.len());
+    let mut bytes = 8usize;
+    let mut end = from;
+    while end < all.len() {
+        let n = size(&all[end]);
+        if end > from && (bytes + n) * 4 / 3 + 8 > max {
+            break;
+        }
+        bytes += n;
+        end += 1;
+    }
+    let next = if end < all.len() { end as u64 } else { 0 };
+    (&all[from..end], next)
 }
 
 fn unb64(text: &str) -> Result<Vec<u8>, String> {
@@ -177,6 +260,11 @@ pub fn decode_digest(text: &str) -> Result<Digest, String> {
 
 /// Decodes one page of `sersync.digest_range`'s contacts.
 pub fn decode_contacts(text: &str) -> Result<Vec<Contact>, String> {
+    codec::decode(&unb64(text)?)
+}
+
+/// Decodes one page of `sersync.digest_range`'s version hashes.
+pub fn decode_hashes(text: &str) -> Result<Vec<u64>, String> {
     codec::decode(&unb64(text)?)
 }
 
@@ -200,8 +288,15 @@ pub struct SerDigest {
 /// What the check needs of SER: its RPC door ([`crate::apply::door`]).
 pub trait SerView {
     fn digest(&mut self, now: i64) -> Result<SerDigest, ApplyError>;
-    /// SER's comparable contacts in `ranges` (sorted), all pages.
-    fn contacts_in(&mut self, ranges: &[usize], now: i64) -> Result<Vec<Contact>, ApplyError>;
+    /// The version hashes of SER's comparable contacts in `ranges`
+    /// (sorted), all pages.
+    fn hashes_in(&mut self, ranges: &[usize], now: i64) -> Result<Vec<u64>, ApplyError>;
+    /// SER's comparable contacts whose version hash is in `hashes`.
+    fn pick(
+        &mut self,
+        hashes: &std::collections::HashSet<u64>,
+        now: i64,
+    ) -> Result<Vec<Contact>, ApplyError>;
 }
 
 /// One repair, as [`compare`] decides it.
@@ -415,6 +510,9 @@ impl Proof {
         (crate::hlc::wall_ms() / 1000) as i64
     }
 
+    /// The repairs for the keys of `ranges`: SER's version hashes there
+    /// against the state's (8 bytes a contact on the wire), then only the
+    /// contacts whose hashes differ, whole, compared key by key.
     fn look(
         &self,
         journal: &Journal,
@@ -422,13 +520,30 @@ impl Proof {
         ranges: &[usize],
         now: i64,
     ) -> Result<Found, String> {
-        let contacts = ser.contacts_in(ranges, now).map_err(|e| e.to_string())?;
+        let theirs: std::collections::HashSet<u64> = ser
+            .hashes_in(ranges, now)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+        let mut ours = std::collections::HashSet::new();
         let rows: Vec<SnapRow> = journal
             .state_in_ranges(ranges, now)
             .map_err(|e| e.to_string())?
             .into_iter()
-            .filter(|r| matches!(&r.record, Record::Contact { contact, .. } if in_tables(&self.tables, contact)))
+            .filter(|r| match &r.record {
+                Record::Contact { contact, .. } if in_tables(&self.tables, contact) => {
+                    let h = digest::version_hash(&contact.as_ref());
+                    ours.insert(h);
+                    !theirs.contains(&h)
+                }
+                _ => false,
+            })
             .collect();
+        let only_ser: std::collections::HashSet<u64> = theirs.difference(&ours).copied().collect();
+        let mut contacts = Vec::new();
+        if !only_ser.is_empty() {
+            contacts = ser.pick(&only_ser, now).map_err(|e| e.to_string())?;
+        }
         let mut version_of = |k: &[u8]| {
             journal
                 .state_version(k)
@@ -728,7 +843,7 @@ mod tests {
                 ..contact(&format!("u{i}"), 1, 1)
             })
             .collect();
-        let mut w = Walk::new(now, None);
+        let mut w = Walk::new(now, Want::Digest);
         for c in &cs {
             w.add(&c.as_ref());
         }
@@ -750,7 +865,7 @@ mod tests {
         assert_eq!(decode_digest(&text).unwrap(), want);
 
         let ranges: Vec<usize> = (0..64).collect();
-        let mut w = Walk::new(now, Some(ranges.clone()));
+        let mut w = Walk::new(now, Want::Contacts(ranges.clone()));
         for c in &cs {
             w.add(&c.as_ref());
         }
@@ -774,9 +889,40 @@ mod tests {
             .collect();
         assert_eq!(got.len(), want.len());
         assert!(want.iter().zip(&got).all(|(a, b)| *a == b));
-        assert_eq!(Walk::parse_ranges(b"3, 17,3"), Some(vec![3, 17]));
-        assert_eq!(Walk::parse_ranges(b"256"), None);
-        assert_eq!(Walk::parse_ranges(b"x"), None);
+        // The hashes of those ranges, paged; a pick of some of them.
+        let mut w = Walk::new(now, Want::Hashes(ranges.clone()));
+        for c in &cs {
+            w.add(&c.as_ref());
+        }
+        let mut hashes = Vec::new();
+        let mut skip = 0;
+        loop {
+            let (text, next, n) = w.reply(skip, 2_000);
+            assert!(text.len() <= 2_000, "a page fits");
+            assert_eq!(n as usize, want.len());
+            hashes.extend(decode_hashes(&text).unwrap());
+            if next == 0 {
+                break;
+            }
+            skip = next;
+        }
+        let want_h: Vec<u64> = want.iter().map(|c| digest::version_hash(&c.as_ref())).collect();
+        assert_eq!(hashes, want_h);
+        let picked: std::collections::HashSet<u64> = want_h.iter().take(3).copied().collect();
+        let arg = Want::Pick(picked.clone()).text();
+        let mut w = Walk::new(now, Walk::parse(arg.as_bytes()).unwrap());
+        for c in &cs {
+            w.add(&c.as_ref());
+        }
+        let got = decode_contacts(&w.reply(0, 60_000).0).unwrap();
+        assert_eq!(got.iter().collect::<Vec<_>>(), want[..3].to_vec());
+
+        assert_eq!(Walk::parse(b"3, 17,3"), Some(Want::Contacts(vec![3, 17])));
+        assert_eq!(Walk::parse(b"h:9,2"), Some(Want::Hashes(vec![2, 9])));
+        assert_eq!(Walk::parse(b"256"), None);
+        assert_eq!(Walk::parse(b"h:x"), None);
+        assert_eq!(Walk::parse(b"p:zz"), None);
+        assert_eq!(Walk::parse(b"x"), None);
     }
 
     /// SER as the check sees it: the contacts usrloc holds.
@@ -784,7 +930,7 @@ mod tests {
 
     impl SerView for FakeSer {
         fn digest(&mut self, now: i64) -> Result<SerDigest, ApplyError> {
-            let mut w = Walk::new(now, None);
+            let mut w = Walk::new(now, Want::Digest);
             for c in self.0.lock().unwrap().iter() {
                 w.add(&c.as_ref());
             }
@@ -797,12 +943,26 @@ mod tests {
             })
         }
 
-        fn contacts_in(&mut self, ranges: &[usize], now: i64) -> Result<Vec<Contact>, ApplyError> {
-            let mut w = Walk::new(now, Some(ranges.to_vec()));
+        fn hashes_in(&mut self, ranges: &[usize], now: i64) -> Result<Vec<u64>, ApplyError> {
+            Ok(self.walk(Want::Hashes(ranges.to_vec()), now, decode_hashes))
+        }
+
+        fn pick(
+            &mut self,
+            hashes: &std::collections::HashSet<u64>,
+            now: i64,
+        ) -> Result<Vec<Contact>, ApplyError> {
+            Ok(self.walk(Want::Pick(hashes.clone()), now, decode_contacts))
+        }
+    }
+
+    impl FakeSer {
+        fn walk<T>(&self, want: Want, now: i64, decode: fn(&str) -> Result<Vec<T>, String>) -> Vec<T> {
+            let mut w = Walk::new(now, want);
             for c in self.0.lock().unwrap().iter() {
                 w.add(&c.as_ref());
             }
-            Ok(decode_contacts(&w.reply(0, usize::MAX / 2).0).unwrap())
+            decode(&w.reply(0, usize::MAX / 2).0).unwrap()
         }
     }
 

@@ -14,6 +14,7 @@
 //! the module applies it into usrloc inside SER, marked as replaying so
 //! the usrloc callbacks do not send it back out.
 
+use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -28,7 +29,7 @@ use super::Sink;
 use crate::error::ApplyError;
 use crate::log;
 use crate::os;
-use crate::proof::{self, SerDigest, SerView};
+use crate::proof::{self, SerDigest, SerView, Want};
 use crate::record::{Contact, Record};
 
 /// jsonrpcs reads FIFO requests into an 8 KiB buffer; writes above
@@ -373,26 +374,41 @@ impl SerView for Door {
         })
     }
 
-    fn contacts_in(&mut self, ranges: &[usize], now: i64) -> Result<Vec<Contact>, ApplyError> {
-        let list = ranges
-            .iter()
-            .map(usize::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
+    fn hashes_in(&mut self, ranges: &[usize], now: i64) -> Result<Vec<u64>, ApplyError> {
+        self.pages(&Want::Hashes(ranges.to_vec()), now, proof::decode_hashes)
+    }
+
+    fn pick(&mut self, hashes: &HashSet<u64>, now: i64) -> Result<Vec<Contact>, ApplyError> {
+        let all: Vec<u64> = hashes.iter().copied().collect();
+        let mut out = Vec::new();
+        for chunk in all.chunks(proof::PICK_MAX) {
+            let want = Want::Pick(chunk.iter().copied().collect());
+            out.extend(self.pages(&want, now, proof::decode_contacts)?);
+        }
+        Ok(out)
+    }
+}
+
+impl Door {
+    /// Every page of `sersync.digest_range` for `want` (SER keeps the
+    /// walk between the pages of one request).
+    fn pages<T>(
+        &mut self,
+        want: &Want,
+        now: i64,
+        decode: fn(&str) -> Result<Vec<T>, String>,
+    ) -> Result<Vec<T>, ApplyError> {
+        let arg = want.text();
         let mut out = Vec::new();
         let mut skip = 0u64;
         loop {
             let v = self.rpc(
                 "sersync.digest_range",
-                vec![
-                    Value::from(list.clone()),
-                    Value::from(now),
-                    Value::from(skip),
-                ],
+                vec![Value::from(arg.clone()), Value::from(now), Value::from(skip)],
             )?;
             let text = v.get("contacts").and_then(Value::as_str).unwrap_or("");
             out.extend(
-                proof::decode_contacts(text)
+                decode(text)
                     .map_err(|e| ApplyError::Rejected(format!("sersync.digest_range: {e}")))?,
             );
             match v.get("next").and_then(Value::as_u64) {

@@ -7,7 +7,7 @@ use std::os::raw::c_char;
 use super::boundary;
 use super::convert::{bytes, contact_ref};
 use crate::abi::{sersync_contact, sersync_rc, sersync_str, sersync_walk};
-use crate::proof::Walk;
+use crate::proof::{Walk, Want};
 use crate::record::RecordRef;
 
 /// # Safety
@@ -23,19 +23,19 @@ pub unsafe extern "C" fn sersync_walk_new(
         if out.is_null() {
             return sersync_rc::SERSYNC_E_NULL;
         }
-        let ranges = if ranges.is_null() || len == 0 {
-            None
+        let want = if ranges.is_null() || len == 0 {
+            Want::Digest
         } else {
             // SAFETY: ranges has len bytes per sersync.h.
             let Some(text) = (unsafe { bytes(&sersync_str { s: ranges, len }) }) else {
                 return sersync_rc::SERSYNC_E_NULL;
             };
-            match Walk::parse_ranges(text) {
-                Some(r) => Some(r),
+            match Walk::parse(text) {
+                Some(w) => w,
                 None => return sersync_rc::SERSYNC_E_DECODE,
             }
         };
-        let w = Box::new(Walk::new(now, ranges));
+        let w = Box::new(Walk::new(now, want));
         // SAFETY: out checked non-NULL.
         unsafe { *out = Box::into_raw(w).cast::<sersync_walk>() };
         sersync_rc::SERSYNC_OK
