@@ -162,7 +162,9 @@ fn main() {
     };
     let ranges: Vec<usize> = (0..256).collect();
     let t = Instant::now();
-    let got = ser.hashes_in(&ranges, now).expect("sersync.digest_range h:");
+    let got = ser
+        .hashes_in(&ranges, now)
+        .expect("sersync.digest_range h:");
     let range_s = t.elapsed().as_secs_f64();
     assert_eq!(got.len(), n);
     let repair = repair_divergent(&mut ser, &tmp.path().join("j.db"), &records, now);

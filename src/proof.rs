@@ -906,7 +906,10 @@ mod tests {
             }
             skip = next;
         }
-        let want_h: Vec<u64> = want.iter().map(|c| digest::version_hash(&c.as_ref())).collect();
+        let want_h: Vec<u64> = want
+            .iter()
+            .map(|c| digest::version_hash(&c.as_ref()))
+            .collect();
         assert_eq!(hashes, want_h);
         let picked: std::collections::HashSet<u64> = want_h.iter().take(3).copied().collect();
         let arg = Want::Pick(picked.clone()).text();
@@ -957,7 +960,12 @@ mod tests {
     }
 
     impl FakeSer {
-        fn walk<T>(&self, want: Want, now: i64, decode: fn(&str) -> Result<Vec<T>, String>) -> Vec<T> {
+        fn walk<T>(
+            &self,
+            want: Want,
+            now: i64,
+            decode: fn(&str) -> Result<Vec<T>, String>,
+        ) -> Vec<T> {
             let mut w = Walk::new(now, want);
             for c in self.0.lock().unwrap().iter() {
                 w.add(&c.as_ref());

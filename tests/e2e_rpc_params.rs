@@ -275,6 +275,45 @@ fn garbage_rpc_parameters_get_clear_errors_and_change_nothing() {
             404,
             "Nothing is quarantined",
         ),
+        // the check's walks
+        (
+            "sersync.digest",
+            json!([1, 2]),
+            400,
+            "at most one parameter",
+        ),
+        (
+            "sersync.digest_range",
+            json!([]),
+            400,
+            "Expected what to walk",
+        ),
+        ("sersync.digest_range", json!(["256"]), 400, "Bad argument"),
+        (
+            "sersync.digest_range",
+            json!(["h:1,x"]),
+            400,
+            "Bad argument",
+        ),
+        ("sersync.digest_range", json!(["p:zz"]), 400, "Bad argument"),
+        (
+            "sersync.digest_range",
+            json!([format!(
+                "p:{}",
+                (1..=2501)
+                    .map(|i| format!("{i:x}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )]),
+            400,
+            "Bad argument",
+        ),
+        (
+            "sersync.digest_range",
+            json!(["h:1", 0, -1]),
+            400,
+            "Expected what [now [skip]]",
+        ),
         ("sersync.apply", json!([huge]), 400, "Malformed payload"),
         (
             "sersync.apply",

@@ -404,7 +404,11 @@ impl Door {
         loop {
             let v = self.rpc(
                 "sersync.digest_range",
-                vec![Value::from(arg.clone()), Value::from(now), Value::from(skip)],
+                vec![
+                    Value::from(arg.clone()),
+                    Value::from(now),
+                    Value::from(skip),
+                ],
             )?;
             let text = v.get("contacts").and_then(Value::as_str).unwrap_or("");
             out.extend(
