@@ -12,7 +12,7 @@ use super::snapshot::SnapSend;
 use super::{ACK_TIMEOUT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT};
 use crate::log;
 use crate::wire::auth::Nonce;
-use crate::wire::{Frame, FrameReader};
+use crate::wire::{Frame, FrameReader, HANDSHAKE_MAX_FRAME, MAX_FRAME};
 
 pub(super) enum Phase {
     /// Dialer: TCP connect in progress.
@@ -107,7 +107,7 @@ impl Conn {
             sock,
             side,
             phase,
-            reader: FrameReader::new(),
+            reader: FrameReader::with_limit(HANDSHAKE_MAX_FRAME),
             out: Vec::new(),
             out_pos: 0,
             remote_id: String::new(),
@@ -125,6 +125,30 @@ impl Conn {
             check_out: None,
             check_in: None,
             check_in_last: None,
+        }
+    }
+
+    /// The handshake is done: frames up to [`MAX_FRAME`] from now on, no
+    /// handshake deadline.
+    pub(super) fn authenticated(&mut self) {
+        self.phase = Phase::Streaming;
+        self.deadline = None;
+        self.reader.set_limit(MAX_FRAME);
+    }
+
+    /// Has this connection completed its handshake?
+    pub(super) fn is_authenticated(&self) -> bool {
+        matches!(self.phase, Phase::Streaming)
+    }
+
+    /// How many bytes the next read may take: unbounded (a 64 KiB read
+    /// buffer) once authenticated, before it only what completes a
+    /// handshake frame.
+    pub(super) fn read_room(&self) -> usize {
+        if self.is_authenticated() {
+            usize::MAX
+        } else {
+            (HANDSHAKE_MAX_FRAME + 4).saturating_sub(self.reader.buffered())
         }
     }
 

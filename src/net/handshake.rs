@@ -120,8 +120,7 @@ impl Net {
             self.note_session(&remote, s);
         }
         let c = self.conns.get_mut(&t).expect("still open");
-        c.phase = Phase::Streaming;
-        c.deadline = None;
+        c.authenticated();
         c.next_send = resume_after;
         c.acked = resume_after;
         let remote = c.remote_id.clone();
@@ -261,8 +260,7 @@ impl Net {
         };
         let reply = auth::tag_for(&self.cfg.secret, Role::Acceptor, &tr, chosen);
         c.remote_id = node_id.clone();
-        c.phase = Phase::Streaming;
-        c.deadline = None;
+        c.authenticated();
         c.version = chosen;
         if chosen == 1 {
             c.send(&Frame::Welcome {

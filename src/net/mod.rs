@@ -48,7 +48,16 @@ const BATCH_RECORDS: usize = 1000;
 const WINDOW_RECORDS: u64 = 20_000;
 /// Output buffered per connection before we stop producing.
 const MAX_OUTBUF: usize = 8 << 20;
+/// A connection that has not authenticated within this is closed.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Accepted connections that have not authenticated yet: at most this
+/// many in all (beyond it the oldest is dropped for the newest), and at
+/// most MAX_PENDING_PER_SOURCE from one IP address (beyond it a new one
+/// is closed at once). A member has one such connection at a time while
+/// it dials; each costs at most a handshake's bytes (HANDSHAKE_MAX_FRAME)
+/// and a descriptor, for at most HANDSHAKE_TIMEOUT.
+const MAX_PENDING: usize = 128;
+const MAX_PENDING_PER_SOURCE: usize = 8;
 /// An accepted connection that sends nothing for this long is dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Every member sends its member list this often on every connection, so
@@ -82,6 +91,8 @@ pub struct Net {
     poll: Poll,
     listener: Option<TcpListener>,
     listen_retry_at: Instant,
+    /// accept() failed for want of descriptors: try again then.
+    accept_again_at: Option<Instant>,
     peers: Vec<Peer>,
     conns: HashMap<Token, Conn>,
     next_token: usize,
@@ -123,6 +134,8 @@ static STAGE_ERR: RateLimit = RateLimit::new(1000);
 /// flood of them (a port scan, a misconfigured client) logs once a second.
 static INCOMING_REFUSED: RateLimit = RateLimit::new(1000);
 static INCOMING_DROPPED: RateLimit = RateLimit::new(1000);
+static INCOMING_CAPPED: RateLimit = RateLimit::new(1000);
+static ACCEPT_FAILED: RateLimit = RateLimit::new(1000);
 
 impl Net {
     pub fn new(
@@ -160,6 +173,7 @@ impl Net {
             poll,
             listener: None,
             listen_retry_at: now,
+            accept_again_at: None,
             peers,
             conns: HashMap::new(),
             next_token: FIRST_CONN,
@@ -218,6 +232,9 @@ impl Net {
                     self.close(t, Verdict::Close("this node's incarnation changed".into()));
                 }
             }
+            if self.accept_again_at.is_some_and(|at| Instant::now() >= at) {
+                self.accept_all();
+            }
             self.timers();
             self.start_checks();
             self.pump_all();
@@ -265,13 +282,17 @@ impl Net {
         t
     }
 
+    /// Accepts every pending connection, within the caps on connections
+    /// that have not authenticated (see MAX_PENDING).
     fn accept_all(&mut self) {
+        self.accept_again_at = None;
         loop {
             let Some(l) = self.listener.as_ref() else {
                 return;
             };
             match l.accept() {
                 Ok((mut sock, addr)) => {
+                    self.admit(addr);
                     let _ = sock.set_nodelay(true);
                     let t = self.token();
                     if let Err(e) = self
@@ -296,12 +317,96 @@ impl Net {
                     self.flush(t);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
-                    log::warn(format_args!("accept failed: {e}"));
+                    // Out of descriptors (EMFILE, ENFILE) or memory: the
+                    // connection stays in the backlog, and the listener,
+                    // edge-triggered, would not say so again. Free one
+                    // descriptor held by a stranger, and try again next
+                    // turn: no spinning, dials and the rest go on.
+                    if let Some(n) = ACCEPT_FAILED.allow() {
+                        log::error(format_args!(
+                            "cannot accept connections: {e}; retrying every {} ms{}",
+                            TICK.as_millis(),
+                            suppressed(n)
+                        ));
+                    }
+                    if let Some(oldest) = self.oldest_pending() {
+                        self.close(oldest, Verdict::Close("dropped: out of descriptors".into()));
+                    }
+                    self.accept_again_at = Some(Instant::now() + TICK);
                     return;
                 }
             }
         }
+    }
+
+    /// Makes room for a connection from `addr` among those that have not
+    /// authenticated: at most MAX_PENDING_PER_SOURCE from its address and
+    /// MAX_PENDING in all, the oldest dropped for the newest. (Dropping
+    /// the newest instead would let a stranger holding its quota keep out
+    /// a member dialing from the same address; this way it must open
+    /// connections faster than a member completes a handshake.)
+    fn admit(&mut self, addr: std::net::SocketAddr) {
+        let (mut all, mut same) = (0usize, 0usize);
+        let (mut oldest_all, mut oldest_same) = (None, None);
+        for (t, c) in &self.conns {
+            if matches!(c.side, Side::Accept) && !c.is_authenticated() {
+                all += 1;
+                oldest_all = Some(oldest_all.map_or(*t, |o: Token| o.min(*t)));
+                if c.addr.is_some_and(|a| a.ip() == addr.ip()) {
+                    same += 1;
+                    oldest_same = Some(oldest_same.map_or(*t, |o: Token| o.min(*t)));
+                }
+            }
+        }
+        let (victim, why) = if same >= MAX_PENDING_PER_SOURCE {
+            (
+                oldest_same,
+                format!(
+                    "{same} connections from {} have not authenticated (at most \
+                     {MAX_PENDING_PER_SOURCE}): dropping the oldest",
+                    addr.ip()
+                ),
+            )
+        } else if all >= MAX_PENDING {
+            (
+                oldest_all,
+                format!(
+                    "{all} incoming connections have not authenticated (at most \
+                     {MAX_PENDING}): dropping the oldest"
+                ),
+            )
+        } else {
+            return;
+        };
+        if let Some(n) = INCOMING_CAPPED.allow() {
+            log::warn(format_args!("{why}{}", suppressed(n)));
+        }
+        if let Some(t) = victim {
+            self.close(
+                t,
+                Verdict::Close("dropped for a newer unauthenticated connection".into()),
+            );
+        }
+    }
+
+    /// The accepted connection that has waited longest for a handshake.
+    fn oldest_pending(&self) -> Option<Token> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| matches!(c.side, Side::Accept) && !c.is_authenticated())
+            .map(|(t, _)| *t)
+            .min()
     }
 
     fn dial(&mut self, idx: usize) {
@@ -382,7 +487,14 @@ impl Net {
                 let Some(c) = self.conns.get_mut(&t) else {
                     return;
                 };
-                match c.sock.read(&mut buf) {
+                // Before authentication a connection holds at most what a
+                // handshake needs; more is not read, and closes it.
+                let room = c.read_room().min(buf.len());
+                if room == 0 {
+                    return self
+                        .close(t, Verdict::Close("sent more than a handshake needs".into()));
+                }
+                match c.sock.read(&mut buf[..room]) {
                     Ok(0) => {
                         let why = match c.reader.buffered() {
                             0 => "closed by peer".to_string(),

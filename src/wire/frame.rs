@@ -16,6 +16,11 @@ pub const MAGIC: [u8; 4] = *b"SSYN";
 pub const VERSION: u16 = super::version::OLDEST;
 /// Largest frame body accepted. Batches are cut well below it.
 pub const MAX_FRAME: usize = 16 << 20;
+/// Largest frame body accepted before the connection is authenticated:
+/// what a handshake needs. A `Hello` is under 300 bytes (a node id is at
+/// most 63 bytes, a listen address under 60); a welcome may name the
+/// last snapshot key staged. Nobody gets 16 MiB of our memory for free.
+pub const HANDSHAKE_MAX_FRAME: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
@@ -219,16 +224,50 @@ impl Frame {
     }
 }
 
-/// Accumulates bytes from a stream and yields whole frames.
-#[derive(Default)]
+/// Accumulates bytes from a stream and yields whole frames, none longer
+/// than its limit.
 pub struct FrameReader {
     buf: Vec<u8>,
     start: usize,
+    limit: usize,
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        FrameReader {
+            buf: Vec::new(),
+            start: 0,
+            limit: MAX_FRAME,
+        }
+    }
 }
 
 impl FrameReader {
+    /// A reader accepting frames up to [`MAX_FRAME`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A reader accepting frames up to `limit` bytes (at most [`MAX_FRAME`]).
+    pub fn with_limit(limit: usize) -> Self {
+        FrameReader {
+            limit: limit.min(MAX_FRAME),
+            ..Self::default()
+        }
+    }
+
+    /// Changes the longest frame accepted from now on (a connection that
+    /// authenticated moves from [`HANDSHAKE_MAX_FRAME`] to [`MAX_FRAME`]).
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.min(MAX_FRAME);
+    }
+
+    /// Takes the bytes buffered past the frames read so far.
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        let rest = self.buf.split_off(self.start);
+        self.buf.clear();
+        self.start = 0;
+        rest
     }
 
     /// Bytes buffered but not yet consumed as frames.
@@ -252,10 +291,10 @@ impl FrameReader {
             return Ok(None);
         }
         let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
-        if len > MAX_FRAME {
+        if len > self.limit {
             return Err(WireError::TooLarge {
                 len,
-                max: MAX_FRAME,
+                max: self.limit,
             });
         }
         if avail.len() < 4 + len {

@@ -31,5 +31,5 @@ pub mod version;
 
 pub use frame::{
     key_hash, Frame, FrameReader, KeyVersion, Member, RawChange, RawSnapRow, Session,
-    SnapshotResume, MAGIC, MAX_FRAME, VERSION,
+    SnapshotResume, HANDSHAKE_MAX_FRAME, MAGIC, MAX_FRAME, VERSION,
 };
