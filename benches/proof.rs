@@ -127,7 +127,12 @@ fn main() {
         node.start();
     }
     let node = c.node(1);
-    let mut ser = ApplyDoor::new(&node.dir.join("rpc.sock"), &node.dir, &node.dir);
+    let mut ser = ApplyDoor::new(
+        &node.dir.join("rpc.sock"),
+        &node.dir,
+        &node.dir,
+        &node.apply_token(),
+    );
     let t = Instant::now();
     for chunk in records.chunks(2000) {
         ser.apply(chunk).expect("sersync.apply");

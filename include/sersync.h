@@ -420,6 +420,21 @@ int sersync_walk_reply(struct sersync_walk *w, uint64_t skip, char *out,
 /* Frees the walk (NULL is ignored). */
 int sersync_walk_free(struct sersync_walk *w);
 
+/* sersync.apply's token: random, drawn by sersync_shared_create(), held
+ * by the processes SER forks and nothing else. The engine sends it as
+ * sersync.apply's first parameter; the RPC handler checks it with this
+ * (in constant time): SERSYNC_OK when token (len bytes) is it,
+ * SERSYNC_E_REFUSED when not. Any process. */
+int sersync_apply_token_check(struct sersync_shared *sh, const char *token,
+		size_t len);
+
+/* Writes the token to the file path (len bytes, not NUL-terminated),
+ * mode 0600, replacing it (never through a symbolic link): modparam
+ * apply_token_file, for tests and benches. SERSYNC_E_IO on failure. Call
+ * in mod_init. */
+int sersync_apply_token_write(struct sersync_shared *sh, const char *path,
+		size_t len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -52,6 +52,10 @@ int _sersync_check_interval = 60;
 /* seconds between two checks of the journal's state against each peer's */
 static int _sersync_peer_check_interval = 60;
 
+/* where sersync.apply's token is written (0600) for tests and benches;
+ * empty: in no file (only the engine, forked by SER, knows it) */
+static str _sersync_apply_token_file = STR_NULL;
+
 /* where jsonrpcs lets FIFO clients create reply FIFOs (its fifo_reply_dir) */
 static str _sersync_fifo_reply_dir = STR_NULL;
 
@@ -91,8 +95,17 @@ static int sersync_add_peer(modparam_t type, void *val);
  *  peer_check_interval seconds between two checks of the journal's state
  *                     against each peer's (protocol v3), repairing what
  *                     differs (default 60)
+ *  apply_token_file   where sersync.apply's token is written, mode 0600
+ *                     (tests, benches; unset: in no file)
  */
 /* clang-format off */
+static cmd_export_t cmds[] = {
+	/* the alias RPCs only, over HTTP (sersync_alias_http.c) */
+	{"sersync_alias_http", (cmd_function)sersync_alias_http, 0, 0, 0,
+		REQUEST_ROUTE},
+	{0, 0, 0, 0, 0, 0}
+};
+
 static param_export_t params[] = {
 	{"node_id",    PARAM_STR,                     &_sersync_node_id},
 	{"listen",     PARAM_STR,                     &_sersync_listen},
@@ -116,13 +129,14 @@ static param_export_t params[] = {
 	{"durability_timeout", PARAM_INT,     &_sersync_durability_timeout},
 	{"check_interval",    PARAM_INT,      &_sersync_check_interval},
 	{"peer_check_interval", PARAM_INT,    &_sersync_peer_check_interval},
+	{"apply_token_file",  PARAM_STR,      &_sersync_apply_token_file},
 	{0, 0, 0}
 };
 
 struct module_exports exports = {
 	"sersync",        /* module name */
 	DEFAULT_DLFLAGS,  /* dlopen flags */
-	0,                /* exported functions */
+	cmds,             /* exported functions */
 	params,           /* exported parameters */
 	sersync_rpc_cmds, /* RPC method exports */
 	0,                /* exported pseudo-variables */
@@ -429,6 +443,8 @@ static int mod_init(void)
 	}
 	if(sersync_alias_init() < 0)
 		return -1;
+	if(sersync_alias_http_init() < 0)
+		return -1;
 
 	/* maps the queue and status area; starts no thread (we fork later) */
 	rc = sersync_shared_create((uint32_t)_sersync_queue_size, &_sersync_shared);
@@ -436,6 +452,19 @@ static int mod_init(void)
 		LM_ERR("cannot map the shared queue of %d slots (rc %d)\n",
 				_sersync_queue_size, rc);
 		return -1;
+	}
+
+	/* sersync.apply's token, for a test that calls it as the engine does */
+	if(_sersync_apply_token_file.len > 0) {
+		rc = sersync_apply_token_write(_sersync_shared,
+				_sersync_apply_token_file.s,
+				(size_t)_sersync_apply_token_file.len);
+		if(rc != SERSYNC_OK) {
+			LM_ERR("cannot write apply_token_file %.*s (rc %d)\n",
+					_sersync_apply_token_file.len, _sersync_apply_token_file.s,
+					rc);
+			return -1;
+		}
 	}
 
 	/* one extra process: the engine; it takes part in the cfg framework */

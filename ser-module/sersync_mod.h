@@ -14,6 +14,7 @@
 
 #include "../../core/str.h"
 #include "../../core/rpc.h"
+#include "../../core/parser/msg_parser.h"
 #include "../usrloc/usrloc.h"
 
 #include "sersync.h"
@@ -163,6 +164,11 @@ void sersync_rpc_alias_rm(rpc_t *rpc, void *ctx);
 void sersync_rpc_alias_list(rpc_t *rpc, void *ctx);
 void sersync_rpc_alias_rescan(rpc_t *rpc, void *ctx);
 void sersync_rpc_alias_rescan_confirm(rpc_t *rpc, void *ctx);
+
+/* sersync_alias_http.c: the alias API over HTTP (script function
+ * sersync_alias_http()); init binds xhttp and jsonrpcs when loaded */
+int sersync_alias_http_init(void);
+int sersync_alias_http(struct sip_msg *msg, char *p1, char *p2);
 
 /* sersync_sqlite.c: busy timeout for every SQLite connection of SER */
 int sersync_sqlite_init(void);

@@ -350,7 +350,8 @@ static void sersync_rpc_forget(rpc_t *rpc, void *ctx)
 
 static const char *sersync_apply_doc[2] = {
 		"Apply a batch of replicated contacts (to usrloc) and aliases (to"
-		" their table). Takes one string,"
+		" their table). The engine's only: takes its token (drawn at SER's"
+		" start, never shown; fault 403 without it) and one string,"
 		" the payload the sersync engine encodes; returns the number of"
 		" records applied, or stops at a record that fails: fault 422"
 		" \"Record N refused: why\" (never appliable here as it is) or 500"
@@ -396,11 +397,25 @@ int sersync_apply_fail(const char *fmt, ...)
 
 static void sersync_rpc_apply(rpc_t *rpc, void *ctx)
 {
+	str token = STR_NULL;
 	str payload = STR_NULL;
 	char err[SERSYNC_ERR_MAX];
 	uint32_t count;
 	int rc;
 
+	/* the engine's token first: whoever reaches an RPC door (a web
+	 * application's HTTP port) must not write records into usrloc that
+	 * were never replicated */
+	if(rpc->scan(ctx, "S", &token) != 1 || token.s == NULL
+			|| sersync_apply_token_check(
+					   _sersync_shared, token.s, (size_t)token.len)
+					   != SERSYNC_OK) {
+		LM_WARN("sersync.apply refused: wrong or missing token (only the"
+				" sersync engine may call it)\n");
+		rpc->fault(ctx, 403, "sersync.apply is the sersync engine's own:"
+							 " wrong or missing token");
+		return;
+	}
 	if(sersync_rpc_one_param(rpc, ctx, "payload", &payload) < 0)
 		return;
 	if(!sersync_ul_is_loaded()) {

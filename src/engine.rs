@@ -53,6 +53,7 @@ impl Engine {
         let mut apply_journal = open()?;
         // Past every version journaled: a change made now is newer.
         shared.observe(ingest_journal.max_stamp()?);
+        let apply_token = shared.apply_token().to_string();
 
         let stop = Arc::new(AtomicBool::new(false));
         let (wake_apply, wake_rx) = crossbeam_channel::bounded(1);
@@ -122,7 +123,12 @@ impl Engine {
             Some(s) => (s, None),
             None => {
                 let door: Box<dyn Sink> = match &cfg.door {
-                    Some(p) => Box::new(Door::new(p, &cfg.fifo_reply_dir, &cfg.reply_dir)),
+                    Some(p) => Box::new(Door::new(
+                        p,
+                        &cfg.fifo_reply_dir,
+                        &cfg.reply_dir,
+                        &apply_token,
+                    )),
                     None => Box::new(NoDoor),
                 };
                 (

@@ -230,6 +230,10 @@ static int (*const fn_walk_add)(struct sersync_walk *,
 static int (*const fn_walk_reply)(struct sersync_walk *, uint64_t, char *,
 		size_t, uint64_t *, uint64_t *) = sersync_walk_reply;
 static int (*const fn_walk_free)(struct sersync_walk *) = sersync_walk_free;
+static int (*const fn_apply_token_check)(struct sersync_shared *,
+		const char *, size_t) = sersync_apply_token_check;
+static int (*const fn_apply_token_write)(struct sersync_shared *,
+		const char *, size_t) = sersync_apply_token_write;
 
 int main(void)
 {
@@ -250,6 +254,8 @@ int main(void)
 			(const void *)fn_walk_add,
 			(const void *)fn_walk_reply,
 			(const void *)fn_walk_free,
+			(const void *)fn_apply_token_check,
+			(const void *)fn_apply_token_write,
 	};
 	size_t i;
 

@@ -159,10 +159,11 @@ fn contacts_removed_from_usrloc_behind_sersyncs_back_are_put_back() {
         .collect();
     assert_eq!(gone.len(), 20);
     // One per request: the FIFO takes requests of at most 4 KiB.
+    let token = n2.apply_token();
     for one in gone.chunks(1) {
         let payload = sersync::apply::payload::encode(one);
         let applied = n2
-            .rpc("sersync.apply", json!([payload]))
+            .rpc("sersync.apply", json!([token, payload]))
             .unwrap_or_else(|e| panic!("sersync.apply on node 2: {e}"));
         assert_eq!(applied, json!(1), "sersync.apply: {applied}");
     }

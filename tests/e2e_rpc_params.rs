@@ -145,7 +145,31 @@ fn garbage_rpc_parameters_get_clear_errors_and_change_nothing() {
     let binary = "\u{1}\u{2}\u{7f}\u{fffd}\u{0}é\u{202e}";
 
     // (method, params, code, what the message must say)
+    // sersync.apply is the engine's: its token first (SER wrote it for
+    // the harness, apply_token_file); without it nothing is read further
+    let tk = n1.apply_token();
+    let tk = tk.as_str();
     let cases: Vec<(&str, Value, i64, &str)> = vec![
+        ("sersync.apply", json!([]), 403, "wrong or missing token"),
+        ("sersync.apply", json!([good]), 403, "wrong or missing token"),
+        (
+            "sersync.apply",
+            json!(["0".repeat(64), good]),
+            403,
+            "wrong or missing token",
+        ),
+        (
+            "sersync.apply",
+            json!([&tk[..63], good]),
+            403,
+            "wrong or missing token",
+        ),
+        (
+            "sersync.apply",
+            json!([{"token": tk}, good]),
+            403,
+            "wrong or missing token",
+        ),
         // status and peers take nothing
         ("sersync.status", json!(["x"]), 400, "takes no parameters"),
         ("sersync.status", json!([1, 2]), 400, "takes no parameters"),
@@ -185,48 +209,48 @@ fn garbage_rpc_parameters_get_clear_errors_and_change_nothing() {
         // apply: one base64 payload of a batch this module reads
         (
             "sersync.apply",
-            json!([]),
+            json!([tk]),
             400,
             "Expected one string parameter",
         ),
         (
             "sersync.apply",
-            json!([good, good]),
+            json!([tk, good, good]),
             400,
             "Too many parameters",
         ),
-        ("sersync.apply", json!([""]), 400, "Empty payload"),
+        ("sersync.apply", json!([tk, ""]), 400, "Empty payload"),
         (
             "sersync.apply",
-            json!(["not base64 at all!"]),
+            json!([tk, "not base64 at all!"]),
             400,
             "Malformed payload: not base64",
         ),
         (
             "sersync.apply",
-            json!([b64(&noise(300, 7))]),
+            json!([tk, b64(&noise(300, 7))]),
             400,
             "Malformed payload",
         ),
         (
             "sersync.apply",
-            json!([b64(b"\x01")]),
+            json!([tk, b64(b"\x01")]),
             400,
             "Malformed payload",
         ),
         (
             "sersync.apply",
-            json!([truncated]),
+            json!([tk, truncated]),
             400,
             "Malformed payload",
         ),
         (
             "sersync.apply",
-            json!([truncated_aligned]),
+            json!([tk, truncated_aligned]),
             400,
             "Malformed payload",
         ),
-        ("sersync.apply", json!([binary]), 400, "Malformed payload"),
+        ("sersync.apply", json!([tk, binary]), 400, "Malformed payload"),
         (
             "sersync.quarantine",
             json!(["x"]),
@@ -314,26 +338,26 @@ fn garbage_rpc_parameters_get_clear_errors_and_change_nothing() {
             400,
             "Expected what [now [skip]]",
         ),
-        ("sersync.apply", json!([huge]), 400, "Malformed payload"),
+        ("sersync.apply", json!([tk, huge]), 400, "Malformed payload"),
         (
             "sersync.apply",
-            json!([no_aor]),
+            json!([tk, no_aor]),
             422,
             "Record 0 refused: invalid field: no usrloc table, AOR or contact",
         ),
         (
             "sersync.apply",
-            json!([unknown_table]),
+            json!([tk, unknown_table]),
             422,
             "Record 0 refused: usrloc table 'no_such_table' is not registered",
         ),
         (
             "sersync.apply",
-            json!([bad_alias]),
+            json!([tk, bad_alias]),
             422,
             "Record 0 refused: invalid field: alias table",
         ),
-        ("sersync.apply", json!([{"payload": good}]), 400, "string"),
+        ("sersync.apply", json!([tk, {"payload": good}]), 400, "string"),
         // alias calls (more in tests/e2e_aliases.rs)
         (
             "sersync.alias_add",
@@ -459,7 +483,7 @@ fn garbage_rpc_parameters_get_clear_errors_and_change_nothing() {
         (&["sersync.forget"][..], "Expected one string parameter"),
         (
             &["sersync.apply", "%%%"][..],
-            "Malformed payload: not base64",
+            "wrong or missing token",
         ),
         (
             &["sersync.alias_list", "a", "b"][..],

@@ -76,13 +76,16 @@ pub struct Door {
     reply_name: String,
     kind: Option<Kind>,
     next_id: u64,
+    /// sersync.apply's first parameter ([`crate::queue::Shared::apply_token`]).
+    token: String,
 }
 
 impl Door {
     /// The door at `path`; FIFO replies come through `fifo_reply_dir`
     /// (jsonrpcs' own setting), the datagram socket is bound in
-    /// `sock_dir`.
-    pub fn new(path: &Path, fifo_reply_dir: &Path, sock_dir: &Path) -> Door {
+    /// `sock_dir`; `token` is sersync.apply's (the module refuses a call
+    /// without it).
+    pub fn new(path: &Path, fifo_reply_dir: &Path, sock_dir: &Path, token: &str) -> Door {
         Door {
             path: path.to_path_buf(),
             fifo_reply_dir: fifo_reply_dir.to_path_buf(),
@@ -91,6 +94,7 @@ impl Door {
             reply_name: format!("sersync_apply_{}", std::process::id()),
             kind: None,
             next_id: 1,
+            token: token.to_string(),
         }
     }
 
@@ -189,7 +193,10 @@ impl Door {
     fn call(&mut self, records: &[(u64, Record)]) -> Result<u64, ApplyError> {
         let v = self.rpc(
             "sersync.apply",
-            vec![Value::String(payload::encode(records))],
+            vec![
+                Value::String(self.token.clone()),
+                Value::String(payload::encode(records)),
+            ],
         )?;
         Ok(v.as_u64().unwrap_or(0))
     }
@@ -430,8 +437,8 @@ impl Sink for Door {
 
     fn apply(&mut self, records: &[(u64, Record)]) -> Result<(), ApplyError> {
         let max = self.request_max()?;
-        // JSON wrapper, id and reply name stay well under this.
-        let budget = max - 200;
+        // JSON wrapper, token, id and reply name stay well under this.
+        let budget = max - 300;
         let mut start = 0;
         while start < records.len() {
             let mut end = start;
@@ -560,7 +567,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = run.path().join("rpc.sock");
         let server = fake_door(&path, 2);
-        let mut door = Door::new(&path, tmp.path(), run.path());
+        let mut door = Door::new(&path, tmp.path(), run.path(), "t");
         door.apply(&one()).unwrap();
         assert_eq!((sockets(run.path()), sockets(tmp.path())), (1, 0));
         let Some(Kind::Dgram(reply)) = &door.kind else {
@@ -580,7 +587,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = doors.path().join("rpc.sock");
         let server = fake_door(&path, 1);
-        let mut door = Door::new(&path, tmp.path(), &doors.path().join("missing"));
+        let mut door = Door::new(&path, tmp.path(), &doors.path().join("missing"), "t");
         door.apply(&one()).unwrap();
         assert_eq!(sockets(tmp.path()), 1);
         server.join().unwrap();

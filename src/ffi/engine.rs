@@ -2,6 +2,7 @@
 //! process, its status, and forgetting a member.
 
 use std::os::raw::{c_char, c_int};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use super::boundary;
@@ -64,6 +65,62 @@ pub unsafe extern "C" fn sersync_forget(
         match sh.publish(ItemRef::Forget { node_id: id }) {
             Ok(()) => sersync_rc::SERSYNC_OK,
             Err(e) => (&e).into(),
+        }
+    })
+}
+
+/// # Safety
+/// See sersync.h.
+#[no_mangle]
+pub unsafe extern "C" fn sersync_apply_token_check(
+    sh: *mut sersync_shared,
+    token: *const c_char,
+    len: usize,
+) -> c_int {
+    boundary(|| {
+        // SAFETY: NULL checked; validity per sersync.h.
+        let Some(sh) = (unsafe { shared(sh) }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
+        // SAFETY: token has len bytes per sersync.h.
+        let Some(token) = (unsafe { bytes(&sersync_str { s: token, len }) }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
+        if sh.apply_token_matches(token) {
+            sersync_rc::SERSYNC_OK
+        } else {
+            sersync_rc::SERSYNC_E_REFUSED
+        }
+    })
+}
+
+/// # Safety
+/// See sersync.h.
+#[no_mangle]
+pub unsafe extern "C" fn sersync_apply_token_write(
+    sh: *mut sersync_shared,
+    path: *const c_char,
+    len: usize,
+) -> c_int {
+    boundary(|| {
+        // SAFETY: NULL checked; validity per sersync.h.
+        let Some(sh) = (unsafe { shared(sh) }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
+        // SAFETY: path has len bytes per sersync.h.
+        let Some(path) = (unsafe { bytes(&sersync_str { s: path, len }) }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+        match sh.write_apply_token(path) {
+            Ok(()) => sersync_rc::SERSYNC_OK,
+            Err(e) => {
+                log::error(format_args!(
+                    "cannot write apply_token_file {}: {e}",
+                    path.display()
+                ));
+                sersync_rc::SERSYNC_E_IO
+            }
         }
     })
 }

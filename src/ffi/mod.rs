@@ -21,7 +21,8 @@ use crate::abi::{
 
 use self::apply::sersync_apply_decode;
 use self::engine::{
-    sersync_config_check, sersync_engine_run, sersync_forget, sersync_quarantine_ctl,
+    sersync_apply_token_check, sersync_apply_token_write, sersync_config_check,
+    sersync_engine_run, sersync_forget, sersync_quarantine_ctl,
     sersync_status_read,
 };
 use self::log::sersync_set_logger;
@@ -86,4 +87,10 @@ const _SIGNATURES: () = {
     ) -> c_int; 2] = [abi::sersync_walk_reply, sersync_walk_reply];
     let _: [unsafe extern "C" fn(*mut sersync_walk) -> c_int; 2] =
         [abi::sersync_walk_free, sersync_walk_free];
+    let _: [unsafe extern "C" fn(*mut sersync_shared, *const c_char, usize) -> c_int; 4] = [
+        abi::sersync_apply_token_check,
+        sersync_apply_token_check,
+        abi::sersync_apply_token_write,
+        sersync_apply_token_write,
+    ];
 };

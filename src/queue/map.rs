@@ -37,6 +37,44 @@ pub(super) struct Header {
 }
 
 impl Shared {
+    /// The token `sersync.apply` requires as its first parameter: 32
+    /// random bytes (hex) drawn when SER maps the region at start, known
+    /// to the processes SER forks (the engine sends it, SER's RPC handler
+    /// checks it) and to nothing outside them. Whoever reaches an RPC door
+    /// (a web application's HTTP port) cannot apply records that were
+    /// never replicated.
+    pub fn apply_token(&self) -> &str {
+        &self.apply_token
+    }
+
+    /// Is `given` the token? In constant time (`subtle`): the time taken
+    /// tells nothing of how much of a guess was right.
+    pub fn apply_token_matches(&self, given: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        let want = self.apply_token.as_bytes();
+        given.len() == want.len() && bool::from(want.ct_eq(given))
+    }
+
+    /// Writes the token to `path`, readable by SER's user only (0600),
+    /// replacing what was there (never following a link): for tests and
+    /// benches that call `sersync.apply` as the engine does (modparam
+    /// apply_token_file; unset, the token is in no file).
+    pub fn write_apply_token(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        f.write_all(self.apply_token.as_bytes())?;
+        f.sync_all()
+    }
     /// Maps a region with `slots` slots (rounded up to a power of two, at
     /// least 64) and as many buckets of versions ([`super::order`]), at
     /// least [`super::order::MIN_BUCKETS`]. Call before fork; starts no
@@ -50,6 +88,9 @@ impl Shared {
         let map = os::SharedMap::new(len).map_err(QueueError::Map)?;
         // On failure `map` is unmapped as it drops.
         let efd = os::eventfd().map_err(QueueError::Map)?;
+        let mut secret = [0u8; 32];
+        getrandom::getrandom(&mut secret)
+            .map_err(|e| QueueError::Map(std::io::Error::other(e.to_string())))?;
         let shared = Shared {
             base: map.as_ptr(),
             _map: map,
@@ -58,6 +99,9 @@ impl Shared {
             order_mask: buckets - 1,
             // Inherited by every process SER forks: one key everywhere.
             order_keys: std::hash::RandomState::new(),
+            // Inherited as well: the engine and SER's RPC processes hold
+            // the same token; nothing else does.
+            apply_token: secret.iter().map(|b| format!("{b:02x}")).collect(),
         };
         // The mapping is zero-filled: only non-zero fields need writing,
         // and nothing else sees it yet.
@@ -106,5 +150,46 @@ impl Drop for Shared {
         // SAFETY: our own eventfd, closed only here; nothing uses it after
         // drop. The mapping is unmapped after this, as `_map` drops.
         drop(unsafe { OwnedFd::from_raw_fd(self.header().eventfd.load(Ordering::Relaxed)) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::Shared;
+
+    #[test]
+    fn the_apply_token_is_random_and_checked_whole() {
+        let a = Shared::create(64).unwrap();
+        let b = Shared::create(64).unwrap();
+        let t = a.apply_token().to_string();
+        assert_eq!(t.len(), 64);
+        assert_ne!(t, b.apply_token(), "one token per start");
+        assert!(a.apply_token_matches(t.as_bytes()));
+        assert!(!a.apply_token_matches(b.apply_token().as_bytes()));
+        assert!(!a.apply_token_matches(&t.as_bytes()[..63]));
+        assert!(!a.apply_token_matches(format!("{t}0").as_bytes()));
+        assert!(!a.apply_token_matches(b""));
+    }
+
+    #[test]
+    fn the_token_file_is_for_ser_s_user_only_and_no_link_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = Shared::create(64).unwrap();
+        let path = dir.path().join("apply.token");
+        std::fs::write(&path, "old").unwrap();
+        sh.write_apply_token(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), sh.apply_token());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // a link planted at the path is replaced, its target untouched
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "keep").unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        sh.write_apply_token(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
     }
 }

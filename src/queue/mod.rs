@@ -41,6 +41,8 @@ pub struct Shared {
     /// Keys the hash of a contact's bucket: a stranger choosing AORs cannot
     /// aim at one bucket.
     order_keys: std::hash::RandomState,
+    /// `sersync.apply`'s token ([`Shared::apply_token`]).
+    apply_token: String,
 }
 
 // SAFETY: all shared mutation goes through atomics or the seqlock protocol

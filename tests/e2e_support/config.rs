@@ -14,6 +14,8 @@ pub const SCHEMA_DIR: &str = "/usr/share/kamailio/db_sqlite";
 pub const TIMER_INTERVAL: u64 = 5;
 pub const SERSYNC_PORT: u16 = 5999;
 pub const SIP_PORT: u16 = 5060;
+/// Where a node's SER writes sersync.apply's token (node dir, mode 0600).
+pub const APPLY_TOKEN_FILE: &str = "apply.token";
 
 /// Environment switch: start nodes without sersync (harness work only).
 pub const NO_MODULE_ENV: &str = "SERSYNC_E2E_NO_MODULE";
@@ -156,6 +158,12 @@ pub fn node_config_with(
             let _ = writeln!(s, "modparam(\"sersync\", \"secret\", \"{secret}\")");
             let _ = writeln!(s, "modparam(\"sersync\", \"journal\", \"{d}/sersync.db\")");
             let _ = writeln!(s, "modparam(\"sersync\", \"fifo\", \"{d}/rpc.fifo\")");
+            // sersync.apply's token, for tests that call it as the engine
+            // does (Node::apply_token)
+            let _ = writeln!(
+                s,
+                "modparam(\"sersync\", \"apply_token_file\", \"{d}/{APPLY_TOKEN_FILE}\")"
+            );
             if !opts.sersync_no_db {
                 let _ = writeln!(s, "modparam(\"sersync\", \"db_url\", \"{db_url}\")");
             }

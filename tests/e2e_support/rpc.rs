@@ -19,6 +19,14 @@ use super::node::Node;
 static RPC_SEQ: AtomicU64 = AtomicU64::new(1);
 
 impl Node {
+    /// sersync.apply's token, as this node's SER wrote it at start
+    /// (modparam apply_token_file, readable by SER's user only): what a
+    /// test needs to call sersync.apply as the engine does.
+    pub fn apply_token(&self) -> String {
+        let p = self.dir.join(super::config::APPLY_TOKEN_FILE);
+        fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+    }
+
     // -- RPC over jsonrpcs's FIFO ------------------------------------------
 
     pub fn rpc(&self, method: &str, params: Value) -> Result<Value, String> {
