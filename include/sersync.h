@@ -402,13 +402,21 @@ int sersync_apply_decode(const char *payload, size_t len,
 struct sersync_walk;
 
 /* A new walk for a check made at unix time now. ranges: NULL/empty for
- * the digest, else comma-separated range numbers (0..255), e.g. "3,17".
- * Returns SERSYNC_OK (*out set), SERSYNC_E_DECODE (bad ranges). */
+ * the digest, else comma-separated range numbers (0..255), e.g. "3,17"
+ * (their contacts or aliases), "h:3,17" (their contacts' version hashes)
+ * or "p:" and up to 2500 comma-separated hex version hashes (those
+ * contacts). Returns SERSYNC_OK (*out set), SERSYNC_E_DECODE (bad
+ * ranges). */
 int sersync_walk_new(int64_t now, const char *ranges, size_t len,
 		struct sersync_walk **out);
 
 /* Counts (or keeps) one contact; its strings are copied if kept. */
 int sersync_walk_add(struct sersync_walk *w, const struct sersync_contact *c);
+
+/* Counts (or keeps) one row of the alias table (sersync.alias_digest;
+ * a.op SERSYNC_OP_UPSERT); its strings are copied if kept. One walk takes
+ * contacts or aliases, never both. */
+int sersync_walk_add_alias(struct sersync_walk *w, const struct sersync_alias *a);
 
 /* Writes the walk's reply text (NUL-terminated) into out: base64 of the
  * encoded digest, or of the kept contacts from index skip on, as many as

@@ -579,3 +579,60 @@ int sersync_alias_apply(void *ctx, const struct sersync_alias *a)
 				table.len, table.s);
 	return 0;
 }
+
+/* one row of the table into the check's walk */
+struct sersync_alias_walking
+{
+	struct sersync_walk *w;
+	uint64_t rows;
+};
+
+static int sersync_alias_walk_row(const struct sersync_alias_row *r, void *param)
+{
+	struct sersync_alias_walking *wk = param;
+	struct sersync_alias a;
+
+	memset(&a, 0, sizeof(a));
+	a.op = SERSYNC_OP_UPSERT;
+	sersync_str_from(&a.table, &_sersync_alias_table);
+	sersync_str_from(&a.alias_username, &r->auser);
+	sersync_str_from(&a.alias_domain, &r->adomain);
+	sersync_str_from(&a.username, &r->user);
+	sersync_str_from(&a.domain, &r->domain);
+	wk->rows++;
+	return sersync_walk_add_alias(wk->w, &a) == SERSYNC_OK ? 0 : 1;
+}
+
+/*
+ * The walk of the alias table for the check of SER against the journal
+ * (sersync.alias_digest): every row, read through SER's database layer
+ * as the alias RPCs read it, handed to the engine's walk. *rows: rows
+ * walked. 0; -1 with a reason in err; -2: aliases are not replicated on
+ * this node.
+ */
+int sersync_alias_walk(struct sersync_walk *w, uint64_t *rows,
+		uint64_t *max_lock_ns, char *err, size_t errlen)
+{
+	struct sersync_alias_walking wk;
+	int rc;
+
+	*rows = 0;
+	*max_lock_ns = 0;
+	if(!sersync_alias_enabled()) {
+		snprintf(err, errlen, "aliases are not replicated on this node"
+							  " (no alias_db_url)");
+		return -2;
+	}
+	wk.w = w;
+	wk.rows = 0;
+	rc = sersync_alias_select(
+			&_sersync_alias_table, NULL, NULL, sersync_alias_walk_row, &wk);
+	*rows = wk.rows;
+	if(rc != 0) {
+		snprintf(err, errlen, rc < 0 ? "cannot read table %.*s"
+									 : "the walk refused a row of %.*s",
+				_sersync_alias_table.len, _sersync_alias_table.s);
+		return -1;
+	}
+	return 0;
+}

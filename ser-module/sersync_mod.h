@@ -122,6 +122,8 @@ int sersync_alias_insert(const str *table, const struct sersync_alias_row *r);
 int sersync_alias_delete(const str *table, const struct sersync_alias_row *r);
 int sersync_alias_publish(int op, const struct sersync_alias_row *r);
 int sersync_alias_apply(void *ctx, const struct sersync_alias *a);
+int sersync_alias_walk(struct sersync_walk *w, uint64_t *rows,
+		uint64_t *max_lock_ns, char *err, size_t errlen);
 
 /* alias table scans and the rescan process (sersync_alias_scan.c) */
 int sersync_alias_timer_init(void);

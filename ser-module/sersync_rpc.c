@@ -614,6 +614,12 @@ static char _sersync_walk_reply[SERSYNC_WALK_REPLY_MAX];
 static struct sersync_walk *_sersync_walk_kept = NULL;
 static char *_sersync_walk_kept_arg = NULL;
 static int _sersync_walk_kept_now = 0;
+static int _sersync_walk_kept_aliases = 0;
+
+/* what a walk reads: usrloc (sersync_ul_walk) or the alias table
+ * (sersync_alias_walk); 0, -1 (fault 500) or -2 (fault 404) */
+typedef int (*sersync_walker_f)(struct sersync_walk *w, uint64_t *n,
+		uint64_t *max_lock_ns, char *err, size_t errlen);
 
 static void sersync_walk_forget(void)
 {
@@ -626,9 +632,11 @@ static void sersync_walk_forget(void)
 }
 
 /* the kept walk of (arg, now), or NULL */
-static struct sersync_walk *sersync_walk_find(const str *arg, int now)
+static struct sersync_walk *sersync_walk_find(
+		const str *arg, int now, int aliases)
 {
 	if(_sersync_walk_kept == NULL || _sersync_walk_kept_now != now
+			|| _sersync_walk_kept_aliases != aliases
 			|| strlen(_sersync_walk_kept_arg) != (size_t)arg->len
 			|| memcmp(_sersync_walk_kept_arg, arg->s, arg->len) != 0)
 		return NULL;
@@ -636,7 +644,8 @@ static struct sersync_walk *sersync_walk_find(const str *arg, int now)
 }
 
 /* keeps w for the next pages of (arg, now); 0, or -1 (w not kept) */
-static int sersync_walk_keep(struct sersync_walk *w, const str *arg, int now)
+static int sersync_walk_keep(
+		struct sersync_walk *w, const str *arg, int now, int aliases)
 {
 	sersync_walk_forget();
 	_sersync_walk_kept_arg = malloc(arg->len + 1);
@@ -646,14 +655,16 @@ static int sersync_walk_keep(struct sersync_walk *w, const str *arg, int now)
 	_sersync_walk_kept_arg[arg->len] = '\0';
 	_sersync_walk_kept = w;
 	_sersync_walk_kept_now = now;
+	_sersync_walk_kept_aliases = aliases;
 	return 0;
 }
 
 /* walks usrloc into w (unless walked is set: w holds an earlier page's
  * walk) and adds the reply: the digest, or what w keeps from skip on (one
  * page); *next: the next page's skip, 0 for the last */
-static void sersync_rpc_walk(rpc_t *rpc, void *ctx, struct sersync_walk *w,
-		int ranges, uint64_t skip, int walked, uint64_t *next)
+static void sersync_rpc_walk(rpc_t *rpc, void *ctx, sersync_walker_f walker,
+		struct sersync_walk *w, int ranges, uint64_t skip, int walked,
+		uint64_t *next)
 {
 	struct timespec t0;
 	struct timespec t1;
@@ -668,9 +679,11 @@ static void sersync_rpc_walk(rpc_t *rpc, void *ctx, struct sersync_walk *w,
 	*next = 0;
 	if(!walked) {
 		clock_gettime(CLOCK_MONOTONIC, &t0);
-		if(sersync_ul_walk(w, &contacts, &max_lock_ns, err, sizeof(err))
-				< 0) {
-			rpc->fault(ctx, 500, "Cannot walk usrloc: %s", err);
+		rc = walker(w, &contacts, &max_lock_ns, err, sizeof(err));
+		if(rc < 0) {
+			rpc->fault(ctx, rc == -2 ? 404 : 500, "Cannot walk %s: %s",
+					walker == sersync_ul_walk ? "usrloc" : "the alias table",
+					err);
 			return;
 		}
 		clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -694,7 +707,10 @@ static void sersync_rpc_walk(rpc_t *rpc, void *ctx, struct sersync_walk *w,
 					   < 0
 			|| rpc->struct_add(th, "J", "walked",
 					   (unsigned long long)contacts)
-					   < 0) {
+					   < 0
+			|| (walker == sersync_alias_walk
+					&& rpc->struct_add(th, "S", "table", &_sersync_alias_table)
+							   < 0)) {
 		rpc->fault(ctx, 500, "Internal error creating reply");
 		return;
 	}
@@ -732,7 +748,7 @@ static void sersync_rpc_digest(rpc_t *rpc, void *ctx)
 		rpc->fault(ctx, 500, "Cannot start the walk (rc %d)", rc);
 		return;
 	}
-	sersync_rpc_walk(rpc, ctx, w, 0, 0, 0, &next);
+	sersync_rpc_walk(rpc, ctx, sersync_ul_walk, w, 0, 0, 0, &next);
 	sersync_walk_free(w);
 }
 
@@ -749,18 +765,18 @@ static const char *sersync_digest_range_doc[2] = {
 		" check.",
 		0};
 
-static void sersync_rpc_digest_range(rpc_t *rpc, void *ctx)
+/* sersync.digest_range and sersync.alias_digest's pages: what (scanned
+ * by the caller; rc: the scan's) [now [skip]] */
+static void sersync_rpc_walk_paged(
+		rpc_t *rpc, void *ctx, int aliases, int rc, str ranges)
 {
 	struct sersync_walk *w;
-	str ranges = STR_NULL;
 	uint64_t next;
 	int now = 0;
 	int skip = 0;
 	int walked;
-	int rc;
 
-	if(rpc->scan(ctx, "S", &ranges) != 1 || ranges.s == NULL
-			|| ranges.len <= 0) {
+	if(rc != 1 || ranges.s == NULL || ranges.len <= 0) {
 		rpc->fault(ctx, 400, "Expected what to walk: comma-separated range"
 							 " numbers 0 to 255, h:ranges or p:hashes");
 		return;
@@ -776,7 +792,7 @@ static void sersync_rpc_digest_range(rpc_t *rpc, void *ctx)
 	}
 	if(now <= 0)
 		now = (int)time(NULL);
-	w = skip > 0 ? sersync_walk_find(&ranges, now) : NULL;
+	w = skip > 0 ? sersync_walk_find(&ranges, now, aliases) : NULL;
 	walked = w != NULL;
 	if(w == NULL) {
 		sersync_walk_forget();
@@ -793,15 +809,56 @@ static void sersync_rpc_digest_range(rpc_t *rpc, void *ctx)
 			return;
 		}
 	}
-	sersync_rpc_walk(rpc, ctx, w, 1, (uint64_t)skip, walked, &next);
+	sersync_rpc_walk(rpc, ctx, aliases ? sersync_alias_walk : sersync_ul_walk,
+			w, 1, (uint64_t)skip, walked, &next);
 	if(next == 0) {
 		if(walked)
 			sersync_walk_forget();
 		else
 			sersync_walk_free(w);
-	} else if(!walked && sersync_walk_keep(w, &ranges, now) < 0) {
+	} else if(!walked && sersync_walk_keep(w, &ranges, now, aliases) < 0) {
 		sersync_walk_free(w);
 	}
+}
+
+static void sersync_rpc_digest_range(rpc_t *rpc, void *ctx)
+{
+	str what = STR_NULL;
+	int rc;
+
+	rc = rpc->scan(ctx, "S", &what);
+	sersync_rpc_walk_paged(rpc, ctx, 0, rc, what);
+}
+
+static const char *sersync_alias_digest_doc[2] = {
+		"The check of the alias table (alias_table) against the journal:"
+		" sersync.alias_digest [what [now [skip]]]. Without what: the digest"
+		" of every row (src/digest.rs), with table, count and walked. what:"
+		" comma-separated range numbers, 0 to 255: the rows of those ranges,"
+		" paged as sersync.digest_range pages. 404 when aliases are not"
+		" replicated on this node. Used by the engine's check.",
+		0};
+
+static void sersync_rpc_alias_digest(rpc_t *rpc, void *ctx)
+{
+	struct sersync_walk *w;
+	str what = STR_NULL;
+	uint64_t next;
+	int rc;
+
+	rc = rpc->scan(ctx, "*S", &what);
+	if(rc >= 1) {
+		sersync_rpc_walk_paged(rpc, ctx, 1, rc, what);
+		return;
+	}
+	w = NULL;
+	rc = sersync_walk_new((int64_t)time(NULL), NULL, 0, &w);
+	if(rc != SERSYNC_OK) {
+		rpc->fault(ctx, 500, "Cannot start the walk (rc %d)", rc);
+		return;
+	}
+	sersync_rpc_walk(rpc, ctx, sersync_alias_walk, w, 0, 0, 0, &next);
+	sersync_walk_free(w);
 }
 
 /* clang-format off */
@@ -813,6 +870,8 @@ rpc_export_t sersync_rpc_cmds[] = {
 	{"sersync.digest", sersync_rpc_digest, sersync_digest_doc, 0},
 	{"sersync.digest_range", sersync_rpc_digest_range,
 		sersync_digest_range_doc, 0},
+	{"sersync.alias_digest", sersync_rpc_alias_digest,
+		sersync_alias_digest_doc, 0},
 	{"sersync.quarantine",       sersync_rpc_quarantine,
 		sersync_quarantine_doc,       0},
 	{"sersync.quarantine_retry", sersync_rpc_quarantine_retry,

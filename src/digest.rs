@@ -160,14 +160,16 @@ impl Digest {
             Record::Alias {
                 op: crate::record::Op::Upsert,
                 alias,
-            } => {
-                let a = alias.as_ref();
-                let r = alias_range(&a);
-                self.counts[r] += 1;
-                self.sums[r] = self.sums[r].wrapping_add(alias_hash(&a));
-            }
+            } => self.add_alias(&alias.as_ref()),
             _ => {}
         }
+    }
+
+    /// Counts a present alias in.
+    pub fn add_alias(&mut self, a: &AliasRef) {
+        let r = alias_range(a);
+        self.counts[r] += 1;
+        self.sums[r] = self.sums[r].wrapping_add(alias_hash(a));
     }
 
     /// The digest of what `records` hold as present ([`Digest::add_record`]).

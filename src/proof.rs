@@ -53,7 +53,7 @@ use crate::error::{ApplyError, JournalError};
 use crate::journal::Journal;
 use crate::log;
 use crate::queue::{Shared, VersionHeld};
-use crate::record::{Contact, ContactRef, Op, Record, SnapRow};
+use crate::record::{Alias, AliasRef, Contact, ContactRef, Op, Record, SnapRow};
 use crate::status::Status;
 
 /// How long after finding a difference it is looked at again.
@@ -88,6 +88,8 @@ pub struct Walk {
     digest: Digest,
     counted: u64,
     kept: Vec<Contact>,
+    /// What an alias table's walk keeps (`sersync.alias_digest`).
+    kept_aliases: Vec<Alias>,
     hashes: Vec<u64>,
 }
 
@@ -141,7 +143,26 @@ impl Walk {
             digest: Digest::default(),
             counted: 0,
             kept: Vec::new(),
+            kept_aliases: Vec::new(),
             hashes: Vec::new(),
+        }
+    }
+
+    /// An alias of SER's alias table (`sersync.alias_digest`): digested,
+    /// or kept when its range is asked for. An alias's key is all its
+    /// fields: its version is its presence.
+    pub fn add_alias(&mut self, a: &AliasRef) {
+        match &self.want {
+            Want::Digest => {
+                self.digest.add_alias(a);
+                self.counted += 1;
+            }
+            Want::Contacts(ranges) => {
+                if ranges.binary_search(&digest::alias_range(a)).is_ok() {
+                    self.kept_aliases.push(a.to_alias());
+                }
+            }
+            Want::Hashes(_) | Want::Pick(_) => {}
         }
     }
 
@@ -213,6 +234,13 @@ impl Walk {
                 codec::encode_into(&page, &mut bytes).expect("encoding into a Vec cannot fail");
                 (b64(&bytes), next, self.hashes.len() as u64)
             }
+            Want::Contacts(_) if !self.kept_aliases.is_empty() => {
+                let (page, next) = page(&self.kept_aliases, skip, max, |a| {
+                    codec::encoded_len(a).unwrap_or(u64::MAX) as usize
+                });
+                codec::encode_into(&page, &mut bytes).expect("encoding into a Vec cannot fail");
+                (b64(&bytes), next, self.kept_aliases.len() as u64)
+            }
             Want::Contacts(_) | Want::Pick(_) => {
                 let (page, next) = page(&self.kept, skip, max, |c| {
                     codec::encoded_len(c).unwrap_or(u64::MAX) as usize
@@ -263,6 +291,11 @@ pub fn decode_contacts(text: &str) -> Result<Vec<Contact>, String> {
     codec::decode(&unb64(text)?)
 }
 
+/// Decodes one page of `sersync.alias_digest`'s aliases.
+pub fn decode_aliases(text: &str) -> Result<Vec<Alias>, String> {
+    codec::decode(&unb64(text)?)
+}
+
 /// Decodes one page of `sersync.digest_range`'s version hashes.
 pub fn decode_hashes(text: &str) -> Result<Vec<u64>, String> {
     codec::decode(&unb64(text)?)
@@ -297,6 +330,11 @@ pub trait SerView {
         hashes: &std::collections::HashSet<u64>,
         now: i64,
     ) -> Result<Vec<Contact>, ApplyError>;
+    /// The digest of SER's alias table and the table's name; None when
+    /// aliases are not replicated on this node.
+    fn alias_digest(&mut self) -> Result<Option<(Vec<u8>, Digest)>, ApplyError>;
+    /// The rows of SER's alias table in `ranges` (sorted).
+    fn aliases_in(&mut self, ranges: &[usize]) -> Result<Vec<Alias>, ApplyError>;
 }
 
 /// One repair, as [`compare`] decides it.
@@ -425,6 +463,37 @@ pub fn compare(
     out
 }
 
+/// The repairs that make SER's alias table equal to the state for the
+/// keys of some ranges: `ser` holds the table's rows there, `state` every
+/// version of the table's aliases there, present or deleted. An alias's
+/// key is all its fields, so its version is its presence, and the state,
+/// which every alias change goes through, is right: an alias it holds
+/// that the table lacks is put back, one it deleted that the table holds
+/// is deleted. A row the state has no version of (written into the table
+/// behind sersync's back) is journaled, as a rescan would.
+pub fn compare_aliases(ser: &[Alias], state: &[SnapRow]) -> Vec<Repair> {
+    let upsert = |a: &Alias| Record::Alias {
+        op: Op::Upsert,
+        alias: a.clone(),
+    };
+    let in_ser: std::collections::HashSet<Vec<u8>> = ser.iter().map(|a| upsert(a).key()).collect();
+    let known: std::collections::HashSet<Vec<u8>> = state.iter().map(|r| r.record.key()).collect();
+    let mut out = Vec::new();
+    for row in state {
+        let held = in_ser.contains(&row.record.key());
+        if held == row.record.is_delete() {
+            out.push(Repair::Apply(row.clone()));
+        }
+    }
+    for a in ser {
+        let rec = upsert(a);
+        if !known.contains(&rec.key()) {
+            out.push(Repair::Journal(rec));
+        }
+    }
+    out
+}
+
 /// The state's side of a check: its contacts of `tables`.
 fn state_digest(journal: &Journal, tables: &[String], now: i64) -> Result<Digest, JournalError> {
     let mut d = Digest::default();
@@ -445,6 +514,17 @@ fn in_tables(tables: &[String], c: &Contact) -> bool {
 /// The differences of one look, by key.
 type Found = HashMap<Vec<u8>, Repair>;
 
+/// The ranges a look compares key by key: of usrloc's contacts, and of
+/// the alias table (named) when aliases are replicated here.
+#[derive(Default)]
+struct Ranges {
+    contacts: Vec<usize>,
+    aliases: Option<AliasRanges>,
+}
+
+/// The alias table's name and its ranges to compare.
+type AliasRanges = (Vec<u8>, Vec<usize>);
+
 /// The periodic check, run by the applier.
 pub struct Proof {
     interval: Duration,
@@ -452,8 +532,9 @@ pub struct Proof {
     shared: Arc<Shared>,
     status: Arc<Status>,
     next: Instant,
-    /// Differences found at the first look, to confirm at `.1`, in ranges.
-    pending: Option<(Found, Instant, Vec<usize>)>,
+    /// Differences found at the first look, to confirm at `.1`, in
+    /// ranges of contacts and of the alias table.
+    pending: Option<(Found, Instant, Ranges)>,
 }
 
 fn repair_key(r: &Repair) -> Vec<u8> {
@@ -513,13 +594,16 @@ impl Proof {
     /// The repairs for the keys of `ranges`: SER's version hashes there
     /// against the state's (8 bytes a contact on the wire), then only the
     /// contacts whose hashes differ, whole, compared key by key.
-    fn look(
+    fn look_contacts(
         &self,
         journal: &Journal,
         ser: &mut dyn SerView,
         ranges: &[usize],
         now: i64,
     ) -> Result<Found, String> {
+        if ranges.is_empty() {
+            return Ok(Found::new());
+        }
         let theirs: std::collections::HashSet<u64> = ser
             .hashes_in(ranges, now)
             .map_err(|e| e.to_string())?
@@ -559,6 +643,56 @@ impl Proof {
         Ok(repairs.into_iter().map(|r| (repair_key(&r), r)).collect())
     }
 
+    /// The repairs for the keys of `ranges`, contacts and aliases.
+    fn look(
+        &self,
+        journal: &Journal,
+        ser: &mut dyn SerView,
+        ranges: &Ranges,
+        now: i64,
+    ) -> Result<Found, String> {
+        let mut found = self.look_contacts(journal, ser, &ranges.contacts, now)?;
+        if let Some((table, alias_ranges)) = &ranges.aliases {
+            if !alias_ranges.is_empty() {
+                let theirs = ser.aliases_in(alias_ranges).map_err(|e| e.to_string())?;
+                let ours: Vec<SnapRow> = journal
+                    .alias_versions(table)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .filter(|r| {
+                        alias_ranges
+                            .binary_search(&digest::record_range(&r.record))
+                            .is_ok()
+                    })
+                    .collect();
+                found.extend(
+                    compare_aliases(&theirs, &ours)
+                        .into_iter()
+                        .map(|r| (repair_key(&r), r)),
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    /// The alias table's ranges that differ from the state's aliases of
+    /// it, or None when aliases are not replicated here.
+    fn alias_ranges(
+        &self,
+        journal: &Journal,
+        ser: &mut dyn SerView,
+    ) -> Result<Option<AliasRanges>, String> {
+        let Some((table, theirs)) = ser.alias_digest().map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let mut ours = Digest::default();
+        for row in journal.alias_versions(&table).map_err(|e| e.to_string())? {
+            ours.add_record(&row.record, 0);
+        }
+        let differ = theirs.differing(&ours);
+        Ok(Some((table, differ)))
+    }
+
     fn first_look(&mut self, journal: &mut Journal, ser: &mut dyn SerView) -> Result<(), String> {
         let now = Self::now();
         let c = &self.status.counters;
@@ -567,19 +701,31 @@ impl Proof {
         let ours = state_digest(journal, &self.tables, now).map_err(|e| e.to_string())?;
         let state_ms = t.elapsed().as_secs_f64() * 1000.0;
         c.checks.fetch_add(1, Ordering::Relaxed);
-        let ranges = theirs.digest.differing(&ours);
+        let ranges = Ranges {
+            contacts: theirs.digest.differing(&ours),
+            aliases: self.alias_ranges(journal, ser)?,
+        };
+        let alias_differ = ranges.aliases.as_ref().map_or(0, |(_, r)| r.len());
         log::info(format_args!(
-            "check: SER holds {} comparable contacts (walk {:.1} ms, longest slot lock {} us), state digest {state_ms:.1} ms; {} ranges differ",
+            "check: SER holds {} comparable contacts (walk {:.1} ms, longest slot lock {} us), state digest {state_ms:.1} ms; {} ranges differ{}",
             theirs.contacts,
             theirs.walk_us as f64 / 1000.0,
             theirs.max_lock_us,
-            ranges.len()
+            ranges.contacts.len(),
+            match &ranges.aliases {
+                Some((table, _)) => format!(
+                    "; alias table {}: {alias_differ} ranges differ",
+                    String::from_utf8_lossy(table)
+                ),
+                None => String::new(),
+            }
         ));
-        if ranges.is_empty() {
+        let compared = ranges.contacts.len() + alias_differ;
+        if compared == 0 {
             return Ok(());
         }
         c.ranges_compared
-            .fetch_add(ranges.len() as u64, Ordering::Relaxed);
+            .fetch_add(compared as u64, Ordering::Relaxed);
         let found = self.look(journal, ser, &ranges, now)?;
         if !found.is_empty() {
             self.pending = Some((found, Instant::now() + CONFIRM_DELAY, ranges));
@@ -611,7 +757,7 @@ impl Proof {
         journal: &mut Journal,
         ser: &mut dyn SerView,
         first: Found,
-        ranges: &[usize],
+        ranges: &Ranges,
     ) -> Result<(), String> {
         let now = Self::now();
         let second = self.look(journal, ser, ranges, now)?;
@@ -648,7 +794,7 @@ impl Proof {
         }
         c.repaired.fetch_add(staged + journaled, Ordering::Relaxed);
         log::info(format_args!(
-            "check: {} contacts differ from the journal's state: {staged} put back into SER, {journaled} journaled from SER{}",
+            "check: {} contacts or aliases differ from the journal's state: {staged} put back into SER, {journaled} journaled from SER{}",
             staged + journaled + dropped,
             if dropped > 0 {
                 format!(", {dropped} not (queue full: next check)")
@@ -834,6 +980,65 @@ mod tests {
     }
 
     #[test]
+    fn the_alias_table_is_made_equal_to_the_state() {
+        let alias = |u: &str| Alias {
+            table: b"dbaliases".to_vec(),
+            alias_username: u.as_bytes().to_vec(),
+            alias_domain: b"example.com".to_vec(),
+            username: b"target".to_vec(),
+            domain: b"example.com".to_vec(),
+        };
+        let row = |a: Alias, op: Op| SnapRow {
+            origin: "n1".into(),
+            hlc: S,
+            record: Record::Alias { op, alias: a },
+        };
+        let state = [
+            row(alias("held"), Op::Upsert),
+            row(alias("lost"), Op::Upsert),
+            row(alias("deleted"), Op::Delete),
+            row(alias("gone"), Op::Delete),
+        ];
+        let ser = [alias("held"), alias("deleted"), alias("unknown")];
+        let r = compare_aliases(&ser, &state);
+        assert_eq!(
+            r,
+            vec![
+                Repair::Apply(state[1].clone()),
+                Repair::Apply(state[2].clone()),
+                Repair::Journal(Record::Alias {
+                    op: Op::Upsert,
+                    alias: alias("unknown")
+                }),
+            ]
+        );
+        // A walk of the table digests as the state does and keeps rows by range.
+        let mut w = Walk::new(0, Want::Digest);
+        for a in &ser {
+            w.add_alias(&a.as_ref());
+        }
+        let held: Vec<Record> = ser
+            .iter()
+            .map(|a| Record::Alias {
+                op: Op::Upsert,
+                alias: a.clone(),
+            })
+            .collect();
+        assert_eq!(
+            decode_digest(&w.reply(0, 60_000).0).unwrap(),
+            Digest::of(&held, 0)
+        );
+        let r0 = digest::alias_range(&ser[0].as_ref());
+        let mut w = Walk::new(0, Want::Contacts(vec![r0]));
+        for a in &ser {
+            w.add_alias(&a.as_ref());
+        }
+        let kept = decode_aliases(&w.reply(0, 60_000).0).unwrap();
+        assert!(kept.contains(&ser[0]));
+        assert!(kept.iter().all(|a| digest::alias_range(&a.as_ref()) == r0));
+    }
+
+    #[test]
     fn a_walk_digests_as_the_state_does_and_pages_its_ranges() {
         let now = 1_800_000_000;
         let cs: Vec<Contact> = (0..3000)
@@ -956,6 +1161,14 @@ mod tests {
             now: i64,
         ) -> Result<Vec<Contact>, ApplyError> {
             Ok(self.walk(Want::Pick(hashes.clone()), now, decode_contacts))
+        }
+
+        fn alias_digest(&mut self) -> Result<Option<(Vec<u8>, Digest)>, ApplyError> {
+            Ok(None)
+        }
+
+        fn aliases_in(&mut self, _: &[usize]) -> Result<Vec<Alias>, ApplyError> {
+            Ok(Vec::new())
         }
     }
 

@@ -148,6 +148,18 @@ impl Alias {
     }
 }
 
+impl AliasRef<'_> {
+    pub fn to_alias(&self) -> Alias {
+        Alias {
+            table: self.table.to_vec(),
+            alias_username: self.alias_username.to_vec(),
+            alias_domain: self.alias_domain.to_vec(),
+            username: self.username.to_vec(),
+            domain: self.domain.to_vec(),
+        }
+    }
+}
+
 /// A replicated change. New kinds are added as new variants at the end, so
 /// existing encodings keep their meaning: the journal and the wire store
 /// the variant index (Contact 0, Alias 1). What only the worker queue

@@ -338,6 +338,13 @@ fn garbage_rpc_parameters_get_clear_errors_and_change_nothing() {
             400,
             "Expected what [now [skip]]",
         ),
+        ("sersync.alias_digest", json!(["999"]), 400, "Bad argument"),
+        (
+            "sersync.alias_digest",
+            json!(["1", 0, -5]),
+            400,
+            "Expected what",
+        ),
         ("sersync.apply", json!([tk, huge]), 400, "Malformed payload"),
         (
             "sersync.apply",

@@ -26,11 +26,12 @@ use serde_json::Value;
 
 use super::payload;
 use super::Sink;
+use crate::digest::Digest;
 use crate::error::ApplyError;
 use crate::log;
 use crate::os;
 use crate::proof::{self, SerDigest, SerView, Want};
-use crate::record::{Contact, Record};
+use crate::record::{Alias, Contact, Record};
 
 /// jsonrpcs reads FIFO requests into an 8 KiB buffer; writes above
 /// PIPE_BUF (4 KiB) may interleave with another client's, so stay below.
@@ -394,13 +395,48 @@ impl SerView for Door {
         }
         Ok(out)
     }
+
+    fn alias_digest(&mut self) -> Result<Option<(Vec<u8>, Digest)>, ApplyError> {
+        let v = match self.rpc("sersync.alias_digest", vec![]) {
+            Err(ApplyError::Rejected(msg)) if msg.contains("not replicated on this node") => {
+                return Ok(None)
+            }
+            r => r?,
+        };
+        let text = v.get("digest").and_then(Value::as_str).unwrap_or("");
+        let digest = proof::decode_digest(text)
+            .map_err(|e| ApplyError::Rejected(format!("sersync.alias_digest: {e}")))?;
+        let table = v.get("table").and_then(Value::as_str).unwrap_or("");
+        Ok(Some((table.as_bytes().to_vec(), digest)))
+    }
+
+    fn aliases_in(&mut self, ranges: &[usize]) -> Result<Vec<Alias>, ApplyError> {
+        let now = (crate::hlc::wall_ms() / 1000) as i64;
+        self.pages_of(
+            "sersync.alias_digest",
+            &Want::Contacts(ranges.to_vec()),
+            now,
+            proof::decode_aliases,
+        )
+    }
 }
 
 impl Door {
-    /// Every page of `sersync.digest_range` for `want` (SER keeps the
+    /// Every page of `method` (`sersync.digest_range`, `sersync.alias_digest`)
+    /// for `want` (SER keeps the
     /// walk between the pages of one request).
     fn pages<T>(
         &mut self,
+        want: &Want,
+        now: i64,
+        decode: fn(&str) -> Result<Vec<T>, String>,
+    ) -> Result<Vec<T>, ApplyError> {
+        self.pages_of("sersync.digest_range", want, now, decode)
+    }
+
+    fn pages_of<T>(
+        &mut self,
+        method: &str,
         want: &Want,
         now: i64,
         decode: fn(&str) -> Result<Vec<T>, String>,
@@ -410,7 +446,7 @@ impl Door {
         let mut skip = 0u64;
         loop {
             let v = self.rpc(
-                "sersync.digest_range",
+                method,
                 vec![
                     Value::from(arg.clone()),
                     Value::from(now),
@@ -418,10 +454,7 @@ impl Door {
                 ],
             )?;
             let text = v.get("contacts").and_then(Value::as_str).unwrap_or("");
-            out.extend(
-                decode(text)
-                    .map_err(|e| ApplyError::Rejected(format!("sersync.digest_range: {e}")))?,
-            );
+            out.extend(decode(text).map_err(|e| ApplyError::Rejected(format!("{method}: {e}")))?);
             match v.get("next").and_then(Value::as_u64) {
                 Some(n) if n > skip => skip = n,
                 _ => return Ok(out),

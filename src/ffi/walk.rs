@@ -5,10 +5,11 @@
 use std::os::raw::c_char;
 
 use super::boundary;
-use super::convert::{bytes, contact_ref};
-use crate::abi::{sersync_contact, sersync_rc, sersync_str, sersync_walk};
+use super::convert::{alias_ref, bytes, contact_ref};
+use crate::abi::{sersync_alias, sersync_contact, sersync_rc, sersync_str, sersync_walk};
 use crate::proof::{Walk, Want};
-use crate::record::RecordRef;
+use crate::queue::ItemRef;
+use crate::record::{Op, RecordRef};
 
 /// # Safety
 /// See sersync.h.
@@ -59,6 +60,33 @@ pub unsafe extern "C" fn sersync_walk_add(
         match unsafe { contact_ref(c) } {
             Some(RecordRef::Contact { contact, .. }) => {
                 w.add(&contact);
+                sersync_rc::SERSYNC_OK
+            }
+            _ => sersync_rc::SERSYNC_E_DECODE,
+        }
+    })
+}
+
+/// # Safety
+/// `w` from sersync_walk_new; `a` valid for the call (sersync.h).
+#[no_mangle]
+pub unsafe extern "C" fn sersync_walk_add_alias(
+    w: *mut sersync_walk,
+    a: *const sersync_alias,
+) -> std::os::raw::c_int {
+    boundary(|| {
+        // SAFETY: NULL checked; per sersync.h.
+        let (Some(w), Some(a)) = (unsafe { w.cast::<Walk>().as_mut() }, unsafe { a.as_ref() })
+        else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
+        // SAFETY: a's strings live for the call.
+        match unsafe { alias_ref(a) } {
+            Some(ItemRef::Change(RecordRef::Alias {
+                op: Op::Upsert,
+                alias,
+            })) => {
+                w.add_alias(&alias);
                 sersync_rc::SERSYNC_OK
             }
             _ => sersync_rc::SERSYNC_E_DECODE,

@@ -117,6 +117,38 @@ impl Journal {
         })
     }
 
+    /// Every version of an alias of `table` the state holds, present or
+    /// deleted (what the check compares SER's alias table with).
+    pub fn alias_versions(&self, table: &[u8]) -> Result<Vec<SnapRow>, JournalError> {
+        let lo = crate::record::alias_table_prefix(table);
+        let mut hi = lo.clone();
+        hi.push(0xff);
+        self.run(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT hlc, origin, body FROM state WHERE key > ?1 AND key < ?2",
+            )?;
+            let rows = stmt.query_map(params![lo, hi], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (hlc, origin, body) = row?;
+                if let Ok(record @ Record::Alias { .. }) = codec::decode::<Record>(&body) {
+                    out.push(SnapRow {
+                        origin,
+                        hlc,
+                        record,
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// (hlc, origin, record) of every contact the state holds as present
     /// and `keep` accepts.
     pub fn live_contacts(
