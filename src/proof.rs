@@ -771,13 +771,21 @@ impl Proof {
             .map(|(_, r)| r)
             .collect();
         let c = &self.status.counters;
-        c.divergences
-            .fetch_add(confirmed.len() as u64, Ordering::Relaxed);
         let mut apply = Vec::new();
         let mut journaled = 0u64;
         let mut dropped = 0u64;
+        let mut held_aside = 0u64;
         for r in confirmed {
             match r {
+                // SER refused this very version: the quarantine's retry
+                // (or a newer version) brings it, not every check.
+                Repair::Apply(row)
+                    if journal
+                        .is_quarantined(&row.record.key(), row.hlc, &row.origin)
+                        .unwrap_or(false) =>
+                {
+                    held_aside += 1
+                }
                 Repair::Apply(row) => apply.push((row.hlc, row.origin, row.record)),
                 Repair::Journal(rec) => {
                     if self.publish(&rec) {
@@ -792,8 +800,13 @@ impl Proof {
         if !apply.is_empty() {
             journal.stage_restore(&apply).map_err(|e| e.to_string())?;
         }
+        c.divergences
+            .fetch_add(staged + journaled + dropped, Ordering::Relaxed);
         c.repaired.fetch_add(staged + journaled, Ordering::Relaxed);
-        log::info(format_args!(
+        if staged + journaled + dropped == 0 {
+            // only what the quarantine holds (below)
+        } else {
+            log::info(format_args!(
             "check: {} contacts or aliases differ from the journal's state: {staged} put back into SER, {journaled} journaled from SER{}",
             staged + journaled + dropped,
             if dropped > 0 {
@@ -802,6 +815,12 @@ impl Proof {
                 String::new()
             }
         ));
+        }
+        if held_aside > 0 {
+            log::info(format_args!(
+                "check: {held_aside} versions SER lacks are in the quarantine (sersync.quarantine): left to its retry"
+            ));
+        }
         Ok(())
     }
 }
@@ -1241,11 +1260,22 @@ mod tests {
             })
             .collect();
         assert_eq!(aors, [b"b".to_vec()], "only b, still missing, is put back");
+        // SER refuses b: the applier quarantines it. The next check leaves
+        // it to the quarantine instead of staging it again.
+        let b_id = staged[0].id;
+        j.quarantine(b_id, "refused", 3, now).unwrap();
+        assert_eq!(j.inbox_len().unwrap(), 0);
+        p.next = Instant::now();
+        p.tick(&mut j, &mut ser);
+        std::thread::sleep(CONFIRM_DELAY + Duration::from_millis(50));
+        p.tick(&mut j, &mut ser);
+        assert_eq!(j.inbox_len().unwrap(), 0, "not staged again");
+        assert_eq!(c.divergences.load(Ordering::Relaxed), 1);
         // Equal now: the next check finds nothing.
         held.lock().unwrap().push(live("b"));
         p.next = Instant::now();
         p.tick(&mut j, &mut ser);
-        assert_eq!(c.checks.load(Ordering::Relaxed), 2);
+        assert_eq!(c.checks.load(Ordering::Relaxed), 3);
         assert!(p.pending.is_none());
     }
 }

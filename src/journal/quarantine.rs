@@ -149,6 +149,19 @@ impl Journal {
         })
     }
 
+    /// Whether the quarantine holds exactly this version of `key` (the
+    /// check leaves a version SER refused to the quarantine's retry).
+    pub fn is_quarantined(&self, key: &[u8], hlc: u64, origin: &str) -> Result<bool, JournalError> {
+        self.run(|c| {
+            Ok(c.prepare_cached(
+                "SELECT 1 FROM quarantine WHERE key = ?1 AND hlc = ?2 AND origin = ?3",
+            )?
+            .query_row(params![key, hlc as i64, origin], |_| Ok(()))
+            .optional()?
+            .is_some())
+        })
+    }
+
     /// Removes the obsolete: changes whose key the state holds in another
     /// version (a newer one arrived or was made here) or no longer holds
     /// (expired and purged). Returns how many.
