@@ -40,11 +40,42 @@ fn text(b: &[u8]) -> Text<'_> {
     Text(b)
 }
 
+/// Why one record was not written.
+#[derive(Debug)]
+enum WriteError {
+    /// The record's own problem (a table this database lacks, a bad name,
+    /// a value it refuses): the records behind it can still be written.
+    Record(String),
+    /// The database's (locked, I/O, full): the batch is retried.
+    Database(String),
+}
+
+impl From<rusqlite::Error> for WriteError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::{ConstraintViolation, TooBig, TypeMismatch};
+        let record = match &e {
+            rusqlite::Error::SqliteFailure(f, msg) => {
+                matches!(f.code, ConstraintViolation | TooBig | TypeMismatch)
+                    || msg.as_deref().is_some_and(|m| {
+                        m.starts_with("no such table") || m.contains("no column named")
+                    })
+            }
+            _ => false,
+        };
+        if record {
+            WriteError::Record(e.to_string())
+        } else {
+            WriteError::Database(e.to_string())
+        }
+    }
+}
+
 /// A usrloc table name must be a plain SQL identifier.
-fn table_name(domain: &[u8]) -> Result<&str, String> {
-    let s = std::str::from_utf8(domain).map_err(|_| "table name is not UTF-8".to_string())?;
+fn table_name(domain: &[u8]) -> Result<&str, WriteError> {
+    let s = std::str::from_utf8(domain)
+        .map_err(|_| WriteError::Record("table name is not UTF-8".to_string()))?;
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(format!("\"{s}\" is not a table name"));
+        return Err(WriteError::Record(format!("\"{s}\" is not a table name")));
     }
     Ok(s)
 }
@@ -73,7 +104,7 @@ impl Database {
         }
     }
 
-    fn write(tx: &rusqlite::Transaction, op: Op, c: &Contact) -> Result<(), String> {
+    fn write(tx: &rusqlite::Transaction, op: Op, c: &Contact) -> Result<(), WriteError> {
         let table = table_name(&c.domain)?;
         let (user, domain) = split_aor(&c.aor);
         let contact = text(&c.contact);
@@ -85,7 +116,7 @@ impl Database {
             ),
             params![user, domain, contact, ruid],
         )
-        .map_err(|e| e.to_string())?;
+        ?;
         if op == Op::Delete {
             return Ok(());
         }
@@ -120,7 +151,7 @@ impl Database {
                 c.server_id,
             ],
         )
-        .map_err(|e| e.to_string())?;
+        ?;
         Ok(())
     }
 }
@@ -128,7 +159,7 @@ impl Database {
 impl Database {
     /// alias_db's table: one row per mapping; no unique key, so delete
     /// first to keep upserts idempotent.
-    fn write_alias(tx: &rusqlite::Transaction, op: Op, a: &Alias) -> Result<(), String> {
+    fn write_alias(tx: &rusqlite::Transaction, op: Op, a: &Alias) -> Result<(), WriteError> {
         let table = table_name(&a.table)?;
         let row = params![
             text(&a.alias_username),
@@ -142,14 +173,13 @@ impl Database {
                     AND username = ?3 AND domain = ?4"
             ),
             row,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         if op == Op::Upsert {
             tx.execute(
                 &format!("INSERT INTO {table} (alias_username, alias_domain, username, domain) VALUES (?1, ?2, ?3, ?4)"),
                 row,
             )
-            .map_err(|e| e.to_string())?;
+            ?;
         }
         Ok(())
     }
@@ -168,20 +198,40 @@ impl Sink for Database {
             self.conn = Some(conn);
         }
         let conn = self.conn.as_mut().expect("opened above");
+        // Ok(None): all written; Ok(Some((i, why))): those before record
+        // i written, record i refused.
         let result = (|| {
             let tx = conn.transaction().map_err(|e| e.to_string())?;
-            for (_, r) in records {
-                match r {
-                    Record::Contact { op, contact } => Self::write(&tx, *op, contact)?,
-                    Record::Alias { op, alias } => Self::write_alias(&tx, *op, alias)?,
+            let mut refused = None;
+            for (i, (_, r)) in records.iter().enumerate() {
+                let written = match r {
+                    Record::Contact { op, contact } => Self::write(&tx, *op, contact),
+                    Record::Alias { op, alias } => Self::write_alias(&tx, *op, alias),
+                };
+                match written {
+                    Ok(()) => {}
+                    Err(WriteError::Record(why)) => {
+                        refused = Some((i, why));
+                        break;
+                    }
+                    Err(WriteError::Database(e)) => return Err(e),
                 }
             }
-            tx.commit().map_err(|e| e.to_string())
+            tx.commit().map_err(|e| e.to_string())?;
+            Ok(refused)
         })();
-        result.map_err(|e| {
-            self.conn = None;
-            self.err(e)
-        })
+        match result {
+            Ok(None) => Ok(()),
+            Ok(Some((index, reason))) => Err(ApplyError::Record {
+                index,
+                refused: true,
+                reason: format!("SER's database refused it: {reason}"),
+            }),
+            Err(e) => {
+                self.conn = None;
+                Err(self.err(e))
+            }
+        }
     }
 }
 
@@ -251,6 +301,44 @@ pub(crate) mod tests {
             .query_row("SELECT count(*) FROM location", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 0);
+    }
+
+    /// A record the database cannot take (a usrloc table it lacks) is
+    /// refused alone: the records before it are written, the error names
+    /// it, and those behind it are written on the next call.
+    #[test]
+    fn a_record_for_a_missing_table_is_refused_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(SCHEMA)
+            .unwrap();
+        let mut db = Database::new(&path);
+        let mut other = contact(Op::Upsert, 1);
+        if let Record::Contact { contact, .. } = &mut other {
+            contact.domain = b"aliases".to_vec();
+        }
+        let mut later = contact(Op::Upsert, 2);
+        if let Record::Contact { contact, .. } = &mut later {
+            contact.aor = b"bob".to_vec();
+            contact.ruid = b"uloc-2".to_vec();
+        }
+        let batch = [(1, contact(Op::Upsert, 1)), (2, other), (3, later)];
+        match db.apply(&batch) {
+            Err(ApplyError::Record {
+                index: 1,
+                refused: true,
+                reason,
+            }) => assert!(reason.contains("no such table: aliases"), "{reason}"),
+            r => panic!("{r:?}"),
+        }
+        db.apply(&batch[2..]).unwrap();
+        let n: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM location", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2, "alice before it and bob behind it");
     }
 
     #[test]

@@ -165,6 +165,15 @@ impl Applier {
                                 }
                                 Ok((records.len(), true, None))
                             }
+                            // One record the database refuses is set aside
+                            // as one SER refuses is; the rest flows on.
+                            Err(ApplyError::Record {
+                                index,
+                                refused,
+                                reason,
+                            }) if index < records.len() => {
+                                Ok((index, true, Some((refused, reason))))
+                            }
                             Err(dbe) => Err(format!("{e}; database fallback failed too: {dbe}")),
                         },
                         _ => Err(e.to_string()),
