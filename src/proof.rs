@@ -511,8 +511,10 @@ fn in_tables(tables: &[String], c: &Contact) -> bool {
     tables.iter().any(|t| t.as_bytes() == c.domain.as_slice())
 }
 
-/// The differences of one look, by key.
-type Found = HashMap<Vec<u8>, Repair>;
+/// The differences of one look, by key, each with the stamp a
+/// [`Repair::Journal`] is journaled at ([`Proof::journal_stamp`]; 0 for
+/// the others).
+type Found = HashMap<Vec<u8>, (Repair, u64)>;
 
 /// The ranges a look compares key by key: of usrloc's contacts, and of
 /// the alias table (named) when aliases are replicated here.
@@ -640,7 +642,7 @@ impl Proof {
                 })
         };
         let repairs = compare(&contacts, &rows, &mut version_of, &*self.shared);
-        Ok(repairs.into_iter().map(|r| (repair_key(&r), r)).collect())
+        Ok(repairs.into_iter().map(|r| self.found(r)).collect())
     }
 
     /// The repairs for the keys of `ranges`, contacts and aliases.
@@ -668,7 +670,7 @@ impl Proof {
                 found.extend(
                     compare_aliases(&theirs, &ours)
                         .into_iter()
-                        .map(|r| (repair_key(&r), r)),
+                        .map(|r| self.found(r)),
                 );
             }
         }
@@ -733,15 +735,45 @@ impl Proof {
         Ok(())
     }
 
-    /// Hands `rec` to the ingest thread through the worker queue, as
-    /// SER's callback would have; waits (at most [`QUEUE_WAIT`]) while the
-    /// queue is full, which a tiny queue after a burst may well be.
-    fn publish(&self, rec: &Record) -> bool {
+    fn found(&self, r: Repair) -> (Vec<u8>, (Repair, u64)) {
+        let stamp = match &r {
+            Repair::Journal(rec) => self.journal_stamp(rec),
+            Repair::Apply(_) => 0,
+        };
+        (repair_key(&r), (r, stamp))
+    }
+
+    /// The stamp SER's version of a contact is journaled at: the one its
+    /// change was stamped with when SER made it (ordering in SER noted
+    /// it), or for one the table forgot, usrloc's `last_modified` (what
+    /// [`ser_newer`] judged it by). Never a fresh one: a SIP worker's later
+    /// change of the contact is stamped later and so wins, whenever it
+    /// reaches the journal. 0 (a fresh stamp) for what has no version in
+    /// SER (an alias row).
+    fn journal_stamp(&self, rec: &Record) -> u64 {
+        let Record::Contact { contact: c, .. } = rec else {
+            return 0;
+        };
+        match self.shared.version_held(self.shared.order_key(&c.domain, &c.aor, &c.contact)) {
+            VersionHeld::Known(h) => h,
+            VersionHeld::AtMost(_) => ((c.last_modified.max(0) as u64) * 1000) << 16,
+        }
+    }
+
+    /// Hands `rec` to the ingest thread through the worker queue, stamped
+    /// `stamp` (0: fresh), as SER's callback would have; waits (at most
+    /// [`QUEUE_WAIT`]) while the queue is full, which a tiny queue after a
+    /// burst may well be.
+    fn publish(&self, rec: &Record, stamp: u64) -> bool {
         let until = Instant::now() + QUEUE_WAIT;
         loop {
             // Leave room for SIP workers.
             if self.shared.depth() < self.shared.capacity() / 2
-                && self.shared.publish(&rec.as_ref()).is_ok()
+                && match stamp {
+                    0 => self.shared.publish(&rec.as_ref()),
+                    s => self.shared.publish_at(&rec.as_ref(), s),
+                }
+                .is_ok()
             {
                 return true;
             }
@@ -761,12 +793,12 @@ impl Proof {
     ) -> Result<(), String> {
         let now = Self::now();
         let second = self.look(journal, ser, ranges, now)?;
-        let confirmed: Vec<Repair> = second
+        let confirmed: Vec<(Repair, u64)> = second
             .into_iter()
-            .filter(|(k, r)| {
+            .filter(|(k, (r, stamp))| {
                 first
                     .get(k)
-                    .is_some_and(|f| f.fingerprint() == r.fingerprint())
+                    .is_some_and(|(f, s)| f.fingerprint() == r.fingerprint() && s == stamp)
             })
             .map(|(_, r)| r)
             .collect();
@@ -775,7 +807,7 @@ impl Proof {
         let mut journaled = 0u64;
         let mut dropped = 0u64;
         let mut held_aside = 0u64;
-        for r in confirmed {
+        for (r, stamp) in confirmed {
             match r {
                 // SER refused this very version: the quarantine's retry
                 // (or a newer version) brings it, not every check.
@@ -787,8 +819,10 @@ impl Proof {
                     held_aside += 1
                 }
                 Repair::Apply(row) => apply.push((row.hlc, row.origin, row.record)),
+                // SER changed it since the look: the next check's.
+                Repair::Journal(rec) if self.journal_stamp(&rec) != stamp => dropped += 1,
                 Repair::Journal(rec) => {
-                    if self.publish(&rec) {
+                    if self.publish(&rec, stamp) {
                         journaled += 1;
                     } else {
                         dropped += 1;
@@ -1204,6 +1238,65 @@ mod tests {
             }
             decode(&w.reply(0, usize::MAX / 2).0).unwrap()
         }
+    }
+
+    /// A version SER holds that the state lacks (its change dropped by the
+    /// full queue) is journaled at the stamp SER's change was made at, not
+    /// a fresh one: a SIP worker's later change wins wherever it lands. One
+    /// SER changed again between the look and the repair waits for the
+    /// next check.
+    #[test]
+    fn sers_version_is_journaled_at_the_stamp_it_was_made_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let shared = Arc::new(Shared::create(64).unwrap());
+        let status = Arc::new(Status::new("n1"));
+        let now = (crate::hlc::wall_ms() / 1000) as i64;
+        let v = |aor: &str, cseq: i32| Contact {
+            expires: now + 3600,
+            ..contact(aor, cseq, now)
+        };
+        let upsert = |c: Contact| Record::Contact {
+            op: Op::Upsert,
+            contact: c,
+        };
+        j.append_local("n1", &[(shared.stamp(), upsert(v("a", 1)))])
+            .unwrap();
+        j.append_local("n1", &[(shared.stamp(), upsert(v("b", 1)))])
+            .unwrap();
+        // SER made cseq 2 of both (the queue dropped the changes): noted.
+        let made = |aor: &str| {
+            let c = v(aor, 2);
+            let key = shared.order_key(&c.domain, &c.aor, &c.contact);
+            let h = shared.stamp();
+            assert!(shared.admit(key, h, crate::queue::Held::Nothing, now));
+            (c, key, h)
+        };
+        let (a2, _, ha) = made("a");
+        let (b2, kb, _) = made("b");
+        let held = std::sync::Arc::new(std::sync::Mutex::new(vec![a2, b2]));
+        let mut ser = FakeSer(held.clone());
+        let mut p = Proof::new(
+            Duration::from_secs(3600),
+            vec!["location".into()],
+            shared.clone(),
+            status.clone(),
+        );
+        p.next = Instant::now();
+        p.tick(&mut j, &mut ser);
+        // b changes again in SER after the look, before the repair.
+        assert!(shared.admit(kb, shared.stamp(), crate::queue::Held::Nothing, now));
+        std::thread::sleep(CONFIRM_DELAY + Duration::from_millis(50));
+        p.tick(&mut j, &mut ser);
+        let mut out = Vec::new();
+        let mut got = Vec::new();
+        while shared.pop(&mut out) {
+            let (stamp, item) = crate::queue::decode(&out).unwrap();
+            got.push((stamp, format!("{item:?}")));
+        }
+        assert_eq!(got.len(), 1, "only a is journaled: {got:?}");
+        assert_eq!(got[0].0, ha, "at the stamp SER's change was made at");
+        assert!(got[0].1.contains("cseq: 2"), "{}", got[0].1);
     }
 
     #[test]

@@ -68,9 +68,19 @@ impl Shared {
     /// not: SIP workers call this from usrloc's callback, under its lock.
     /// Never blocks.
     pub fn publish<'a>(&self, item: impl Into<ItemRef<'a>>) -> Result<(), QueueError> {
+        self.publish_at(item, self.stamp())
+    }
+
+    /// [`Shared::publish`] stamped `stamp` instead of a fresh stamp: the
+    /// check of SER against the journal hands over a change SER made
+    /// (which the full queue dropped) at the stamp it was made at.
+    pub fn publish_at<'a>(
+        &self,
+        item: impl Into<ItemRef<'a>>,
+        stamp: u64,
+    ) -> Result<(), QueueError> {
         let h = self.header();
         let item = item.into();
-        let stamp = self.stamp();
         if let ItemRef::Change(RecordRef::Contact { contact, .. }) = &item {
             let key = self.order_key(contact.domain, contact.aor, contact.contact);
             self.note_held(key, stamp);
