@@ -445,6 +445,8 @@ static int mod_init(void)
 		return -1;
 	if(sersync_alias_http_init() < 0)
 		return -1;
+	if(sersync_stats_init() < 0)
+		return -1;
 
 	/* maps the queue and status area; starts no thread (we fork later) */
 	rc = sersync_shared_create((uint32_t)_sersync_queue_size, &_sersync_shared);

@@ -170,6 +170,9 @@ void sersync_rpc_alias_rescan_confirm(rpc_t *rpc, void *ctx);
 /* sersync_alias_http.c: the alias API over HTTP (script function
  * sersync_alias_http()); init binds xhttp and jsonrpcs when loaded */
 int sersync_alias_http_init(void);
+
+/* statistics, group "sersync" (sersync_stats.c) */
+int sersync_stats_init(void);
 int sersync_alias_http(struct sip_msg *msg, char *p1, char *p2);
 
 /* sersync_sqlite.c: busy timeout for every SQLite connection of SER */
