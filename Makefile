@@ -9,6 +9,9 @@
 #                   DIR (.ci/debian13-root.sh), built inside DIR against its
 #                   own source tree, into build/<kamailio version>/sersync.so;
 #                   install puts it into DIR's module directory
+#   make deb [SER_ROOT=DIR]
+#                   a Debian package of the module (debian/mkdeb.sh) for the
+#                   host's Kamailio (build/) or DIR's (build/<version>/)
 #   make test       make, C ABI check (tests/abi.c), cargo test --release
 #   make demo       make, then demo/run.sh
 #   make clean      remove build products (keeps the SER source tree)
@@ -28,6 +31,8 @@ SER_CFG := make -C src cfg FLAVOUR=kamailio PREFIX=/usr \
 	CC_EXTRA_OPTS=-DVERSION_NODATE
 SERSYNC_LIB := $(CURDIR)/target/release/libsersync.a
 SERSYNC_INC := $(CURDIR)/include
+SERSYNC_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml \
+	| head -1)
 ABI_TEST := $(BUILD)/abi
 ENGINE_LIBS := -lsqlite3 -lpthread -ldl -lm
 # runs a command inside a Debian root (mounts in a namespace of its own)
@@ -67,7 +72,7 @@ SER_MODULES_DIR ?= $(patsubst %/tm.so,%,$(shell chroot $(SER_ROOT) dpkg -L \
 endif
 MOD_DIR := $(SER_SRC)/src/modules/sersync
 
-.PHONY: all engine module install test demo clean distclean
+.PHONY: all engine module install deb test demo clean distclean
 
 all: $(MODULE)
 
@@ -130,11 +135,12 @@ module: engine $(SER_SRC)/src/config.mak
 	cp -p ser-module/* $(MOD_DIR)/
 ifeq ($(SER_ROOT),)
 	$(MAKE) -C $(MOD_DIR) SERSYNC_LIB=$(SERSYNC_LIB) \
-		SERSYNC_INC=$(SERSYNC_INC)
+		SERSYNC_INC=$(SERSYNC_INC) SERSYNC_VERSION=$(SERSYNC_VERSION)
 else
 	$(IN_ROOT) $(SER_ROOT) --bind $(dir $(SERSYNC_LIB)) --bind \
 		$(SERSYNC_INC) -- make -C $(SER_SRC_IN)/src/modules/sersync \
-		SERSYNC_LIB=$(SERSYNC_LIB) SERSYNC_INC=$(SERSYNC_INC)
+		SERSYNC_LIB=$(SERSYNC_LIB) SERSYNC_INC=$(SERSYNC_INC) \
+		SERSYNC_VERSION=$(SERSYNC_VERSION)
 endif
 
 $(MODULE): module
@@ -150,11 +156,31 @@ install:
 	install -m 0644 $(MODULE) \
 		$(DESTDIR)$(SER_ROOT)$(SER_MODULES_DIR)/sersync.so
 
+# the Rust crates linked into the module, for the package's copyright
+CRATES := $(BUILD)/linked-crates.txt
+$(CRATES): Cargo.lock Cargo.toml
+	mkdir -p $(BUILD)
+	$(CARGO) tree -e normal,no-proc-macro --prefix none --format '{p} ({l})' \
+		| sed 's/ (\*)$$//' | grep -v '^sersync ' \
+		| sort -u >$@.tmp
+	mv $@.tmp $@
+
+# built where that Kamailio is installed (its dpkg database and libraries)
+deb: $(MODULE) $(CRATES)
+ifeq ($(SER_ROOT),)
+	bash debian/mkdeb.sh $(MODULE) $(CRATES) $(dir $(MODULE))
+else
+	$(IN_ROOT) $(SER_ROOT) --bind $(CURDIR) -- bash \
+		$(CURDIR)/debian/mkdeb.sh $(MODULE) $(CRATES) $(dir $(MODULE))
+endif
+
 # the Kamailio 6.0 tests (tests/e2e_kamailio6.rs) load the module built
-# for the Debian 13 root; CI creates the root (.ci/run) before `make test`
+# for the Debian 13 root and install the packages; CI creates the root
+# (.ci/run) before `make test`
 test: all
+	$(MAKE) deb
 	@if [ -f $(TEST_ROOT)/.sersync-root ]; then \
-		$(MAKE) SER_ROOT=$(TEST_ROOT) all; \
+		$(MAKE) SER_ROOT=$(TEST_ROOT) all deb; \
 	else \
 		echo "no Debian 13 root $(TEST_ROOT) (.ci/debian13-root.sh):" \
 			"the Kamailio 6.0 tests will fail" >&2; \
@@ -169,7 +195,9 @@ demo: all
 
 clean:
 	-$(CARGO) clean
-	rm -f $(MODULE) $(ABI_TEST)
+	rm -f $(MODULE) $(ABI_TEST) $(CRATES) \
+		$(BUILD)/kamailio-sersync-modules_*.deb \
+		$(BUILD)/*/kamailio-sersync-modules_*.deb
 	rm -rf $(MOD_DIR)
 
 distclean: clean

@@ -4,7 +4,11 @@
 # --bind, host directories at the same path inside the root (a node's
 # directory, the module), so that paths mean the same inside and out.
 #
-#   in-root.sh DIR [--bind PATH]... [--] CMD [ARG]...
+#   in-root.sh [--throwaway] DIR [--bind PATH]... [--] CMD [ARG]...
+#
+# --throwaway runs CMD in a copy of DIR that is gone with it: an overlay
+# whose changes are kept in memory (DIR may be /, the host's own system:
+# then the host's /dev is mounted in it too).
 #
 # The mounts are made in a private mount namespace of the command's own
 # (unshare): the host never sees them, and they go away with the last
@@ -17,9 +21,24 @@ if [ "${1:-}" != --inside ]; then
 	exec unshare --mount --propagation private -- bash "$0" --inside "$@"
 fi
 shift
-root=$(cd "${1:?usage: in-root.sh DIR [--bind PATH]... [--] CMD...}" && pwd -P)
+throwaway=
+if [ "${1:-}" = --throwaway ]; then
+	throwaway=yes
+	shift
+fi
+root=$(cd "${1:?usage: in-root.sh [--throwaway] DIR [--bind PATH]... [--] CMD...}" \
+	&& pwd -P)
 shift
 [ -x "$root/usr/bin/env" ] || { echo "$0: $root is not a Debian root" >&2; exit 1; }
+if [ -n "$throwaway" ]; then
+	# /mnt of this namespace only: the host's is untouched
+	mount -t tmpfs -o mode=0755 throwaway /mnt
+	mkdir /mnt/changes /mnt/work /mnt/root
+	mount -t overlay throwaway -o "lowerdir=$root,upperdir=/mnt/changes,workdir=/mnt/work" \
+		/mnt/root
+	root=/mnt/root
+	[ -c "$root/dev/null" ] || mount --rbind /dev "$root/dev"
+fi
 binds=()
 while [ $# -gt 0 ]; do
 	case $1 in

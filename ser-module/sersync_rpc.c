@@ -103,7 +103,8 @@ static const char *sersync_status_doc[2] = {
 		" quarantine_last_reason, alias_scans, alias_scan_removed,"
 		" alias_scan_refused, checks, ranges_compared, divergences,"
 		" repaired, and peers: one struct per member as"
-		" sersync.peers gives it.",
+		" sersync.peers gives it; then module_version (sersync's) and"
+		" kamailio_version (the Kamailio the module was built for).",
 		0};
 
 /* After rpc->scan(ctx, "*.S", ...) returned 0: 1 if a parameter is left
@@ -215,6 +216,15 @@ static void sersync_rpc_status(rpc_t *rpc, void *ctx)
 			rpc->fault(ctx, 500, "Internal error adding peer status");
 			return;
 		}
+	}
+	/* what runs here: sersync's version (Cargo.toml, from the Makefile)
+	 * and the Kamailio whose source tree it was compiled in (the core
+	 * refuses a module built for another) */
+	if(rpc->struct_add(th, "ss", "module_version", SERSYNC_VERSION,
+			   "kamailio_version", VERSION)
+			< 0) {
+		rpc->fault(ctx, 500, "Internal error adding status");
+		return;
 	}
 }
 

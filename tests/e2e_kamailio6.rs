@@ -6,12 +6,14 @@
 //! other, every field equal.
 //!
 //! A rolling upgrade: three 5.6 nodes under REGISTER load, each in turn
-//! stopped and started on 6.0 with its journal, lose nothing.
+//! stopped and started on 6.0 with its journal, lose nothing. The Debian
+//! packages (`make deb`, `make deb SER_ROOT=DIR`) install into a throwaway
+//! copy of the system of their Kamailio and load there.
 //!
 //! Needs `build/sersync.so` (`make`), the root (`.ci/debian13-root.sh`,
 //! default /var/cache/sersync/debian13, or SERSYNC_DEBIAN13_ROOT) and
 //! `build/<its version>/sersync.so` (`make SER_ROOT=DIR`; `make test`
-//! builds both). Fails, never skips, without them.
+//! builds both, and the packages). Fails, never skips, without them.
 
 #[path = "e2e_support/mod.rs"]
 mod support;
@@ -410,4 +412,122 @@ fn rolling_upgrade_under_load_loses_nothing() {
         started.elapsed().as_secs_f64()
     );
     cluster.stop_all();
+}
+
+// ---------------------------------------------------------------------------
+// Debian packages
+
+/// The package `make deb` built of this sersync for Kamailio `version`,
+/// in `dir`.
+fn find_deb(dir: &Path, version: &str) -> PathBuf {
+    let want = format!("+kamailio{version}_");
+    let prefix = format!("kamailio-sersync-modules_{}-", env!("CARGO_PKG_VERSION"));
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb") && n.contains(&want))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no {prefix}*{want}*.deb in {}: `make deb` \
+                 (SER_ROOT=DIR for a root's Kamailio; `make test` builds both)",
+                dir.display()
+            )
+        })
+}
+
+/// The package built for the host's Kamailio (5.6, Debian 12) installs
+/// with `apt-get install ./<deb>` into a throwaway copy of the host's
+/// system, the one built for the root's (6.0, Debian 13) into a throwaway
+/// copy of the root; a node on each loads "sersync.so" from Kamailio's
+/// module directory, where only the package put it. sersync.status gives
+/// the module's version and the Kamailio it was built for, and the two
+/// nodes replicate registrations both ways.
+#[test]
+fn debian_packages_install_and_load() {
+    let host_version = {
+        let out = std::process::Command::new("kamailio")
+            .arg("-V")
+            .output()
+            .expect("kamailio -V");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("version: kamailio "))
+            .and_then(|r| r.split_whitespace().next())
+            .expect("kamailio -V: version")
+            .to_string()
+    };
+    let root6 = SerRoot::debian13();
+    let build = repo_root().join("build");
+    let host = SerRoot::with_deb(Path::new("/"), &find_deb(&build, &host_version));
+    let trixie = SerRoot::with_deb(
+        &root6.dir,
+        &find_deb(&build.join(&root6.version), &root6.version),
+    );
+    // the host's own module directory keeps what it had: no sersync.so
+    // appears there (the package went into the throwaway copy only)
+    let host_module = Path::new("/usr/lib/x86_64-linux-gnu/kamailio/modules/sersync.so");
+    let host_had_module = host_module.exists();
+    let opts = ClusterOptions {
+        ser_root_of: BTreeMap::from([(1, host.clone()), (2, trixie.clone())]),
+        ..ClusterOptions::default()
+    };
+    let mut cluster = Cluster::start_private("kamailio6-deb", 231, 2, &opts);
+    for (n, root) in [(1, &host), (2, &trixie)] {
+        let node = cluster.node(n);
+        let cfg = fs::read_to_string(node.dir.join("kamailio.cfg")).unwrap();
+        assert!(cfg.contains("loadmodule \"sersync.so\""), "{}", node.name());
+        assert!(
+            node.log_grep("Setting up kamailio-sersync-modules").len() == 1,
+            "{}: apt-get did not install the package; log tail:\n{}",
+            node.name(),
+            node.log_tail(20)
+        );
+        let st = node.status();
+        let field = |k: &str| st.raw.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        assert_eq!(
+            field("module_version").as_deref(),
+            Some(env!("CARGO_PKG_VERSION")),
+            "{}: sersync.status module_version: {}",
+            node.name(),
+            st.raw
+        );
+        assert_eq!(
+            field("kamailio_version"),
+            Some(root.version.clone()),
+            "{}: sersync.status kamailio_version: {}",
+            node.name(),
+            st.raw
+        );
+        assert_eq!(node.ser_version(), root.version);
+    }
+    let mut want = BTreeMap::new();
+    for n in 1..=2 {
+        let node = cluster.node(n);
+        let regs = mixed_users(&format!("deb{n}u"), 100, 400_000 * n as u64);
+        sipp_register(node, &regs, RATE, &format!("n{n}-deb"));
+        cluster.wait_settled(CONVERGE);
+        for k in keys(&regs, &node.ip) {
+            want.insert(k, n as i64);
+        }
+    }
+    wait_converged(
+        &cluster.all(),
+        CONVERGE,
+        "registrations between the packaged 5.6 and 6.0 modules",
+        exactly(&want),
+    );
+    cluster.stop_all();
+    assert_eq!(
+        host_module.exists(),
+        host_had_module,
+        "{} changed on the host",
+        host_module.display()
+    );
 }

@@ -30,8 +30,13 @@ pub struct SerRoot {
     pub version: String,
     /// A private copy of build/<version>/sersync.so (as
     /// `private_module_copy`: a `make` during the run cannot change it
-    /// under the running nodes).
+    /// under the running nodes); "sersync.so" (Kamailio's module
+    /// directory) with `deb`.
     pub module: PathBuf,
+    /// A Debian package of the module (`make deb`): the node runs in a
+    /// throwaway copy of the root (in-root.sh --throwaway) into which
+    /// `apt-get install ./<deb>` installs it before Kamailio starts.
+    pub deb: Option<PathBuf>,
 }
 
 /// `kamailio -V`'s version number.
@@ -39,6 +44,22 @@ fn kamailio_version(out: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(out);
     let rest = text.lines().next()?.strip_prefix("version: kamailio ")?;
     Some(rest.split_whitespace().next()?.to_string())
+}
+
+/// The version of the Kamailio installed in `dir` ("/": the host's).
+fn root_kamailio_version(dir: &Path) -> String {
+    let out = Command::new("chroot")
+        .arg(dir)
+        .args(["kamailio", "-V"])
+        .output()
+        .unwrap_or_else(|e| panic!("chroot {} kamailio -V: {e}", dir.display()));
+    kamailio_version(&out.stdout).unwrap_or_else(|| {
+        panic!(
+            "chroot {} kamailio -V names no version: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
 
 impl SerRoot {
@@ -61,18 +82,7 @@ impl SerRoot {
             dir.display(),
             dir.display()
         );
-        let out = Command::new("chroot")
-            .arg(dir)
-            .args(["kamailio", "-V"])
-            .output()
-            .unwrap_or_else(|e| panic!("chroot {} kamailio -V: {e}", dir.display()));
-        let version = kamailio_version(&out.stdout).unwrap_or_else(|| {
-            panic!(
-                "chroot {} kamailio -V names no version: {}",
-                dir.display(),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+        let version = root_kamailio_version(dir);
         let built = repo_root().join("build").join(&version).join("sersync.so");
         assert!(
             built.is_file(),
@@ -91,6 +101,26 @@ impl SerRoot {
             dir: dir.to_path_buf(),
             version,
             module,
+            deb: None,
+        }
+    }
+
+    /// `dir` ("/": the host's own system) with the package `deb` of the
+    /// module built for its Kamailio installed into a throwaway copy of it
+    /// when a node starts; the node loads "sersync.so" from Kamailio's
+    /// module directory, where the package put it.
+    pub fn with_deb(dir: &Path, deb: &Path) -> SerRoot {
+        assert!(
+            deb.is_file(),
+            "{} is missing: build it with `make deb` (SER_ROOT=DIR for a \
+             root's Kamailio; `make test` does)",
+            deb.display()
+        );
+        SerRoot {
+            dir: dir.to_path_buf(),
+            version: root_kamailio_version(dir),
+            module: PathBuf::from("sersync.so"),
+            deb: Some(deb.to_path_buf()),
         }
     }
 
@@ -99,11 +129,34 @@ impl SerRoot {
     /// process (every step execs).
     pub fn kamailio_command(&self, binds: &[&Path]) -> Command {
         let mut c = Command::new("bash");
-        c.arg(repo_root().join(".ci/in-root.sh")).arg(&self.dir);
-        for b in binds {
+        c.arg(repo_root().join(".ci/in-root.sh"));
+        if self.deb.is_some() {
+            c.arg("--throwaway");
+        }
+        c.arg(&self.dir);
+        let deb_dir = self.deb.as_deref().and_then(Path::parent);
+        for b in binds.iter().copied().chain(deb_dir) {
             c.arg("--bind").arg(b);
         }
-        c.arg("--").arg("kamailio");
+        c.arg("--");
+        match &self.deb {
+            None => {
+                c.arg("kamailio");
+            }
+            // the whole installation, as the README gives it; its output
+            // goes to the node's log. Without debconf's pre-install hook
+            // (70debconf: the package asks nothing), which apt leaves
+            // behind as a process in the node's group.
+            Some(deb) => {
+                c.args(["sh", "-c"])
+                    .arg(
+                        "rm -f /etc/apt/apt.conf.d/70debconf \
+                         && apt-get install -y -q --no-install-recommends \"$0\" >&2 \
+                         && exec kamailio \"$@\"",
+                    )
+                    .arg(deb);
+            }
+        }
         c
     }
 }
@@ -115,8 +168,9 @@ impl Node {
         match &self.ser_root {
             None => Command::new(KAMAILIO),
             Some(root) => {
-                let module_dir = root.module.parent().unwrap_or(Path::new("/"));
-                root.kamailio_command(&[module_dir, &self.dir])
+                let module_dir = root.module.parent().filter(|_| root.module.is_absolute());
+                let binds: Vec<&Path> = module_dir.into_iter().chain([&*self.dir]).collect();
+                root.kamailio_command(&binds)
             }
         }
     }
