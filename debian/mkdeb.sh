@@ -24,15 +24,19 @@ kversion=$(dpkg-query -W -f='${Version}' kamailio 2>/dev/null) || {
 	echo "$0: kamailio is not installed here" >&2; exit 1; }
 kupstream=${kversion%%-*}
 kupstream=${kupstream#*:}
-sversion=$(sed -n 's/^version = "\(.*\)"/\1/p' "$top/Cargo.toml" | head -1)
+sversion=$(awk -F'"' '/^version = / && !v { v = $2 } END { print v }' \
+	"$top/Cargo.toml")
 # sersync's Debian revision (debian/changelog), then the Kamailio it is for
 drev=$(sed -n '1s/^sersync (\([^)]*\)).*/\1/p' "$here/changelog")
 [ "${drev%-*}" = "$sversion" ] || { echo "$0: debian/changelog is for" \
 	"$drev, Cargo.toml says $sversion: add a changelog entry" >&2; exit 1; }
 version=$drev+kamailio$kupstream
 arch=$(dpkg --print-architecture)
-moddir=$(dpkg -L kamailio | grep -m1 '/kamailio/modules/tm.so$')
+# (no early exit in pipes: pipefail would take dpkg's SIGPIPE for a failure)
+moddir=$(dpkg -L kamailio | awk '/\/kamailio\/modules\/tm\.so$/ && !m { m = $0 }
+	END { print m }')
 moddir=${moddir%/tm.so}
+[ -n "$moddir" ] || { echo "$0: kamailio has no modules directory" >&2; exit 1; }
 maintainer=${DEB_MAINTAINER:-sersync maintainers <sersync@localhost>}
 
 stage=$(mktemp -d)
