@@ -66,13 +66,20 @@ impl SerRoot {
     /// The Debian 13 root of `SERSYNC_DEBIAN13_ROOT` (default
     /// /var/cache/sersync/debian13) and its module; panics, saying how to
     /// make them, when either is missing.
+    /// Made once per test process (tests run in threads of one process).
     pub fn debian13() -> SerRoot {
-        let dir = std::env::var_os(DEBIAN13_ROOT_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DEBIAN13_ROOT));
-        Self::open(&dir)
+        static ROOT: std::sync::OnceLock<SerRoot> = std::sync::OnceLock::new();
+        ROOT.get_or_init(|| {
+            let dir = std::env::var_os(DEBIAN13_ROOT_ENV)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DEBIAN13_ROOT));
+            Self::open(&dir)
+        })
+        .clone()
     }
 
+    /// Call once per process and root: the module copy's name is the
+    /// version's and the process's.
     pub fn open(dir: &Path) -> SerRoot {
         assert!(
             dir.join(".sersync-root").is_file(),
