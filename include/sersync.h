@@ -160,6 +160,9 @@ struct sersync_config {
 	uint32_t peer_check_interval; /* seconds between two checks of the
 	                               * journal's state against each peer's
 	                               * (protocol v3); 0: 60 */
+	uint32_t max_clock_skew_ms;  /* a peer's batch stamped more than this
+	                              * ahead of this node's clock is refused
+	                              * (the origin resends it); 0: 5000 */
 };
 
 /* Log levels passed to the logger callback. */
@@ -279,6 +282,12 @@ struct sersync_status {
 	uint64_t peer_check_divergences;
 	uint64_t peer_check_repaired;
 	uint64_t peer_check_ignored;
+	/* the bound on clock skew (max_clock_skew): batches from peers refused
+	 * here (stamped beyond it, or invalid), this node's batches peers
+	 * refused, and the latest reason on either side (empty: none) */
+	uint64_t clock_refused;
+	uint64_t clock_refused_by_peers;
+	char clock_last_reason[SERSYNC_ERR_MAX];
 };
 
 /* Registers the logger. May be called in any process, before or after

@@ -56,6 +56,10 @@ static int _sersync_peer_check_interval = 60;
  * empty: in no file (only the engine, forked by SER, knows it) */
 static str _sersync_apply_token_file = STR_NULL;
 
+/* milliseconds a peer's stamps may be ahead of this node's clock; 0: the
+ * engine's default, 5000 */
+static int _sersync_max_clock_skew = 0;
+
 /* where jsonrpcs lets FIFO clients create reply FIFOs (its fifo_reply_dir) */
 static str _sersync_fifo_reply_dir = STR_NULL;
 
@@ -97,6 +101,9 @@ static int sersync_add_peer(modparam_t type, void *val);
  *                     differs (default 60)
  *  apply_token_file   where sersync.apply's token is written, mode 0600
  *                     (tests, benches; unset: in no file)
+ *  max_clock_skew     milliseconds a peer's stamps may run ahead of this
+ *                     node's clock (default 5000); beyond, its batch is
+ *                     refused and resent later
  */
 /* clang-format off */
 static cmd_export_t cmds[] = {
@@ -130,6 +137,7 @@ static param_export_t params[] = {
 	{"check_interval",    PARAM_INT,      &_sersync_check_interval},
 	{"peer_check_interval", PARAM_INT,    &_sersync_peer_check_interval},
 	{"apply_token_file",  PARAM_STR,      &_sersync_apply_token_file},
+	{"max_clock_skew",    PARAM_INT,      &_sersync_max_clock_skew},
 	{0, 0, 0}
 };
 
@@ -377,6 +385,12 @@ static int sersync_config_build(void)
 				_sersync_peer_check_interval);
 		return -1;
 	}
+	if(_sersync_max_clock_skew < 0) {
+		LM_ERR("modparam \"max_clock_skew\" must be 0 (the default, 5000)"
+			   " or a number of milliseconds (got %d)\n",
+				_sersync_max_clock_skew);
+		return -1;
+	}
 	if(sersync_durability_check() < 0)
 		return -1;
 	if(sersync_resolve_fifo() < 0)
@@ -402,6 +416,7 @@ static int sersync_config_build(void)
 	_sersync_config.check_interval = (uint32_t)_sersync_check_interval;
 	_sersync_config.peer_check_interval =
 			(uint32_t)_sersync_peer_check_interval;
+	_sersync_config.max_clock_skew_ms = (uint32_t)_sersync_max_clock_skew;
 	/* the engine binds its reply socket beside SER's own (SER's -Y) */
 	if(runtime_dir != NULL && runtime_dir[0] != '\0') {
 		_sersync_config.runtime_dir.s = runtime_dir;

@@ -102,7 +102,8 @@ static const char *sersync_status_doc[2] = {
 		" restore_pending, set_aside, incarnation, last_error, quarantined,"
 		" quarantine_last_reason, alias_scans, alias_scan_removed,"
 		" alias_scan_refused, checks, ranges_compared, divergences,"
-		" repaired, and peers: one struct per member as"
+		" repaired, clock_refused, clock_refused_by_peers,"
+		" clock_last_reason, and peers: one struct per member as"
 		" sersync.peers gives it; then module_version (sersync's) and"
 		" kamailio_version (the Kamailio the module was built for).",
 		0};
@@ -202,6 +203,16 @@ static void sersync_rpc_status(rpc_t *rpc, void *ctx)
 			   (unsigned long long)st->peer_check_repaired,
 			   "peer_check_ignored",
 			   (unsigned long long)st->peer_check_ignored)
+			< 0) {
+		rpc->fault(ctx, 500, "Internal error adding status");
+		return;
+	}
+	/* the bound on clock skew (max_clock_skew) */
+	SERSYNC_TERM(st->clock_last_reason);
+	if(rpc->struct_add(th, "JJs", "clock_refused",
+			   (unsigned long long)st->clock_refused, "clock_refused_by_peers",
+			   (unsigned long long)st->clock_refused_by_peers,
+			   "clock_last_reason", st->clock_last_reason)
 			< 0) {
 		rpc->fault(ctx, 500, "Internal error adding status");
 		return;

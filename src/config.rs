@@ -55,7 +55,21 @@ pub struct Config {
     /// How often SER's usrloc is checked against the journal's state
     /// ([`crate::proof`]); None: never.
     pub check_interval: Option<Duration>,
+    /// A peer's batch stamped more than this ahead of this node's clock is
+    /// refused; its origin resends it ([`MAX_CLOCK_SKEW`]).
+    pub max_clock_skew: Duration,
 }
+
+/// The default bound on clock skew. NTP keeps the clocks of a carrier's
+/// nodes within milliseconds of each other (well within a second even
+/// across data centres); 5 s leaves room for a node whose NTP is slewing
+/// back after a hiccup, and still bounds how long a runaway clock can win
+/// the conflicts of its keys: a registration refresh is minutes apart, so
+/// changes to one key 5 s apart on two nodes are rare, and their order
+/// within that window is anyone's guess anyway.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
+/// The largest bound a node takes: beyond an hour a bound bounds nothing.
+pub const MAX_CLOCK_SKEW_LIMIT_MS: u64 = 3_600_000;
 
 /// An alias table scan that would delete more than `max` aliases, and
 /// more than `pct` percent of those the journal holds for the table,
@@ -146,6 +160,8 @@ pub struct RawConfig {
     pub peer_check_secs: u64,
     /// Seconds between checks of SER against the journal (0: none).
     pub check_interval: u64,
+    /// Bound on clock skew in milliseconds (0: the default, 5 s).
+    pub max_clock_skew_ms: u64,
 }
 
 /// Parses "tcp:ip:port" (the "tcp:" prefix may be omitted).
@@ -303,6 +319,16 @@ impl RawConfig {
                 format!("{}: a percentage, 1 to 100", self.alias_scan_max_delete_pct),
             ));
         }
+        if self.max_clock_skew_ms > MAX_CLOCK_SKEW_LIMIT_MS {
+            return Err(ConfigError::invalid(
+                "max_clock_skew",
+                format!(
+                    "{} ms: at most {MAX_CLOCK_SKEW_LIMIT_MS} ms (an hour); NTP keeps nodes \
+                     within a second, the default is 5000",
+                    self.max_clock_skew_ms
+                ),
+            ));
+        }
         let alias_delete_limit = AliasDeleteLimit {
             max: match self.alias_scan_max_delete {
                 0 => ALIAS_SCAN_MAX_DELETE,
@@ -343,6 +369,10 @@ impl RawConfig {
             usrloc_in_memory: self.usrloc_in_memory,
             check_interval: (self.check_interval > 0)
                 .then(|| Duration::from_secs(self.check_interval)),
+            max_clock_skew: match self.max_clock_skew_ms {
+                0 => MAX_CLOCK_SKEW,
+                n => Duration::from_millis(n),
+            },
         })
     }
 }

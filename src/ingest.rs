@@ -11,7 +11,7 @@ use crate::config::AliasDeleteLimit;
 use crate::handoff::{NetCmd, ToNet};
 use crate::journal::Journal;
 use crate::log::{self, RateLimit};
-use crate::queue::{Item, Shared};
+use crate::queue::{Held, Item, Shared, VersionHeld};
 use crate::record::Record;
 use crate::scan::{Conclusion, Scan, ScanWatch};
 use crate::status::Status;
@@ -19,6 +19,8 @@ use crate::status::Status;
 /// Records taken from the worker queue per journal transaction.
 const INGEST_BATCH: usize = 4096;
 static INGEST_ERR: RateLimit = RateLimit::new(1000);
+/// How often the clock's high-water mark is saved in the journal.
+const CLOCK_SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Moves records from the worker queue into the journal.
 pub struct Ingest {
@@ -150,6 +152,7 @@ impl Ingest {
         let mut pending: Vec<(u64, Record)> = Vec::new();
         let mut buf = Vec::with_capacity(crate::queue::SLOT_SIZE);
         let mut retry = Duration::from_millis(100);
+        let mut last_clock_save = Instant::now();
         while !stop.load(Ordering::Acquire) {
             let mut drained = false;
             while pending.len() < INGEST_BATCH {
@@ -215,14 +218,23 @@ impl Ingest {
             {
                 self.abandon_scan("no end marker came", &mut pending);
             }
+            if last_clock_save.elapsed() >= CLOCK_SAVE_EVERY {
+                last_clock_save = Instant::now();
+                self.save_clock();
+            }
             if pending.is_empty() {
                 // Skipped slots and scan markers are settled too.
                 self.shared.mark_durable();
                 self.shared.wait(Duration::from_millis(100));
                 continue;
             }
-            match self.journal.append_local(&self.node_id, &pending) {
-                Ok((last, appended)) => {
+            match self.journal.append_local_behind(&self.node_id, &pending) {
+                Ok((mut last, mut appended, behind)) => {
+                    if !behind.is_empty() {
+                        let (l, n) = self.stamp_again(&pending, &behind);
+                        last = last.max(l);
+                        appended += n;
+                    }
                     let c = &self.status.counters;
                     c.journaled.fetch_add(appended as u64, Ordering::Relaxed);
                     pending.clear();
@@ -243,6 +255,69 @@ impl Ingest {
                     std::thread::sleep(retry);
                     retry = (retry * 2).min(Duration::from_secs(5));
                 }
+            }
+        }
+        self.save_clock();
+    }
+
+    /// Saves the clock's high-water mark in the journal (beside the
+    /// incarnation): a restart starts its clock there, never below a stamp
+    /// this run issued or accepted.
+    fn save_clock(&mut self) {
+        if let Err(e) = self.journal.raise_clock_high(self.shared.clock_high()) {
+            if let Some(n) = INGEST_ERR.allow() {
+                log::error(format_args!(
+                    "cannot save the clock's high-water mark: {e} ({n} similar suppressed)"
+                ));
+            }
+        }
+    }
+
+    /// Local changes the journal did not take because it holds a newer
+    /// version of their key from a peer (`behind`, indices into
+    /// `pending`). A contact whose version usrloc holds is exactly that
+    /// change was made here after the peer's: it was stamped behind only
+    /// because this node's clock was (SIP workers stamp from the moment
+    /// SER starts, before the engine has moved the clock past the
+    /// journal's, or the peer's clock ran ahead). It is stamped again, now
+    /// past every version seen, and journaled: a local change is never
+    /// skipped in silence. Anything else (usrloc took a newer remote
+    /// version meanwhile, an alias) was superseded for real and is left.
+    /// Returns the last sequence and how many were journaled.
+    fn stamp_again(&mut self, pending: &[(u64, Record)], behind: &[usize]) -> (u64, usize) {
+        let mut again = Vec::new();
+        for &i in behind {
+            let (stamp, rec) = &pending[i];
+            let Record::Contact { contact, .. } = rec else {
+                continue;
+            };
+            let key = self
+                .shared
+                .order_key(&contact.domain, &contact.aor, &contact.contact);
+            if self.shared.version_held(key) != VersionHeld::Known(*stamp) {
+                continue;
+            }
+            let new = self.shared.stamp();
+            // usrloc's version of the contact is the new stamp from now on
+            // (an older one would let a late remote change overwrite it).
+            self.shared.admit(key, new, Held::Nothing, 0);
+            log::warn(format_args!(
+                "local change of {} {} stamped {stamp:#x}, behind the version a peer gave \
+                 the journal: stamped again {new:#x} and journaled (this node's clock was \
+                 behind the cluster's)",
+                String::from_utf8_lossy(&contact.aor),
+                String::from_utf8_lossy(&contact.contact)
+            ));
+            again.push((new, rec.clone()));
+        }
+        if again.is_empty() {
+            return (0, 0);
+        }
+        match self.journal.append_local(&self.node_id, &again) {
+            Ok(r) => r,
+            Err(e) => {
+                log::error(format_args!("cannot journal changes stamped again: {e}"));
+                (0, 0)
             }
         }
     }

@@ -101,6 +101,12 @@ pub struct Counters {
     pub ranges_compared: AtomicU64,
     pub divergences: AtomicU64,
     pub repaired: AtomicU64,
+    /// Batches from peers refused here: stamped beyond max_clock_skew
+    /// ahead of this node's clock, or invalid (>= 2^63) ([`crate::net`]'s
+    /// clock check).
+    pub clock_refused: AtomicU64,
+    /// This node's batches a peer refused for the same reason.
+    pub clock_refused_by_peers: AtomicU64,
 }
 
 /// One quarantined change as the status lists it.
@@ -135,6 +141,8 @@ pub struct Status {
     pub last_error: Mutex<String>,
     pub peers: Mutex<Vec<PeerStatus>>,
     pub quarantine: Mutex<QuarantineView>,
+    /// The latest clock refusal, on either side (empty: none since start).
+    pub clock_last_reason: Mutex<String>,
 }
 
 /// A plain copy for tests and logs.
@@ -164,6 +172,9 @@ pub struct Snapshot {
     pub repaired: u64,
     pub incarnation: u64,
     pub quarantined: u64,
+    pub clock_refused: u64,
+    pub clock_refused_by_peers: u64,
+    pub clock_last_reason: String,
     pub peers: Vec<PeerStatus>,
 }
 
@@ -221,6 +232,13 @@ impl Status {
             repaired: c.repaired.load(Ordering::Relaxed),
             incarnation: self.incarnation.load(Ordering::Relaxed),
             quarantined: c.quarantined.load(Ordering::Relaxed),
+            clock_refused: c.clock_refused.load(Ordering::Relaxed),
+            clock_refused_by_peers: c.clock_refused_by_peers.load(Ordering::Relaxed),
+            clock_last_reason: self
+                .clock_last_reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             peers: self
                 .peers
                 .lock()
@@ -266,6 +284,9 @@ impl Status {
         st.peer_check_ignored = snap.peer_check_ignored;
         st.incarnation = snap.incarnation;
         st.quarantined = snap.quarantined;
+        st.clock_refused = snap.clock_refused;
+        st.clock_refused_by_peers = snap.clock_refused_by_peers;
+        copy_cstr(&mut st.clock_last_reason, &snap.clock_last_reason);
         {
             let q = self.quarantine.lock().unwrap_or_else(|p| p.into_inner());
             copy_cstr(&mut st.quarantine_last_reason, &q.last_reason);

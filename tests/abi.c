@@ -112,7 +112,7 @@ OFF(struct sersync_contact, server_id, 204);
 OFF(struct sersync_contact, stamp, 216);
 
 /* struct sersync_config */
-SIZE(struct sersync_config, 200);
+SIZE(struct sersync_config, 208);
 OFF(struct sersync_config, node_id, 0);
 OFF(struct sersync_config, listen, 16);
 OFF(struct sersync_config, peers, 32);
@@ -131,6 +131,7 @@ OFF(struct sersync_config, alias_scan_max_delete_pct, 168);
 OFF(struct sersync_config, runtime_dir, 176);
 OFF(struct sersync_config, check_interval, 192);
 OFF(struct sersync_config, peer_check_interval, 196);
+OFF(struct sersync_config, max_clock_skew_ms, 200);
 
 /* struct sersync_peer_status */
 SIZE(struct sersync_peer_status, 392);
@@ -149,7 +150,7 @@ OFF(struct sersync_peer_status, snapshot_total, 376);
 OFF(struct sersync_peer_status, snapshot_received, 384);
 
 /* struct sersync_status */
-SIZE(struct sersync_status, 21480);
+SIZE(struct sersync_status, 21656);
 OFF(struct sersync_status, node_id, 0);
 OFF(struct sersync_status, last_error, 64);
 OFF(struct sersync_status, running, 224);
@@ -185,6 +186,9 @@ OFF(struct sersync_status, peer_check_ranges, 21448);
 OFF(struct sersync_status, peer_check_divergences, 21456);
 OFF(struct sersync_status, peer_check_repaired, 21464);
 OFF(struct sersync_status, peer_check_ignored, 21472);
+OFF(struct sersync_status, clock_refused, 21480);
+OFF(struct sersync_status, clock_refused_by_peers, 21488);
+OFF(struct sersync_status, clock_last_reason, 21496);
 
 /* struct sersync_quarantined */
 SIZE(struct sersync_quarantined, 520);

@@ -197,6 +197,7 @@ pub(super) unsafe fn raw_config(cfg: &sersync_config) -> Result<RawConfig, Confi
         alias_scan_max_delete: u64::from(cfg.alias_scan_max_delete),
         alias_scan_max_delete_pct: u64::from(cfg.alias_scan_max_delete_pct),
         peer_check_secs: u64::from(cfg.peer_check_interval),
+        max_clock_skew_ms: u64::from(cfg.max_clock_skew_ms),
         check_interval: u64::from(cfg.check_interval),
     })
 }

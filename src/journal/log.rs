@@ -19,29 +19,51 @@ impl Journal {
         node_id: &str,
         records: &[(u64, Record)],
     ) -> Result<(u64, usize), JournalError> {
+        self.append_local_behind(node_id, records)
+            .map(|(last, n, _)| (last, n))
+    }
+
+    /// [`Journal::append_local`], also telling which records (their
+    /// indices) were not journaled because the state holds a newer
+    /// version of their key with another body: changes stamped behind a
+    /// version seen from a peer, which the caller may stamp again when
+    /// they are what SER holds (see [`crate::ingest`]).
+    pub fn append_local_behind(
+        &mut self,
+        node_id: &str,
+        records: &[(u64, Record)],
+    ) -> Result<(u64, usize, Vec<usize>), JournalError> {
         if records.is_empty() {
-            return Ok((self.last_seq()?, 0));
+            return Ok((self.last_seq()?, 0, Vec::new()));
         }
         self.write(|tx| {
+            let mut behind = Vec::new();
+            let mut held = tx.prepare_cached("SELECT hlc, body FROM state WHERE key = ?1")?;
             let mut appended = 0;
             let mut seq = Self::last_seq_in(tx)?;
             let mut ins =
                 tx.prepare_cached("INSERT INTO log (seq, hlc, body) VALUES (?1, ?2, ?3)")?;
             let mut state = StateUpsert::local(tx)?;
             let mut body = Vec::with_capacity(512);
-            for (hlc, rec) in records {
+            for (i, (hlc, rec)) in records.iter().enumerate() {
                 body.clear();
                 codec::encode_into(rec, &mut body).expect("encoding into a Vec cannot fail");
                 // Journaled only if it changes the state: not a version
                 // the state already holds, nor one older than it holds.
-                if !state.offer(&rec.key(), *hlc, node_id, rec, &body)? {
+                let key = rec.key();
+                if !state.offer(&key, *hlc, node_id, rec, &body)? {
+                    let (h, b): (i64, Vec<u8>) =
+                        held.query_row([&key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    if h as u64 >= *hlc && b != body {
+                        behind.push(i);
+                    }
                     continue;
                 }
                 seq += 1;
                 ins.execute(params![seq as i64, *hlc as i64, body])?;
                 appended += 1;
             }
-            Ok((seq, appended))
+            Ok((seq, appended, behind))
         })
     }
 

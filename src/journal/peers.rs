@@ -7,6 +7,9 @@ use rusqlite::{params, OptionalExtension};
 use super::Journal;
 use crate::error::JournalError;
 
+/// meta's row for the clock's high-water mark.
+const CLOCK_HIGH: &str = "clock_high";
+
 impl Journal {
     pub fn acked(&self, peer: &str) -> Result<u64, JournalError> {
         self.run(|c| {
@@ -153,6 +156,30 @@ impl Journal {
                 c.query_row("SELECT v FROM meta WHERE k = ?1", [k], |r| r.get(0))
                     .optional()?,
             )
+        })
+    }
+
+    /// The node clock's high-water mark: no stamp this node issued or
+    /// accepted (and kept) is above it, give or take the last second
+    /// before a crash, whose stamps are in the state. Kept beside the
+    /// incarnation; 0 when never saved.
+    pub fn clock_high(&self) -> Result<u64, JournalError> {
+        Ok(self.meta(CLOCK_HIGH)?.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Raises the high-water mark to `stamp` (never lowers it; a stamp of
+    /// 2^63 or more, which no peer's batch can carry, is not kept).
+    pub fn raise_clock_high(&mut self, stamp: u64) -> Result<(), JournalError> {
+        let Ok(v) = i64::try_from(stamp) else {
+            return Ok(());
+        };
+        self.run(|c| {
+            c.execute(
+                "INSERT INTO meta (k, v) VALUES (?1, ?2)
+                 ON CONFLICT(k) DO UPDATE SET v = max(v, excluded.v)",
+                params![CLOCK_HIGH, v],
+            )?;
+            Ok(())
         })
     }
 

@@ -478,7 +478,7 @@ impl Net {
     /// Stages versions a check brought from `from`: each goes in where it
     /// is newer than the state's version of its key.
     fn stage_check_rows(&mut self, from: &str, rows: &[SnapRow]) {
-        if rows.is_empty() {
+        if rows.is_empty() || self.clock_refuses_rows(from, rows).is_some() {
             return;
         }
         if let Some(max) = rows.iter().map(|r| r.hlc).max() {

@@ -67,6 +67,14 @@ impl Net {
         changes: Vec<crate::record::Change>,
         through: u64,
     ) -> Verdict {
+        // Stamps beyond the bound on clock skew: nothing staged (clock.rs).
+        if let Some(reason) = self.clock_refuses_batch(origin, &changes, through) {
+            let upto = self.journal.received_upto(origin).unwrap_or(0);
+            if let Some(c) = self.conns.get_mut(&t) {
+                c.send(&Frame::TempFail { upto, reason });
+            }
+            return Verdict::Continue;
+        }
         if let Some(max) = changes.iter().map(|c| c.hlc).max() {
             self.shared.observe(max);
         }
@@ -113,6 +121,9 @@ impl Net {
     ) -> Verdict {
         let c = self.conns.get_mut(&t).expect("caller checked");
         let origin = c.remote_id.clone();
+        if let Some(reason) = self.clock_refuses_rows(&origin, &rows) {
+            return Verdict::Close(reason);
+        }
         if let Some(max) = rows.iter().map(|r| r.hlc).max() {
             self.shared.observe(max);
         }

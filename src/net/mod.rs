@@ -25,6 +25,7 @@ use crate::wire::version::NEWEST;
 use crate::wire::{Frame, MAGIC, VERSION};
 
 mod check;
+mod clock;
 mod conn;
 mod dispatch;
 mod handshake;
@@ -127,6 +128,9 @@ pub struct Net {
     /// When the last peer check started, and the last check's number.
     last_check: Instant,
     next_check: u64,
+    /// Per origin: the first sequence of a batch refused for clock skew,
+    /// and why; later batches are refused with it (see clock.rs).
+    skew_hold: HashMap<String, (u64, String)>,
 }
 
 static STAGE_ERR: RateLimit = RateLimit::new(1000);
@@ -195,6 +199,7 @@ impl Net {
             reconnect_all: false,
             last_check: now,
             next_check: 0,
+            skew_hold: HashMap::new(),
         };
         Ok((net, waker))
     }

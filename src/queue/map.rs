@@ -127,6 +127,12 @@ impl Shared {
         crate::hlc::tick(&self.header().clock.0)
     }
 
+    /// The highest stamp the node's clock issued or observed, without
+    /// issuing one: what the journal keeps as its high-water mark.
+    pub fn clock_high(&self) -> u64 {
+        self.header().clock.0.load(Ordering::Acquire)
+    }
+
     /// Moves the node's clock past a stamp seen elsewhere.
     pub fn observe(&self, stamp: u64) {
         crate::hlc::observe(&self.header().clock.0, stamp)
