@@ -27,6 +27,9 @@ pub struct Node {
     pub memory_mb: (u32, u32),
     /// More `kamailio` arguments (ClusterOptions::kamailio_args).
     pub kamailio_args: Vec<String>,
+    /// Environment variables for Kamailio from its next start (e.g.
+    /// libfaketime's: a node whose clock is off).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     /// The Debian root whose Kamailio runs this node (ser_root.rs); None:
     /// the host's.
@@ -69,6 +72,7 @@ impl Node {
             dir: dir.to_path_buf(),
             memory_mb: (opts.shm_mb.unwrap_or(64), 16),
             kamailio_args: opts.kamailio_args.clone(),
+            env: Vec::new(),
             child: None,
             ser_root,
         }
@@ -137,6 +141,7 @@ impl Node {
             .arg("-M")
             .arg(self.memory_mb.1.to_string())
             .args(&self.kamailio_args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(d)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
