@@ -163,6 +163,12 @@ struct sersync_config {
 	uint32_t max_clock_skew_ms;  /* a peer's batch stamped more than this
 	                              * ahead of this node's clock is refused
 	                              * (the origin resends it); 0: 5000 */
+	struct sersync_str secret2;  /* a second secret line: accepted from
+	                              * dialing peers during a rolling change
+	                              * of the secret; empty: none */
+	uint32_t accept_clear_peers; /* nonzero: serve peers of protocol v3
+	                              * or older in clear (temporary, for an
+	                              * upgrade) */
 };
 
 /* Log levels passed to the logger callback. */

@@ -28,6 +28,8 @@ MODULE_VERSION
 str _sersync_node_id = STR_NULL;
 str _sersync_listen = STR_NULL;
 str _sersync_secret = STR_NULL;
+str _sersync_secret2 = STR_NULL;
+int _sersync_accept_clear_peers = 0;
 str _sersync_journal = str_init("/var/lib/kamailio/sersync.db");
 str _sersync_fifo = STR_NULL;
 str _sersync_db_url = STR_NULL;
@@ -74,6 +76,7 @@ static int mod_init(void);
 static int child_init(int rank);
 static void mod_destroy(void);
 static int sersync_add_peer(modparam_t type, void *val);
+static int sersync_add_secret(modparam_t type, void *val);
 
 /*
  * Modparams (README "Configuration reference" has the full table):
@@ -117,7 +120,7 @@ static param_export_t params[] = {
 	{"node_id",    PARAM_STR,                     &_sersync_node_id},
 	{"listen",     PARAM_STR,                     &_sersync_listen},
 	{"peer",       PARAM_STRING|PARAM_USE_FUNC,   (void *)sersync_add_peer},
-	{"secret",     PARAM_STR,                     &_sersync_secret},
+	{"secret",     PARAM_STRING|PARAM_USE_FUNC,   (void *)sersync_add_secret},
 	{"journal",    PARAM_STR,                     &_sersync_journal},
 	{"fifo",       PARAM_STR,                     &_sersync_fifo},
 	{"db_url",     PARAM_STR,                     &_sersync_db_url},
@@ -138,6 +141,7 @@ static param_export_t params[] = {
 	{"peer_check_interval", PARAM_INT,    &_sersync_peer_check_interval},
 	{"apply_token_file",  PARAM_STR,      &_sersync_apply_token_file},
 	{"max_clock_skew",    PARAM_INT,      &_sersync_max_clock_skew},
+	{"accept_clear_peers",  PARAM_INT,    &_sersync_accept_clear_peers},
 	{0, 0, 0}
 };
 
@@ -171,6 +175,31 @@ static int sersync_add_peer(modparam_t type, void *val)
 	_sersync_peers[_sersync_npeers].s = p;
 	_sersync_peers[_sersync_npeers].len = strlen(p);
 	_sersync_npeers++;
+	return 0;
+}
+
+/* secret: the first line dials and is accepted; a second one (a rolling
+ * change of the secret) is accepted too */
+static int sersync_add_secret(modparam_t type, void *val)
+{
+	char *p = (char *)val;
+	str *to;
+
+	if(p == NULL || *p == '\0') {
+		LM_ERR("empty secret\n");
+		return -1;
+	}
+	if(_sersync_secret.len <= 0) {
+		to = &_sersync_secret;
+	} else if(_sersync_secret2.len <= 0) {
+		to = &_sersync_secret2;
+	} else {
+		LM_ERR("at most two secret lines (during a rolling change)\n");
+		return -1;
+	}
+	/* the config parser keeps the string for the life of the process */
+	to->s = p;
+	to->len = strlen(p);
 	return 0;
 }
 
@@ -402,6 +431,9 @@ static int sersync_config_build(void)
 	_sersync_config.peers = _sersync_peers;
 	_sersync_config.npeers = (size_t)_sersync_npeers;
 	sersync_str_from(&_sersync_config.secret, &_sersync_secret);
+	sersync_str_from(&_sersync_config.secret2, &_sersync_secret2);
+	_sersync_config.accept_clear_peers =
+			(uint32_t)(_sersync_accept_clear_peers != 0);
 	sersync_str_from(&_sersync_config.journal, &_sersync_journal);
 	sersync_str_from(&_sersync_config.fifo, &_sersync_fifo);
 	sersync_str_from(&_sersync_config.db_url, &_sersync_db_url);

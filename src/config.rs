@@ -21,7 +21,15 @@ pub struct Config {
     pub node_id: String,
     pub listen: SocketAddr,
     pub peers: Vec<PeerAddr>,
+    /// The secret this node dials with (the first `secret` line).
     pub secret: Vec<u8>,
+    /// Every secret accepted from a dialing peer: `secret` and, during a
+    /// rolling change, the second `secret` line.
+    pub secrets: Vec<Vec<u8>>,
+    /// Serve peers that speak only protocol v3 or older (no encrypted
+    /// sessions) in clear, and fall back to clear with them: temporary,
+    /// for an upgrade from an earlier release (off by default).
+    pub accept_clear_peers: bool,
     pub journal: PathBuf,
     /// SER's RPC door (jsonrpcs FIFO or datagram socket); None in engine
     /// tests, where an in-process applier stands in for SER.
@@ -141,6 +149,10 @@ pub struct RawConfig {
     pub listen: String,
     pub peers: Vec<String>,
     pub secret: Vec<u8>,
+    /// A second `secret` line (empty: none), accepted from dialing peers
+    /// during a rolling change of the secret.
+    pub secret2: Vec<u8>,
+    pub accept_clear_peers: bool,
     pub journal: String,
     pub fifo: String,
     pub db_url: String,
@@ -266,6 +278,16 @@ impl RawConfig {
                 "shorter than 8 bytes; use a long random string",
             ));
         }
+        if !self.secret2.is_empty() && self.secret2.len() < 8 {
+            return Err(ConfigError::invalid(
+                "secret",
+                "the second secret is shorter than 8 bytes; use a long random string",
+            ));
+        }
+        let mut secrets = vec![self.secret.clone()];
+        if !self.secret2.is_empty() && self.secret2 != self.secret {
+            secrets.push(self.secret2.clone());
+        }
         if self.journal.is_empty() {
             return Err(ConfigError::invalid(
                 "journal",
@@ -344,6 +366,8 @@ impl RawConfig {
             listen,
             peers,
             secret: self.secret.clone(),
+            secrets,
+            accept_clear_peers: self.accept_clear_peers,
             journal: PathBuf::from(&self.journal),
             door,
             fifo_reply_dir,

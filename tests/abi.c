@@ -112,7 +112,7 @@ OFF(struct sersync_contact, server_id, 204);
 OFF(struct sersync_contact, stamp, 216);
 
 /* struct sersync_config */
-SIZE(struct sersync_config, 208);
+SIZE(struct sersync_config, 232);
 OFF(struct sersync_config, node_id, 0);
 OFF(struct sersync_config, listen, 16);
 OFF(struct sersync_config, peers, 32);
@@ -132,6 +132,8 @@ OFF(struct sersync_config, runtime_dir, 176);
 OFF(struct sersync_config, check_interval, 192);
 OFF(struct sersync_config, peer_check_interval, 196);
 OFF(struct sersync_config, max_clock_skew_ms, 200);
+OFF(struct sersync_config, secret2, 208);
+OFF(struct sersync_config, accept_clear_peers, 224);
 
 /* struct sersync_peer_status */
 SIZE(struct sersync_peer_status, 392);

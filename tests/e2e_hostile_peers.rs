@@ -271,7 +271,15 @@ fn expect_refusal(s: &mut TcpStream, why: &str, what: &str) {
 #[test]
 fn hostile_connections_are_dropped_while_sipp_registers() {
     let t0 = Instant::now();
-    let c = Cluster::start("bad-peers", 91, 2);
+    // The attacks speak the clear protocol (v3 and older): n1 serves
+    // clear peers (accept_clear_peers), as during an upgrade; its link
+    // with n2 is an encrypted session all the same.
+    let mut opts = ClusterOptions::default();
+    opts.extra.insert(
+        1,
+        vec!["modparam(\"sersync\", \"accept_clear_peers\", 1)".to_string()],
+    );
+    let c = Cluster::start_with_options("bad-peers", 91, 2, &opts);
     eprintln!(
         "e2e: cluster up after {:.1} s (machine lock included)",
         t0.elapsed().as_secs_f64()

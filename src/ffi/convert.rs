@@ -185,6 +185,11 @@ pub(super) unsafe fn raw_config(cfg: &sersync_config) -> Result<RawConfig, Confi
         secret: unsafe { bytes(&cfg.secret) }
             .ok_or_else(|| bad("secret"))?
             .to_vec(),
+        // SAFETY: per the function contract.
+        secret2: unsafe { bytes(&cfg.secret2) }
+            .ok_or_else(|| bad("secret"))?
+            .to_vec(),
+        accept_clear_peers: cfg.accept_clear_peers != 0,
         journal: s(&cfg.journal, "journal")?,
         fifo: s(&cfg.fifo, "fifo")?,
         db_url: s(&cfg.db_url, "db_url")?,

@@ -12,7 +12,26 @@ use super::snapshot::SnapSend;
 use super::{ACK_TIMEOUT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT};
 use crate::log;
 use crate::wire::auth::Nonce;
+use crate::wire::session::{self, ChunkReader, MAX_CHUNK, MAX_HANDSHAKE_CHUNK, OPENING_LEN};
 use crate::wire::{Frame, FrameReader, HANDSHAKE_MAX_FRAME, MAX_FRAME};
+
+/// Where a connection stands in protocol v4's encryption (see
+/// [`crate::wire::session`]).
+pub(super) enum Crypto {
+    /// Frames in clear: the acceptor's challenge; peers of v3 or older
+    /// (`accept_clear_peers`).
+    Clear,
+    /// Acceptor: not yet told by the dialer's first bytes whether it
+    /// speaks sessions (an opening) or clear frames (a v3 hello).
+    Undecided,
+    /// Acceptor: the dialer's opening came; awaiting its first handshake
+    /// message. Holds the prologue.
+    Opened(Vec<u8>),
+    /// Dialer: first handshake message sent, awaiting the answer.
+    Handshake(Box<snow::HandshakeState>),
+    /// Every byte from here on is a chunk of the session.
+    Session(Box<snow::TransportState>),
+}
 
 pub(super) enum Phase {
     /// Dialer: TCP connect in progress.
@@ -69,6 +88,14 @@ pub(super) struct Conn {
     /// Acceptor: the check answered last, and when one was last answered.
     pub(super) check_in: Option<CheckIn>,
     pub(super) check_in_last: Option<Instant>,
+    pub(super) crypto: Crypto,
+    /// Session bytes not yet decrypted.
+    pub(super) raw: ChunkReader,
+    /// A frame being encoded before it is sealed (reused).
+    pub(super) plain: Vec<u8>,
+    /// The challenge this connection's handshake is bound to (acceptor:
+    /// the one it sent; dialer: the one received).
+    pub(super) challenge: Option<Frame>,
 }
 
 /// What a handler decides about its connection.
@@ -125,6 +152,10 @@ impl Conn {
             check_out: None,
             check_in: None,
             check_in_last: None,
+            crypto: Crypto::Clear,
+            raw: ChunkReader::default(),
+            plain: Vec::new(),
+            challenge: None,
         }
     }
 
@@ -146,10 +177,21 @@ impl Conn {
     /// handshake frame.
     pub(super) fn read_room(&self) -> usize {
         if self.is_authenticated() {
-            usize::MAX
-        } else {
-            (HANDSHAKE_MAX_FRAME + 4).saturating_sub(self.reader.buffered())
+            return usize::MAX;
         }
+        match self.crypto {
+            Crypto::Clear => (HANDSHAKE_MAX_FRAME + 4).saturating_sub(self.reader.buffered()),
+            Crypto::Undecided | Crypto::Opened(_) | Crypto::Handshake(_) => {
+                (OPENING_LEN + 2 + MAX_HANDSHAKE_CHUNK).saturating_sub(self.raw.buffered())
+            }
+            // The dialer, between the handshake and the welcome.
+            Crypto::Session(_) => (MAX_CHUNK + 2).saturating_sub(self.raw.buffered()),
+        }
+    }
+
+    /// Is this connection an encrypted session (protocol v4)?
+    pub(super) fn in_session(&self) -> bool {
+        matches!(self.crypto, Crypto::Session(_))
     }
 
     /// Queues `f`, unless this connection's version does not have it:
@@ -165,7 +207,15 @@ impl Conn {
             ));
             return;
         }
-        if let Err(e) = f.write_to(&mut self.out) {
+        let res = match &mut self.crypto {
+            Crypto::Session(t) => {
+                self.plain.clear();
+                f.write_to(&mut self.plain)
+                    .and_then(|()| session::seal(t, &self.plain, &mut self.out))
+            }
+            _ => f.write_to(&mut self.out),
+        };
+        if let Err(e) = res {
             log::error(format_args!("cannot encode {} frame: {e}", frame_name(f)));
         }
     }

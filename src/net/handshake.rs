@@ -11,6 +11,7 @@ use super::{Net, BACKOFF_MIN};
 use crate::log;
 use crate::status::PeerState;
 use crate::wire::auth::{self, Nonce, Role, Tag, Transcript};
+use crate::wire::session::SESSION_VERSION;
 use crate::wire::version::{negotiate, NEWEST, OLDEST};
 use crate::wire::{Frame, Session, SnapshotResume, MAGIC};
 
@@ -45,8 +46,37 @@ impl Net {
             return Verdict::Close("challenge on an accepted connection".into());
         };
         // The newest this node speaks, unless this peer said it only
-        // speaks an older one.
-        let stated = self.peers[peer].hello_version.min(NEWEST);
+        // speaks an older one. Sessions (v4) whenever the challenge says
+        // the peer speaks nothing older, or this node may not fall back.
+        let session = version >= SESSION_VERSION
+            || self.peers[peer].hello_version >= SESSION_VERSION
+            || !self.cfg.accept_clear_peers;
+        if session {
+            let listen = format!("tcp:{}", self.cfg.listen);
+            let hello = Frame::Hello {
+                magic: MAGIC,
+                version: NEWEST,
+                node_id: me,
+                listen,
+                // Noise authenticates a session's hello.
+                nonce: [0; 32],
+                tag: [0; 32],
+            };
+            let challenge = Frame::Challenge {
+                magic,
+                version,
+                node_id: node_id.clone(),
+                nonce,
+            };
+            c.hello_version = NEWEST;
+            c.remote_id = node_id;
+            c.phase = Phase::AwaitWelcome {
+                nonce_a: nonce,
+                nonce_d: [0; 32],
+            };
+            return self.open_session(t, challenge, &hello);
+        }
+        let stated = self.peers[peer].hello_version.min(SESSION_VERSION - 1);
         let nonce_d = auth::fresh_nonce();
         let tag = auth::tag_for(
             &self.cfg.secret,
@@ -77,6 +107,7 @@ impl Net {
         Verdict::Continue
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_welcome(
         &mut self,
         t: Token,
@@ -108,8 +139,21 @@ impl Net {
             dialer: &me,
             acceptor: &c.remote_id,
         };
-        if !auth::verify_for(&self.cfg.secret, Role::Acceptor, &tr, version, &tag) {
+        let in_session = c.in_session();
+        if !in_session
+            && !self
+                .cfg
+                .secrets
+                .iter()
+                .any(|s| auth::verify_for(s, Role::Acceptor, &tr, version, &tag))
+        {
             return Verdict::Refused("peer failed authentication: different secret?".into());
+        }
+        if in_session != (version >= SESSION_VERSION) {
+            return Verdict::Close(format!(
+                "peer chose v{version} for a {} connection",
+                if in_session { "session" } else { "clear" }
+            ));
         }
         c.version = version;
         let remote = c.remote_id.clone();
@@ -216,8 +260,11 @@ impl Net {
         let me = self.cfg.node_id.clone();
         let c = self.conns.get_mut(&t).expect("caller checked");
         // A hello states the newest version the dialer speaks.
+        // Sessions are v4; a clear connection speaks v3 at most.
+        let in_session = c.in_session();
         let chosen = match negotiate(version) {
-            Ok(v) if magic == MAGIC => v,
+            Ok(v) if magic == MAGIC && in_session => v,
+            Ok(v) if magic == MAGIC => v.min(SESSION_VERSION - 1),
             _ => {
                 return c.refuse(
                     format!("protocol v{OLDEST} to v{NEWEST} only"),
@@ -242,12 +289,22 @@ impl Net {
                 "refused {node_id}: removed from the cluster with sersync.forget"
             ));
         }
-        if !auth::verify_for(&self.cfg.secret, Role::Dialer, &tr, version, &tag) {
+        let secret = if in_session {
+            // Noise authenticated the session, and the hello inside it.
+            Some(&self.cfg.secret)
+        } else {
+            self.cfg
+                .secrets
+                .iter()
+                .find(|s| auth::verify_for(s, Role::Dialer, &tr, version, &tag))
+        };
+        let Some(secret) = secret else {
             return c.refuse(
                 "authentication failed",
                 format!("peer claiming to be {node_id} failed authentication: different secret?"),
             );
-        }
+        };
+        let secret = secret.clone();
         let (resume_after, snapshot) = match (
             self.journal.received_upto(&node_id),
             self.journal.snapshot_progress(&node_id),
@@ -258,7 +315,12 @@ impl Net {
             ),
             (Err(e), _) | (_, Err(e)) => return Verdict::Close(format!("journal: {e}")),
         };
-        let reply = auth::tag_for(&self.cfg.secret, Role::Acceptor, &tr, chosen);
+        // (A session's welcome needs no tag: it travels sealed.)
+        let reply = if in_session {
+            [0; 32]
+        } else {
+            auth::tag_for(&secret, Role::Acceptor, &tr, chosen)
+        };
         c.remote_id = node_id.clone();
         c.authenticated();
         c.version = chosen;

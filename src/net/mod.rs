@@ -33,6 +33,7 @@ mod inbound;
 mod incarnation;
 mod members;
 mod outbound;
+mod session;
 mod snapshot;
 mod trim;
 
@@ -125,6 +126,10 @@ pub struct Net {
     run: u64,
     /// The incarnation changed: every connection starts again.
     reconnect_all: bool,
+    /// The pre-shared keys of the secrets accepted; the first dials.
+    psks: Vec<[u8; 32]>,
+    /// Decrypted chunks pass through it (reused).
+    scratch: Vec<u8>,
     /// When the last peer check started, and the last check's number.
     last_check: Instant,
     next_check: u64,
@@ -169,6 +174,11 @@ impl Net {
                 })
                 .collect();
         }
+        let psks = cfg
+            .secrets
+            .iter()
+            .map(|s| crate::wire::session::psk(s))
+            .collect();
         let net = Net {
             cfg,
             status,
@@ -200,6 +210,8 @@ impl Net {
             last_check: now,
             next_check: 0,
             skew_hold: HashMap::new(),
+            psks,
+            scratch: Vec::new(),
         };
         Ok((net, waker))
     }
@@ -311,12 +323,22 @@ impl Net {
                     let nonce_a = auth::fresh_nonce();
                     let mut c = Conn::new(sock, Side::Accept, Phase::AwaitHello { nonce_a });
                     c.addr = Some(addr);
-                    c.send(&Frame::Challenge {
+                    // The challenge states the oldest version this node
+                    // speaks: v4 (sessions only) unless clear peers are
+                    // served.
+                    let challenge = Frame::Challenge {
                         magic: MAGIC,
-                        version: VERSION,
+                        version: if self.cfg.accept_clear_peers {
+                            VERSION
+                        } else {
+                            crate::wire::session::SESSION_VERSION
+                        },
                         node_id: self.cfg.node_id.clone(),
                         nonce: nonce_a,
-                    });
+                    };
+                    c.send(&challenge);
+                    c.challenge = Some(challenge);
+                    c.crypto = conn::Crypto::Undecided;
                     log::debug(format_args!("accepted connection from {addr}"));
                     self.conns.insert(t, c);
                     self.flush(t);
@@ -510,8 +532,9 @@ impl Net {
                     Ok(n) => {
                         c.last_rx = Instant::now();
                         c.got_bytes = true;
-                        c.reader.extend(&buf[..n]);
-                        if let Verdict::Close(_) | Verdict::Refused(_) = self.drain_frames(t) {
+                        if let Verdict::Close(_) | Verdict::Refused(_) =
+                            self.take_bytes(t, &buf[..n])
+                        {
                             return;
                         }
                     }
@@ -558,6 +581,7 @@ impl Net {
             return;
         };
         let _ = deregister(self.poll.registry(), &mut c.sock);
+        let why = self.session_refused(&c, why);
         let (reason, refused) = match why {
             Verdict::Close(r) => (r, false),
             Verdict::Refused(r) => (r, true),

@@ -27,6 +27,7 @@
 
 pub mod auth;
 pub mod frame;
+pub mod session;
 pub mod version;
 
 pub use frame::{

@@ -31,7 +31,11 @@ pub const OLDEST: u16 = 1;
 /// - v3: `CheckDigest`, `CheckVersions`, `CheckRows` (the peer check:
 ///   state digests compared, differing ranges compared key by key, the
 ///   versions one side lacks or holds older sent to it).
-pub const NEWEST: u16 = 3;
+/// - v4: encrypted, authenticated sessions (`wire::session`): after the
+///   acceptor's clear `Challenge`, every byte is a Noise message. No new
+///   frame; a v4 acceptor that serves no clear peer states v4 in its
+///   challenge, which older dialers refuse.
+pub const NEWEST: u16 = 4;
 
 /// The version for a connection whose dialer speaks up to `their_newest`,
 /// or why there is none.
@@ -131,8 +135,9 @@ mod tests {
         assert_eq!(negotiate(1), Ok(1));
         assert_eq!(negotiate(2), Ok(2));
         assert_eq!(negotiate(3), Ok(3));
+        assert_eq!(negotiate(4), Ok(4));
         assert_eq!(negotiate(9), Ok(NEWEST));
-        assert!(negotiate(0).unwrap_err().contains("v1 to v3"));
+        assert!(negotiate(0).unwrap_err().contains("v1 to v4"));
     }
 
     #[test]
