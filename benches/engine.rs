@@ -3,6 +3,8 @@
 //! 1,000 records (a burst is published, then awaited as durable, as a
 //! worker with durability "journal" would). Prints records/s journaled
 //! and delivered, median and min–max over 3 runs.
+//! Last, CPU per record with encrypted sessions and without (the cost of
+//! protocol v4's encryption), in the same run.
 //! Run: cargo bench --bench engine
 
 mod engines;
@@ -16,11 +18,16 @@ use sersync::engine::Engine;
 use sersync::queue::Shared;
 use sersync::record::{Contact, Op, RecordRef};
 
-fn run(burst: usize, total: usize) -> (f64, f64, f64) {
+fn run(burst: usize, total: usize, sessions: bool) -> (f64, f64, f64) {
     let (p1, p2) = (free_port(), free_port());
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let cfg =
-        |id: &str, me: u16, peer: u16, dir: &std::path::Path| config(id, me, &[peer], dir, |_| {});
+    // Without sessions: both ends serve clear peers and the dialer opens
+    // none (a switch for this comparison only, not a modparam).
+    let cfg = |id: &str, me: u16, peer: u16, dir: &std::path::Path| {
+        let mut c = config(id, me, &[peer], dir, |r| r.accept_clear_peers = !sessions);
+        c.sessions = sessions;
+        c
+    };
     let q1 = Arc::new(Shared::create(1 << 15).unwrap());
     let delivered = Arc::new(AtomicU64::new(0));
     let e1 = Engine::start(
@@ -110,7 +117,7 @@ fn main() {
         if only.is_some_and(|b| b != burst) {
             continue;
         }
-        let runs: Vec<(f64, f64, f64)> = (0..3).map(|_| run(burst, total)).collect();
+        let runs: Vec<(f64, f64, f64)> = (0..3).map(|_| run(burst, total, true)).collect();
         let (jm, jl, jh) = stats(runs.iter().map(|r| r.0).collect());
         let (dm, dl, dh) = stats(runs.iter().map(|r| r.1).collect());
         let (cm, cl, ch) = stats(runs.iter().map(|r| r.2).collect());
@@ -119,4 +126,18 @@ fn main() {
             jm, jl, jh, dm, dl, dh, cm, cl, ch
         );
     }
+    // What encrypted sessions cost: CPU per record with and without, in
+    // this same run, interleaved (1000-record bursts).
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        on.push(run(1000, 200_000, true).2);
+        off.push(run(1000, 200_000, false).2);
+    }
+    let (on_m, on_l, on_h) = stats(on);
+    let (off_m, off_l, off_h) = stats(off);
+    println!(
+        "sessions: CPU µs/record {on_m:.2} ({on_l:.2}–{on_h:.2}) encrypted, \
+         {off_m:.2} ({off_l:.2}–{off_h:.2}) clear: +{:.1} %",
+        (on_m / off_m - 1.0) * 100.0
+    );
 }

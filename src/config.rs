@@ -30,6 +30,10 @@ pub struct Config {
     /// sessions) in clear, and fall back to clear with them: temporary,
     /// for an upgrade from an earlier release (off by default).
     pub accept_clear_peers: bool,
+    /// Open encrypted sessions when dialing a peer that also speaks clear
+    /// (always true from the modparams). False only in benches, with
+    /// `accept_clear_peers` on both ends, to measure what sessions cost.
+    pub sessions: bool,
     pub journal: PathBuf,
     /// SER's RPC door (jsonrpcs FIFO or datagram socket); None in engine
     /// tests, where an in-process applier stands in for SER.
@@ -368,6 +372,7 @@ impl RawConfig {
             secret: self.secret.clone(),
             secrets,
             accept_clear_peers: self.accept_clear_peers,
+            sessions: true,
             journal: PathBuf::from(&self.journal),
             door,
             fifo_reply_dir,

@@ -32,7 +32,9 @@ fn template() -> PathBuf {
     let t = t
         .replace(
             listen,
-            &format!("{listen}# the alias API for web applications\nlisten=tcp:@IP@:{ALIAS_PORT}\n"),
+            &format!(
+                "{listen}# the alias API for web applications\nlisten=tcp:@IP@:{ALIAS_PORT}\n"
+            ),
         )
         .replace(
             route,
@@ -119,8 +121,15 @@ fn the_alias_port_serves_alias_rpcs_only() {
     );
     let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!((code, &v["result"]), (200, &json!(1)), "alias_add: {body}");
-    let (code, body) = post(&n1.ip, ALIAS_PORT, &rpc_body("sersync.alias_list", json!([])));
-    assert!(code == 200 && body.contains("sales@example.com"), "{code} {body}");
+    let (code, body) = post(
+        &n1.ip,
+        ALIAS_PORT,
+        &rpc_body("sersync.alias_list", json!([])),
+    );
+    assert!(
+        code == 200 && body.contains("sales@example.com"),
+        "{code} {body}"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while !n2
         .rpc("sersync.alias_list", json!([]))
@@ -147,10 +156,7 @@ fn the_alias_port_serves_alias_rpcs_only() {
         (rpc_body("system.listMethods", json!([])), "listing methods"),
         (rpc_body("Sersync.Alias_add", json!([])), "another case"),
         (rpc_body("sersync.alias_", json!([])), "the bare prefix"),
-        (
-            rpc_body("sersync.alias_addx", json!([])),
-            "a longer name",
-        ),
+        (rpc_body("sersync.alias_addx", json!([])), "a longer name"),
         (
             r#"{"jsonrpc":"2.0","method":"sersync.alias_list","METHOD":"core.kill","id":1}"#
                 .to_string(),
@@ -165,10 +171,7 @@ fn the_alias_port_serves_alias_rpcs_only() {
             r#"{"jsonrpc":"2.0","method":"core\u002ekill","id":1}"#.to_string(),
             "an escaped name",
         ),
-        (
-            format!("[{}]", rpc_body("core.kill", json!([]))),
-            "a batch",
-        ),
+        (format!("[{}]", rpc_body("core.kill", json!([]))), "a batch"),
         ("core.kill".to_string(), "not JSON"),
         (
             r#"{"jsonrpc":"2.0","method":["core.kill"],"id":1}"#.to_string(),
@@ -198,9 +201,15 @@ fn the_alias_port_serves_alias_rpcs_only() {
     );
     assert!(n1.is_running() && n2.is_running());
     let logged = count_log(n1, &["alias HTTP API"]);
-    assert!(logged >= refused.len(), "{logged} log lines for {} refusals", refused.len());
+    assert!(
+        logged >= refused.len(),
+        "{logged} log lines for {} refusals",
+        refused.len()
+    );
     // The same node, over the test's JSON-RPC door on 8080 (jsonrpc_dispatch
     // for every method): the refusals above are the alias port's doing.
-    let v = n1.http_rpc("sersync.status", json!([])).expect("status on 8080");
+    let v = n1
+        .http_rpc("sersync.status", json!([]))
+        .expect("status on 8080");
     assert!(v["node_id"] == "n1", "{v}");
 }

@@ -151,7 +151,12 @@ fn garbage_rpc_parameters_get_clear_errors_and_change_nothing() {
     let tk = tk.as_str();
     let cases: Vec<(&str, Value, i64, &str)> = vec![
         ("sersync.apply", json!([]), 403, "wrong or missing token"),
-        ("sersync.apply", json!([good]), 403, "wrong or missing token"),
+        (
+            "sersync.apply",
+            json!([good]),
+            403,
+            "wrong or missing token",
+        ),
         (
             "sersync.apply",
             json!(["0".repeat(64), good]),
@@ -250,7 +255,12 @@ fn garbage_rpc_parameters_get_clear_errors_and_change_nothing() {
             400,
             "Malformed payload",
         ),
-        ("sersync.apply", json!([tk, binary]), 400, "Malformed payload"),
+        (
+            "sersync.apply",
+            json!([tk, binary]),
+            400,
+            "Malformed payload",
+        ),
         (
             "sersync.quarantine",
             json!(["x"]),
@@ -364,7 +374,12 @@ fn garbage_rpc_parameters_get_clear_errors_and_change_nothing() {
             422,
             "Record 0 refused: invalid field: alias table",
         ),
-        ("sersync.apply", json!([tk, {"payload": good}]), 400, "string"),
+        (
+            "sersync.apply",
+            json!([tk, {"payload": good}]),
+            400,
+            "string",
+        ),
         // alias calls (more in tests/e2e_aliases.rs)
         (
             "sersync.alias_add",
@@ -488,10 +503,7 @@ fn garbage_rpc_parameters_get_clear_errors_and_change_nothing() {
         (&["sersync.status", "x"][..], "takes no parameters"),
         (&["sersync.peers", "1", "2"][..], "takes no parameters"),
         (&["sersync.forget"][..], "Expected one string parameter"),
-        (
-            &["sersync.apply", "%%%"][..],
-            "wrong or missing token",
-        ),
+        (&["sersync.apply", "%%%"][..], "wrong or missing token"),
         (
             &["sersync.alias_list", "a", "b"][..],
             "at most one parameter",

@@ -472,11 +472,11 @@ fn floor(
             return Err(format!("{k0} contacts in usrloc before the floor run"));
         }
         let mut door = ApplyDoor::new(
-        &node.dir.join("rpc.sock"),
-        &node.dir,
-        &node.dir,
-        &node.apply_token(),
-    );
+            &node.dir.join("rpc.sock"),
+            &node.dir,
+            &node.dir,
+            &node.apply_token(),
+        );
         let t0 = Instant::now();
         for chunk in records.chunks(APPLIER_BATCH) {
             // as the applier: a "not yet" (503) or a busy door is retried

@@ -21,9 +21,8 @@ use crate::abi::{
 
 use self::apply::sersync_apply_decode;
 use self::engine::{
-    sersync_apply_token_check, sersync_apply_token_write, sersync_config_check,
-    sersync_engine_run, sersync_forget, sersync_quarantine_ctl,
-    sersync_status_read,
+    sersync_apply_token_check, sersync_apply_token_write, sersync_config_check, sersync_engine_run,
+    sersync_forget, sersync_quarantine_ctl, sersync_status_read,
 };
 use self::log::sersync_set_logger;
 use self::queue::{

@@ -49,8 +49,9 @@ impl Net {
         // speaks an older one. Sessions (v4) whenever the challenge says
         // the peer speaks nothing older, or this node may not fall back.
         let session = version >= SESSION_VERSION
-            || self.peers[peer].hello_version >= SESSION_VERSION
-            || !self.cfg.accept_clear_peers;
+            || (self.cfg.sessions
+                && (self.peers[peer].hello_version >= SESSION_VERSION
+                    || !self.cfg.accept_clear_peers));
         if session {
             let listen = format!("tcp:{}", self.cfg.listen);
             let hello = Frame::Hello {
