@@ -58,6 +58,9 @@ const RECORD_TRIES: u32 = 8;
 /// How often the quarantine is pruned of what newer versions overtook
 /// and shown in the status.
 const QUARANTINE_REFRESH: Duration = Duration::from_secs(2);
+
+/// How often a large inbox is counted for `apply_pending`.
+const PENDING_COUNT: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub struct Applier {
@@ -85,6 +88,7 @@ impl Applier {
         let mut failing: Option<(i64, u32)> = None;
         let mut causes = quarantine::CauseLog::default();
         let mut next_refresh = Instant::now();
+        let mut next_count = Instant::now();
         while !stop.load(Ordering::Acquire) {
             if Instant::now() >= next_refresh {
                 quarantine::refresh(&mut self.journal, &self.status);
@@ -98,10 +102,21 @@ impl Applier {
                     continue;
                 }
             };
-            self.status.counters.apply_pending.store(
-                self.journal.inbox_len().unwrap_or(staged.len() as u64),
-                Ordering::Relaxed,
-            );
+            // An empty inbox is 0 at once; otherwise it is counted at most
+            // every PENDING_COUNT (a count(*) per pass is quadratic in a
+            // large catch-up).
+            if last_read.is_none() {
+                self.status
+                    .counters
+                    .apply_pending
+                    .store(0, Ordering::Relaxed);
+            } else if Instant::now() >= next_count {
+                self.status.counters.apply_pending.store(
+                    self.journal.inbox_len().unwrap_or(staged.len() as u64),
+                    Ordering::Relaxed,
+                );
+                next_count = Instant::now() + PENDING_COUNT;
+            }
             let Some(last_id) = last_read else {
                 if let (Some(p), Some(ser)) = (&mut self.proof, self.primary.ser_view()) {
                     p.tick(&mut self.journal, ser);
