@@ -93,28 +93,12 @@ fn snap_rows(rows: Vec<(u64, String, Record)>) -> Vec<SnapRow> {
 impl Journal {
     /// Keys of the aliases of `table` that the state holds as present.
     pub fn live_alias_keys(&self, table: &[u8]) -> Result<Vec<Vec<u8>>, JournalError> {
-        let lo = crate::record::alias_table_prefix(table);
-        let mut hi = lo.clone();
-        hi.push(0xff);
-        self.run(|c| {
-            let mut stmt =
-                c.prepare_cached("SELECT key, body FROM state WHERE key > ?1 AND key < ?2")?;
-            let rows = stmt.query_map(params![lo, hi], |r| {
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (key, body) = row?;
-                if let Ok(Record::Alias {
-                    op: crate::record::Op::Upsert,
-                    ..
-                }) = codec::decode::<Record>(&body)
-                {
-                    out.push(key);
-                }
-            }
-            Ok(out)
-        })
+        Ok(self
+            .alias_versions(table)?
+            .into_iter()
+            .filter(|r| !r.record.is_delete())
+            .map(|r| r.record.key())
+            .collect())
     }
 
     /// Every version of an alias of `table` the state holds, present or
