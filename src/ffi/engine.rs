@@ -180,11 +180,51 @@ pub unsafe extern "C" fn sersync_engine_run(
         if std::env::var_os("SERSYNC_DEBUG").is_some() {
             log::set_max_level(log::DBG);
         }
-        match Engine::supervise(cfg, shared) {
+        match off_signals(move || Engine::supervise(cfg, shared)) {
             Ok(()) => sersync_rc::SERSYNC_OK,
             Err(e) => (&e).into(),
         }
     })
+}
+
+/// Runs `f` on a thread of its own whose signal mask (inherited by every
+/// engine thread it starts) blocks the signals SER's handlers take, and
+/// waits for it. Kamailio's handler for SIGTERM logs and calls exit(): run
+/// on an engine thread that holds the logging or stdio lock it would
+/// deadlock on itself and the process would ignore the stop. So the
+/// signals reach only the calling thread, which holds no lock while it
+/// waits here.
+fn off_signals<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset;
+    // pthread_sigmask changes only this thread's mask.
+    let old = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+            libc::SIGCHLD,
+            libc::SIGALRM,
+        ] {
+            libc::sigaddset(&mut set, s);
+        }
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        old
+    };
+    let spawned = std::thread::Builder::new()
+        .name("sersync-engine".into())
+        .spawn(f);
+    // SAFETY: restores this thread's mask as it was.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    match spawned {
+        Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        Err(e) => panic!("cannot start the engine's thread: {e}"),
+    }
 }
 
 /// # Safety
