@@ -54,7 +54,11 @@ impl Engine {
         // Past every version journaled, and every stamp issued or accepted
         // before (the high-water mark outlives trimmed and purged rows):
         // a change made now is newer, the clock never goes back.
-        shared.observe(ingest_journal.max_stamp()?.max(ingest_journal.clock_high()?));
+        shared.observe(
+            ingest_journal
+                .max_stamp()?
+                .max(ingest_journal.clock_high()?),
+        );
         let apply_token = shared.apply_token().to_string();
 
         let stop = Arc::new(AtomicBool::new(false));

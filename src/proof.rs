@@ -754,7 +754,10 @@ impl Proof {
         let Record::Contact { contact: c, .. } = rec else {
             return 0;
         };
-        match self.shared.version_held(self.shared.order_key(&c.domain, &c.aor, &c.contact)) {
+        match self
+            .shared
+            .version_held(self.shared.order_key(&c.domain, &c.aor, &c.contact))
+        {
             VersionHeld::Known(h) => h,
             VersionHeld::AtMost(_) => ((c.last_modified.max(0) as u64) * 1000) << 16,
         }

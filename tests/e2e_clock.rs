@@ -109,9 +109,11 @@ fn a_node_whose_clock_is_ahead_is_refused_beyond_the_bound_and_caught_up_after()
     // Node 1's registrations still reach node 2 (its clock is behind
     // node 2's, which is no skew ahead).
     sipp_register(c.node(1), &[Reg::new("from-one", 3600)], 10, "from-one");
-    wait_for("node 1's registration at node 2", Duration::from_secs(15), || {
-        has(c.node(2), "from-one")
-    });
+    wait_for(
+        "node 1's registration at node 2",
+        Duration::from_secs(15),
+        || has(c.node(2), "from-one"),
+    );
     let stamp_ahead = c
         .node(2)
         .journal_int("SELECT max(hlc) FROM log")
@@ -130,7 +132,10 @@ fn a_node_whose_clock_is_ahead_is_refused_beyond_the_bound_and_caught_up_after()
         .node(2)
         .journal_int("SELECT max(hlc) FROM log")
         .expect("node 2's journal");
-    assert!(after > stamp_ahead, "stamp went back: {after:#x} <= {stamp_ahead:#x}");
+    assert!(
+        after > stamp_ahead,
+        "stamp went back: {after:#x} <= {stamp_ahead:#x}"
+    );
     let refused = num(&c.node(1).status(), "clock_refused");
     eprintln!("e2e: node 1 refused {refused} batches in this run");
 }

@@ -52,7 +52,10 @@ fn get_statistics(node: &Node) -> BTreeMap<String, u64> {
         .rpc("stats.get_statistics", json!(["sersync:"]))
         .unwrap_or_else(|e| panic!("stats.get_statistics: {e}"));
     let lines: Vec<String> = match &v {
-        Value::Array(a) => a.iter().filter_map(|l| l.as_str().map(String::from)).collect(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|l| l.as_str().map(String::from))
+            .collect(),
         Value::String(s) => s.lines().map(String::from).collect(),
         other => panic!("stats.get_statistics replied {other}"),
     };
@@ -62,8 +65,14 @@ fn get_statistics(node: &Node) -> BTreeMap<String, u64> {
             let (k, val) = l
                 .split_once('=')
                 .unwrap_or_else(|| panic!("stats line {l:?}"));
-            let k = k.trim().strip_prefix("sersync:").unwrap_or_else(|| panic!("{l:?}"));
-            (k.to_string(), val.trim().parse().unwrap_or_else(|_| panic!("{l:?}")))
+            let k = k
+                .trim()
+                .strip_prefix("sersync:")
+                .unwrap_or_else(|| panic!("{l:?}"));
+            (
+                k.to_string(),
+                val.trim().parse().unwrap_or_else(|_| panic!("{l:?}")),
+            )
         })
         .collect()
 }
@@ -81,7 +90,10 @@ fn fetch(node: &Node) -> BTreeMap<String, u64> {
     m.iter()
         .filter_map(|(k, val)| {
             let k = k.strip_prefix("sersync.")?;
-            Some((k.to_string(), number(val).unwrap_or_else(|| panic!("{k}: {val}"))))
+            Some((
+                k.to_string(),
+                number(val).unwrap_or_else(|| panic!("{k}: {val}")),
+            ))
         })
         .collect()
 }
@@ -105,7 +117,12 @@ fn statistics_list_what_sersync_status_reports() {
     let (n1, n2) = (c.node(1), c.node(2));
     let regs: Vec<Reg> = (0..50).map(|i| Reg::new(format!("st{i}"), 3600)).collect();
     sipp_register(n1, &regs, 200, "register");
-    wait_converged(&c.all(), Duration::from_secs(30), "registered", expect_contacts(50));
+    wait_converged(
+        &c.all(),
+        Duration::from_secs(30),
+        "registered",
+        expect_contacts(50),
+    );
     // Settled: nothing moves between the reads below.
     assert!(wait_until(Duration::from_secs(10), || {
         let st = n2.status();
@@ -121,8 +138,18 @@ fn statistics_list_what_sersync_status_reports() {
         assert_eq!(names, want, "{}: the group's statistics", node.name());
         for name in NAMES {
             let s = status_value(&st, name);
-            assert_eq!(stats[*name], s, "{}: {name} (get_statistics vs status)", node.name());
-            assert_eq!(fetched[*name], s, "{}: {name} (fetch vs status)", node.name());
+            assert_eq!(
+                stats[*name],
+                s,
+                "{}: {name} (get_statistics vs status)",
+                node.name()
+            );
+            assert_eq!(
+                fetched[*name],
+                s,
+                "{}: {name} (fetch vs status)",
+                node.name()
+            );
         }
         assert_eq!(stats[what], 50, "{}: {what}", node.name());
         assert_eq!(stats["peers_up"], 1, "{}: peers_up", node.name());

@@ -169,7 +169,9 @@ fn a_clock_ahead_of_the_bound_is_refused_until_back_within_it_others_flow() {
     let st2 = n2.engine.status();
     assert!(
         st2.clock_last_reason.contains("from n1")
-            && st2.clock_last_reason.contains("ms ahead of this node's clock"),
+            && st2
+                .clock_last_reason
+                .contains("ms ahead of this node's clock"),
         "{st2:?}"
     );
     assert!(!n2.applied.has("ahead"), "staged while out of bound");
@@ -192,9 +194,11 @@ fn a_clock_ahead_of_the_bound_is_refused_until_back_within_it_others_flow() {
     assert!(!n2.applied.has("ahead"), "{took:?}");
     // Once n2's clock has caught up (the stamp is 3 s ahead, the bound
     // 1 s: after about 2 s), n1's resend goes through.
-    let took = wait("the resend within the bound", Duration::from_secs(15), || {
-        n2.applied.has("ahead")
-    });
+    let took = wait(
+        "the resend within the bound",
+        Duration::from_secs(15),
+        || n2.applied.has("ahead"),
+    );
     eprintln!("refused change arrived {took:?} after the other origin's");
 }
 
@@ -211,13 +215,18 @@ fn far_future_and_invalid_stamps_never_enter_nor_move_the_clock() {
     n1.shared.observe(1 << 63);
     n1.register("invalid");
     n3.register("fine");
-    wait("n3's change", Duration::from_secs(10), || n2.applied.has("fine"));
+    wait("n3's change", Duration::from_secs(10), || {
+        n2.applied.has("fine")
+    });
     std::thread::sleep(Duration::from_secs(2));
     assert!(!n2.applied.has("future") && !n2.applied.has("invalid"));
     // n2's clock was not dragged along: its next stamp is about now.
     let next = n2.shared.stamp();
     let ahead = hlc::millis(next).saturating_sub(hlc::wall_ms());
-    assert!(next >> 63 == 0 && ahead < 1000, "n2's clock moved: {next:#x}");
+    assert!(
+        next >> 63 == 0 && ahead < 1000,
+        "n2's clock moved: {next:#x}"
+    );
     let st = n2.engine.status();
     assert!(
         st.clock_last_reason.contains("ms ahead") || st.clock_last_reason.contains("2^63"),
@@ -268,7 +277,11 @@ fn the_clock_high_water_mark_outlives_the_state() {
         j.raise_clock_high(high).unwrap();
         j.raise_clock_high(high - 1).unwrap();
         j.raise_clock_high(1 << 63).unwrap();
-        assert_eq!(j.clock_high().unwrap(), high, "never lowered, 2^63 not kept");
+        assert_eq!(
+            j.clock_high().unwrap(),
+            high,
+            "never lowered, 2^63 not kept"
+        );
     }
     let shared = Arc::new(Shared::create(1024).unwrap());
     let n = Node::start_in(dir, shared, "n1", free_port(), &[], Duration::from_secs(5));

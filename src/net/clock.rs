@@ -75,7 +75,8 @@ impl Net {
             "{SKEW_REASON}change {seq} from {origin} {why}: batch refused, the origin resends it"
         );
         self.clock_refused(&reason);
-        self.skew_hold.insert(origin.to_string(), (first, reason.clone()));
+        self.skew_hold
+            .insert(origin.to_string(), (first, reason.clone()));
         Some(reason)
     }
 

@@ -124,7 +124,11 @@ impl Net {
         upto: u64,
         reason: String,
     ) -> Verdict {
-        let id = self.conns.get(&t).map(|c| c.remote_id.clone()).unwrap_or_default();
+        let id = self
+            .conns
+            .get(&t)
+            .map(|c| c.remote_id.clone())
+            .unwrap_or_default();
         self.note_refused_by_peer(&id, &reason);
         let c = self.conns.get_mut(&t).expect("caller checked");
         log::warn(format_args!(
