@@ -11,4 +11,4 @@ apt-get install -y -q --no-install-recommends \
 	kamailio kamailio-sqlite-modules kamailio-extra-modules \
 	sip-tester sqlite3 libsqlite3-dev libclang-dev clang \
 	dpkg-dev bison flex pkg-config make gcc curl ca-certificates jq nftables \
-	faketime
+	faketime gdb

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::config::{create_db_with, node_config_with, ClusterOptions};
-use super::processes::{reap_group, signal_group, tail, unix_now, wait_until, ParentDeath};
+use super::processes::{
+    describe_group, reap_group, signal_group, tail, unix_now, wait_until, ParentDeath,
+};
 use super::ser_root::SerRoot;
 
 pub const KAMAILIO: &str = "/usr/sbin/kamailio";
@@ -207,8 +209,10 @@ impl Node {
                 Ok(None) if Instant::now() < deadline => sleep(Duration::from_millis(50)),
                 _ => {
                     problem = Some(format!(
-                        "{} ignored SIGTERM for {grace:?}: killed",
-                        self.name()
+                        "{} ignored SIGTERM for {grace:?}: killed; what its processes \
+                         were doing:\n{}",
+                        self.name(),
+                        describe_group(pid)
                     ));
                     signal_group(pid, libc::SIGKILL);
                     let _ = child.wait();
@@ -226,7 +230,7 @@ impl Node {
         }
         match problem {
             None => Ok(()),
-            Some(p) => Err(format!("{p}; log tail:\n{}", self.log_tail(15))),
+            Some(p) => Err(format!("{p}; log tail:\n{}", self.log_tail(30))),
         }
     }
 

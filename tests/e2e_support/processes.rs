@@ -179,3 +179,74 @@ impl Drop for Stopped {
         unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
     }
 }
+
+/// What the processes of group `pgid` are doing, for a shutdown that
+/// hangs: each member's state and kernel wait channel, per thread, and
+/// (where gdb is installed) the user-space stacks of every thread, so a
+/// rare hang leaves evidence in the failure message instead of a guess.
+pub(super) fn describe_group(pgid: u32) -> String {
+    let mut out = String::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ...: comm may hold spaces, split after ')'
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) != Some(pgid) {
+            continue;
+        }
+        let comm = &stat[stat.find('(').map_or(0, |i| i + 1)..close];
+        out.push_str(&format!(
+            "process {pid} ({comm}) state {} ppid {}\n",
+            fields.first().unwrap_or(&"?"),
+            fields.get(1).unwrap_or(&"?")
+        ));
+        if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+            for task in tasks.flatten() {
+                let tid = task.file_name().to_string_lossy().to_string();
+                let base = format!("/proc/{pid}/task/{tid}");
+                let read = |f: &str| fs::read_to_string(format!("{base}/{f}")).unwrap_or_default();
+                let tstat = read("stat");
+                let state = tstat
+                    .rfind(')')
+                    .and_then(|i| tstat[i + 1..].split_whitespace().next().map(str::to_string))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "  thread {tid} ({}) state {state} wchan {} syscall {}\n",
+                    read("comm").trim(),
+                    read("wchan").trim(),
+                    read("syscall").trim()
+                ));
+                for line in read("stack").lines().take(12) {
+                    out.push_str(&format!("    {line}\n"));
+                }
+            }
+        }
+        let gdb = Command::new("timeout")
+            .args(["20", "gdb", "-p", &pid.to_string(), "-batch", "-nx"])
+            .args(["-ex", "set pagination off", "-ex", "thread apply all bt 25"])
+            .output();
+        if let Ok(o) = gdb {
+            for line in String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with('#') || l.starts_with("Thread"))
+            {
+                out.push_str(&format!("    {line}\n"));
+            }
+        }
+    }
+    out
+}
