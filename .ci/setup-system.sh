@@ -6,9 +6,22 @@ src=/etc/apt/sources.list.d/debian.sources
 if [ -f "$src" ] && ! grep -q '^Types:.*deb-src' "$src"; then
 	sed -i 's/^Types: deb$/Types: deb deb-src/' "$src"
 fi
+# an older one-line sources.list: a deb-src line beside each deb line
+list=/etc/apt/sources.list
+if [ -f "$list" ] && grep -q '^deb ' "$list" && ! grep -q '^deb-src ' "$list"; then
+	sed -n 's/^deb /deb-src /p' "$list" >>"$list"
+fi
 apt-get update -q
 apt-get install -y -q --no-install-recommends \
 	kamailio kamailio-sqlite-modules kamailio-extra-modules \
 	sip-tester sqlite3 libsqlite3-dev libclang-dev clang \
 	dpkg-dev bison flex pkg-config make gcc curl ca-certificates jq nftables \
 	faketime gdb
+# A machine without Rust gets Debian's own toolchain: bookworm's rustc-web
+# and cargo-web (1.96, kept current by Debian's security archive for the
+# browsers; the crate needs 1.85, bookworm's plain rustc is 1.63). They
+# install /usr/bin/cargo and /usr/bin/rustc. A rustup toolchain, where there
+# is one, is left as it is.
+if ! command -v cargo >/dev/null; then
+	apt-get install -y -q --no-install-recommends rustc-web cargo-web
+fi
