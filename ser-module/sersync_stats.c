@@ -69,6 +69,8 @@ SERSYNC_STAT(peer_checks)
 SERSYNC_STAT(peer_check_divergences)
 SERSYNC_STAT(peer_check_repaired)
 SERSYNC_STAT(alias_scans)
+SERSYNC_STAT(clock_refused)
+SERSYNC_STAT(clock_refused_by_peers)
 
 /* peers connected now (per peer: sersync.peers) */
 static counter_val_t sersync_stat_peers_up(void)
@@ -114,6 +116,8 @@ static stat_export_t sersync_stats[] = {
 	SERSYNC_STAT_ROW(peer_check_divergences),
 	SERSYNC_STAT_ROW(peer_check_repaired),
 	SERSYNC_STAT_ROW(alias_scans),
+	SERSYNC_STAT_ROW(clock_refused),
+	SERSYNC_STAT_ROW(clock_refused_by_peers),
 	SERSYNC_STAT_ROW(peers),
 	SERSYNC_STAT_ROW(peers_up),
 	{0, 0, 0}

@@ -38,6 +38,8 @@ const NAMES: &[&str] = &[
     "peer_check_divergences",
     "peer_check_repaired",
     "alias_scans",
+    "clock_refused",
+    "clock_refused_by_peers",
     "peers",
     "peers_up",
 ];
