@@ -16,7 +16,18 @@ apt-get install -y -q --no-install-recommends \
 	kamailio kamailio-sqlite-modules kamailio-extra-modules \
 	sip-tester sqlite3 libsqlite3-dev libclang-dev clang \
 	dpkg-dev bison flex pkg-config make gcc curl ca-certificates jq nftables \
-	faketime gdb
+	faketime gdb prometheus
+# prometheus: tests/e2e_prometheus.rs starts a server of its own on
+# loopback; the package's service (started where the machine runs services)
+# is stopped and kept from starting again
+if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+	systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi
+# (without systemd: the package's init script, by its pidfile; a no-op
+# when the install started nothing, as under policy-rc.d)
+if [ -x /etc/init.d/prometheus ] && [ -f /run/prometheus/prometheus.pid ]; then
+	/etc/init.d/prometheus stop >/dev/null 2>&1 || true
+fi
 # A machine without Rust gets Debian's own toolchain: bookworm's rustc-web
 # and cargo-web (1.96, kept current by Debian's security archive for the
 # browsers; the crate needs 1.85, bookworm's plain rustc is 1.63). They

@@ -113,6 +113,9 @@ static cmd_export_t cmds[] = {
 	/* the alias RPCs only, over HTTP (sersync_alias_http.c) */
 	{"sersync_alias_http", (cmd_function)sersync_alias_http, 0, 0, 0,
 		REQUEST_ROUTE},
+	/* the Prometheus exposition, over HTTP (sersync_metrics.c) */
+	{"sersync_metrics", (cmd_function)sersync_metrics, 0, 0, 0,
+		REQUEST_ROUTE},
 	{0, 0, 0, 0, 0, 0}
 };
 
@@ -493,6 +496,8 @@ static int mod_init(void)
 	if(sersync_alias_http_init() < 0)
 		return -1;
 	if(sersync_stats_init() < 0)
+		return -1;
+	if(sersync_metrics_init() < 0)
 		return -1;
 
 	/* maps the queue and status area; starts no thread (we fork later) */

@@ -175,6 +175,11 @@ int sersync_alias_http_init(void);
 int sersync_stats_init(void);
 int sersync_alias_http(struct sip_msg *msg, char *p1, char *p2);
 
+/* sersync_metrics.c: the Prometheus exposition (script function
+ * sersync_metrics()); init binds xhttp when loaded */
+int sersync_metrics_init(void);
+int sersync_metrics(struct sip_msg *msg, char *p1, char *p2);
+
 /* sersync_sqlite.c: busy timeout for every SQLite connection of SER */
 int sersync_sqlite_init(void);
 
