@@ -294,6 +294,10 @@ struct sersync_status {
 	uint64_t clock_refused;
 	uint64_t clock_refused_by_peers;
 	char clock_last_reason[SERSYNC_ERR_MAX];
+	/* links refused because two nodes run at once under one node id (a
+	 * clone), and the latest such refusal (empty: none) */
+	uint64_t clones_refused;
+	char clone_last_reason[SERSYNC_ERR_MAX];
 };
 
 /* Registers the logger. May be called in any process, before or after

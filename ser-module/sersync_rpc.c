@@ -103,7 +103,7 @@ static const char *sersync_status_doc[2] = {
 		" quarantine_last_reason, alias_scans, alias_scan_removed,"
 		" alias_scan_refused, checks, ranges_compared, divergences,"
 		" repaired, clock_refused, clock_refused_by_peers,"
-		" clock_last_reason, and peers: one struct per member as"
+		" clock_last_reason, clones_refused, clone_last_reason, and peers: one struct per member as"
 		" sersync.peers gives it; then module_version (sersync's) and"
 		" kamailio_version (the Kamailio the module was built for).",
 		0};
@@ -213,6 +213,15 @@ static void sersync_rpc_status(rpc_t *rpc, void *ctx)
 			   (unsigned long long)st->clock_refused, "clock_refused_by_peers",
 			   (unsigned long long)st->clock_refused_by_peers,
 			   "clock_last_reason", st->clock_last_reason)
+			< 0) {
+		rpc->fault(ctx, 500, "Internal error adding status");
+		return;
+	}
+	/* two nodes running under one node id */
+	SERSYNC_TERM(st->clone_last_reason);
+	if(rpc->struct_add(th, "Js", "clones_refused",
+			   (unsigned long long)st->clones_refused, "clone_last_reason",
+			   st->clone_last_reason)
 			< 0) {
 		rpc->fault(ctx, 500, "Internal error adding status");
 		return;

@@ -107,6 +107,9 @@ pub struct Counters {
     pub clock_refused: AtomicU64,
     /// This node's batches a peer refused for the same reason.
     pub clock_refused_by_peers: AtomicU64,
+    /// Links refused: two nodes running at once under one node id
+    /// ([`crate::net`]'s identity check).
+    pub clones_refused: AtomicU64,
 }
 
 /// One quarantined change as the status lists it.
@@ -143,6 +146,8 @@ pub struct Status {
     pub quarantine: Mutex<QuarantineView>,
     /// The latest clock refusal, on either side (empty: none since start).
     pub clock_last_reason: Mutex<String>,
+    /// The latest refusal of a clone (empty: none since start).
+    pub clone_last_reason: Mutex<String>,
 }
 
 /// A plain copy for tests and logs.
@@ -176,6 +181,8 @@ pub struct Snapshot {
     pub clock_refused_by_peers: u64,
     pub clock_last_reason: String,
     pub peers: Vec<PeerStatus>,
+    pub clones_refused: u64,
+    pub clone_last_reason: String,
 }
 
 fn copy_cstr(dst: &mut [std::os::raw::c_char], src: &str) {
@@ -194,6 +201,13 @@ impl Status {
             node_id: node_id.to_string(),
             ..Default::default()
         }
+    }
+
+    pub fn set_clone_reason(&self, msg: &str) {
+        *self
+            .clone_last_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = msg.to_string();
     }
 
     pub fn set_error(&self, msg: &str) {
@@ -247,6 +261,12 @@ impl Status {
                 .filter(|p| !p.forgotten)
                 .cloned()
                 .collect(),
+            clones_refused: c.clones_refused.load(Ordering::Relaxed),
+            clone_last_reason: self
+                .clone_last_reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 
@@ -287,6 +307,8 @@ impl Status {
         st.clock_refused = snap.clock_refused;
         st.clock_refused_by_peers = snap.clock_refused_by_peers;
         copy_cstr(&mut st.clock_last_reason, &snap.clock_last_reason);
+        st.clones_refused = snap.clones_refused;
+        copy_cstr(&mut st.clone_last_reason, &snap.clone_last_reason);
         {
             let q = self.quarantine.lock().unwrap_or_else(|p| p.into_inner());
             copy_cstr(&mut st.quarantine_last_reason, &q.last_reason);

@@ -152,7 +152,7 @@ OFF(struct sersync_peer_status, snapshot_total, 376);
 OFF(struct sersync_peer_status, snapshot_received, 384);
 
 /* struct sersync_status */
-SIZE(struct sersync_status, 21656);
+SIZE(struct sersync_status, 21824);
 OFF(struct sersync_status, node_id, 0);
 OFF(struct sersync_status, last_error, 64);
 OFF(struct sersync_status, running, 224);
@@ -191,6 +191,8 @@ OFF(struct sersync_status, peer_check_ignored, 21472);
 OFF(struct sersync_status, clock_refused, 21480);
 OFF(struct sersync_status, clock_refused_by_peers, 21488);
 OFF(struct sersync_status, clock_last_reason, 21496);
+OFF(struct sersync_status, clones_refused, 21656);
+OFF(struct sersync_status, clone_last_reason, 21664);
 
 /* struct sersync_quarantined */
 SIZE(struct sersync_quarantined, 520);

@@ -96,6 +96,12 @@ pub(super) struct Conn {
     /// The challenge this connection's handshake is bound to (acceptor:
     /// the one it sent; dialer: the one received).
     pub(super) challenge: Option<Frame>,
+    /// The peer's (incarnation, run id), once its session told them
+    /// (protocol v2 on; see identity.rs).
+    pub(super) run: Option<(u64, u64)>,
+    /// Where the peer runs: the address dialed, or the one its hello
+    /// advertised.
+    pub(super) address: String,
 }
 
 /// What a handler decides about its connection.
@@ -156,6 +162,8 @@ impl Conn {
             raw: ChunkReader::default(),
             plain: Vec::new(),
             challenge: None,
+            run: None,
+            address: String::new(),
         }
     }
 

@@ -117,6 +117,10 @@ impl Net {
             (Side::Dial { .. }, _, Frame::Refuse { reason }) => {
                 Verdict::Refused(format!("peer refused: {reason}"))
             }
+            // A dialer refuses a link it finds is to a clone (identity.rs).
+            (Side::Accept, Phase::Streaming, Frame::Refuse { reason }) => {
+                Verdict::Refused(format!("peer refused: {reason}"))
+            }
             (Side::Dial { peer }, Phase::Streaming, Frame::Ack { upto }) => {
                 let peer = *peer;
                 self.on_ack(t, peer, upto)

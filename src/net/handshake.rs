@@ -159,6 +159,10 @@ impl Net {
         c.version = version;
         let remote = c.remote_id.clone();
         if let Some(s) = &session {
+            let v = self.check_identity(t, &remote, s);
+            if !matches!(v, Verdict::Continue) {
+                return v;
+            }
             let mine = self.session_for(&remote, version);
             let c = self.conns.get_mut(&t).expect("still open");
             c.send(&Frame::DialerSession { session: mine });
@@ -323,6 +327,7 @@ impl Net {
             auth::tag_for(&secret, Role::Acceptor, &tr, chosen)
         };
         c.remote_id = node_id.clone();
+        c.address = listen;
         c.authenticated();
         c.version = chosen;
         if chosen == 1 {
@@ -332,7 +337,13 @@ impl Net {
                 snapshot,
             });
         } else {
-            let session = self.session_for(&node_id, chosen);
+            let mut session = self.session_for(&node_id, chosen);
+            if self.id_in_use(&node_id) {
+                // This hello may come from another run (a clone, or a
+                // restart whose old link is still open here): the run
+                // linked here is not its past (see identity.rs).
+                (session.seen, session.seen_run) = (0, 0);
+            }
             let c = self.conns.get_mut(&t).expect("caller checked");
             c.send(&Frame::WelcomeV2 {
                 tag: reply,
@@ -341,19 +352,19 @@ impl Net {
                 session,
             });
         }
-        // A newer connection from the same node replaces an old one
-        // (the peer reconnected before we noticed the old one died).
-        let stale: Vec<Token> = self
-            .conns
-            .iter()
-            .filter(|(ot, oc)| {
-                **ot != t && matches!(oc.side, Side::Accept) && oc.remote_id == node_id
-            })
-            .map(|(ot, _)| *ot)
-            .collect();
-        for ot in stale {
-            self.close(ot, Verdict::Close("replaced by a newer connection".into()));
+        // From v2 on, the dialer's session comes next: it is taken in
+        // once its run is checked (see on_dialer_session).
+        if chosen == 1 {
+            self.admitted(t, &node_id);
         }
+        Verdict::Continue
+    }
+
+    /// An accepted link of `node_id` is up: an older one of the same run
+    /// goes, the member is dialed back and learned, and told our members.
+    fn admitted(&mut self, t: Token, node_id: &str) {
+        self.close_replaced_links(t, node_id);
+        let resume_after = self.journal.received_upto(node_id).unwrap_or(0);
         log::info(format_args!(
             "peer {node_id} connected, resuming after {resume_after}"
         ));
@@ -366,12 +377,14 @@ impl Net {
             p.backoff = BACKOFF_MIN;
             p.retry_at = Instant::now();
         }
-        self.learn(&node_id, &listen);
+        let listen = self.conns.get(&t).map(|c| c.address.clone());
+        if let Some(listen) = listen {
+            self.learn(node_id, &listen);
+        }
         let members = self.member_list();
         if let Some(c) = self.conns.get_mut(&t) {
             c.send(&Frame::Members { members });
         }
-        Verdict::Continue
     }
 
     /// The dialer's session on a v2 connection it dialed to us.
@@ -384,7 +397,12 @@ impl Net {
             ));
         }
         let remote = c.remote_id.clone();
+        let v = self.check_identity(t, &remote, &session);
+        if !matches!(v, Verdict::Continue) {
+            return v;
+        }
         self.note_session(&remote, &session);
+        self.admitted(t, &remote);
         Verdict::Continue
     }
 }

@@ -29,6 +29,7 @@ mod clock;
 mod conn;
 mod dispatch;
 mod handshake;
+mod identity;
 mod inbound;
 mod incarnation;
 mod members;
@@ -136,6 +137,8 @@ pub struct Net {
     /// Per origin: the first sequence of a batch refused for clock skew,
     /// and why; later batches are refused with it (see clock.rs).
     skew_hold: HashMap<String, (u64, String)>,
+    /// Per node id: runs replaced, runs refused as clones (identity.rs).
+    runs: HashMap<String, identity::Runs>,
 }
 
 static STAGE_ERR: RateLimit = RateLimit::new(1000);
@@ -210,6 +213,7 @@ impl Net {
             last_check: now,
             next_check: 0,
             skew_hold: HashMap::new(),
+            runs: HashMap::new(),
             psks,
             scratch: Vec::new(),
         };
@@ -452,6 +456,7 @@ impl Net {
                 }
                 let mut c = Conn::new(sock, Side::Dial { peer: idx }, Phase::Connecting);
                 c.interest_writable = true;
+                c.address = self.peers[idx].text.clone();
                 self.conns.insert(t, c);
                 self.peers[idx].conn = Some(t);
                 self.status
@@ -623,7 +628,13 @@ impl Net {
             }
             Side::Accept => {
                 let from = c.addr.map_or_else(String::new, |a| format!(" from {a}"));
-                if refused {
+                if refused && !c.remote_id.is_empty() {
+                    // A member, authenticated: its retries are paced.
+                    log::error(format_args!(
+                        "incoming link from {} at {}{from}: {reason}",
+                        c.remote_id, c.address
+                    ));
+                } else if refused {
                     if let Some(n) = INCOMING_REFUSED.allow() {
                         log::error(format_args!(
                             "refused incoming connection{from}: {reason}{}",
