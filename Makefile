@@ -27,8 +27,12 @@ CARGO ?= cargo
 KAMAILIO ?= kamailio
 
 BUILD := $(CURDIR)/build
+# LIBSSL_SET_MUTEX_SHARED=1: Debian's Kamailio is built with it (libssl
+# 1.1+); Kamailio 5.6 sets it only where libssl-dev is installed, and a
+# module built without it is refused at load ("compile flags mismatch",
+# seen on a fresh Debian 12 machine). 6.0 sets it by default.
 SER_CFG := make -C src cfg FLAVOUR=kamailio PREFIX=/usr \
-	CC_EXTRA_OPTS=-DVERSION_NODATE
+	CC_EXTRA_OPTS=-DVERSION_NODATE LIBSSL_SET_MUTEX_SHARED=1
 SERSYNC_LIB := $(CURDIR)/target/release/libsersync.a
 SERSYNC_INC := $(CURDIR)/include
 SERSYNC_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml \

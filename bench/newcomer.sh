@@ -12,8 +12,8 @@
 # --first-only runs only the first command (setup + demo). DIR (default
 # /var/tmp/sersync-newcomer) holds a pristine bookworm root, made once and
 # reused, and the run's copy of it, removed at the end unless --keep.
-# The root shares this machine's network: the demo and the tests use
-# 127.0.0.x addresses, so run it while no other sersync test runs.
+# The root shares this machine's network and /tmp: the demo and the tests
+# take the same machine lock as the host's (/tmp/sersync-e2e.lock).
 # Needs root, debootstrap, and the Debian mirror apt already uses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,6 +69,13 @@ cleanup() {
 }
 trap cleanup EXIT
 cp /etc/resolv.conf "$run/etc/resolv.conf" 2>/dev/null || true
+# this machine's own certificate authorities (a proxy between it and the
+# registries, say): installed where Debian's ca-certificates, which the
+# setup installs, takes local ones from, as on this machine
+if [ -d /usr/local/share/ca-certificates ]; then
+	mkdir -p "$run/usr/local/share/ca-certificates"
+	cp -a /usr/local/share/ca-certificates/. "$run/usr/local/share/ca-certificates/"
+fi
 # the project's committed files, as a clone has them
 mkdir -p "$run/root/sersync"
 git archive HEAD | tar -x -C "$run/root/sersync"
@@ -87,7 +94,9 @@ for c in "${cmds[@]}"; do
 	log=$dir/$(echo "$c" | tr -c 'a-z0-9' _ | cut -c1-40).log
 	t0=$(date +%s)
 	# no rustup toolchain, no cargo on the PATH: a machine without Rust
-	if bash .ci/in-root.sh "$run" env -i HOME=/root TERM=dumb \
+	# the host's /tmp: its /tmp/sersync-e2e.lock keeps the demo and the
+	# tests off the addresses another sersync cluster on this machine uses
+	if bash .ci/in-root.sh "$run" --bind /tmp env -i HOME=/root TERM=dumb \
 		PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 		bash -c "cd /root/sersync && $c" >"$log" 2>&1; then
 		result=passed
