@@ -5,7 +5,8 @@
 # of Debian's own kamailio-*-modules packages: the module in Kamailio's
 # module directory, Depends on exactly the installed kamailio package
 # version (the module loads in no other), shared library dependencies from
-# dpkg-shlibdeps, copyright, changelog and README in /usr/share/doc.
+# dpkg-shlibdeps, copyright, changelog, README and the module's reference
+# (doc/sersync.md) in /usr/share/doc.
 #
 #   mkdeb.sh MODULE CRATES OUTDIR
 #
@@ -66,6 +67,7 @@ strip --strip-unneeded --remove-section=.comment --remove-section=.note \
 } | gzip -9n >"$doc/changelog.Debian.gz"
 install -m 0644 "$here/README.Debian" "$doc/README.Debian"
 gzip -9n <"$top/README.md" >"$doc/README.md.gz"
+gzip -9n <"$top/doc/sersync.md" >"$doc/sersync.md.gz"
 chmod 0644 "$doc"/*
 
 # ${shlibs:Depends}, as dh_shlibdeps would compute it (without 5.6's
