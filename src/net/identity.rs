@@ -84,6 +84,10 @@ impl Net {
                 .insert(s.run, (here.clone(), s.incarnation, now));
             if runs.clones.len() > 1 {
                 let why = clone_reason(node_id, &runs.clones);
+                self.status
+                    .counters
+                    .clones_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 let c = self.conns.get_mut(&t).expect("checked above");
                 return c.refuse(why.clone(), why);
             }
@@ -112,10 +116,11 @@ impl Net {
             runs.replaced.retain(|r| !clones.contains_key(&r.0));
             let why = clone_reason(node_id, &runs.clones);
             log::error(format_args!("{why}"));
+            // This link and every other of the id.
             self.status
                 .counters
                 .clones_refused
-                .fetch_add(1, Ordering::Relaxed);
+                .fetch_add(1 + others.len() as u64, Ordering::Relaxed);
             self.status.set_clone_reason(&why);
             let linked: Vec<Token> = others.iter().map(|o| o.token).collect();
             for ot in linked {
