@@ -298,6 +298,11 @@ struct sersync_status {
 	 * clone), and the latest such refusal (empty: none) */
 	uint64_t clones_refused;
 	char clone_last_reason[SERSYNC_ERR_MAX];
+	/* incoming connections closed before they authenticated: refused
+	 * (bad handshake, wrong secret) or dropped (deadline, caps on
+	 * unauthenticated connections, errors); not those closed by the other
+	 * side before sending a byte (port probes) */
+	uint64_t preauth_refused;
 };
 
 /* Registers the logger. May be called in any process, before or after

@@ -154,6 +154,8 @@ static const struct sersync_metric sersync_node_metrics[] = {
 		" beyond max_clock_skew ahead of this node's clock."),
 	SERSYNC_M(clock_refused_by_peers, 1, "This node's batches peers refused"
 		" for clock skew."),
+	SERSYNC_M(preauth_refused, 1, "Incoming connections refused or dropped"
+		" before they authenticated (not port probes)."),
 	{0, 0, 0, 0}
 };
 /* clang-format on */

@@ -103,7 +103,8 @@ static const char *sersync_status_doc[2] = {
 		" quarantine_last_reason, alias_scans, alias_scan_removed,"
 		" alias_scan_refused, checks, ranges_compared, divergences,"
 		" repaired, clock_refused, clock_refused_by_peers,"
-		" clock_last_reason, clones_refused, clone_last_reason, and peers: one struct per member as"
+		" clock_last_reason, clones_refused, clone_last_reason,"
+		" preauth_refused, and peers: one struct per member as"
 		" sersync.peers gives it; then module_version (sersync's) and"
 		" kamailio_version (the Kamailio the module was built for).",
 		0};
@@ -222,6 +223,13 @@ static void sersync_rpc_status(rpc_t *rpc, void *ctx)
 	if(rpc->struct_add(th, "Js", "clones_refused",
 			   (unsigned long long)st->clones_refused, "clone_last_reason",
 			   st->clone_last_reason)
+			< 0) {
+		rpc->fault(ctx, 500, "Internal error adding status");
+		return;
+	}
+	/* incoming connections closed before they authenticated */
+	if(rpc->struct_add(th, "J", "preauth_refused",
+			   (unsigned long long)st->preauth_refused)
 			< 0) {
 		rpc->fault(ctx, 500, "Internal error adding status");
 		return;

@@ -71,6 +71,7 @@ SERSYNC_STAT(peer_check_repaired)
 SERSYNC_STAT(alias_scans)
 SERSYNC_STAT(clock_refused)
 SERSYNC_STAT(clock_refused_by_peers)
+SERSYNC_STAT(preauth_refused)
 
 /* peers connected now (per peer: sersync.peers) */
 static counter_val_t sersync_stat_peers_up(void)
@@ -118,6 +119,7 @@ static stat_export_t sersync_stats[] = {
 	SERSYNC_STAT_ROW(alias_scans),
 	SERSYNC_STAT_ROW(clock_refused),
 	SERSYNC_STAT_ROW(clock_refused_by_peers),
+	SERSYNC_STAT_ROW(preauth_refused),
 	SERSYNC_STAT_ROW(peers),
 	SERSYNC_STAT_ROW(peers_up),
 	{0, 0, 0}

@@ -110,6 +110,10 @@ pub struct Counters {
     /// Links refused: two nodes running at once under one node id
     /// ([`crate::net`]'s identity check).
     pub clones_refused: AtomicU64,
+    /// Incoming connections closed before they authenticated: refused or
+    /// dropped by this node ([`crate::net`]); port probes (closed by the
+    /// other side without a byte) are not counted.
+    pub preauth_refused: AtomicU64,
 }
 
 /// One quarantined change as the status lists it.
@@ -183,6 +187,7 @@ pub struct Snapshot {
     pub peers: Vec<PeerStatus>,
     pub clones_refused: u64,
     pub clone_last_reason: String,
+    pub preauth_refused: u64,
 }
 
 fn copy_cstr(dst: &mut [std::os::raw::c_char], src: &str) {
@@ -267,6 +272,7 @@ impl Status {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            preauth_refused: c.preauth_refused.load(Ordering::Relaxed),
         }
     }
 
@@ -309,6 +315,7 @@ impl Status {
         copy_cstr(&mut st.clock_last_reason, &snap.clock_last_reason);
         st.clones_refused = snap.clones_refused;
         copy_cstr(&mut st.clone_last_reason, &snap.clone_last_reason);
+        st.preauth_refused = snap.preauth_refused;
         {
             let q = self.quarantine.lock().unwrap_or_else(|p| p.into_inner());
             copy_cstr(&mut st.quarantine_last_reason, &q.last_reason);

@@ -152,7 +152,7 @@ OFF(struct sersync_peer_status, snapshot_total, 376);
 OFF(struct sersync_peer_status, snapshot_received, 384);
 
 /* struct sersync_status */
-SIZE(struct sersync_status, 21824);
+SIZE(struct sersync_status, 21832);
 OFF(struct sersync_status, node_id, 0);
 OFF(struct sersync_status, last_error, 64);
 OFF(struct sersync_status, running, 224);
@@ -193,6 +193,7 @@ OFF(struct sersync_status, clock_refused_by_peers, 21488);
 OFF(struct sersync_status, clock_last_reason, 21496);
 OFF(struct sersync_status, clones_refused, 21656);
 OFF(struct sersync_status, clone_last_reason, 21664);
+OFF(struct sersync_status, preauth_refused, 21824);
 
 /* struct sersync_quarantined */
 SIZE(struct sersync_quarantined, 520);

@@ -7,7 +7,9 @@
 //! node 1's view of node 2, by node 2's id (one the exposition must
 //! escape), while node 2 is down and registrations go on on node 1
 //! (pending grows, lag grows, up = 0, SersyncPeerDown pending) and after
-//! it returns (pending 0, up 1, no alert). `promtool check metrics`
+//! it returns (pending 0, up 1, no alert); a stranger's connection to
+//! node 1's sersync port counted in `sersync_preauth_refused_total` (and
+//! xhttp_prom's statistic). `promtool check metrics`
 //! accepts the exposition; `promtool check rules` and `promtool test
 //! rules` pass on contrib/prometheus.
 //!
@@ -308,6 +310,20 @@ fn prometheus_follows_a_peer_down_and_back_by_its_id() {
     prom.wait_value(&up, "n2 up, seen from n1", |v| v == 1.0);
     let r = prom.query(&up);
     assert_eq!(r[0]["metric"]["peer"], ID2, "the label's value, unescaped");
+
+    // a stranger on node 1's sersync port: counted before authentication
+    {
+        let mut s = std::net::TcpStream::connect((n1.ip.as_str(), SERSYNC_PORT))
+            .expect("connecting to n1's sersync port");
+        let _ = s.write_all(&noise(200, 7));
+        sleep(Duration::from_millis(200));
+    }
+    let preauth = format!("sersync_preauth_refused_total{{instance=\"{inst1}\"}}");
+    prom.wait_value(&preauth, "the stranger counted", |v| v == 1.0);
+    assert_eq!(n1.status().raw["preauth_refused"], 1, "sersync.status");
+    let kam_preauth =
+        format!("kamailio_sersync_preauth_refused{{instance=\"{inst1}\",job=\"kamailio\"}}");
+    prom.wait_value(&kam_preauth, "xhttp_prom's statistic", |v| v == 1.0);
 
     // node 2 down, registrations on node 1: pending and lag grow
     c.node_mut(2).stop().expect("stopping n2");

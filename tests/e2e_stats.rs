@@ -40,6 +40,7 @@ const NAMES: &[&str] = &[
     "alias_scans",
     "clock_refused",
     "clock_refused_by_peers",
+    "preauth_refused",
     "peers",
     "peers_up",
 ];

@@ -592,6 +592,15 @@ impl Net {
             Verdict::Refused(r) => (r, true),
             Verdict::Continue => (String::new(), false),
         };
+        // status: incoming connections that end before their handshake
+        // (a port probe, closed by the other side without a byte, aside)
+        if matches!(c.side, Side::Accept)
+            && !c.is_authenticated()
+            && (refused || c.got_bytes || reason != "closed by peer")
+        {
+            let n = &self.status.counters.preauth_refused;
+            n.fetch_add(1, Ordering::Relaxed);
+        }
         match c.side {
             Side::Dial { peer } => {
                 self.peers[peer].conn = None;
