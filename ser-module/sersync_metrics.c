@@ -156,6 +156,8 @@ static const struct sersync_metric sersync_node_metrics[] = {
 		" for clock skew."),
 	SERSYNC_M(preauth_refused, 1, "Incoming connections refused or dropped"
 		" before they authenticated (not port probes)."),
+	SERSYNC_M(clones_refused, 1, "Links refused: two nodes running at once"
+		" under one node id (sersync.status' clone_last_reason)."),
 	{0, 0, 0, 0}
 };
 /* clang-format on */

@@ -72,6 +72,7 @@ SERSYNC_STAT(alias_scans)
 SERSYNC_STAT(clock_refused)
 SERSYNC_STAT(clock_refused_by_peers)
 SERSYNC_STAT(preauth_refused)
+SERSYNC_STAT(clones_refused)
 
 /* peers connected now (per peer: sersync.peers) */
 static counter_val_t sersync_stat_peers_up(void)
@@ -120,6 +121,7 @@ static stat_export_t sersync_stats[] = {
 	SERSYNC_STAT_ROW(clock_refused),
 	SERSYNC_STAT_ROW(clock_refused_by_peers),
 	SERSYNC_STAT_ROW(preauth_refused),
+	SERSYNC_STAT_ROW(clones_refused),
 	SERSYNC_STAT_ROW(peers),
 	SERSYNC_STAT_ROW(peers_up),
 	{0, 0, 0}

@@ -41,6 +41,7 @@ const NAMES: &[&str] = &[
     "clock_refused",
     "clock_refused_by_peers",
     "preauth_refused",
+    "clones_refused",
     "peers",
     "peers_up",
 ];
