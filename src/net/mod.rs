@@ -28,6 +28,9 @@ mod check;
 mod clock;
 mod conn;
 mod dispatch;
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 mod identity;
 mod inbound;
@@ -324,25 +327,7 @@ impl Net {
                         log::error(format_args!("cannot register connection from {addr}: {e}"));
                         continue;
                     }
-                    let nonce_a = auth::fresh_nonce();
-                    let mut c = Conn::new(sock, Side::Accept, Phase::AwaitHello { nonce_a });
-                    c.addr = Some(addr);
-                    // The challenge states the oldest version this node
-                    // speaks: v4 (sessions only) unless clear peers are
-                    // served.
-                    let challenge = Frame::Challenge {
-                        magic: MAGIC,
-                        version: if self.cfg.accept_clear_peers {
-                            VERSION
-                        } else {
-                            crate::wire::session::SESSION_VERSION
-                        },
-                        node_id: self.cfg.node_id.clone(),
-                        nonce: nonce_a,
-                    };
-                    c.send(&challenge);
-                    c.challenge = Some(challenge);
-                    c.crypto = conn::Crypto::Undecided;
+                    let c = self.accepted(sock, addr);
                     log::debug(format_args!("accepted connection from {addr}"));
                     self.conns.insert(t, c);
                     self.flush(t);
@@ -379,6 +364,29 @@ impl Net {
                 }
             }
         }
+    }
+
+    /// A connection just accepted from `addr`, its challenge queued.
+    fn accepted(&self, sock: TcpStream, addr: std::net::SocketAddr) -> Conn {
+        let nonce_a = auth::fresh_nonce();
+        let mut c = Conn::new(sock, Side::Accept, Phase::AwaitHello { nonce_a });
+        c.addr = Some(addr);
+        // The challenge states the oldest version this node speaks: v4
+        // (sessions only) unless clear peers are served.
+        let challenge = Frame::Challenge {
+            magic: MAGIC,
+            version: if self.cfg.accept_clear_peers {
+                VERSION
+            } else {
+                crate::wire::session::SESSION_VERSION
+            },
+            node_id: self.cfg.node_id.clone(),
+            nonce: nonce_a,
+        };
+        c.send(&challenge);
+        c.challenge = Some(challenge);
+        c.crypto = conn::Crypto::Undecided;
+        c
     }
 
     /// Makes room for a connection from `addr` among those that have not
