@@ -64,6 +64,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// and a descriptor, for at most HANDSHAKE_TIMEOUT.
 const MAX_PENDING: usize = 128;
 const MAX_PENDING_PER_SOURCE: usize = 8;
+/// accept() failed for want of descriptors: from then on, at most as
+/// many unauthenticated connections as were open then, less
+/// ACCEPT_RESERVE (never fewer than MAX_PENDING_PER_SOURCE), so that the
+/// descriptors a stranger would take stay free for dials, the journal
+/// and SER's RPC door (two descriptors a call). Accepting goes on, each
+/// new connection dropping the oldest (see `admit`).
+const ACCEPT_RESERVE: usize = 4;
 /// An accepted connection that sends nothing for this long is dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Every member sends its member list this often on every connection, so
@@ -99,6 +106,9 @@ pub struct Net {
     listen_retry_at: Instant,
     /// accept() failed for want of descriptors: try again then.
     accept_again_at: Option<Instant>,
+    /// At most this many accepted connections that have not authenticated
+    /// (MAX_PENDING, less once descriptors ran out: ACCEPT_RESERVE).
+    pending_cap: usize,
     peers: Vec<Peer>,
     conns: HashMap<Token, Conn>,
     next_token: usize,
@@ -194,6 +204,7 @@ impl Net {
             listener: None,
             listen_retry_at: now,
             accept_again_at: None,
+            pending_cap: MAX_PENDING,
             peers,
             conns: HashMap::new(),
             next_token: FIRST_CONN,
@@ -346,17 +357,27 @@ impl Net {
                 Err(e) => {
                     // Out of descriptors (EMFILE, ENFILE) or memory: the
                     // connection stays in the backlog, and the listener,
-                    // edge-triggered, would not say so again. Free one
-                    // descriptor held by a stranger, and try again next
-                    // turn: no spinning, dials and the rest go on.
+                    // edge-triggered, would not say so again. Fewer
+                    // strangers from now on (ACCEPT_RESERVE), the
+                    // descriptors of the oldest freed now, and try again
+                    // next turn: no spinning, dials and the rest go on.
+                    let pending = self.pending_count();
+                    self.pending_cap = pending
+                        .saturating_sub(ACCEPT_RESERVE)
+                        .clamp(MAX_PENDING_PER_SOURCE, self.pending_cap);
                     if let Some(n) = ACCEPT_FAILED.allow() {
                         log::error(format_args!(
-                            "cannot accept connections: {e}; retrying every {} ms{}",
+                            "cannot accept connections: {e}; at most {} connections \
+                             that have not authenticated from now on; retrying every {} ms{}",
+                            self.pending_cap,
                             TICK.as_millis(),
                             suppressed(n)
                         ));
                     }
-                    if let Some(oldest) = self.oldest_pending() {
+                    for _ in self.pending_cap.min(pending.saturating_sub(1))..pending {
+                        let Some(oldest) = self.oldest_pending() else {
+                            break;
+                        };
                         self.close(oldest, Verdict::Close("dropped: out of descriptors".into()));
                     }
                     self.accept_again_at = Some(Instant::now() + TICK);
@@ -417,12 +438,13 @@ impl Net {
                     addr.ip()
                 ),
             )
-        } else if all >= MAX_PENDING {
+        } else if all >= self.pending_cap {
             (
                 oldest_all,
                 format!(
                     "{all} incoming connections have not authenticated (at most \
-                     {MAX_PENDING}): dropping the oldest"
+                     {}): dropping the oldest",
+                    self.pending_cap
                 ),
             )
         } else {
@@ -437,6 +459,14 @@ impl Net {
                 Verdict::Close("dropped for a newer unauthenticated connection".into()),
             );
         }
+    }
+
+    /// Accepted connections that have not authenticated yet.
+    fn pending_count(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| matches!(c.side, Side::Accept) && !c.is_authenticated())
+            .count()
     }
 
     /// The accepted connection that has waited longest for a handshake.
