@@ -11,7 +11,7 @@
 //! accept connections at most about once a second; its sersync process
 //! is the same one at the end.
 //!
-//! Addresses 127.0.0.131–132 (the nodes) and 140–159 (the strangers).
+//! Addresses 127.0.0.137–138 (the nodes) and 140–159 (the strangers).
 
 #[path = "e2e_support/mod.rs"]
 mod support;
@@ -65,7 +65,7 @@ fn hold(dst: SocketAddrV4, stop: &AtomicBool) -> u64 {
 
 #[test]
 fn out_of_descriptors_a_node_still_dials_accepts_and_applies() {
-    let mut c = Cluster::start("descriptors", 131, 2);
+    let mut c = Cluster::start("descriptors", 137, 2);
     let pid = c.node(1).process_pid("sersync");
     let limit = open_fds(pid) + SPARE_FDS;
     let out = Command::new("prlimit")
