@@ -9,7 +9,7 @@ fn main() {
         .allowlist_type("sersync_.*")
         .allowlist_var("SERSYNC_.*")
         .allowlist_function("sersync_.*")
-        .rustified_enum("sersync_(rc|op|log_level|peer_state|quarantine_action)")
+        .rustified_enum("sersync_(rc|op|log_level|peer_state|quarantine_action|resync_state)")
         .derive_default(true)
         .layout_tests(true)
         .generate()

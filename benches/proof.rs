@@ -266,7 +266,7 @@ fn repair_divergent(
     let shared = Arc::new(sersync::queue::Shared::create(1024).expect("shared"));
     let status = Arc::new(sersync::status::Status::new("n1"));
     let mut p = sersync::proof::Proof::new(
-        Duration::ZERO,
+        Some(Duration::ZERO),
         vec!["location".into()],
         shared,
         status.clone(),

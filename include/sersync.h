@@ -48,8 +48,9 @@ enum sersync_rc {
 	SERSYNC_E_TIMEOUT = 10,   /* not journaled within the time allowed */
 	SERSYNC_SUPERSEDED = 11,  /* not an error: usrloc holds a newer version
 	                           * (sersync_order_admit) */
-	SERSYNC_E_REFUSED = 12    /* an apply callback refused its record for
+	SERSYNC_E_REFUSED = 12,   /* an apply callback refused its record for
 	                           * good (SERSYNC_APPLY_REFUSED) */
+	SERSYNC_E_BUSY = 13       /* a resync already runs (sersync_resync) */
 };
 
 struct sersync_str {
@@ -303,6 +304,42 @@ struct sersync_status {
 	 * unauthenticated connections, errors); not those closed by the other
 	 * side before sending a byte (port probes) */
 	uint64_t preauth_refused;
+	/* sersync.resync: the latest one (resync_state NONE: none since
+	 * start). resync_peer: the peer it compares with, empty for every
+	 * peer; peers: those it covers and those done (answered, failed or
+	 * skipped); ranges: of 256 key ranges per peer and round, those that
+	 * differed and those compared key by key; divergences: keys found
+	 * different (with peers, and between SER and the state); repaired:
+	 * versions sent, staged or journaled by it; resync_result: what it
+	 * found, or why it failed, once over. Unix times; finished 0 while
+	 * it runs. */
+	int32_t resync_state;        /* enum sersync_resync_state */
+	uint32_t resync_peers_total;
+	uint32_t resync_peers_done;
+	uint32_t _pad3;
+	char resync_peer[SERSYNC_ID_MAX];
+	int64_t resync_started;
+	int64_t resync_finished;
+	uint64_t resync_ranges_differing;
+	uint64_t resync_ranges_compared;
+	uint64_t resync_divergences;
+	uint64_t resync_repaired;
+	uint64_t resyncs;            /* resyncs over since start */
+	char resync_result[SERSYNC_ERR_MAX];
+	/* each peers[i]'s connections that came up since start: a watcher of
+	 * peers[].state that sees it grow while the peer is up missed a
+	 * drop (event_route[sersync:peer-down]) */
+	uint64_t peer_connects[SERSYNC_MAX_PEERS];
+};
+
+/* What sersync.resync is doing (sersync_status.resync_state). */
+enum sersync_resync_state {
+	SERSYNC_RESYNC_NONE = 0,      /* none since start */
+	SERSYNC_RESYNC_PEERS = 1,     /* comparing the state with peers */
+	SERSYNC_RESYNC_SER = 2,       /* comparing SER's usrloc with the state */
+	SERSYNC_RESYNC_DONE = 3,      /* over; resync_result says what it did */
+	SERSYNC_RESYNC_FAILED = 4     /* over without a comparison; why in
+	                               * resync_result */
 };
 
 /* Registers the logger. May be called in any process, before or after
@@ -358,6 +395,17 @@ int sersync_journal_wait(struct sersync_shared *sh, uint32_t timeout_ms);
  * same. A node that is merely down must not be forgotten: it is caught up
  * when it returns. Called in any SER process; queued like a change. */
 int sersync_forget(struct sersync_shared *sh, const char *node_id, size_t len);
+
+/* sersync.resync: compares this node's state with the peer node_id's
+ * (len bytes; len 0: with every peer's) now, key range by key range, and
+ * sends or takes what differs; then SER's usrloc with the state, and
+ * repairs what differs (the periodic checks' machinery, at once and
+ * whatever their intervals). One resync at a time: SERSYNC_E_BUSY while
+ * one runs (sersync_status shows its progress); SERSYNC_E_DECODE for a
+ * node_id that is not UTF-8 or too long. Does not check that node_id is
+ * a member (the caller reads the status). Called in any SER process;
+ * queued like a change, so it returns before the engine acts. */
+int sersync_resync(struct sersync_shared *sh, const char *node_id, size_t len);
 
 /* What sersync_quarantine_ctl() does with quarantined changes. */
 enum sersync_quarantine_action {

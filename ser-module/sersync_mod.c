@@ -148,13 +148,20 @@ static param_export_t params[] = {
 	{0, 0, 0}
 };
 
+/* $sersync(peer): the peer of event_route[sersync:peer-up/down] */
+static pv_export_t mod_pvs[] = {
+	{{"sersync", sizeof("sersync") - 1}, PVT_OTHER, sersync_pv_get, 0,
+		sersync_pv_parse, 0, 0, 0},
+	{{0, 0}, 0, 0, 0, 0, 0, 0, 0}
+};
+
 struct module_exports exports = {
 	"sersync",        /* module name */
 	DEFAULT_DLFLAGS,  /* dlopen flags */
 	cmds,             /* exported functions */
 	params,           /* exported parameters */
 	sersync_rpc_cmds, /* RPC method exports */
-	0,                /* exported pseudo-variables */
+	mod_pvs,          /* exported pseudo-variables */
 	0,                /* response handling function */
 	mod_init,         /* module initialization function */
 	child_init,       /* per-child init function */
@@ -499,6 +506,8 @@ static int mod_init(void)
 		return -1;
 	if(sersync_metrics_init() < 0)
 		return -1;
+	if(sersync_events_init() < 0)
+		return -1;
 
 	/* maps the queue and status area; starts no thread (we fork later) */
 	rc = sersync_shared_create((uint32_t)_sersync_queue_size, &_sersync_shared);
@@ -539,6 +548,8 @@ static int child_init(int rank)
 	if(rank != PROC_MAIN)
 		return 0;
 	if(sersync_proc_start() < 0)
+		return -1;
+	if(sersync_events_start() < 0)
 		return -1;
 	return sersync_alias_timer_start();
 }

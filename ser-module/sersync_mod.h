@@ -15,6 +15,7 @@
 #include "../../core/str.h"
 #include "../../core/rpc.h"
 #include "../../core/parser/msg_parser.h"
+#include "../../core/pvar.h"
 #include "../usrloc/usrloc.h"
 
 #include "sersync.h"
@@ -85,6 +86,13 @@ int sersync_apply_one(void *ctx, const struct sersync_contact *sc);
  * usrloc's slot locks (sersync.digest, sersync.digest_range) */
 int sersync_ul_walk(struct sersync_walk *w, uint64_t *contacts,
 		uint64_t *max_lock_ns, char *err, size_t errlen);
+
+/* event_route[sersync:peer-up/down] and $sersync(peer)
+ * (sersync_events.c) */
+int sersync_events_init(void);
+int sersync_events_start(void);
+int sersync_pv_parse(pv_spec_t *sp, str *in);
+int sersync_pv_get(sip_msg_t *msg, pv_param_t *param, pv_value_t *res);
 
 /* the sersync process (sersync_proc.c) */
 int sersync_proc_start(void);

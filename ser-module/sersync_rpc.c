@@ -2,7 +2,8 @@
  * sersync - replication of usrloc between SER (Kamailio) nodes
  *
  * RPC commands. sersync.status and sersync.peers read the engine's shared
- * status area; sersync.forget removes a member for good;
+ * status area; sersync.forget removes a member for good; sersync.resync
+ * compares the state with peers' and SER's usrloc with it now;
  * sersync.apply is how the engine writes remote records into usrloc (and
  * aliases into their table): it calls it through SER's RPC door (jsonrpcs
  * FIFO), so the records are written inside SER, under usrloc's locks, by
@@ -24,6 +25,24 @@
 #include "../../core/rpc.h"
 
 #include "sersync_mod.h"
+
+static const char *sersync_resync_state_str(int32_t state)
+{
+	switch(state) {
+		case SERSYNC_RESYNC_NONE:
+			return "none";
+		case SERSYNC_RESYNC_PEERS:
+			return "comparing with peers";
+		case SERSYNC_RESYNC_SER:
+			return "comparing SER's usrloc";
+		case SERSYNC_RESYNC_DONE:
+			return "done";
+		case SERSYNC_RESYNC_FAILED:
+			return "failed";
+		default:
+			return "unknown";
+	}
+}
 
 static const char *sersync_peer_state_str(int32_t state)
 {
@@ -62,6 +81,8 @@ static struct sersync_status *sersync_status_get(rpc_t *rpc, void *ctx)
 	SERSYNC_TERM(st.node_id);
 	SERSYNC_TERM(st.last_error);
 	SERSYNC_TERM(st.quarantine_last_reason);
+	SERSYNC_TERM(st.resync_peer);
+	SERSYNC_TERM(st.resync_result);
 	if(st.nquarantine > SERSYNC_QUARANTINE_SHOWN)
 		st.nquarantine = SERSYNC_QUARANTINE_SHOWN;
 	for(i = 0; i < st.nquarantine; i++) {
@@ -104,7 +125,12 @@ static const char *sersync_status_doc[2] = {
 		" alias_scan_refused, checks, ranges_compared, divergences,"
 		" repaired, clock_refused, clock_refused_by_peers,"
 		" clock_last_reason, clones_refused, clone_last_reason,"
-		" preauth_refused, and peers: one struct per member as"
+		" preauth_refused,"
+		" resync (the latest sersync.resync: state,"
+		" peer, peers_total, peers_done, ranges_differing,"
+		" ranges_compared, divergences, repaired, started, finished,"
+		" result; and resyncs, those over since start), and peers: one"
+		" struct per member as"
 		" sersync.peers gives it; then module_version (sersync's) and"
 		" kamailio_version (the Kamailio the module was built for).",
 		0};
@@ -231,6 +257,28 @@ static void sersync_rpc_status(rpc_t *rpc, void *ctx)
 	if(rpc->struct_add(th, "J", "preauth_refused",
 			   (unsigned long long)st->preauth_refused)
 			< 0) {
+		rpc->fault(ctx, 500, "Internal error adding status");
+		return;
+	}
+	/* the latest sersync.resync */
+	if(rpc->struct_add(th, "{", "resync", &ph) < 0
+			|| rpc->struct_add(ph, "ssddJJJJJJJs", "state",
+					   sersync_resync_state_str(st->resync_state), "peer",
+					   st->resync_peer[0] ? st->resync_peer : "all",
+					   "peers_total", (int)st->resync_peers_total,
+					   "peers_done", (int)st->resync_peers_done,
+					   "ranges_differing",
+					   (unsigned long long)st->resync_ranges_differing,
+					   "ranges_compared",
+					   (unsigned long long)st->resync_ranges_compared,
+					   "divergences",
+					   (unsigned long long)st->resync_divergences,
+					   "repaired", (unsigned long long)st->resync_repaired,
+					   "started", (unsigned long long)st->resync_started,
+					   "finished", (unsigned long long)st->resync_finished,
+					   "resyncs", (unsigned long long)st->resyncs, "result",
+					   st->resync_result)
+					   < 0) {
 		rpc->fault(ctx, 500, "Internal error adding status");
 		return;
 	}
@@ -384,6 +432,129 @@ static void sersync_rpc_forget(rpc_t *rpc, void *ctx)
 	}
 	LM_INFO("member %.*s forgotten on request\n", id.len, id.s);
 	rpc->add(ctx, "s", "ok");
+}
+
+static const char *sersync_resync_doc[2] = {
+		"Compare this node's state with a peer's now, key range by key"
+		" range, and send or take what differs; then SER's usrloc with the"
+		" state, repairing what differs: sersync.resync [node_id] (none:"
+		" every peer). Returns \"started\" at once; sersync.status shows"
+		" its progress and outcome (resync). One at a time: fault 409"
+		" while one runs.",
+		0};
+
+/* a resync already runs: say which and how far it got */
+static void sersync_resync_busy(rpc_t *rpc, void *ctx)
+{
+	struct sersync_status *st;
+
+	st = sersync_status_get(rpc, ctx);
+	if(st == NULL)
+		return;
+	if(st->resync_state != SERSYNC_RESYNC_PEERS
+			&& st->resync_state != SERSYNC_RESYNC_SER) {
+		rpc->fault(ctx, 409, "A resync is already running (just asked for)");
+		return;
+	}
+	rpc->fault(ctx, 409,
+			"A resync is already running with %s: %s, %u of %u peers done,"
+			" %llu of %llu ranges compared",
+			st->resync_peer[0] ? st->resync_peer : "every peer",
+			sersync_resync_state_str(st->resync_state),
+			st->resync_peers_done, st->resync_peers_total,
+			(unsigned long long)st->resync_ranges_compared,
+			(unsigned long long)st->resync_ranges_differing);
+}
+
+static void sersync_rpc_resync(rpc_t *rpc, void *ctx)
+{
+	struct sersync_status *st;
+	str id = STR_NULL;
+	str extra = STR_NULL;
+	uint32_t i;
+	int rc;
+
+	if(rpc->scan(ctx, "*S", &id) != 1) {
+		if(sersync_rpc_left(rpc, ctx)) {
+			rpc->fault(ctx, 400, "node_id must be a string (or none: every"
+								 " peer)");
+			return;
+		}
+		id.s = NULL;
+		id.len = 0;
+	} else {
+		if(rpc->scan(ctx, "*.S", &extra) != 0 || sersync_rpc_left(rpc, ctx)) {
+			rpc->fault(ctx, 400, "Too many parameters: expected at most the"
+								 " node_id");
+			return;
+		}
+		if(id.s == NULL || id.len <= 0) {
+			rpc->fault(ctx, 400, "Empty node_id: give a member's, or none"
+								 " for every peer");
+			return;
+		}
+		if(id.len >= SERSYNC_ID_MAX) {
+			rpc->fault(ctx, 400,
+					"node_id must be at most %d characters (got %d)",
+					SERSYNC_ID_MAX - 1, id.len);
+			return;
+		}
+		for(i = 0; i < (uint32_t)id.len; i++) {
+			if(id.s[i] <= ' ' || id.s[i] > '~') {
+				rpc->fault(ctx, 400, "node_id must be printable ASCII"
+									 " without spaces (character %u is not)",
+						i + 1);
+				return;
+			}
+		}
+		if(id.len == _sersync_node_id.len
+				&& memcmp(id.s, _sersync_node_id.s, id.len) == 0) {
+			rpc->fault(ctx, 400, "%.*s is this node: name a peer to compare"
+								 " it with",
+					id.len, id.s);
+			return;
+		}
+	}
+	st = sersync_status_get(rpc, ctx);
+	if(st == NULL)
+		return;
+	if(!st->running) {
+		rpc->fault(ctx, 503, "The sersync engine is not running");
+		return;
+	}
+	if(id.len > 0) {
+		for(i = 0; i < st->npeers; i++) {
+			if(strlen(st->peers[i].node_id) == (size_t)id.len
+					&& memcmp(st->peers[i].node_id, id.s, id.len) == 0)
+				break;
+		}
+		if(i == st->npeers) {
+			rpc->fault(ctx, 404, "%.*s is not a member this node knows"
+								 " (see sersync.peers)",
+					id.len, id.s);
+			return;
+		}
+		if(st->peers[i].state != SERSYNC_PEER_UP) {
+			rpc->fault(ctx, 409, "%.*s is %s: a resync needs it connected",
+					id.len, id.s, sersync_peer_state_str(st->peers[i].state));
+			return;
+		}
+	}
+	rc = sersync_resync(_sersync_shared, id.s, (size_t)id.len);
+	if(rc == SERSYNC_E_BUSY) {
+		sersync_resync_busy(rpc, ctx);
+		return;
+	}
+	if(rc != SERSYNC_OK) {
+		rpc->fault(ctx, 500, "Cannot start the resync: %s (rc %d)",
+				sersync_rc_name(rc), rc);
+		return;
+	}
+	if(id.len > 0)
+		LM_INFO("resync with %.*s asked for\n", id.len, id.s);
+	else
+		LM_INFO("resync with every peer asked for\n");
+	rpc->add(ctx, "s", "started");
 }
 
 static const char *sersync_apply_doc[2] = {
@@ -904,6 +1075,7 @@ rpc_export_t sersync_rpc_cmds[] = {
 	{"sersync.status", sersync_rpc_status, sersync_status_doc, 0},
 	{"sersync.peers",  sersync_rpc_peers,  sersync_peers_doc,  RET_ARRAY},
 	{"sersync.forget", sersync_rpc_forget, sersync_forget_doc, 0},
+	{"sersync.resync", sersync_rpc_resync, sersync_resync_doc, 0},
 	{"sersync.apply",  sersync_rpc_apply,  sersync_apply_doc,  0},
 	{"sersync.digest", sersync_rpc_digest, sersync_digest_doc, 0},
 	{"sersync.digest_range", sersync_rpc_digest_range,

@@ -93,9 +93,13 @@ impl Engine {
         // comparison restores from overwriting what SIP workers save now).
         let scan_watch = Arc::new(ScanWatch::default());
         let tail = to_net.tail();
-        let proof = cfg.check_interval.map(|every| {
-            crate::proof::Proof::new(every, cfg.domains.clone(), shared.clone(), status.clone())
-        });
+        // Without a periodic check, still a resync's (sersync.resync).
+        let proof = Some(crate::proof::Proof::new(
+            cfg.check_interval,
+            cfg.domains.clone(),
+            shared.clone(),
+            status.clone(),
+        ));
         let ingest = Ingest {
             journal: ingest_journal,
             shared,

@@ -3,7 +3,7 @@
 //! Ingest journals local changes; the network thread sends them. What
 //! passes between them is the journal's tail (the last sequence committed,
 //! which only grows) and the few requests that arrive through the worker
-//! queue (`sersync.forget`), each followed by a wake-up of the network
+//! queue (`sersync.forget`, `sersync.resync`), each followed by a wake-up of the network
 //! thread's poll. The status struct only reports; it carries no signal.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +37,8 @@ impl Tail {
 pub enum NetCmd {
     /// `sersync.forget`: remove a member for good.
     Forget(String),
+    /// `sersync.resync`: compare with this peer (empty: every peer) now.
+    Resync(String),
 }
 
 /// The network thread's half: what ingest committed and asked for.

@@ -184,6 +184,9 @@ impl Ingest {
                     Ok((_, Item::Forget { node_id })) => {
                         self.net.send(NetCmd::Forget(node_id));
                     }
+                    Ok((_, Item::Resync { node_id })) => {
+                        self.net.send(NetCmd::Resync(node_id));
+                    }
                     Ok((_, Item::Quarantine { retry, id })) => {
                         crate::apply::quarantine::control(
                             &mut self.journal,

@@ -32,6 +32,7 @@ pub mod proof;
 pub mod queue;
 pub mod record;
 pub mod restore;
+pub mod resync;
 pub mod scan;
 pub mod seed;
 pub mod status;

@@ -527,16 +527,20 @@ struct Ranges {
 /// The alias table's name and its ranges to compare.
 type AliasRanges = (Vec<u8>, Vec<usize>);
 
-/// The periodic check, run by the applier.
+/// The periodic check, run by the applier; also the SER half of a
+/// `sersync.resync` ([`crate::resync`]), at once when asked for.
 pub struct Proof {
-    interval: Duration,
+    /// None: no periodic check (check_interval 0), only resyncs'.
+    interval: Option<Duration>,
     tables: Vec<String>,
     shared: Arc<Shared>,
     status: Arc<Status>,
-    next: Instant,
+    next: Option<Instant>,
     /// Differences found at the first look, to confirm at `.1`, in
     /// ranges of contacts and of the alias table.
     pending: Option<(Found, Instant, Ranges)>,
+    /// The check in progress is a resync's: its end ends the resync.
+    resync: bool,
 }
 
 fn repair_key(r: &Repair) -> Vec<u8> {
@@ -548,7 +552,7 @@ fn repair_key(r: &Repair) -> Vec<u8> {
 
 impl Proof {
     pub fn new(
-        interval: Duration,
+        interval: Option<Duration>,
         tables: Vec<String>,
         shared: Arc<Shared>,
         status: Arc<Status>,
@@ -558,9 +562,19 @@ impl Proof {
             tables,
             shared,
             status,
-            next: Instant::now() + interval,
+            next: interval.map(|i| Instant::now() + i),
             pending: None,
+            resync: false,
         }
+    }
+
+    /// The check's counters (divergences, repaired), for a resync's share.
+    pub fn counters(status: &Status) -> (u64, u64) {
+        let c = &status.counters;
+        (
+            c.divergences.load(Ordering::Relaxed),
+            c.repaired.load(Ordering::Relaxed),
+        )
     }
 
     /// Called by the applier with nothing staged: runs the check when it
@@ -576,16 +590,28 @@ impl Proof {
                 self.pending = Some(p);
                 return;
             }
-            None if now_i >= self.next => {
-                self.next = now_i + self.interval;
+            None if self.status.resync.take_ser_request() => {
+                self.resync = true;
+                self.next = self.interval.map(|i| now_i + i);
+                self.first_look(journal, ser)
+            }
+            None if self.next.is_some_and(|n| now_i >= n) => {
+                self.next = self.interval.map(|i| now_i + i);
                 self.first_look(journal, ser)
             }
             None => return,
         };
-        if let Err(e) = result {
+        if let Err(e) = &result {
             log::warn(format_args!(
                 "check of SER against the journal postponed: {e}"
             ));
+        }
+        if self.resync && self.pending.is_none() {
+            self.resync = false;
+            let error = result.err().map(|e| format!("not compared: {e}"));
+            self.status
+                .resync
+                .finish(Self::counters(&self.status), error.as_deref());
         }
     }
 
@@ -1280,12 +1306,12 @@ mod tests {
         let held = std::sync::Arc::new(std::sync::Mutex::new(vec![a2, b2]));
         let mut ser = FakeSer(held.clone());
         let mut p = Proof::new(
-            Duration::from_secs(3600),
+            Some(Duration::from_secs(3600)),
             vec!["location".into()],
             shared.clone(),
             status.clone(),
         );
-        p.next = Instant::now();
+        p.next = Some(Instant::now());
         p.tick(&mut j, &mut ser);
         // b changes again in SER after the look, before the repair.
         assert!(shared.admit(kb, shared.stamp(), crate::queue::Held::Nothing, now));
@@ -1325,12 +1351,12 @@ mod tests {
         let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut ser = FakeSer(held.clone());
         let mut p = Proof::new(
-            Duration::from_secs(3600),
+            Some(Duration::from_secs(3600)),
             vec!["location".into()],
             shared,
             status.clone(),
         );
-        p.next = Instant::now();
+        p.next = Some(Instant::now());
         p.tick(&mut j, &mut ser);
         let c = &status.counters;
         assert_eq!(c.checks.load(Ordering::Relaxed), 1);
@@ -1361,7 +1387,7 @@ mod tests {
         let b_id = staged[0].id;
         j.quarantine(b_id, "refused", 3, now).unwrap();
         assert_eq!(j.inbox_len().unwrap(), 0);
-        p.next = Instant::now();
+        p.next = Some(Instant::now());
         p.tick(&mut j, &mut ser);
         std::thread::sleep(CONFIRM_DELAY + Duration::from_millis(50));
         p.tick(&mut j, &mut ser);
@@ -1369,7 +1395,7 @@ mod tests {
         assert_eq!(c.divergences.load(Ordering::Relaxed), 1);
         // Equal now: the next check finds nothing.
         held.lock().unwrap().push(live("b"));
-        p.next = Instant::now();
+        p.next = Some(Instant::now());
         p.tick(&mut j, &mut ser);
         assert_eq!(c.checks.load(Ordering::Relaxed), 3);
         assert!(p.pending.is_none());

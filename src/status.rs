@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::abi::{
-    sersync_peer_state, sersync_peer_status, sersync_quarantined, sersync_status, MAX_PEERS,
-    SERSYNC_QUARANTINE_SHOWN,
+    sersync_peer_state, sersync_peer_status, sersync_quarantined, sersync_resync_state,
+    sersync_status, MAX_PEERS, SERSYNC_QUARANTINE_SHOWN,
 };
+use crate::resync::Phase;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerState {
@@ -152,6 +153,8 @@ pub struct Status {
     pub clock_last_reason: Mutex<String>,
     /// The latest refusal of a clone (empty: none since start).
     pub clone_last_reason: Mutex<String>,
+    /// The latest `sersync.resync`'s progress.
+    pub resync: crate::resync::Resync,
 }
 
 /// A plain copy for tests and logs.
@@ -335,7 +338,29 @@ impl Status {
                 copy_cstr(&mut dst.reason, &e.reason);
             }
         }
+        let r = self.resync.view();
+        st.resync_state = match r.phase {
+            Phase::None => sersync_resync_state::SERSYNC_RESYNC_NONE,
+            Phase::Peers => sersync_resync_state::SERSYNC_RESYNC_PEERS,
+            Phase::Ser => sersync_resync_state::SERSYNC_RESYNC_SER,
+            Phase::Done => sersync_resync_state::SERSYNC_RESYNC_DONE,
+            Phase::Failed => sersync_resync_state::SERSYNC_RESYNC_FAILED,
+        } as i32;
+        st.resync_peers_total = r.peers_total;
+        st.resync_peers_done = r.peers_done;
+        copy_cstr(&mut st.resync_peer, &r.peer);
+        st.resync_started = r.started;
+        st.resync_finished = r.finished;
+        st.resync_ranges_differing = r.ranges_differing;
+        st.resync_ranges_compared = r.ranges_compared;
+        st.resync_divergences = r.divergences;
+        st.resync_repaired = r.repaired;
+        st.resyncs = r.resyncs;
+        copy_cstr(&mut st.resync_result, &r.result);
         st.npeers = snap.peers.len().min(MAX_PEERS) as u32;
+        for (i, p) in snap.peers.iter().take(MAX_PEERS).enumerate() {
+            st.peer_connects[i] = p.connects;
+        }
         for (dst, p) in st.peers.iter_mut().zip(snap.peers.iter()) {
             *dst = sersync_peer_status::default();
             copy_cstr(&mut dst.node_id, &p.node_id);

@@ -39,6 +39,7 @@ VAL(SERSYNC_E_CALLBACK, 9);
 VAL(SERSYNC_E_TIMEOUT, 10);
 VAL(SERSYNC_SUPERSEDED, 11);
 VAL(SERSYNC_E_REFUSED, 12);
+VAL(SERSYNC_E_BUSY, 13);
 VAL(SERSYNC_APPLY_REFUSED, -2);
 VAL(SERSYNC_QUARANTINE_RETRY, 1);
 VAL(SERSYNC_QUARANTINE_DROP, 2);
@@ -74,6 +75,11 @@ VAL(SERSYNC_PEER_DOWN, 0);
 VAL(SERSYNC_PEER_CONNECTING, 1);
 VAL(SERSYNC_PEER_UP, 2);
 VAL(SERSYNC_PEER_REFUSED, 3);
+VAL(SERSYNC_RESYNC_NONE, 0);
+VAL(SERSYNC_RESYNC_PEERS, 1);
+VAL(SERSYNC_RESYNC_SER, 2);
+VAL(SERSYNC_RESYNC_DONE, 3);
+VAL(SERSYNC_RESYNC_FAILED, 4);
 
 VAL(SERSYNC_MAX_PEERS, 32);
 VAL(SERSYNC_ID_MAX, 64);
@@ -152,7 +158,7 @@ OFF(struct sersync_peer_status, snapshot_total, 376);
 OFF(struct sersync_peer_status, snapshot_received, 384);
 
 /* struct sersync_status */
-SIZE(struct sersync_status, 21832);
+SIZE(struct sersync_status, 22384);
 OFF(struct sersync_status, node_id, 0);
 OFF(struct sersync_status, last_error, 64);
 OFF(struct sersync_status, running, 224);
@@ -194,6 +200,19 @@ OFF(struct sersync_status, clock_last_reason, 21496);
 OFF(struct sersync_status, clones_refused, 21656);
 OFF(struct sersync_status, clone_last_reason, 21664);
 OFF(struct sersync_status, preauth_refused, 21824);
+OFF(struct sersync_status, resync_state, 21832);
+OFF(struct sersync_status, resync_peers_total, 21836);
+OFF(struct sersync_status, resync_peers_done, 21840);
+OFF(struct sersync_status, resync_peer, 21848);
+OFF(struct sersync_status, resync_started, 21912);
+OFF(struct sersync_status, resync_finished, 21920);
+OFF(struct sersync_status, resync_ranges_differing, 21928);
+OFF(struct sersync_status, resync_ranges_compared, 21936);
+OFF(struct sersync_status, resync_divergences, 21944);
+OFF(struct sersync_status, resync_repaired, 21952);
+OFF(struct sersync_status, resyncs, 21960);
+OFF(struct sersync_status, resync_result, 21968);
+OFF(struct sersync_status, peer_connects, 22128);
 
 /* struct sersync_quarantined */
 SIZE(struct sersync_quarantined, 520);
@@ -215,6 +234,8 @@ static int (*const fn_shared_create)(uint32_t, struct sersync_shared **) =
 		sersync_shared_create;
 static int (*const fn_publish)(struct sersync_shared *,
 		const struct sersync_contact *) = sersync_publish;
+static int (*const fn_resync)(struct sersync_shared *, const char *, size_t) =
+		sersync_resync;
 static int (*const fn_forget)(struct sersync_shared *, const char *, size_t) =
 		sersync_forget;
 static int (*const fn_quarantine_ctl)(struct sersync_shared *, int32_t,
@@ -252,6 +273,7 @@ int main(void)
 			(const void *)fn_shared_create,
 			(const void *)fn_publish,
 			(const void *)fn_forget,
+			(const void *)fn_resync,
 			(const void *)fn_journal_wait,
 			(const void *)fn_engine_run,
 			(const void *)fn_status_read,

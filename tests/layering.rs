@@ -12,7 +12,7 @@ const FLOORS: &[&[&str]] = &[
     &["ingest", "apply", "scan"],
     &["net", "seed", "restore", "proof"],
     &["journal", "queue", "config", "wire", "handoff"],
-    &["error", "log", "status"],
+    &["error", "log", "status", "resync"],
     &["abi", "codec", "record", "digest", "hlc", "os"],
 ];
 

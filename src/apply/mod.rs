@@ -118,8 +118,14 @@ impl Applier {
                 next_count = Instant::now() + PENDING_COUNT;
             }
             let Some(last_id) = last_read else {
-                if let (Some(p), Some(ser)) = (&mut self.proof, self.primary.ser_view()) {
-                    p.tick(&mut self.journal, ser);
+                match (&mut self.proof, self.primary.ser_view()) {
+                    (Some(p), Some(ser)) => p.tick(&mut self.journal, ser),
+                    // sersync.resync's SER half, with no way to walk SER
+                    _ if self.status.resync.take_ser_request() => self.status.resync.finish(
+                        crate::proof::Proof::counters(&self.status),
+                        Some("not compared: no RPC door to walk SER's usrloc"),
+                    ),
+                    _ => {}
                 }
                 let _ = self.wake.recv_timeout(Duration::from_millis(500));
                 continue;

@@ -1,5 +1,5 @@
 //! Engine calls: configuration check, running the engine in the sersync
-//! process, its status, and forgetting a member.
+//! process, its status, forgetting a member and asking for a resync.
 
 use std::os::raw::{c_char, c_int};
 use std::os::unix::ffi::OsStrExt;
@@ -65,6 +65,47 @@ pub unsafe extern "C" fn sersync_forget(
         match sh.publish(ItemRef::Forget { node_id: id }) {
             Ok(()) => sersync_rc::SERSYNC_OK,
             Err(e) => (&e).into(),
+        }
+    })
+}
+
+/// # Safety
+/// See sersync.h.
+#[no_mangle]
+pub unsafe extern "C" fn sersync_resync(
+    sh: *mut sersync_shared,
+    node_id: *const c_char,
+    len: usize,
+) -> c_int {
+    boundary(|| {
+        // SAFETY: NULL checked; validity per sersync.h.
+        let Some(sh) = (unsafe { shared(sh) }) else {
+            return sersync_rc::SERSYNC_E_NULL;
+        };
+        let id: &[u8] = if len == 0 {
+            &[]
+        } else {
+            // SAFETY: node_id has len bytes per sersync.h.
+            match unsafe { bytes(&sersync_str { s: node_id, len }) } {
+                Some(b) => b,
+                None => return sersync_rc::SERSYNC_E_NULL,
+            }
+        };
+        let Ok(id) = std::str::from_utf8(id) else {
+            return sersync_rc::SERSYNC_E_DECODE;
+        };
+        if id.len() > crate::config::NODE_ID_MAX {
+            return sersync_rc::SERSYNC_E_DECODE;
+        }
+        if !sh.resync_claim() {
+            return sersync_rc::SERSYNC_E_BUSY;
+        }
+        match sh.publish(ItemRef::Resync { node_id: id }) {
+            Ok(()) => sersync_rc::SERSYNC_OK,
+            Err(e) => {
+                sh.resync_release();
+                (&e).into()
+            }
         }
     })
 }

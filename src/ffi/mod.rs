@@ -22,7 +22,7 @@ use crate::abi::{
 use self::apply::sersync_apply_decode;
 use self::engine::{
     sersync_apply_token_check, sersync_apply_token_write, sersync_config_check, sersync_engine_run,
-    sersync_forget, sersync_quarantine_ctl, sersync_status_read,
+    sersync_forget, sersync_quarantine_ctl, sersync_resync, sersync_status_read,
 };
 use self::log::sersync_set_logger;
 use self::queue::{
@@ -52,6 +52,8 @@ const _SIGNATURES: () = {
         [abi::sersync_publish, sersync_publish];
     let _: [unsafe extern "C" fn(*mut sersync_shared, *const c_char, usize) -> c_int; 2] =
         [abi::sersync_forget, sersync_forget];
+    let _: [unsafe extern "C" fn(*mut sersync_shared, *const c_char, usize) -> c_int; 2] =
+        [abi::sersync_resync, sersync_resync];
     let _: [unsafe extern "C" fn(*mut sersync_shared, i32, u64) -> c_int; 2] =
         [abi::sersync_quarantine_ctl, sersync_quarantine_ctl];
     let _: [unsafe extern "C" fn(*mut sersync_shared, u32) -> c_int; 2] =

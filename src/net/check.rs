@@ -40,6 +40,7 @@ use std::time::Instant;
 use mio::Token;
 
 use super::conn::{Phase, Side, Verdict};
+use super::resync::{is_resync, Round, ANSWER_GAP};
 use super::Net;
 use crate::codec;
 use crate::digest::{Digest, RANGES};
@@ -72,6 +73,8 @@ pub(super) struct CheckOut {
     pub(super) at: i64,
     /// Key hashes asked for, once the versions were compared.
     pub(super) wanted: Option<HashSet<u64>>,
+    /// A resync's round waiting for those rows: what it found so far.
+    pub(super) round: Option<Round>,
 }
 
 /// Acceptor side: the check answered last on a link.
@@ -153,6 +156,7 @@ impl Net {
                     && c.version >= 3
                     && c.snap.is_none()
                     && last.saturating_sub(c.acked) <= CATCHING_UP
+                    && !c.check_out.as_ref().is_some_and(|o| is_resync(o.check))
             })
             .map(|(t, _)| *t)
             .collect();
@@ -177,6 +181,7 @@ impl Net {
                 check,
                 at,
                 wanted: None,
+                round: None,
             });
             c.send(&Frame::CheckDigest {
                 check,
@@ -212,9 +217,23 @@ impl Net {
         let c = self.conns.get_mut(&t).expect("caller checked");
         let from = c.remote_id.clone();
         let now = Instant::now();
-        let gap = self.cfg.peer_check_interval / 2;
-        if c.check_in_last.is_some_and(|l| now.duration_since(l) < gap) {
-            return self.check_ignored(&from, "checks more often than every half interval");
+        // A resync's checks are answered apart, as often as its rounds
+        // go (net::resync).
+        let resync = is_resync(check);
+        let (last, gap) = if resync {
+            (c.resync_in_last, ANSWER_GAP)
+        } else {
+            (c.check_in_last, self.cfg.peer_check_interval / 2)
+        };
+        if last.is_some_and(|l| now.duration_since(l) < gap) {
+            return self.check_ignored(
+                &from,
+                if resync {
+                    "resync checks more often than their rounds go"
+                } else {
+                    "checks more often than every half interval"
+                },
+            );
         }
         if digest.counts.len() != RANGES || digest.sums.len() != RANGES {
             return self.check_ignored(&from, "a digest without 256 ranges");
@@ -222,7 +241,11 @@ impl Net {
         if (at - unix_now()).abs() > MAX_SKEW_S {
             return self.check_ignored(&from, "a check time far from this node's clock");
         }
-        c.check_in_last = Some(now);
+        if resync {
+            c.resync_in_last = Some(now);
+        } else {
+            c.check_in_last = Some(now);
+        }
         c.check_in = None;
         let mine = match self.journal.state_digest(at) {
             Ok(d) => d,
@@ -339,7 +362,22 @@ impl Net {
         counters
             .peer_check_ranges
             .fetch_add(ranges.len() as u64, Ordering::Relaxed);
+        let differing = u64::from(differing);
+        let compared = ranges.len() as u64;
+        let more = differing > compared;
         if ranges.is_empty() {
+            if is_resync(check) {
+                self.resync_round_over(
+                    check,
+                    Round {
+                        differing,
+                        compared,
+                        found: 0,
+                        exchanged: 0,
+                        more,
+                    },
+                );
+            }
             return Verdict::Continue;
         }
         let mine = match self.journal.check_versions_in_ranges(&ranges, at) {
@@ -383,6 +421,18 @@ impl Net {
             .peer_check_divergences
             .fetch_add(found as u64, Ordering::Relaxed);
         if found == 0 {
+            if is_resync(check) {
+                self.resync_round_over(
+                    check,
+                    Round {
+                        differing,
+                        compared,
+                        found: 0,
+                        exchanged: 0,
+                        more,
+                    },
+                );
+            }
             return Verdict::Continue;
         }
         log::info(format_args!(
@@ -392,18 +442,31 @@ impl Net {
             send.len().min(MAX_ROWS),
             want.len().min(MAX_ROWS)
         ));
+        let more = more || send.len() > MAX_ROWS || want.len() > MAX_ROWS;
         send.truncate(MAX_ROWS);
         want.truncate(MAX_ROWS);
+        let round = Round {
+            differing,
+            compared,
+            found: found as u64,
+            exchanged: send.len() as u64,
+            more,
+        };
         let rows = send.into_iter().map(raw).collect();
         let c = self.conns.get_mut(&t).expect("still open");
-        if !want.is_empty() {
+        let waiting = !want.is_empty();
+        if waiting {
             c.check_out = Some(CheckOut {
                 check,
                 at,
                 wanted: Some(want.iter().copied().collect()),
+                round: is_resync(check).then_some(round),
             });
         }
         c.send(&Frame::CheckRows { check, rows, want });
+        if !waiting && is_resync(check) {
+            self.resync_round_over(check, round);
+        }
         Verdict::Continue
     }
 
@@ -425,15 +488,19 @@ impl Net {
         }
         match c.side {
             Side::Dial { .. } => {
-                let Some(wanted) = c
+                let Some((wanted, round)) = c
                     .check_out
                     .take_if(|o| o.check == check)
-                    .and_then(|o| o.wanted)
+                    .and_then(|o| o.wanted.map(|w| (w, o.round)))
                 else {
                     return self.check_ignored(&from, "rows for no check in progress");
                 };
                 let rows = contacts(rows, |r| wanted.contains(&key_hash(&r.key())));
-                self.stage_check_rows(&from, &rows);
+                let staged = self.stage_check_rows(&from, &rows);
+                if let Some(mut round) = round {
+                    round.exchanged += staged;
+                    self.resync_round_over(check, round);
+                }
             }
             Side::Accept => {
                 let Some(inn) = c.check_in.take_if(|i| i.check == check) else {
@@ -477,9 +544,10 @@ impl Net {
 
     /// Stages versions a check brought from `from`: each goes in where it
     /// is newer than the state's version of its key.
-    fn stage_check_rows(&mut self, from: &str, rows: &[SnapRow]) {
+    /// Returns how many were staged.
+    fn stage_check_rows(&mut self, from: &str, rows: &[SnapRow]) -> u64 {
         if rows.is_empty() || self.clock_refuses_rows(from, rows).is_some() {
-            return;
+            return 0;
         }
         if let Some(max) = rows.iter().map(|r| r.hlc).max() {
             self.shared.observe(max);
@@ -496,10 +564,14 @@ impl Net {
                         "peer check with {from}: staged {n} versions this node lacked or held older"
                     ));
                 }
+                n
             }
-            Err(e) => log::error(format_args!(
-                "peer check: cannot stage versions from {from}: {e} (the next check repairs them)"
-            )),
+            Err(e) => {
+                log::error(format_args!(
+                    "peer check: cannot stage versions from {from}: {e} (the next check repairs them)"
+                ));
+                0
+            }
         }
     }
 }

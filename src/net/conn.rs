@@ -88,6 +88,10 @@ pub(super) struct Conn {
     /// Acceptor: the check answered last, and when one was last answered.
     pub(super) check_in: Option<CheckIn>,
     pub(super) check_in_last: Option<Instant>,
+    /// Acceptor: when a resync's check was last answered; dialer: when
+    /// one was last sent (`resync.rs`).
+    pub(super) resync_in_last: Option<Instant>,
+    pub(super) resync_out_last: Option<Instant>,
     pub(super) crypto: Crypto,
     /// Session bytes not yet decrypted.
     pub(super) raw: ChunkReader,
@@ -158,6 +162,8 @@ impl Conn {
             check_out: None,
             check_in: None,
             check_in_last: None,
+            resync_in_last: None,
+            resync_out_last: None,
             crypto: Crypto::Clear,
             raw: ChunkReader::default(),
             plain: Vec::new(),

@@ -37,6 +37,7 @@ mod inbound;
 mod incarnation;
 mod members;
 mod outbound;
+mod resync;
 mod session;
 mod snapshot;
 mod trim;
@@ -152,6 +153,8 @@ pub struct Net {
     skew_hold: HashMap<String, (u64, String)>,
     /// Per node id: runs replaced, runs refused as clones (identity.rs).
     runs: HashMap<String, identity::Runs>,
+    /// The `sersync.resync` in progress (resync.rs).
+    resync: Option<resync::Run>,
 }
 
 static STAGE_ERR: RateLimit = RateLimit::new(1000);
@@ -228,6 +231,7 @@ impl Net {
             next_check: 0,
             skew_hold: HashMap::new(),
             runs: HashMap::new(),
+            resync: None,
             psks,
             scratch: Vec::new(),
         };
@@ -260,6 +264,7 @@ impl Net {
             while let Ok(cmd) = self.ingest.cmds.try_recv() {
                 match cmd {
                     NetCmd::Forget(id) => self.forget(&id),
+                    NetCmd::Resync(id) => self.start_resync(id),
                 }
             }
             if std::mem::take(&mut self.reconnect_all) {
@@ -272,6 +277,7 @@ impl Net {
             }
             self.timers();
             self.start_checks();
+            self.drive_resync();
             self.pump_all();
             self.trim();
             if std::mem::take(&mut self.members_dirty) {

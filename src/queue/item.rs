@@ -37,6 +37,9 @@ pub enum Item {
         #[serde(with = "serde_bytes")]
         table: Vec<u8>,
     },
+    /// `sersync.resync`: compare with the peer `node_id` (empty: every
+    /// peer) and SER's usrloc now ([`crate::resync`]).
+    Resync { node_id: String },
 }
 
 /// Borrowed twin of [`Item`] with the same encoding: what a SIP worker
@@ -64,6 +67,9 @@ pub enum ItemRef<'a> {
         #[serde(with = "serde_bytes")]
         table: &'a [u8],
     },
+    Resync {
+        node_id: &'a str,
+    },
 }
 
 impl Item {
@@ -81,6 +87,7 @@ impl Item {
                 id: *id,
             },
             Item::ScanAbort { table } => ItemRef::ScanAbort { table },
+            Item::Resync { node_id } => ItemRef::Resync { node_id },
         }
     }
 }
@@ -128,6 +135,9 @@ mod tests {
                 node_id: "n4".into(),
             },
             Item::Quarantine { retry: true, id: 7 },
+            Item::Resync {
+                node_id: "n2".into(),
+            },
         ];
         for item in items {
             let mut owned = Vec::new();

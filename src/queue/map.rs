@@ -30,6 +30,9 @@ pub(super) struct Header {
     pub(super) clock: Padded,
     /// Remote changes usrloc did not take because it held a newer version.
     pub(super) superseded: Padded,
+    /// 1 while a `sersync.resync` runs: claimed by the RPC process that
+    /// asks for it, released by the engine when it is over.
+    pub(super) resync: Padded,
     pub(super) sleeping: AtomicU32,
     pub(super) eventfd: AtomicI32,
     pub(super) status_seq: AtomicU64,
@@ -120,6 +123,22 @@ impl Shared {
             shared.slot(i).seq.store(i, Ordering::Relaxed);
         }
         Ok(shared)
+    }
+
+    /// `sersync.resync`'s claim: true if no resync ran and one is now
+    /// claimed (the caller then queues it, or releases the claim), false
+    /// while one runs. Any process.
+    pub fn resync_claim(&self) -> bool {
+        self.header()
+            .resync
+            .0
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The resync is over (or was never queued): another may start.
+    pub fn resync_release(&self) {
+        self.header().resync.0.store(0, Ordering::Release);
     }
 
     /// A new stamp from the node's clock.
