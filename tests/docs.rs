@@ -129,10 +129,12 @@ fn anchor(heading: &str) -> String {
 /// The section of `text` under the heading that starts with `prefix`, up
 /// to the next heading of any level.
 fn section<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    let start = text
-        .match_indices("\n#")
-        .map(|(i, _)| i + 1)
-        .find(|&i| text[i..].trim_start_matches('#').trim_start().starts_with(prefix))?;
+    let start = text.match_indices("\n#").map(|(i, _)| i + 1).find(|&i| {
+        text[i..]
+            .trim_start_matches('#')
+            .trim_start()
+            .starts_with(prefix)
+    })?;
     let body = &text[start..];
     let body_start = body.find('\n').map_or(body.len(), |n| n + 1);
     let end = body[body_start..]
@@ -216,7 +218,11 @@ fn every_modparam_has_a_section_with_its_default() {
             ));
         }
     }
-    assert!(missing.is_empty(), "doc/sersync.md:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "doc/sersync.md:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]
@@ -245,17 +251,17 @@ fn every_function_rpc_and_statistic_is_documented() {
     assert!(rpcs.len() >= 16, "RPC tables not read: {rpcs:?}");
     assert!(!functions.is_empty(), "cmds[] not read");
     for f in &functions {
-        if !heads.iter().any(|h| h.starts_with("4.") && h.contains(&format!("{f}("))) {
+        if !heads
+            .iter()
+            .any(|h| h.starts_with("4.") && h.contains(&format!("{f}(")))
+        {
             missing.push(format!("function {f}(): no heading \"### 4.N. {f}(...)\""));
         }
     }
     for r in &rpcs {
-        let named = heads.iter().any(|h| {
-            h.starts_with("5.")
-                && h
-                    .split([' ', ','])
-                    .any(|w| w == r.as_str())
-        });
+        let named = heads
+            .iter()
+            .any(|h| h.starts_with("5.") && h.split([' ', ',']).any(|w| w == r.as_str()));
         if !named {
             missing.push(format!("RPC {r}: no heading \"### 5.N. {r} ...\""));
         }
@@ -270,10 +276,16 @@ fn every_function_rpc_and_statistic_is_documented() {
     let stats_section = chapter(&doc, "6. Statistics");
     for s in stats {
         if !stats_section.contains(&format!("| `{s}` |")) {
-            missing.push(format!("statistic {s}: no row \"| `{s}` |\" in 6. Statistics"));
+            missing.push(format!(
+                "statistic {s}: no row \"| `{s}` |\" in 6. Statistics"
+            ));
         }
     }
-    assert!(missing.is_empty(), "doc/sersync.md:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "doc/sersync.md:\n{}",
+        missing.join("\n")
+    );
 }
 
 /// The member names of every struct an RPC replies with
@@ -335,7 +347,11 @@ fn every_field_of_an_rpc_reply_is_documented() {
         .filter(|f| !rpc_section.contains(&format!("`{f}`")))
         .map(|f| format!("RPC reply field {f}: not named (as `{f}`) in 5. RPC commands"))
         .collect();
-    assert!(missing.is_empty(), "doc/sersync.md:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "doc/sersync.md:\n{}",
+        missing.join("\n")
+    );
 }
 
 /// Targets of Markdown links `](target)` in `text`, outside code.
@@ -385,7 +401,10 @@ fn every_link_lands_on_a_heading() {
             broken.push(l);
         }
     }
-    assert!(broken.is_empty(), "doc/sersync.md: links to no heading: {broken:?}");
+    assert!(
+        broken.is_empty(),
+        "doc/sersync.md: links to no heading: {broken:?}"
+    );
     assert!(
         read("README.md").contains("(doc/sersync.md)"),
         "README.md links to doc/sersync.md"
@@ -420,12 +439,18 @@ fn every_metric_series_and_alert_rule_is_documented() {
     let doc = doc();
     let functions = chapter(&doc, "4. Functions");
     let series = metric_series();
-    for must in ["sersync_peer_lag_seconds", "sersync_journaled_total", "sersync_last_seq"] {
+    for must in [
+        "sersync_peer_lag_seconds",
+        "sersync_journaled_total",
+        "sersync_last_seq",
+    ] {
         assert!(series.contains(must), "series not read: {series:?}");
     }
     let mut missing: Vec<String> = series
         .iter()
-        .filter(|s| !functions.contains(&format!("`{s}`")) && !functions.contains(&format!("`{s}{{")))
+        .filter(|s| {
+            !functions.contains(&format!("`{s}`")) && !functions.contains(&format!("`{s}{{"))
+        })
         .map(|s| format!("series {s}: not named (as `{s}`) under 4. Functions"))
         .collect();
     let rules = read("contrib/prometheus/sersync-alerts.yml");
@@ -441,7 +466,11 @@ fn every_metric_series_and_alert_rule_is_documented() {
             missing.push(format!("alert {a}: not named under 10. Watching a cluster"));
         }
     }
-    assert!(missing.is_empty(), "doc/sersync.md:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "doc/sersync.md:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]
@@ -456,7 +485,9 @@ fn every_event_route_and_pseudo_variable_is_documented() {
                 continue;
             };
             if !events.contains(&format!("event_route[{name}]")) {
-                missing.push(format!("{file}: event_route[{name}] not under 7. Event routes"));
+                missing.push(format!(
+                    "{file}: event_route[{name}] not under 7. Event routes"
+                ));
             }
         }
         // $name(...): the pseudo-variables of a pv_export_t table
@@ -464,11 +495,17 @@ fn every_event_route_and_pseudo_variable_is_documented() {
             if src[at..].lines().next().unwrap_or("").contains("[] =") {
                 for name in export_names(table(&src[at..], "=")) {
                     if !doc.contains(&format!("`${name}(")) {
-                        missing.push(format!("{file}: pseudo-variable ${name} not documented as `${name}(…)`"));
+                        missing.push(format!(
+                            "{file}: pseudo-variable ${name} not documented as `${name}(…)`"
+                        ));
                     }
                 }
             }
         }
     }
-    assert!(missing.is_empty(), "doc/sersync.md:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "doc/sersync.md:\n{}",
+        missing.join("\n")
+    );
 }
