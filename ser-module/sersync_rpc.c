@@ -381,6 +381,38 @@ static const char *sersync_forget_doc[2] = {
 		" merely down is caught up when it returns. Returns \"ok\".",
 		0};
 
+/*
+ * A node_id given to an RPC: at most SERSYNC_ID_MAX - 1 characters of
+ * printable ASCII without spaces, and not this node's (self_hint ends the
+ * fault "<id> is this node: "). Faults and returns -1 otherwise.
+ */
+static int sersync_rpc_check_node_id(
+		rpc_t *rpc, void *ctx, const str *id, const char *self_hint)
+{
+	int i;
+
+	if(id->len >= SERSYNC_ID_MAX) {
+		rpc->fault(ctx, 400, "node_id must be at most %d characters (got %d)",
+				SERSYNC_ID_MAX - 1, id->len);
+		return -1;
+	}
+	for(i = 0; i < id->len; i++) {
+		if(id->s[i] <= ' ' || id->s[i] > '~') {
+			rpc->fault(ctx, 400, "node_id must be printable ASCII without"
+								 " spaces (character %d is not)",
+					i + 1);
+			return -1;
+		}
+	}
+	if(id->len == _sersync_node_id.len
+			&& memcmp(id->s, _sersync_node_id.s, id->len) == 0) {
+		rpc->fault(ctx, 400, "%.*s is this node: %s", id->len, id->s,
+				self_hint);
+		return -1;
+	}
+	return 0;
+}
+
 static void sersync_rpc_forget(rpc_t *rpc, void *ctx)
 {
 	struct sersync_status *st;
@@ -390,25 +422,9 @@ static void sersync_rpc_forget(rpc_t *rpc, void *ctx)
 
 	if(sersync_rpc_one_param(rpc, ctx, "node_id", &id) < 0)
 		return;
-	if(id.len >= SERSYNC_ID_MAX) {
-		rpc->fault(ctx, 400, "node_id must be at most %d characters (got %d)",
-				SERSYNC_ID_MAX - 1, id.len);
+	if(sersync_rpc_check_node_id(rpc, ctx, &id, "forget it on another member")
+			< 0)
 		return;
-	}
-	for(i = 0; i < (uint32_t)id.len; i++) {
-		if(id.s[i] <= ' ' || id.s[i] > '~') {
-			rpc->fault(ctx, 400, "node_id must be printable ASCII without"
-								 " spaces (character %u is not)",
-					i + 1);
-			return;
-		}
-	}
-	if(id.len == _sersync_node_id.len
-			&& memcmp(id.s, _sersync_node_id.s, id.len) == 0) {
-		rpc->fault(ctx, 400, "%.*s is this node: forget it on another member",
-				id.len, id.s);
-		return;
-	}
 	/* a typo must not ban a name for good: only a known member */
 	st = sersync_status_get(rpc, ctx);
 	if(st == NULL)
@@ -493,27 +509,10 @@ static void sersync_rpc_resync(rpc_t *rpc, void *ctx)
 								 " for every peer");
 			return;
 		}
-		if(id.len >= SERSYNC_ID_MAX) {
-			rpc->fault(ctx, 400,
-					"node_id must be at most %d characters (got %d)",
-					SERSYNC_ID_MAX - 1, id.len);
+		if(sersync_rpc_check_node_id(
+				   rpc, ctx, &id, "name a peer to compare it with")
+				< 0)
 			return;
-		}
-		for(i = 0; i < (uint32_t)id.len; i++) {
-			if(id.s[i] <= ' ' || id.s[i] > '~') {
-				rpc->fault(ctx, 400, "node_id must be printable ASCII"
-									 " without spaces (character %u is not)",
-						i + 1);
-				return;
-			}
-		}
-		if(id.len == _sersync_node_id.len
-				&& memcmp(id.s, _sersync_node_id.s, id.len) == 0) {
-			rpc->fault(ctx, 400, "%.*s is this node: name a peer to compare"
-								 " it with",
-					id.len, id.s);
-			return;
-		}
 	}
 	st = sersync_status_get(rpc, ctx);
 	if(st == NULL)

@@ -88,28 +88,6 @@ fn check_registered(
     }
 }
 
-/// REGISTERs the node's registrar accepted (`registrar:accepted_regs`):
-/// each is one usrloc change, so one journaled record. sipp retransmits a
-/// REGISTER whose reply is late (a loaded machine): SER saves it again,
-/// so this, not the number of users, is what the node journals.
-fn accepted_regs(node: &Node) -> u64 {
-    let v = node
-        .rpc("stats.get_statistics", serde_json::json!(["all"]))
-        .unwrap_or_else(|e| panic!("stats.get_statistics: {e}"));
-    let line = v
-        .as_array()
-        .and_then(|a| {
-            a.iter()
-                .filter_map(|l| l.as_str())
-                .find(|l| l.contains("accepted_regs"))
-        })
-        .map(String::from)
-        .unwrap_or_else(|| panic!("no accepted_regs in stats.get_statistics all: {v}"));
-    line.split_once('=')
-        .and_then(|(_, n)| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("registrar:accepted_regs line {line:?}"))
-}
-
 fn users_of(regs: &[Reg]) -> BTreeSet<String> {
     regs.iter().map(|r| r.user.clone()).collect()
 }
@@ -168,7 +146,7 @@ fn registrations_replicate_field_by_field() {
          acked = last_seq:\n{last}"
     );
     assert!(st1.last_seq > 0, "node 1 last_seq is 0:\n{}", st1.summary());
-    let accepted1 = accepted_regs(n1);
+    let accepted1 = n1.accepted_regs();
     assert!(
         st1.journaled <= accepted1,
         "node 1 journaled {} records, more than the {accepted1} REGISTERs it accepted:\n{}",
@@ -176,7 +154,7 @@ fn registrations_replicate_field_by_field() {
         st1.summary()
     );
     let (st2, st3) = (n2.status(), n3.status());
-    let accepted2 = accepted_regs(n2);
+    let accepted2 = n2.accepted_regs();
     assert!(
         st2.journaled >= udp2.len() as u64 && st2.journaled <= accepted2,
         "node 2 journaled {} records: not its own changes alone ({} users, {accepted2} \

@@ -42,7 +42,7 @@ fn hold(dst: SocketAddrV4, stop: &AtomicBool) -> u64 {
     let srcs: Vec<Ipv4Addr> = (0..20u8)
         .map(|j| Ipv4Addr::new(127, 0, 0, 140 + j))
         .collect();
-    let open = |i: usize| connect_from(srcs[i % srcs.len()], dst);
+    let open = |i: usize| connect_from(srcs[i % srcs.len()], dst, true);
     let mut conns: Vec<TcpStream> = (0..STRANGERS).map(open).collect();
     let mut dropped = 0;
     let mut buf = [0u8; 4096];

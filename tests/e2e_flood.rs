@@ -67,7 +67,7 @@ fn flood(
 ) -> (u64, u64) {
     let chunk = vec![0x5au8; 64 << 10];
     let open = |i: usize| Attacker {
-        s: connect_from(srcs[i % srcs.len()], dst),
+        s: connect_from(srcs[i % srcs.len()], dst, true),
         sent: 0,
         silent: i % 2 == 1,
     };

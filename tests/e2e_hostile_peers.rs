@@ -18,7 +18,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
-use std::os::unix::io::FromRawFd;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::sleep;
@@ -80,40 +79,14 @@ fn with_background_sipp(node: &Node, prefix: &str, body: impl FnOnce()) -> usize
 }
 
 /// A TCP connection from `src` (127.0.0.x, so that nothing leaves the
-/// test's addresses) to `dst`.
-fn connect_from(src: &str, dst: &str, port: u16) -> TcpStream {
-    let src: std::net::Ipv4Addr = src.parse().expect("source address");
+/// test's addresses) to `dst`, reads timing out after 10 s.
+fn attacker_connection(src: &str, dst: &str, port: u16) -> TcpStream {
     let dst = SocketAddrV4::new(dst.parse().expect("destination address"), port);
-    let sin = |a: &SocketAddrV4| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*a.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket calls on a descriptor this function owns until
-    // it is handed to TcpStream.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let stream = TcpStream::from_raw_fd(fd);
-        let local = sin(&SocketAddrV4::new(src, 0));
-        let rc = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len);
-        assert!(rc == 0, "bind {src}: {}", std::io::Error::last_os_error());
-        let remote = sin(&dst);
-        let rc = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len);
-        assert!(
-            rc == 0,
-            "connect {dst}: {}",
-            std::io::Error::last_os_error()
-        );
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("read timeout");
-        stream
-    }
+    let stream = connect_from(src.parse().expect("source address"), dst, false);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    stream
 }
 
 /// Waits for the node to close the connection (EOF or reset); how long it
@@ -248,7 +221,7 @@ impl<'a> Target<'a> {
     ) -> String {
         self.pace();
         let before = count_log(self.node, &needles[..1]);
-        let mut s = connect_from(ATTACKER, &self.node.ip, SERSYNC_PORT);
+        let mut s = attacker_connection(ATTACKER, &self.node.ip, SERSYNC_PORT);
         let (id, nonce) = challenge(&mut s);
         act(&mut s, &id, &nonce);
         closed_by_node(&mut s, Duration::from_secs(10), what);
@@ -316,7 +289,7 @@ fn hostile_connections_are_dropped_while_sipp_registers() {
         // -- Half a hello, then the peer goes away ---------------------------
         target.pace();
         let before = count_log(n1, &[dropped]);
-        let mut s = connect_from(ATTACKER, &ip, SERSYNC_PORT);
+        let mut s = attacker_connection(ATTACKER, &ip, SERSYNC_PORT);
         let (id, nonce) = challenge(&mut s);
         let mut bytes = Vec::new();
         hello(&secret, "half", &id, &nonce, VERSION, "tcp:127.0.0.99:5999")
@@ -355,7 +328,7 @@ fn hostile_connections_are_dropped_while_sipp_registers() {
         // own address as its listen address, so the node learns no member.
         target.pace();
         let before = count_log(n1, &[refused]);
-        let mut s = connect_from(ATTACKER, &ip, SERSYNC_PORT);
+        let mut s = attacker_connection(ATTACKER, &ip, SERSYNC_PORT);
         let (id, nonce) = challenge(&mut s);
         let recorded = hello(&secret, "n9", &id, &nonce, VERSION, &sersync_addr(&ip));
         send(&mut s, &recorded);
@@ -364,7 +337,7 @@ fn hostile_connections_are_dropped_while_sipp_registers() {
             "the recorded hello is accepted on its own connection"
         );
         drop(s);
-        let mut s = connect_from(ATTACKER, &ip, SERSYNC_PORT);
+        let mut s = attacker_connection(ATTACKER, &ip, SERSYNC_PORT);
         challenge(&mut s);
         send(&mut s, &recorded);
         assert!(
@@ -397,7 +370,7 @@ fn hostile_connections_are_dropped_while_sipp_registers() {
         // -- Connects, reads the challenge, sends nothing --------------------
         target.pace();
         let before = count_log(n1, &[dropped]);
-        let mut s = connect_from(ATTACKER, &ip, SERSYNC_PORT);
+        let mut s = attacker_connection(ATTACKER, &ip, SERSYNC_PORT);
         challenge(&mut s);
         let waited = closed_by_node(&mut s, Duration::from_secs(15), "silent peer");
         assert!(
@@ -419,7 +392,7 @@ fn hostile_connections_are_dropped_while_sipp_registers() {
         // its window is full, must not grow in memory, and drops it.
         let stuck = StuckMember::start((STUCK_IP, SERSYNC_PORT), secret.clone(), "n8");
         let before = count_log(n1, &["lost peer n8", "not reading"]);
-        let mut s = connect_from(ATTACKER, &ip, SERSYNC_PORT);
+        let mut s = attacker_connection(ATTACKER, &ip, SERSYNC_PORT);
         let (id, nonce) = challenge(&mut s);
         send(
             &mut s,

@@ -9,11 +9,10 @@
 
 #[path = "ports/mod.rs"]
 mod ports;
-use ports::{connect_when_listening, free_port};
+use ports::{connect_from, connect_when_listening, free_port};
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
-use std::os::unix::io::FromRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -129,42 +128,6 @@ fn rss_kib() -> u64 {
         .expect("VmRSS")
 }
 
-/// A non-blocking TCP connection from `src` to 127.0.0.1:`port`, in
-/// progress.
-fn connect_from(src: Ipv4Addr, port: u16) -> TcpStream {
-    let sin = |a: &SocketAddrV4| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*a.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket calls on a descriptor this function owns until
-    // it is handed to TcpStream.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        );
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let stream = TcpStream::from_raw_fd(fd);
-        let local = sin(&SocketAddrV4::new(src, 0));
-        let rc = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len);
-        assert!(rc == 0, "bind {src}: {}", std::io::Error::last_os_error());
-        let remote = sin(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
-        let rc = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len);
-        let err = std::io::Error::last_os_error();
-        assert!(
-            rc == 0 || err.raw_os_error() == Some(libc::EINPROGRESS),
-            "connect: {err}"
-        );
-        stream
-    }
-}
-
 /// One attacking connection: it announces a frame just under 16 MiB and
 /// sends up to `budget` bytes of it, or (`silent`) sends nothing.
 struct Attacker {
@@ -187,7 +150,11 @@ fn flood(
 ) {
     let chunk = vec![0x5au8; 64 << 10];
     let open = |i: usize| Attacker {
-        s: connect_from(srcs[i % srcs.len()], port),
+        s: connect_from(
+            srcs[i % srcs.len()],
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+            true,
+        ),
         sent: 0,
         silent: i % 2 == 1,
     };
@@ -262,7 +229,11 @@ fn a_flood_of_unauthenticated_connections_costs_bounded_memory_and_stops_nothing
     let one = Ipv4Addr::new(127, 0, 0, 140);
     let mut held: Vec<TcpStream> = Vec::new();
     for _ in 0..MAX_PENDING_PER_SOURCE + 4 {
-        held.push(connect_from(one, p.port1));
+        held.push(connect_from(
+            one,
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, p.port1),
+            true,
+        ));
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));

@@ -219,6 +219,28 @@ impl Node {
             .unwrap_or_else(|e| panic!("sersync.status on {}: {e}", self.name()))
     }
 
+    /// REGISTERs the node's registrar accepted (`registrar:accepted_regs`):
+    /// each is one usrloc change, so one journaled record. sipp retransmits a
+    /// REGISTER whose reply is late (a loaded machine): SER saves it again,
+    /// so this, not the number of users, is what the node journals.
+    pub fn accepted_regs(&self) -> u64 {
+        let v = self
+            .rpc("stats.get_statistics", serde_json::json!(["all"]))
+            .unwrap_or_else(|e| panic!("stats.get_statistics: {e}"));
+        let line = v
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .filter_map(|l| l.as_str())
+                    .find(|l| l.contains("accepted_regs"))
+            })
+            .map(String::from)
+            .unwrap_or_else(|| panic!("no accepted_regs in stats.get_statistics all: {v}"));
+        line.split_once('=')
+            .and_then(|(_, n)| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("registrar:accepted_regs line {line:?}"))
+    }
+
     /// sersync.peers: one entry per member this node knows, parsed, with
     /// the raw structs beside (snapshot_* and the rest).
     pub fn sersync_peers(&self) -> Result<(Vec<PeerStatus>, Vec<Value>), String> {

@@ -45,3 +45,47 @@ pub fn connect_when_listening(port: u16) -> std::net::TcpStream {
         }
     }
 }
+
+/// A TCP connection from `src` (a 127.0.0.x address, so that nothing
+/// leaves the test's addresses) to `dst`: in progress when `nonblocking`
+/// (floods open hundreds at once), else connected.
+#[allow(dead_code)] // not every test file connects from chosen addresses
+pub fn connect_from(
+    src: std::net::Ipv4Addr,
+    dst: std::net::SocketAddrV4,
+    nonblocking: bool,
+) -> std::net::TcpStream {
+    use std::net::SocketAddrV4;
+    use std::os::unix::io::FromRawFd;
+    let sin = |a: &SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let flags = if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    // SAFETY: plain socket calls on a descriptor this function owns until
+    // it is handed to TcpStream (which closes it, also on a panic below).
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags,
+            0,
+        );
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = std::net::TcpStream::from_raw_fd(fd);
+        let local = sin(&SocketAddrV4::new(src, 0));
+        let rc = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len);
+        assert!(rc == 0, "bind {src}: {}", std::io::Error::last_os_error());
+        let rc = libc::connect(fd, (&sin(&dst) as *const libc::sockaddr_in).cast(), len);
+        let err = std::io::Error::last_os_error();
+        assert!(
+            rc == 0 || (nonblocking && err.raw_os_error() == Some(libc::EINPROGRESS)),
+            "connect {dst}: {err}"
+        );
+        stream
+    }
+}
