@@ -76,8 +76,46 @@ int sersync_alias_table_ok(const char *s, size_t len)
 	return 1;
 }
 
+/* db_url as logs show it: without the password, which runs from the
+ * user's ':' to the last '@' before the host (as SER parses it), so that
+ * "mysql://user:pw@host/db" is shown "mysql://user@host/db"; *head is the
+ * length of the part before the password, *tail the offset after it */
+static void sersync_db_url_shown(const str *url, int *head, int *tail)
+{
+	int start = 0, end, at = -1, colon = -1, i;
+
+	*head = url->len;
+	*tail = url->len;
+	for(i = 0; i + 2 < url->len; i++) {
+		if(url->s[i] == ':' && url->s[i + 1] == '/' && url->s[i + 2] == '/') {
+			start = i + 3;
+			break;
+		}
+	}
+	if(start == 0)
+		return;
+	for(end = start; end < url->len && url->s[end] != '/'; end++)
+		;
+	for(i = start; i < end; i++) {
+		if(url->s[i] == '@')
+			at = i;
+	}
+	for(i = start; at > 0 && i < at; i++) {
+		if(url->s[i] == ':') {
+			colon = i;
+			break;
+		}
+	}
+	if(colon > 0) {
+		*head = colon;
+		*tail = at;
+	}
+}
+
 int sersync_alias_init(void)
 {
+	int head, tail;
+
 	if(!sersync_alias_table_ok(
 			   _sersync_alias_table.s, (size_t)_sersync_alias_table.len)) {
 		LM_ERR("modparam \"alias_table\": \"%.*s\" is not a table name"
@@ -103,17 +141,20 @@ int sersync_alias_init(void)
 		LM_INFO("no db_url: alias RPCs and alias replication are off\n");
 		return 0;
 	}
+	sersync_db_url_shown(&_sersync_db_url, &head, &tail);
 	if(db_bind_mod(&_sersync_db_url, &_sersync_dbf) < 0) {
-		LM_ERR("modparam \"db_url\": no database module for \"%.*s\": load"
-			   " its module (e.g. loadmodule \"db_sqlite.so\")\n",
-				_sersync_db_url.len, _sersync_db_url.s);
+		LM_ERR("modparam \"db_url\": no database module for \"%.*s%.*s\":"
+			   " load its module (e.g. loadmodule \"db_sqlite.so\")\n",
+				head, _sersync_db_url.s, _sersync_db_url.len - tail,
+				_sersync_db_url.s + tail);
 		return -1;
 	}
 	if(!DB_CAPABILITY(_sersync_dbf,
 			   DB_CAP_QUERY | DB_CAP_INSERT | DB_CAP_DELETE)) {
-		LM_ERR("the database module for \"%.*s\" cannot query, insert and"
-			   " delete\n",
-				_sersync_db_url.len, _sersync_db_url.s);
+		LM_ERR("the database module for \"%.*s%.*s\" cannot query, insert"
+			   " and delete\n",
+				head, _sersync_db_url.s, _sersync_db_url.len - tail,
+				_sersync_db_url.s + tail);
 		return -1;
 	}
 	_sersync_db_bound = 1;
@@ -163,8 +204,11 @@ static db1_con_t *sersync_alias_db(const str *table)
 	if(_sersync_db == NULL) {
 		_sersync_db = _sersync_dbf.init(&_sersync_db_url);
 		if(_sersync_db == NULL) {
-			LM_ERR("cannot connect to %.*s\n", _sersync_db_url.len,
-					_sersync_db_url.s);
+			int head, tail;
+
+			sersync_db_url_shown(&_sersync_db_url, &head, &tail);
+			LM_ERR("cannot connect to %.*s%.*s\n", head, _sersync_db_url.s,
+					_sersync_db_url.len - tail, _sersync_db_url.s + tail);
 			return NULL;
 		}
 	}

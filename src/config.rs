@@ -52,8 +52,9 @@ pub struct Config {
     /// ([`PEER_CHECK_INTERVAL`]); a peer's checks more frequent than half
     /// of it are ignored.
     pub peer_check_interval: Duration,
-    /// SER's SQLite database for the fallback path.
-    pub database: Option<PathBuf>,
+    /// SER's database (SQLite, MySQL/MariaDB or PostgreSQL) for the
+    /// fallback path and the start-up comparison; None: neither.
+    pub database: Option<DbUrl>,
     /// Journal entries older than this are dropped even if a peer has not
     /// acknowledged them; such a peer gets a snapshot.
     pub retention_ms: u64,
@@ -200,24 +201,164 @@ pub fn parse_endpoint(param: &'static str, text: &str) -> Result<SocketAddr, Con
         .ok_or_else(|| ConfigError::invalid(param, format!("\"{text}\" resolves to no address")))
 }
 
-/// "sqlite:////abs/path" (SER's own form: four slashes for an absolute
-/// path) → "/abs/path".
-pub fn parse_db_url(url: &str) -> Result<PathBuf, ConfigError> {
-    let Some(rest) = url.strip_prefix("sqlite://") else {
-        let scheme = url.split("://").next().unwrap_or(url);
+/// SER's database, as the engine reaches it directly (the fallback when
+/// SER's RPC door does not answer, the start-up comparison): parsed from
+/// `db_url` in the form SER's database modules take.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DbUrl {
+    /// db_sqlite: "sqlite:////abs/path" (four slashes for an absolute path).
+    Sqlite(PathBuf),
+    /// db_mysql or db_postgres over TCP.
+    Server(ServerUrl),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerKind {
+    /// "mysql://": MySQL or MariaDB.
+    Mysql,
+    /// "postgres://": PostgreSQL.
+    Postgres,
+}
+
+/// "mysql://user:password@host[:port]/database" or "postgres://...".
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    pub kind: ServerKind,
+    pub user: String,
+    /// Never shown: not in [`DbUrl`]'s Display or Debug, nor in errors.
+    pub password: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+}
+
+impl ServerKind {
+    pub fn scheme(self) -> &'static str {
+        match self {
+            ServerKind::Mysql => "mysql",
+            ServerKind::Postgres => "postgres",
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            ServerKind::Mysql => 3306,
+            ServerKind::Postgres => 5432,
+        }
+    }
+}
+
+/// The URL without its password, for logs, status and errors.
+impl std::fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbUrl::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            DbUrl::Server(s) => {
+                let host = if s.host.contains(':') {
+                    format!("[{}]", s.host)
+                } else {
+                    s.host.clone()
+                };
+                write!(
+                    f,
+                    "{}://{}@{host}:{}/{}",
+                    s.kind.scheme(),
+                    s.user,
+                    s.port,
+                    s.database
+                )
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DbUrl({self})")
+    }
+}
+
+/// Parses `db_url` as SER does (lib/srdb1/db_id.c): "sqlite:////abs/path";
+/// "mysql://" or "postgres://" then `user:password@host[:port]/database`,
+/// the password running to the last '@' (it may hold '@' and ':'), the
+/// host an IPv6 address in brackets or a name, the database name ending
+/// at '?'. Ok(None) for the schemes of SER's other database modules
+/// (their tables are reached only through SER's own layer).
+pub fn parse_db_url(url: &str) -> Result<Option<DbUrl>, ConfigError> {
+    let Some((scheme, rest)) = url.split_once("://") else {
         return Err(ConfigError::invalid(
             "db_url",
-            format!("\"{scheme}\": the database fallback writes SQLite only (sqlite:////path/to/db); leave db_url empty to disable it"),
+            "not a database URL (scheme://...), e.g. mysql://kamailio:password@localhost/kamailio",
         ));
     };
-    let path = rest.strip_prefix('/').unwrap_or(rest);
-    if path.is_empty() {
-        return Err(ConfigError::invalid(
+    let kind = match scheme {
+        "sqlite" => {
+            let path = rest.strip_prefix('/').unwrap_or(rest);
+            if path.is_empty() {
+                return Err(ConfigError::invalid(
+                    "db_url",
+                    "no database file after sqlite://",
+                ));
+            }
+            return Ok(Some(DbUrl::Sqlite(PathBuf::from(path))));
+        }
+        "mysql" => ServerKind::Mysql,
+        "postgres" => ServerKind::Postgres,
+        _ => return Ok(None),
+    };
+    // Never quote `url` itself below: it holds the password.
+    let bad = |what: &str| {
+        ConfigError::invalid(
             "db_url",
-            "no database file after sqlite://",
-        ));
+            format!(
+                "{scheme}:// URL {what}; the form is {scheme}://user:password@host[:port]/database"
+            ),
+        )
+    };
+    let (authority, database) = rest
+        .split_once('/')
+        .ok_or_else(|| bad("has no /database"))?;
+    let database = database.split('?').next().unwrap_or_default();
+    if database.is_empty() {
+        return Err(bad("has no database name"));
     }
-    Ok(PathBuf::from(path))
+    let (userinfo, hostport) = authority
+        .rsplit_once('@')
+        .ok_or_else(|| bad("has no user@"))?;
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    if user.is_empty() {
+        return Err(bad("has no user"));
+    }
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| bad("has an unclosed [host]"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match hostport.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("has no host"));
+    }
+    let port = match port {
+        None => kind.default_port(),
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| bad("has a port that is not a number from 1 to 65535"))?,
+    };
+    Ok(Some(DbUrl::Server(ServerUrl {
+        kind,
+        user: user.to_string(),
+        password: password.to_string(),
+        host: host.to_string(),
+        port,
+        database: database.to_string(),
+    })))
 }
 
 impl RawConfig {
@@ -321,13 +462,13 @@ impl RawConfig {
         } else {
             Some(PathBuf::from(&self.fifo))
         };
-        // Another database (MySQL, PostgreSQL) still serves the module's
-        // alias RPCs through SER's own layer; only the engine's direct
-        // fallback and start-up comparison need SQLite, and are off then.
-        let database = if self.db_url.is_empty() || !self.db_url.starts_with("sqlite:") {
+        // SER's other database modules (db_text, db_unixodbc, ...) still
+        // serve the module's alias RPCs through SER's own layer; the
+        // engine's direct fallback and start-up comparison are off then.
+        let database = if self.db_url.is_empty() {
             None
         } else {
-            Some(parse_db_url(&self.db_url)?)
+            parse_db_url(&self.db_url)?
         };
         let fifo_reply_dir = PathBuf::from(if self.fifo_reply_dir.is_empty() {
             "/tmp/"
@@ -430,7 +571,7 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:5999".parse().unwrap());
         assert_eq!(
             c.database.unwrap(),
-            PathBuf::from("/var/lib/kamailio/kamailio.db")
+            DbUrl::Sqlite(PathBuf::from("/var/lib/kamailio/kamailio.db"))
         );
         assert_eq!(c.fifo_reply_dir, PathBuf::from("/tmp/"));
         assert_eq!(c.reply_dir, PathBuf::from("/tmp/"));
@@ -467,15 +608,68 @@ mod tests {
         c.secret.clear();
         assert!(c.check().unwrap_err().to_string().contains("secret"));
         let mut c = good();
-        c.db_url = "mysql://u:p@localhost/kamailio".into();
+        c.db_url = "text:///etc/kamailio/dbtext".into();
         assert!(
             c.check().unwrap().database.is_none(),
-            "other databases: no direct fallback"
+            "SER's other database modules: no direct fallback"
         );
+        c.db_url = "mysql://kamailio:s3cret@localhost".into();
+        let e = c.check().unwrap_err().to_string();
+        assert!(e.contains("no /database") && !e.contains("s3cret"), "{e}");
         c.db_url = "sqlite://".into();
         assert!(c.check().is_err());
         let mut c = good();
         c.node_id = "has space".into();
         assert!(c.check().is_err());
+    }
+
+    #[test]
+    fn server_urls_parse_as_ser_parses_them() {
+        let server = |url: &str| match parse_db_url(url).unwrap() {
+            Some(DbUrl::Server(s)) => s,
+            other => panic!("{url}: {other:?}"),
+        };
+        let s = server("mysql://kamailio:kamailiorw@localhost/kamailio");
+        assert_eq!(
+            (
+                s.kind,
+                &*s.user,
+                &*s.password,
+                &*s.host,
+                s.port,
+                &*s.database
+            ),
+            (
+                ServerKind::Mysql,
+                "kamailio",
+                "kamailiorw",
+                "localhost",
+                3306,
+                "kamailio"
+            )
+        );
+        // The password runs to the last '@'; the database name ends at '?'.
+        let s = server("postgres://ser:p@ss:w@rd@10.0.0.5:6432/ser?sslmode=disable");
+        assert_eq!(
+            (s.kind, &*s.password, &*s.host, s.port, &*s.database),
+            (ServerKind::Postgres, "p@ss:w@rd", "10.0.0.5", 6432, "ser")
+        );
+        let s = server("postgres://ser:pw@[2001:db8::1]:5433/ser");
+        assert_eq!((&*s.host, s.port), ("2001:db8::1", 5433));
+        let url = DbUrl::Server(s);
+        assert_eq!(url.to_string(), "postgres://ser@[2001:db8::1]:5433/ser");
+        assert!(!format!("{url:?}").contains("pw"));
+        for bad in [
+            "mysql://u:secretpw@h:99999/db",
+            "mysql://u:secretpw@/db",
+            "mysql://h/db",
+            "postgres://u:secretpw@h:5432/",
+        ] {
+            let e = parse_db_url(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("db_url") && !e.contains("secretpw"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

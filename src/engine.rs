@@ -145,7 +145,7 @@ impl Engine {
                     door,
                     cfg.database
                         .as_ref()
-                        .map(|p| Box::new(Database::new(p)) as Box<dyn Sink>),
+                        .map(|url| Box::new(Database::new(url.clone())) as Box<dyn Sink>),
                 )
             }
         };

@@ -35,5 +35,6 @@ pub mod restore;
 pub mod resync;
 pub mod scan;
 pub mod seed;
+pub mod ser_db;
 pub mod status;
 pub mod wire;

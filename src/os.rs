@@ -1,6 +1,7 @@
 //! The few operating-system calls sersync makes through libc, behind safe
 //! wrappers: the reply FIFO of SER's RPC door, poll, the queue's eventfd
-//! and its shared mapping. Ground floor: depends on nothing in the crate.
+//! and its shared mapping, and local time as SER's database layer keeps
+//! it. Ground floor: depends on nothing in the crate.
 
 use std::ffi::CStr;
 use std::io;
@@ -109,6 +110,60 @@ impl Drop for SharedMap {
     }
 }
 
+/// `t` (seconds since the epoch) as "YYYY-MM-DD HH:MM:SS" in the local
+/// time zone: how Kamailio's database layer writes a DATETIME value for
+/// MySQL and PostgreSQL (lib/srdb1/db_ut.c, db_time2str: localtime_r), so
+/// a row written here reads back in SER as the same instant. None when
+/// the C library cannot represent `t`.
+pub fn local_datetime(t: i64) -> Option<String> {
+    // time_t is 32 bits on some targets (i386).
+    #[allow(clippy::useless_conversion)]
+    let t: libc::time_t = t.try_into().ok()?;
+    // SAFETY: an all-zero `tm` is a valid value (integers and a null
+    // zone pointer), overwritten by localtime_r.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live locals; localtime_r is reentrant.
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return None;
+    }
+    Some(format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year as i64 + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    ))
+}
+
+/// The inverse of [`local_datetime`], as Kamailio reads such a column
+/// back (db_str2time: the fields, then mktime with daylight saving time
+/// left for mktime to guess). Fractions of a second are ignored. None
+/// for text of another form.
+pub fn parse_local_datetime(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (date, time) = s.split_once([' ', 'T'])?;
+    let mut d = date.splitn(3, '-').map(str::parse::<i32>);
+    let (year, mon, mday) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let time = time.split('.').next()?;
+    let mut t = time.splitn(3, ':').map(str::parse::<i32>);
+    let (hour, min, sec) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    // SAFETY: as in local_datetime.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    tm.tm_year = year - 1900;
+    tm.tm_mon = mon - 1;
+    tm.tm_mday = mday;
+    tm.tm_hour = hour;
+    tm.tm_min = min;
+    tm.tm_sec = sec;
+    tm.tm_isdst = -1;
+    // SAFETY: a pointer to a live local, which mktime normalises in place.
+    let t = unsafe { libc::mktime(&mut tm) };
+    // -1 is also 23:59:59 on 31 December 1969, never a contact's time.
+    (t != -1).then_some(t as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +206,21 @@ mod tests {
             mkfifo(&c, 0o600).unwrap_err().kind(),
             io::ErrorKind::AlreadyExists
         );
+    }
+
+    #[test]
+    fn local_datetime_round_trips() {
+        // In the process's zone, whatever it is: a round trip holds.
+        for t in [0i64, 1_000_000_000, 2_000_000_000, 1_700_000_000 + 12_345] {
+            let s = local_datetime(t).unwrap();
+            assert_eq!(s.len(), 19, "{s}");
+            assert_eq!(parse_local_datetime(&s), Some(t), "{s}");
+        }
+        assert_eq!(
+            parse_local_datetime("2030-05-28 21:32:15.250000"),
+            parse_local_datetime("2030-05-28 21:32:15")
+        );
+        assert_eq!(parse_local_datetime("yesterday"), None);
+        assert_eq!(parse_local_datetime("2030-05-28"), None);
     }
 }

@@ -15,75 +15,30 @@
 //! its callback) is staged as that deletion, so it does not come back.
 //! A row is the journal's version when ruid, Call-ID and CSeq match.
 //!
-//! Read from SER's database (the `db_url` modparam).
+//! Read from SER's database (the `db_url` modparam: SQLite, MySQL/MariaDB
+//! or PostgreSQL, [`crate::ser_db`]).
 
-use std::path::Path;
-
-use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OpenFlags};
-
+use crate::config::DbUrl;
 use crate::journal::Journal;
 use crate::record::{Contact, Op, Record};
+use crate::ser_db::{Cell, Conn};
 
 /// Reads every unexpired contact of `table`. Its HLC stamp is taken from
 /// the row's last_modified, so an old row never overrides a newer
 /// version a peer holds.
-fn read_table(conn: &Connection, table: &str, now: i64) -> rusqlite::Result<Vec<(u64, Record)>> {
+fn read_table(conn: &mut Conn, table: &str, now: i64) -> Result<Vec<(u64, Record)>, String> {
     let sql = format!(
         "SELECT ruid, username, coalesce(domain, ''), contact, coalesce(received, ''), coalesce(path, ''),
-                CAST(strftime('%s', expires) AS INTEGER), q, callid, cseq,
-                CAST(strftime('%s', last_modified) AS INTEGER), flags, cflags, user_agent,
+                {}, q, callid, cseq, {}, flags, cflags, user_agent,
                 coalesce(socket, ''), coalesce(methods, -1), coalesce(instance, ''), reg_id, server_id
-         FROM {table}"
+         FROM {table}",
+        conn.time_column("expires"),
+        conn.time_column("last_modified"),
     );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map([], |r| {
-        // The bytes as SER stored them: SER does not promise UTF-8 (a
-        // Latin-1 User-Agent), and they replicate unchanged.
-        let text = |i: usize| -> rusqlite::Result<Vec<u8>> {
-            Ok(match r.get_ref(i)? {
-                ValueRef::Text(b) | ValueRef::Blob(b) => b.to_vec(),
-                ValueRef::Null => Vec::new(),
-                ValueRef::Integer(n) => n.to_string().into_bytes(),
-                ValueRef::Real(x) => x.to_string().into_bytes(),
-            })
-        };
-        let mut aor = text(1)?;
-        let domain = text(2)?;
-        if !domain.is_empty() {
-            aor.push(b'@');
-            aor.extend_from_slice(&domain);
-        }
-        let q: f64 = r.get(7)?;
-        Ok(Contact {
-            domain: table.as_bytes().to_vec(),
-            aor,
-            contact: text(3)?,
-            ruid: text(0)?,
-            received: text(4)?,
-            path: text(5)?,
-            callid: text(8)?,
-            user_agent: text(13)?,
-            socket: text(14)?,
-            instance: text(16)?,
-            expires: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
-            last_modified: r.get::<_, Option<i64>>(10)?.unwrap_or(0),
-            q: if q < 0.0 {
-                -1
-            } else {
-                (q * 1000.0).round() as i32
-            },
-            cseq: r.get(9)?,
-            flags: r.get::<_, i64>(11)? as u32,
-            cflags: r.get::<_, i64>(12)? as u32,
-            methods: r.get::<_, i64>(15)? as u32,
-            reg_id: r.get::<_, i64>(17)? as u32,
-            server_id: r.get(18)?,
-        })
-    })?;
+    let rows = conn.query(&sql).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    for c in rows {
-        let c = c?;
+    for r in rows {
+        let c = contact_of(table, &r)?;
         if c.expires != 0 && c.expires < now {
             continue;
         }
@@ -97,6 +52,49 @@ fn read_table(conn: &Connection, table: &str, now: i64) -> rusqlite::Result<Vec<
         ));
     }
     Ok(out)
+}
+
+/// A row of `read_table`'s SELECT as the contact usrloc loads from it.
+fn contact_of(table: &str, r: &[Cell]) -> Result<Contact, String> {
+    if r.len() != 19 {
+        return Err(format!("{} columns, not 19", r.len()));
+    }
+    // The bytes as SER stored them: SER does not promise UTF-8 (a
+    // Latin-1 User-Agent), and they replicate unchanged.
+    let text = |i: usize| r[i].bytes();
+    let int = |i: usize| r[i].int().map_err(|e| format!("column {i}: {e}"));
+    let mut aor = text(1);
+    let domain = text(2);
+    if !domain.is_empty() {
+        aor.push(b'@');
+        aor.extend_from_slice(&domain);
+    }
+    let q = r[7].real().map_err(|e| format!("q: {e}"))?;
+    Ok(Contact {
+        domain: table.as_bytes().to_vec(),
+        aor,
+        contact: text(3),
+        ruid: text(0),
+        received: text(4),
+        path: text(5),
+        callid: text(8),
+        user_agent: text(13),
+        socket: text(14),
+        instance: text(16),
+        expires: r[6].time().map_err(|e| format!("expires: {e}"))?,
+        last_modified: r[10].time().map_err(|e| format!("last_modified: {e}"))?,
+        q: if q < 0.0 {
+            -1
+        } else {
+            (q * 1000.0).round() as i32
+        },
+        cseq: int(9)? as i32,
+        flags: int(11)? as u32,
+        cflags: int(12)? as u32,
+        methods: int(15)? as u32,
+        reg_id: int(17)? as u32,
+        server_id: int(18)? as i32,
+    })
 }
 
 /// Whether a database row and a journaled contact are the same version of
@@ -125,25 +123,24 @@ pub struct Reconciled {
 pub fn reconcile(
     journal: &mut Journal,
     node_id: &str,
-    database: &Path,
+    database: &DbUrl,
     tables: &[String],
 ) -> Result<Reconciled, String> {
     let mut out = Reconciled::default();
-    if !database.exists() {
-        return Ok(out);
+    if let DbUrl::Sqlite(path) = database {
+        if !path.exists() {
+            return Ok(out);
+        }
     }
-    let conn = Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| format!("{}: {e}", database.display()))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(|e| e.to_string())?;
+    let mut conn = Conn::open(database, true).map_err(|e| format!("{database}: {e}"))?;
     let now = crate::hlc::wall_ms() as i64 / 1000;
     let mut in_db = std::collections::HashSet::new();
     // Versions of the journal SER's table lacks: staged for applying.
     let mut to_ser = Vec::new();
     let secs = |h: u64| crate::hlc::millis(h) / 1000;
     for table in tables {
-        let recs = read_table(&conn, table, now)
-            .map_err(|e| format!("{}: table {table}: {e}", database.display()))?;
+        let recs = read_table(&mut conn, table, now)
+            .map_err(|e| format!("{database}: table {table}: {e}"))?;
         let mut newer = Vec::new();
         for (stamp, rec) in recs {
             let key = rec.key();
@@ -214,6 +211,7 @@ pub fn reconcile(
 mod tests {
     use super::*;
     use crate::apply::Sink;
+    use rusqlite::Connection;
 
     #[test]
     fn journals_what_ser_holds_and_restores_what_it_lost() {
@@ -240,7 +238,8 @@ mod tests {
                 ..Default::default()
             },
         };
-        let mut sink = crate::apply::db::Database::new(&db);
+        let url = DbUrl::Sqlite(db.clone());
+        let mut sink = crate::apply::db::Database::new(url.clone());
         sink.apply(&[
             (1, contact("alice", now + 3600)),
             (1, contact("bob", now + 60)),
@@ -249,12 +248,12 @@ mod tests {
         .unwrap();
         let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
         let tables = ["location".to_string()];
-        let n = reconcile(&mut j, "n1", &db, &tables).unwrap().journaled;
+        let n = reconcile(&mut j, "n1", &url, &tables).unwrap().journaled;
         assert_eq!(n, 2, "the expired contact is not journaled");
         let log = j.read_log(0, 10).unwrap();
         assert_eq!(log[0].record, contact("alice", now + 3600));
         assert_eq!(
-            reconcile(&mut j, "n1", &db, &tables).unwrap(),
+            reconcile(&mut j, "n1", &url, &tables).unwrap(),
             Reconciled::default(),
             "only once"
         );
@@ -270,7 +269,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(
-            reconcile(&mut j, "n1", &db, &tables).unwrap(),
+            reconcile(&mut j, "n1", &url, &tables).unwrap(),
             Reconciled::default(),
             "the same versions with other times"
         );
@@ -283,7 +282,7 @@ mod tests {
         c.last_modified = now + 5;
         c.cseq = 9;
         sink.apply(&[(1, later.clone())]).unwrap();
-        assert_eq!(reconcile(&mut j, "n1", &db, &tables).unwrap().journaled, 1);
+        assert_eq!(reconcile(&mut j, "n1", &url, &tables).unwrap().journaled, 1);
         assert_eq!(j.read_log(2, 10).unwrap()[0].record, later);
         // SER lost alice (a write-back node killed before its flush): the
         // journal gives her back to SER, through the applier's inbox.
@@ -291,7 +290,7 @@ mod tests {
             .unwrap()
             .execute("DELETE FROM location WHERE username = 'alice'", [])
             .unwrap();
-        let r = reconcile(&mut j, "n1", &db, &tables).unwrap();
+        let r = reconcile(&mut j, "n1", &url, &tables).unwrap();
         assert_eq!((r.journaled, r.restored), (0, 1));
         assert!(matches!(r.staged, Some((a, b)) if a == b));
         let staged = j.inbox_peek(10).unwrap();
@@ -314,7 +313,7 @@ mod tests {
             &[(((now as u64 + 20) * 1000) << 16, refreshed.clone())],
         )
         .unwrap();
-        let r = reconcile(&mut j, "n1", &db, &tables).unwrap();
+        let r = reconcile(&mut j, "n1", &url, &tables).unwrap();
         assert_eq!(
             (r.journaled, r.restored),
             (0, 2),
@@ -345,7 +344,7 @@ mod tests {
         };
         j.append_local("n1", &[(((now as u64 + 30) * 1000) << 16, deleted.clone())])
             .unwrap();
-        let r = reconcile(&mut j, "n1", &db, &tables).unwrap();
+        let r = reconcile(&mut j, "n1", &url, &tables).unwrap();
         assert_eq!(r.journaled, 0, "the deleted row is not journaled again");
         let staged: Vec<Record> = j
             .inbox_peek(10)
@@ -364,7 +363,7 @@ mod tests {
         c.user_agent = b"T\xe9l\xe9phone 3.1".to_vec();
         c.last_modified = now + 40;
         sink.apply(&[(1, latin.clone())]).unwrap();
-        let r = reconcile(&mut j, "n1", &db, &tables).unwrap();
+        let r = reconcile(&mut j, "n1", &url, &tables).unwrap();
         assert_eq!(r.journaled, 1);
         let log = j.read_log(0, 100).unwrap();
         assert_eq!(log.last().unwrap().record, latin);

@@ -11,7 +11,7 @@ const FLOORS: &[&[&str]] = &[
     &["engine"],
     &["ingest", "apply", "scan"],
     &["net", "seed", "restore", "proof"],
-    &["journal", "queue", "config", "wire", "handoff"],
+    &["journal", "queue", "config", "wire", "handoff", "ser_db"],
     &["error", "log", "status", "resync"],
     &["abi", "codec", "record", "digest", "hlc", "os"],
 ];

@@ -1,226 +1,224 @@
-//! The database path: writes changes straight into SER's SQLite database
-//! (usrloc's table per domain, in the schema Kamailio 5.6 ships), used when
-//! SER's RPC door does not answer. usrloc reads these rows when SER next
-//! loads the table (db_mode 1, 2 or 3); with db_mode 3 they are live at once.
-
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{params, Connection, ToSql};
+//! The database path: writes changes straight into SER's database
+//! (usrloc's table per domain, alias_db's table, in the schemas Kamailio
+//! 5.6 ships for SQLite, MySQL/MariaDB and PostgreSQL), used when SER's
+//! RPC door does not answer. usrloc reads these rows when SER next loads
+//! the table (db_mode 1, 2 or 3); with db_mode 3 they are live at once.
 
 use super::Sink;
+use crate::config::DbUrl;
 use crate::error::ApplyError;
 use crate::record::{Alias, Contact, Op, Record};
+use crate::ser_db::{Conn, Error, Value};
 
 pub struct Database {
-    path: PathBuf,
-    conn: Option<Connection>,
+    url: DbUrl,
+    conn: Option<Conn>,
 }
 
-/// Kamailio 5.6's SQLite driver stores DATETIME columns as Julian day
-/// numbers (and reads them back as numbers): so must we, or usrloc loads
-/// our rows as long expired.
-fn julian_day(t: i64) -> f64 {
-    t as f64 / 86400.0 + 2_440_587.5
+fn text(b: &[u8]) -> Value<'_> {
+    Value::Text(Some(b))
 }
 
-/// SER's bytes bound as TEXT unchanged: SER does not promise UTF-8 (a
-/// Latin-1 User-Agent), and its SQLite driver stores what it is given.
-#[derive(Clone, Copy)]
-struct Text<'a>(&'a [u8]);
-
-impl ToSql for Text<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(ValueRef::Text(self.0)))
-    }
-}
-
-fn text(b: &[u8]) -> Text<'_> {
-    Text(b)
-}
-
-/// Why one record was not written.
-#[derive(Debug)]
-enum WriteError {
-    /// The record's own problem (a table this database lacks, a bad name,
-    /// a value it refuses): the records behind it can still be written.
-    Record(String),
-    /// The database's (locked, I/O, full): the batch is retried.
-    Database(String),
-}
-
-impl From<rusqlite::Error> for WriteError {
-    fn from(e: rusqlite::Error) -> Self {
-        use rusqlite::ErrorCode::{ConstraintViolation, TooBig, TypeMismatch};
-        let record = match &e {
-            rusqlite::Error::SqliteFailure(f, msg) => {
-                matches!(f.code, ConstraintViolation | TooBig | TypeMismatch)
-                    || msg.as_deref().is_some_and(|m| {
-                        m.starts_with("no such table") || m.contains("no column named")
-                    })
-            }
-            _ => false,
-        };
-        if record {
-            WriteError::Record(e.to_string())
-        } else {
-            WriteError::Database(e.to_string())
-        }
-    }
+/// NULL for an empty field, as usrloc stores it.
+fn text_or_null(b: &[u8]) -> Value<'_> {
+    Value::Text((!b.is_empty()).then_some(b))
 }
 
 /// A usrloc table name must be a plain SQL identifier.
-fn table_name(domain: &[u8]) -> Result<&str, WriteError> {
+fn table_name(domain: &[u8]) -> Result<&str, Error> {
     let s = std::str::from_utf8(domain)
-        .map_err(|_| WriteError::Record("table name is not UTF-8".to_string()))?;
+        .map_err(|_| Error::Record("table name is not UTF-8".to_string()))?;
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(WriteError::Record(format!("\"{s}\" is not a table name")));
+        return Err(Error::Record(format!("\"{s}\" is not a table name")));
     }
     Ok(s)
 }
 
 /// usrloc keeps "user@domain" split when use_domain is on; without the
 /// module's setting at hand, split when the AOR has a domain.
-fn split_aor(aor: &[u8]) -> (Text<'_>, Option<Text<'_>>) {
+fn split_aor(aor: &[u8]) -> (Value<'_>, Value<'_>) {
     match aor.iter().position(|&b| b == b'@') {
-        Some(i) => (Text(&aor[..i]), Some(Text(&aor[i + 1..]))),
-        None => (Text(aor), None),
+        Some(i) => (text(&aor[..i]), text(&aor[i + 1..])),
+        None => (text(aor), Value::Text(None)),
     }
 }
 
+/// usrloc's columns the fallback writes, in its INSERT's order; the three
+/// after them are constants (no connection, no keepalive, partition 0).
+const CONTACT_COLUMNS: &[&str] = &[
+    "ruid",
+    "username",
+    "domain",
+    "contact",
+    "received",
+    "path",
+    "expires",
+    "q",
+    "callid",
+    "cseq",
+    "last_modified",
+    "flags",
+    "cflags",
+    "user_agent",
+    "socket",
+    "methods",
+    "instance",
+    "reg_id",
+    "server_id",
+    "connection_id",
+    "keepalive",
+    "partition",
+];
+
 impl Database {
-    pub fn new(path: &Path) -> Database {
-        Database {
-            path: path.to_path_buf(),
-            conn: None,
-        }
+    pub fn new(url: DbUrl) -> Database {
+        Database { url, conn: None }
     }
 
     fn err(&self, detail: impl std::fmt::Display) -> ApplyError {
         ApplyError::Database {
-            url: format!("sqlite://{}", self.path.display()),
+            url: self.url.to_string(),
             detail: detail.to_string(),
         }
     }
 
-    fn write(tx: &rusqlite::Transaction, op: Op, c: &Contact) -> Result<(), WriteError> {
+    fn write(conn: &mut Conn, op: Op, c: &Contact) -> Result<(), Error> {
         let table = table_name(&c.domain)?;
         let (user, domain) = split_aor(&c.aor);
-        let contact = text(&c.contact);
-        let ruid = text(&c.ruid);
-        tx.execute(
-            &format!(
-                "DELETE FROM {table} WHERE (username = ?1 AND coalesce(domain, '') = coalesce(?2, '') AND contact = ?3)
-                    OR (?4 <> '' AND ruid = ?4)"
-            ),
-            params![user, domain, contact, ruid],
-        )
-        ?;
+        // The same contact under another ruid, or the same ruid (a
+        // refresh of the contact's binding).
+        let mut delete = format!(
+            "DELETE FROM {table} WHERE (username = ? AND coalesce(domain, '') = coalesce(?, '') \
+             AND contact = ?)"
+        );
+        let mut keys = vec![user, domain, text(&c.contact)];
+        if !c.ruid.is_empty() {
+            delete.push_str(" OR ruid = ?");
+            keys.push(text(&c.ruid));
+        }
+        conn.execute(&delete, &keys)?;
         if op == Op::Delete {
             return Ok(());
         }
         let q = if c.q < 0 { -1.0 } else { c.q as f64 / 1000.0 };
-        tx.execute(
+        let columns: Vec<String> = CONTACT_COLUMNS.iter().map(|c| conn.ident(c)).collect();
+        let values = [
+            text(&c.ruid),
+            user,
+            domain,
+            text(&c.contact),
+            text_or_null(&c.received),
+            text_or_null(&c.path),
+            Value::Time(c.expires),
+            Value::Real(q),
+            text(&c.callid),
+            Value::Int(c.cseq.into()),
+            Value::Time(c.last_modified),
+            // usrloc's INTEGER columns hold the C int: the bits of the u32.
+            Value::Int((c.flags as i32).into()),
+            Value::Int((c.cflags as i32).into()),
+            text(&c.user_agent),
+            text_or_null(&c.socket),
+            // All methods (no Allow header): NULL, as usrloc writes it.
+            if c.methods == u32::MAX {
+                Value::NullInt
+            } else {
+                Value::Int((c.methods as i32).into())
+            },
+            text_or_null(&c.instance),
+            Value::Int((c.reg_id as i32).into()),
+            Value::Int(c.server_id.into()),
+        ];
+        let marks = vec!["?"; values.len()].join(", ");
+        conn.execute(
             &format!(
-                "INSERT INTO {table} (ruid, username, domain, contact, received, path, expires, q, callid,
-                    cseq, last_modified, flags, cflags, user_agent, socket, methods, instance, reg_id,
-                    server_id, connection_id, keepalive, partition)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                    ?19, -1, 0, 0)"
+                "INSERT INTO {table} ({}) VALUES ({marks}, -1, 0, 0)",
+                columns.join(", ")
             ),
-            params![
-                ruid,
-                user,
-                domain,
-                contact,
-                (!c.received.is_empty()).then(|| text(&c.received)),
-                (!c.path.is_empty()).then(|| text(&c.path)),
-                julian_day(c.expires),
-                q,
-                text(&c.callid),
-                c.cseq,
-                julian_day(c.last_modified),
-                c.flags,
-                c.cflags,
-                text(&c.user_agent),
-                (!c.socket.is_empty()).then(|| text(&c.socket)),
-                c.methods,
-                (!c.instance.is_empty()).then(|| text(&c.instance)),
-                c.reg_id,
-                c.server_id,
-            ],
-        )
-        ?;
+            &values,
+        )?;
         Ok(())
     }
-}
 
-impl Database {
     /// alias_db's table: one row per mapping; no unique key, so delete
     /// first to keep upserts idempotent.
-    fn write_alias(tx: &rusqlite::Transaction, op: Op, a: &Alias) -> Result<(), WriteError> {
+    fn write_alias(conn: &mut Conn, op: Op, a: &Alias) -> Result<(), Error> {
         let table = table_name(&a.table)?;
-        let row = params![
+        let row = [
             text(&a.alias_username),
             text(&a.alias_domain),
             text(&a.username),
-            text(&a.domain)
+            text(&a.domain),
         ];
-        tx.execute(
+        conn.execute(
             &format!(
-                "DELETE FROM {table} WHERE alias_username = ?1 AND alias_domain = ?2
-                    AND username = ?3 AND domain = ?4"
+                "DELETE FROM {table} WHERE alias_username = ? AND alias_domain = ? \
+                 AND username = ? AND domain = ?"
             ),
-            row,
+            &row,
         )?;
         if op == Op::Upsert {
-            tx.execute(
-                &format!("INSERT INTO {table} (alias_username, alias_domain, username, domain) VALUES (?1, ?2, ?3, ?4)"),
-                row,
-            )
-            ?;
+            conn.execute(
+                &format!(
+                    "INSERT INTO {table} (alias_username, alias_domain, username, domain) \
+                     VALUES (?, ?, ?, ?)"
+                ),
+                &row,
+            )?;
         }
         Ok(())
+    }
+
+    fn write_record(conn: &mut Conn, r: &Record) -> Result<(), Error> {
+        match r {
+            Record::Contact { op, contact } => Self::write(conn, *op, contact),
+            Record::Alias { op, alias } => Self::write_alias(conn, *op, alias),
+        }
+    }
+
+    /// Writes `records` in one transaction. Ok(None): all written;
+    /// Ok(Some((i, why))): those before record i written, record i
+    /// refused. A refused statement ends a PostgreSQL transaction, so the
+    /// records before it are written again in a new one.
+    fn write_batch(
+        conn: &mut Conn,
+        records: &[(u64, Record)],
+    ) -> Result<Option<(usize, String)>, String> {
+        let database = |e: Error| e.to_string();
+        conn.begin().map_err(database)?;
+        for (i, (_, r)) in records.iter().enumerate() {
+            match Self::write_record(conn, r) {
+                Ok(()) => {}
+                Err(Error::Record(why)) => {
+                    conn.rollback().map_err(database)?;
+                    if i > 0 {
+                        conn.begin().map_err(database)?;
+                        for (_, r) in &records[..i] {
+                            Self::write_record(conn, r).map_err(database)?;
+                        }
+                        conn.commit().map_err(database)?;
+                    }
+                    return Ok(Some((i, why)));
+                }
+                Err(e) => {
+                    // The connection is dropped; that rolls back too.
+                    let _ = conn.rollback();
+                    return Err(e.to_string());
+                }
+            }
+        }
+        conn.commit().map_err(database)?;
+        Ok(None)
     }
 }
 
 impl Sink for Database {
     fn apply(&mut self, records: &[(u64, Record)]) -> Result<(), ApplyError> {
         if self.conn.is_none() {
-            let conn = Connection::open_with_flags(
-                &self.path,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
-            )
-            .map_err(|e| self.err(e))?;
-            conn.busy_timeout(Duration::from_secs(5))
-                .map_err(|e| self.err(e))?;
-            self.conn = Some(conn);
+            self.conn = Some(Conn::open(&self.url, false).map_err(|e| self.err(e))?);
         }
         let conn = self.conn.as_mut().expect("opened above");
-        // Ok(None): all written; Ok(Some((i, why))): those before record
-        // i written, record i refused.
-        let result = (|| {
-            let tx = conn.transaction().map_err(|e| e.to_string())?;
-            let mut refused = None;
-            for (i, (_, r)) in records.iter().enumerate() {
-                let written = match r {
-                    Record::Contact { op, contact } => Self::write(&tx, *op, contact),
-                    Record::Alias { op, alias } => Self::write_alias(&tx, *op, alias),
-                };
-                match written {
-                    Ok(()) => {}
-                    Err(WriteError::Record(why)) => {
-                        refused = Some((i, why));
-                        break;
-                    }
-                    Err(WriteError::Database(e)) => return Err(e),
-                }
-            }
-            tx.commit().map_err(|e| e.to_string())?;
-            Ok(refused)
-        })();
-        match result {
+        match Self::write_batch(conn, records) {
             Ok(None) => Ok(()),
             Ok(Some((index, reason))) => Err(ApplyError::Record {
                 index,
@@ -238,6 +236,8 @@ impl Sink for Database {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use rusqlite::Connection;
+    use std::path::Path;
 
     pub(crate) const SCHEMA: &str = "CREATE TABLE location (id INTEGER PRIMARY KEY NOT NULL, ruid VARCHAR(64) DEFAULT '' NOT NULL,
         username VARCHAR(64) DEFAULT '' NOT NULL, domain VARCHAR(64) DEFAULT NULL,
@@ -277,7 +277,7 @@ pub(crate) mod tests {
             .unwrap()
             .execute_batch(SCHEMA)
             .unwrap();
-        let mut db = Database::new(&path);
+        let mut db = Database::new(DbUrl::Sqlite(path.clone()));
         db.apply(&[(1, contact(Op::Upsert, 1))]).unwrap();
         db.apply(&[(1, contact(Op::Upsert, 2))]).unwrap();
         let conn = Connection::open(&path).unwrap();
@@ -314,7 +314,7 @@ pub(crate) mod tests {
             .unwrap()
             .execute_batch(SCHEMA)
             .unwrap();
-        let mut db = Database::new(&path);
+        let mut db = Database::new(DbUrl::Sqlite(path.clone()));
         let mut other = contact(Op::Upsert, 1);
         if let Record::Contact { contact, .. } = &mut other {
             contact.domain = b"aliases".to_vec();
@@ -343,7 +343,7 @@ pub(crate) mod tests {
 
     #[test]
     fn unwritable_database_is_an_error() {
-        let mut db = Database::new(Path::new("/nonexistent/dir/k.db"));
+        let mut db = Database::new(DbUrl::Sqlite(Path::new("/nonexistent/dir/k.db").into()));
         assert!(db.apply(&[(1, contact(Op::Upsert, 1))]).is_err());
     }
 }
