@@ -16,17 +16,28 @@ apt-get install -y -q --no-install-recommends \
 	kamailio kamailio-sqlite-modules kamailio-extra-modules \
 	sip-tester sqlite3 libsqlite3-dev libclang-dev clang \
 	dpkg-dev bison flex pkg-config make gcc curl ca-certificates jq nftables \
-	faketime gdb prometheus
-# prometheus: tests/e2e_prometheus.rs starts a server of its own on
-# loopback; the package's service (started where the machine runs services)
-# is stopped and kept from starting again
+	faketime gdb prometheus \
+	mariadb-server postgresql kamailio-mysql-modules kamailio-postgres-modules
+# prometheus, mariadb-server, postgresql: tests/e2e_prometheus.rs and
+# tests/e2e_databases.rs start servers of their own on loopback; the
+# packages' services (started where the machine runs services) are stopped
+# and kept from starting again
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-	systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+	for s in prometheus mariadb postgresql; do
+		systemctl disable --now "$s.service" >/dev/null 2>&1 || true
+	done
 fi
-# (without systemd: the package's init script, by its pidfile; a no-op
+# (without systemd: the packages' init scripts, by their pidfiles; a no-op
 # when the install started nothing, as under policy-rc.d)
 if [ -x /etc/init.d/prometheus ] && [ -f /run/prometheus/prometheus.pid ]; then
 	/etc/init.d/prometheus stop >/dev/null 2>&1 || true
+fi
+if [ -x /etc/init.d/mariadb ] && [ -S /run/mysqld/mysqld.sock ]; then
+	/etc/init.d/mariadb stop >/dev/null 2>&1 || true
+fi
+if command -v pg_lsclusters >/dev/null && pg_lsclusters -h | grep -q ' online'; then
+	pg_lsclusters -h | awk '$4 ~ /^online/ { print $1, $2 }' |
+		while read -r v c; do pg_ctlcluster "$v" "$c" stop || true; done
 fi
 # A machine without Rust gets Debian's own toolchain: bookworm's rustc-web
 # and cargo-web (1.96, kept current by Debian's security archive for the

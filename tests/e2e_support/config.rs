@@ -84,7 +84,27 @@ pub struct ClusterOptions {
     /// Node N (1-based) runs on the Kamailio of this Debian root
     /// (ser_root.rs: e.g. 6.0 beside the host's 5.6), with its module.
     pub ser_root_of: BTreeMap<usize, super::ser_root::SerRoot>,
+    /// usrloc's db_mode of node N instead of `ul_db_mode`.
+    pub ul_db_mode_of: BTreeMap<usize, u8>,
+    /// SER's database on a server (db_servers.rs) instead of each node's
+    /// SQLite file.
+    pub server_db: Option<ServerDb>,
+    /// Environment variables for every node's Kamailio (e.g. TZ).
+    pub env: Vec<(String, String)>,
 }
+
+/// SER's database on a server: the module Kamailio loads for it and each
+/// node's db_url (usrloc's, alias_db's and sersync's). The databases must
+/// exist, with Kamailio's tables, before the nodes start.
+#[derive(Clone, Debug)]
+pub struct ServerDb {
+    /// "db_mysql" or "db_postgres".
+    pub module: String,
+    pub urls: BTreeMap<usize, String>,
+}
+
+/// The template's database module line, replaced for `ServerDb`.
+pub const SQLITE_MODULE_LINE: &str = "loadmodule \"db_sqlite.so\"";
 
 /// The template's usrloc db_mode line, replaced when
 /// `ClusterOptions::ul_db_mode` is set.
@@ -126,7 +146,7 @@ pub fn node_config_with(
         .unwrap_or_else(|| e2e_dir().join("kamailio.cfg.in"));
     let template = fs::read_to_string(&template_path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", template_path.display()));
-    let template = match opts.ul_db_mode {
+    let template = match opts.ul_db_mode_of.get(&index).copied().or(opts.ul_db_mode) {
         None => template,
         Some(mode) => {
             assert!(
@@ -141,7 +161,27 @@ pub fn node_config_with(
         }
     };
     let d = dir.to_str().expect("utf-8 dir");
-    let db_url = format!("sqlite:///{d}/kamailio.db");
+    let (template, db_url) = match &opts.server_db {
+        None => (template, format!("sqlite:///{d}/kamailio.db")),
+        Some(db) => {
+            assert!(
+                template.contains(SQLITE_MODULE_LINE),
+                "{}: no `{SQLITE_MODULE_LINE}` line for ClusterOptions::server_db",
+                template_path.display()
+            );
+            let url = db
+                .urls
+                .get(&index)
+                .expect("ServerDb: no db_url for the node");
+            (
+                template.replace(
+                    SQLITE_MODULE_LINE,
+                    &format!("loadmodule \"{}.so\"", db.module),
+                ),
+                url.clone(),
+            )
+        }
+    };
     let sersync = match module {
         None => "# sersync disabled (harness-only run)\n".to_string(),
         Some(m) => {

@@ -11,7 +11,8 @@
 //! By subject: `processes` (waiting, process groups, the machine lock),
 //! `config` (paths, module, kamailio.cfg, SER's database), `cluster`,
 //! `node`, `rpc` (the FIFO, HTTP and kamcmd doors), `contacts` (ul.dump,
-//! comparison, convergence), `status` (sersync.status and .peers), `sipp`
+//! comparison, convergence), `db_servers` (MariaDB and PostgreSQL
+//! servers for SER's database), `status` (sersync.status and .peers), `sipp`
 //! (registrations), `sipp_calls` and `noise` (garbage bytes), `ser_root`
 //! (nodes on a Debian root's Kamailio, e.g. 6.0). Everything
 //! public is re-exported here.
@@ -24,6 +25,7 @@
 mod cluster;
 mod config;
 mod contacts;
+mod db_servers;
 mod node;
 mod noise;
 mod processes;
@@ -35,6 +37,6 @@ mod status;
 
 #[allow(unused_imports)] // each test binary and bench uses a part
 pub use {
-    cluster::*, config::*, contacts::*, node::*, noise::*, processes::*, rpc::*, ser_root::*,
-    sipp::*, sipp_calls::*, status::*,
+    cluster::*, config::*, contacts::*, db_servers::*, node::*, noise::*, processes::*, rpc::*,
+    ser_root::*, sipp::*, sipp_calls::*, status::*,
 };

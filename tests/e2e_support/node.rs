@@ -66,7 +66,9 @@ impl Node {
             node_config_with(index, ip, dir, peers, module, secret, opts),
         )
         .expect("writing kamailio.cfg");
-        create_db_with(&dir.join("kamailio.db"), &opts.usrloc_tables);
+        if opts.server_db.is_none() {
+            create_db_with(&dir.join("kamailio.db"), &opts.usrloc_tables);
+        }
         Node {
             index,
             ip: ip.to_string(),
@@ -74,7 +76,7 @@ impl Node {
             dir: dir.to_path_buf(),
             memory_mb: (opts.shm_mb.unwrap_or(64), 16),
             kamailio_args: opts.kamailio_args.clone(),
-            env: Vec::new(),
+            env: opts.env.clone(),
             child: None,
             ser_root,
         }
