@@ -47,6 +47,7 @@ const EARLIER_USERS: usize = 60;
 fn mariadb_fallback_and_start_up_comparison() {
     let server = DbServer::mariadb(MARIADB_IP);
     check_bad_credentials(&server);
+    check_record_refusals(&server);
     run(&server, "db-mariadb");
 }
 
@@ -54,6 +55,7 @@ fn mariadb_fallback_and_start_up_comparison() {
 fn postgresql_fallback_and_start_up_comparison() {
     let server = DbServer::postgresql(POSTGRES_IP);
     check_bad_credentials(&server);
+    check_record_refusals(&server);
     run(&server, "db-postgres");
 }
 
@@ -189,6 +191,73 @@ fn round_q_as_mysql_keeps_it(origin: &Contacts, loaded: &mut Contacts) {
             }
         }
     }
+}
+
+/// The database fallback refuses a record for itself (a usrloc table the
+/// database lacks; a User-Agent not in the database's character set: a
+/// Latin-1 byte in UTF-8), writes the records before it (PostgreSQL ends
+/// the transaction at the refusal: they are written again), and the
+/// records behind it on the next call.
+fn check_record_refusals(server: &DbServer) {
+    use sersync::apply::{db::Database, Sink};
+    use sersync::config::parse_db_url;
+    use sersync::error::ApplyError;
+    use sersync::record::{Contact, Op, Record};
+    let db = "refusals";
+    server.create_database(db);
+    let url = parse_db_url(&server.url(db))
+        .unwrap()
+        .expect("a server URL");
+    let mut sink = Database::new(url);
+    let now = unix_now();
+    let contact = |user: &str| Record::Contact {
+        op: Op::Upsert,
+        contact: Contact {
+            domain: b"location".to_vec(),
+            aor: format!("{user}@example.net").into_bytes(),
+            contact: format!("sip:{user}@192.0.2.1").into_bytes(),
+            ruid: format!("uloc-{user}").into_bytes(),
+            callid: b"c".to_vec(),
+            cseq: 1,
+            q: -1,
+            expires: now + 3600,
+            last_modified: now,
+            methods: u32::MAX,
+            ..Default::default()
+        },
+    };
+    let mut no_table = contact("bob");
+    let mut latin1 = contact("carol");
+    if let (Record::Contact { contact: b, .. }, Record::Contact { contact: c, .. }) =
+        (&mut no_table, &mut latin1)
+    {
+        b.domain = b"aliases".to_vec();
+        c.user_agent = b"T\xe9l\xe9phone".to_vec();
+    }
+    let count = || server.rows(db, "SELECT count(*) FROM location")[0][0].clone();
+    for (refused, why) in [
+        (no_table, "a table it lacks"),
+        (latin1, "bytes not in UTF-8"),
+    ] {
+        server.rows(db, "DELETE FROM location");
+        let batch = [(1, contact("alice")), (2, refused), (3, contact("dave"))];
+        match sink.apply(&batch) {
+            Err(ApplyError::Record {
+                index: 1,
+                refused: true,
+                reason,
+            }) => eprintln!("e2e: {:?}: {why}: {reason}", server.kind),
+            r => panic!("{:?}, {why}: {r:?}", server.kind),
+        }
+        assert_eq!(count(), Some("1".into()), "{why}: alice, before it");
+        sink.apply(&batch[2..]).unwrap();
+        assert_eq!(count(), Some("2".into()), "{why}: and dave, behind it");
+    }
+    let methods = server.rows(db, "SELECT methods FROM location");
+    assert!(
+        methods.iter().all(|r| r[0].is_none()),
+        "all methods are NULL, as usrloc writes them: {methods:?}"
+    );
 }
 
 fn run(server: &DbServer, name: &str) {
