@@ -10,6 +10,8 @@
  */
 
 #include <limits.h>
+#include <signal.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "../../core/sr_module.h"
@@ -60,6 +62,34 @@ static void sersync_proc_main(void)
 		sleep(3600);
 }
 
+/*
+ * SIGTERM and SIGINT end this process at once. SER's handler for its
+ * children logs, then brings the process's configuration up to date under
+ * the configuration's global lock; on Kamailio 6.0.1 processes doing that
+ * at shutdown were seen waiting on that lock for ever, and SER then
+ * outlived SIGTERM by its 60 s kill timeout. Nothing here needs more than
+ * _exit: the journal commits transaction by transaction (a kill at any
+ * point loses nothing committed), and the peers resend what was not
+ * acknowledged.
+ */
+static void sersync_proc_term(int signo)
+{
+	(void)signo;
+	_exit(0);
+}
+
+static int sersync_proc_signals(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = sersync_proc_term;
+	sigfillset(&sa.sa_mask);
+	if(sigaction(SIGTERM, &sa, NULL) < 0 || sigaction(SIGINT, &sa, NULL) < 0)
+		return -1;
+	return 0;
+}
+
 /* child_init(PROC_MAIN): fork the engine's process */
 int sersync_proc_start(void)
 {
@@ -74,6 +104,14 @@ int sersync_proc_start(void)
 		/* child: take part in the config framework, then serve */
 		if(cfg_child_init()) {
 			LM_ERR("cfg_child_init failed in the sersync process\n");
+			return -1;
+		}
+		/* this process's view of the configuration, taken now (its own
+		 * loop never calls cfg_update(); without one, SER's handlers
+		 * would take the configuration's lock to set it) */
+		cfg_update();
+		if(sersync_proc_signals() < 0) {
+			LM_ERR("cannot set the sersync process's signal handlers\n");
 			return -1;
 		}
 		sersync_proc_main();

@@ -237,6 +237,9 @@ pub(super) fn describe_group(pgid: u32) -> String {
         }
         let gdb = Command::new("timeout")
             .args(["20", "gdb", "-p", &pid.to_string(), "-batch", "-nx"])
+            // the process's own root: a node in the Debian 13 root runs
+            // that root's libc and Kamailio, not the host's
+            .args(["-ex", &format!("set sysroot /proc/{pid}/root")])
             .args(["-ex", "set pagination off", "-ex", "thread apply all bt 25"])
             .output();
         if let Ok(o) = gdb {
