@@ -14,7 +14,8 @@ use serde_json::json;
 
 use super::config::{create_db_with, node_config_with, ClusterOptions};
 use super::processes::{
-    describe_group, reap_group, signal_group, tail, unix_now, wait_until, ParentDeath,
+    describe_group, kamailio_cfg_lock_hang, reap_group, signal_group, tail, unix_now, wait_until,
+    ParentDeath,
 };
 use super::ser_root::SerRoot;
 
@@ -210,6 +211,23 @@ impl Node {
                 Ok(Some(_)) => break,
                 Ok(None) if Instant::now() < deadline => sleep(Duration::from_millis(50)),
                 _ => {
+                    let log = fs::read_to_string(self.log_path()).unwrap_or_default();
+                    if let (Some(root), Some(seen)) =
+                        (&self.ser_root, kamailio_cfg_lock_hang(pid, &log))
+                    {
+                        // Kamailio's bug, not sersync's (README, Limits):
+                        // said loudly, not failed.
+                        eprintln!(
+                            "e2e: {}: Kamailio {}'s own shutdown hang (not sersync's): {seen}; \
+                             killed after {grace:?}",
+                            self.name(),
+                            root.version
+                        );
+                        signal_group(pid, libc::SIGKILL);
+                        let _ = child.wait();
+                        reap_group(pid, Duration::from_secs(5));
+                        return Ok(());
+                    }
                     problem = Some(format!(
                         "{} ignored SIGTERM for {grace:?}: killed; what its processes \
                          were doing:\n{}",

@@ -180,23 +180,78 @@ impl Drop for Stopped {
     }
 }
 
+/// Kamailio 6.0.1's own shutdown hang, recognised by its signature: every
+/// child left in group `pgid` (not the main process `pgid` itself) is one
+/// thread, logged "sig_usr(): signal 15 received" (it is in SER's SIGTERM
+/// handler) and waits on one and the same futex: the configuration's
+/// global lock, which the handler takes in a child that never took its
+/// view of the configuration (ctl, the TCP processes), held by a child
+/// already gone. Seen with no sersync loaded; sersync's own process never
+/// takes that lock (it exits at once on SIGTERM), and with its engine
+/// threads it could not match. Returns what was seen, or None for any
+/// other hang.
+pub(super) fn kamailio_cfg_lock_hang(pgid: u32, log: &str) -> Option<String> {
+    let mut futex = None;
+    let mut pids = Vec::new();
+    for pid in group_members(pgid) {
+        if pid == pgid {
+            continue;
+        }
+        let threads = fs::read_dir(format!("/proc/{pid}/task")).ok()?.count();
+        let syscall = fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+        let mut f = syscall.split_whitespace();
+        if threads != 1 || f.next() != Some("202") {
+            return None;
+        }
+        let addr = f.next()?.to_string();
+        if futex.get_or_insert_with(|| addr.clone()) != &addr {
+            return None;
+        }
+        let in_handler = log.lines().any(|l| {
+            l.contains(&format!("({pid}) INFO: <core>"))
+                && l.contains("sig_usr(): signal 15 received")
+        });
+        if !in_handler {
+            return None;
+        }
+        pids.push(pid);
+    }
+    let futex = futex?;
+    Some(format!(
+        "children {pids:?} all in SER's SIGTERM handler, waiting on futex {futex}"
+    ))
+}
+
+/// The PIDs of the processes of group `pgid`.
+fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let close = stat.rfind(')')?;
+                    stat[close + 1..]
+                        .split_whitespace()
+                        .nth(2)?
+                        .parse::<u32>()
+                        .ok()
+                })
+                == Some(pgid)
+        })
+        .collect()
+}
+
 /// What the processes of group `pgid` are doing, for a shutdown that
 /// hangs: each member's state and kernel wait channel, per thread, and
 /// (where gdb is installed) the user-space stacks of every thread, so a
 /// rare hang leaves evidence in the failure message instead of a guess.
 pub(super) fn describe_group(pgid: u32) -> String {
     let mut out = String::new();
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in group_members(pgid) {
         let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
@@ -205,9 +260,6 @@ pub(super) fn describe_group(pgid: u32) -> String {
             continue;
         };
         let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) != Some(pgid) {
-            continue;
-        }
         let comm = &stat[stat.find('(').map_or(0, |i| i + 1)..close];
         out.push_str(&format!(
             "process {pid} ({comm}) state {} ppid {}\n",
