@@ -153,7 +153,8 @@ pub struct Conn {
 impl Conn {
     /// Opens SER's database. SQLite: the file must exist (`read_only`:
     /// opened so). A server: connects, within [`CONNECT_TIMEOUT`]; the
-    /// error names the server and the user, never the password.
+    /// error never shows the password (callers name the server with
+    /// [`DbUrl`]'s Display, which leaves it out).
     pub fn open(url: &DbUrl, read_only: bool) -> Result<Conn, Error> {
         let backend = match url {
             DbUrl::Sqlite(path) => {
@@ -370,10 +371,7 @@ fn connect_mysql(s: &ServerUrl) -> Result<mysql::Conn, Error> {
             }
             _ => "",
         };
-        Error::Database(format!(
-            "cannot connect to {}: {e}{hint}",
-            DbUrl::Server(s.clone())
-        ))
+        Error::Database(format!("cannot connect: {e}{hint}"))
     })
 }
 
@@ -456,8 +454,7 @@ fn connect_postgres(s: &ServerUrl) -> Result<postgres::Client, Error> {
             .code()
             .is_some_and(|c| c.code() == "28P01" || c.code() == "28000");
         Error::Database(format!(
-            "cannot connect to {}: {}{}",
-            DbUrl::Server(s.clone()),
+            "cannot connect: {}{}",
             postgres_text(&e),
             if auth {
                 " (check the user and password of db_url)"
@@ -647,7 +644,7 @@ mod tests {
     }
 
     #[test]
-    fn a_server_that_does_not_answer_is_a_clear_error_without_the_password() {
+    fn a_server_that_does_not_answer_is_an_error_without_the_password() {
         // Nothing listens on port 9 of loopback (discard, never served here).
         for kind in [ServerKind::Mysql, ServerKind::Postgres] {
             let url = DbUrl::Server(ServerUrl {
@@ -661,14 +658,12 @@ mod tests {
             let Err(Error::Database(e)) = Conn::open(&url, false) else {
                 panic!("{kind:?}: connected to nothing");
             };
-            assert!(
-                e.contains(&format!(
-                    "cannot connect to {}://kamailio@127.0.0.1:9/kamailio",
-                    kind.scheme()
-                )),
-                "{e}"
-            );
+            assert!(e.starts_with("cannot connect: "), "{e}");
             assert!(!e.contains("s3cr3t"), "{e}");
+            assert_eq!(
+                url.to_string(),
+                format!("{}://kamailio@127.0.0.1:9/kamailio", kind.scheme())
+            );
         }
     }
 }
