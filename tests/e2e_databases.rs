@@ -215,12 +215,12 @@ fn round_q_as_mysql_keeps_it(origin: &Contacts, loaded: &mut Contacts) {
 /// database lacks; a User-Agent not in the database's character set: a
 /// Latin-1 byte in UTF-8), writes the records before it (PostgreSQL ends
 /// the transaction at the refusal: they are written again), and the
-/// records behind it on the next call.
+/// records behind it on the next call. It writes alias_db's table too.
 fn check_record_refusals(server: &DbServer) {
     use sersync::apply::{db::Database, Sink};
     use sersync::config::parse_db_url;
     use sersync::error::ApplyError;
-    use sersync::record::{Contact, Op, Record};
+    use sersync::record::{Alias, Contact, Op, Record};
     let db = "refusals";
     server.create_database(db);
     let url = parse_db_url(&server.url(db))
@@ -276,6 +276,37 @@ fn check_record_refusals(server: &DbServer) {
         methods.iter().all(|r| r[0].is_none()),
         "all methods are NULL, as usrloc writes them: {methods:?}"
     );
+    // alias_db's table: an alias written twice is one row; deleted, none.
+    let alias = |op| Record::Alias {
+        op,
+        alias: Alias {
+            table: b"dbaliases".to_vec(),
+            alias_username: b"sales".to_vec(),
+            alias_domain: b"example.net".to_vec(),
+            username: b"alice".to_vec(),
+            domain: b"example.net".to_vec(),
+        },
+    };
+    let aliases = || {
+        server.rows(
+            db,
+            "SELECT alias_username, alias_domain, username, domain FROM dbaliases",
+        )
+    };
+    sink.apply(&[(1, alias(Op::Upsert)), (2, alias(Op::Upsert))])
+        .unwrap();
+    let some = |v: &str| Some(v.to_string());
+    assert_eq!(
+        aliases(),
+        vec![vec![
+            some("sales"),
+            some("example.net"),
+            some("alice"),
+            some("example.net")
+        ]]
+    );
+    sink.apply(&[(3, alias(Op::Delete))]).unwrap();
+    assert_eq!(aliases(), Vec::<Vec<Option<String>>>::new());
 }
 
 fn run(server: &DbServer, name: &str) {
