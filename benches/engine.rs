@@ -6,6 +6,11 @@
 //! Last, CPU per record with encrypted sessions and without (the cost of
 //! protocol v4's encryption), in the same run.
 //! Run: cargo bench --bench engine
+//! ENGINE_BURST=N runs one burst size only (0: none, the sessions
+//! comparison alone); ENGINE_SESSIONS=0 skips the sessions comparison;
+//! ENGINE_KEYS=random spreads the keys over the key space as production
+//! AORs are (each state upsert then lands on its own b-tree page)
+//! instead of numbering them in order.
 
 mod engines;
 
@@ -18,7 +23,25 @@ use sersync::engine::Engine;
 use sersync::queue::Shared;
 use sersync::record::{Contact, Op, RecordRef};
 
+/// The AOR of record `i`: `user{i}`, or with `random` a scrambled but
+/// distinct name (a bijection of `i`, so every record is its own key).
+fn aor(i: usize, random: bool) -> String {
+    if !random {
+        return format!("user{i}");
+    }
+    // splitmix64's finaliser: a bijection on u64 that spreads neighbours.
+    let mut z = (i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    format!("u{:016x}", z ^ (z >> 31))
+}
+
+fn random_keys() -> bool {
+    std::env::var("ENGINE_KEYS").is_ok_and(|v| v == "random")
+}
+
 fn run(burst: usize, total: usize, sessions: bool) -> (f64, f64, f64) {
+    let random = random_keys();
     let (p1, p2) = (free_port(), free_port());
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     // Without sessions: both ends serve clear peers and the dialer opens
@@ -56,8 +79,9 @@ fn run(burst: usize, total: usize, sessions: bool) -> (f64, f64, f64) {
     let mut i = 0;
     while i < total {
         for _ in 0..burst.min(total - i) {
-            c.aor = format!("user{i}").into_bytes();
-            c.contact = format!("sip:user{i}@192.0.2.1:5060").into_bytes();
+            let user = aor(i, random);
+            c.aor = user.clone().into_bytes();
+            c.contact = format!("sip:{user}@192.0.2.1:5060").into_bytes();
             while q1
                 .publish(&RecordRef::Contact {
                     op: Op::Upsert,
@@ -94,7 +118,8 @@ fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
 
 fn main() {
     println!(
-        "engine: publish → durable journal → delivered to a second engine (loopback), 3 runs each"
+        "engine: publish → durable journal → delivered to a second engine (loopback), 3 runs each, {} keys",
+        if random_keys() { "random" } else { "sequential" }
     );
     println!(
         "{:>6} {:>9} {:>26} {:>26} {:>22}",
@@ -104,7 +129,6 @@ fn main() {
         "delivered rec/s (min–max)",
         "CPU µs/record, both"
     );
-    // ENGINE_BURST=1000 runs one burst size only (profiling).
     let only: Option<usize> = std::env::var("ENGINE_BURST")
         .ok()
         .and_then(|v| v.parse().ok());
@@ -125,6 +149,9 @@ fn main() {
             "{burst:>6} {total:>9} {:>9.0} ({:>6.0}–{:>6.0}) {:>9.0} ({:>6.0}–{:>6.0}) {:>6.1} ({:>4.1}–{:>4.1})",
             jm, jl, jh, dm, dl, dh, cm, cl, ch
         );
+    }
+    if std::env::var("ENGINE_SESSIONS").is_ok_and(|v| v == "0") {
+        return;
     }
     // What encrypted sessions cost: CPU per record with and without, in
     // this same run, interleaved (1000-record bursts).
