@@ -14,6 +14,9 @@ use crate::record::{Change, Record, SnapRow};
 const INBOX_INSERT: &str =
     "INSERT INTO inbox (origin, hlc, body, key, seq) VALUES (?1, ?2, ?3, ?4, ?5)";
 
+/// The position held from an origin (its `received` row).
+pub(super) const RECEIVED_SEQ: &str = "SELECT seq FROM received WHERE origin = ?1";
+
 /// A remote change staged for applying.
 #[derive(Debug, Clone)]
 pub struct Staged {
@@ -108,11 +111,8 @@ impl Journal {
     ) -> Result<StageOutcome, JournalError> {
         self.write(|tx| {
             let held: u64 = tx
-                .query_row(
-                    "SELECT seq FROM received WHERE origin = ?1",
-                    [origin],
-                    |r| r.get::<_, i64>(0),
-                )
+                .prepare_cached(RECEIVED_SEQ)?
+                .query_row([origin], |r| r.get::<_, i64>(0))
                 .optional()?
                 .unwrap_or(0) as u64;
             let mut out = StageOutcome {
@@ -132,11 +132,11 @@ impl Journal {
             }
             out.upto = out.upto.max(through);
             if out.upto > held {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO received (origin, seq) VALUES (?1, ?2)
                      ON CONFLICT(origin) DO UPDATE SET seq = excluded.seq",
-                    params![origin, out.upto as i64],
-                )?;
+                )?
+                .execute(params![origin, out.upto as i64])?;
             }
             Ok(out)
         })
@@ -325,7 +325,8 @@ impl Journal {
     /// Removes staged changes up to and including `id`: they are applied.
     pub fn inbox_done(&mut self, upto_id: i64) -> Result<(), JournalError> {
         self.run(|c| {
-            c.execute("DELETE FROM inbox WHERE id <= ?1", [upto_id])?;
+            c.prepare_cached("DELETE FROM inbox WHERE id <= ?1")?
+                .execute([upto_id])?;
             Ok(())
         })
     }

@@ -68,12 +68,12 @@ impl Journal {
     }
 
     fn last_seq_in(conn: &Connection) -> Result<u64, Fault> {
-        let last = conn.query_row(
-            "SELECT max(coalesce((SELECT max(seq) FROM log), 0),
-                        coalesce((SELECT v FROM meta WHERE k = 'seq_floor'), 0))",
-            [],
-            |r| r.get::<_, i64>(0),
-        )?;
+        let last = conn
+            .prepare_cached(
+                "SELECT max(coalesce((SELECT max(seq) FROM log), 0),
+                            coalesce((SELECT v FROM meta WHERE k = 'seq_floor'), 0))",
+            )?
+            .query_row([], |r| r.get::<_, i64>(0))?;
         Ok(last as u64)
     }
 
@@ -85,8 +85,10 @@ impl Journal {
     /// The lowest local sequence still in the log; `last_seq + 1` if the
     /// log is empty. A peer that needs anything below it gets a snapshot.
     pub fn first_available(&self) -> Result<u64, JournalError> {
-        let min: Option<i64> =
-            self.run(|c| Ok(c.query_row("SELECT min(seq) FROM log", [], |r| r.get(0))?))?;
+        let min: Option<i64> = self.run(|c| {
+            Ok(c.prepare_cached("SELECT min(seq) FROM log")?
+                .query_row([], |r| r.get(0))?)
+        })?;
         match min {
             Some(m) => Ok(m as u64),
             None => Ok(self.last_seq()? + 1),

@@ -145,6 +145,9 @@ impl Journal {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_handler(Some(busy_wait))?;
+        // Room for every statement a thread runs per batch (rusqlite's
+        // default of 16 would evict some of them in turn).
+        conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "OFF")?;

@@ -14,11 +14,8 @@ impl Journal {
     pub fn acked(&self, peer: &str) -> Result<u64, JournalError> {
         self.run(|c| {
             let acked = c
-                .query_row(
-                    "SELECT acked FROM peer_acked WHERE node_id = ?1",
-                    [peer],
-                    |r| r.get::<_, i64>(0),
-                )
+                .prepare_cached("SELECT acked FROM peer_acked WHERE node_id = ?1")?
+                .query_row([peer], |r| r.get::<_, i64>(0))
                 .optional()?;
             Ok(acked.unwrap_or(0) as u64)
         })
@@ -42,11 +39,11 @@ impl Journal {
     /// Records that `peer` holds every local change up to `upto`.
     pub fn set_acked(&mut self, peer: &str, upto: u64) -> Result<(), JournalError> {
         self.run(|c| {
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO peer_acked (node_id, acked) VALUES (?1, ?2)
                  ON CONFLICT(node_id) DO UPDATE SET acked = max(acked, excluded.acked)",
-                params![peer, upto as i64],
-            )?;
+            )?
+            .execute(params![peer, upto as i64])?;
             Ok(())
         })
     }
@@ -82,11 +79,8 @@ impl Journal {
     pub fn received_upto(&self, origin: &str) -> Result<u64, JournalError> {
         self.run(|c| {
             let seq = c
-                .query_row(
-                    "SELECT seq FROM received WHERE origin = ?1",
-                    [origin],
-                    |r| r.get::<_, i64>(0),
-                )
+                .prepare_cached(super::inbox::RECEIVED_SEQ)?
+                .query_row([origin], |r| r.get::<_, i64>(0))
                 .optional()?;
             Ok(seq.unwrap_or(0) as u64)
         })
