@@ -61,6 +61,11 @@ const QUARANTINE_REFRESH: Duration = Duration::from_secs(2);
 
 /// How often a large inbox is counted for `apply_pending`.
 const PENDING_COUNT: Duration = Duration::from_millis(250);
+/// How long applied changes may wait in the inbox for their deletion:
+/// one write transaction (and fsync) for all the passes in that time
+/// instead of one per pass, which also held the staging of the next
+/// batch behind it. An idle inbox is emptied at once.
+const DELETE_EVERY: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub struct Applier {
@@ -79,6 +84,46 @@ pub struct Applier {
 
 static APPLY_ERR: RateLimit = RateLimit::new(2000);
 
+/// Staged changes applied (or overtaken, or quarantined) whose deletion
+/// from the inbox waits, made every [`DELETE_EVERY`]: until then the
+/// applier reads after them. A crash before the deletion applies them
+/// again at the next start, which changes nothing in SER (each is applied
+/// only if the state still holds it as its key's version).
+struct Done {
+    /// Every inbox id up to this one is done and still in the inbox; 0
+    /// for none. Back to 0 once deleted: inbox ids are SQLite rowids,
+    /// which start again from 1 in an emptied table.
+    upto: i64,
+    due: Instant,
+}
+
+impl Done {
+    fn new() -> Done {
+        Done {
+            upto: 0,
+            due: Instant::now() + DELETE_EVERY,
+        }
+    }
+
+    fn advance(&mut self, upto: i64) {
+        self.upto = self.upto.max(upto);
+    }
+
+    /// Deletes what is done from the inbox, if anything and if `now` (or
+    /// it is due).
+    fn delete(&mut self, journal: &mut Journal, now: bool) {
+        if self.upto == 0 || (!now && Instant::now() < self.due) {
+            return;
+        }
+        match journal.inbox_done(self.upto) {
+            Ok(()) => self.upto = 0,
+            // Applied but not removed: re-applying is harmless.
+            Err(e) => log::error(format_args!("{e}")),
+        }
+        self.due = Instant::now() + DELETE_EVERY;
+    }
+}
+
 impl Applier {
     pub fn run(mut self, stop: &AtomicBool) {
         let mut door_failing_since: Option<Instant> = None;
@@ -89,12 +134,13 @@ impl Applier {
         let mut causes = quarantine::CauseLog::default();
         let mut next_refresh = Instant::now();
         let mut next_count = Instant::now();
+        let mut done = Done::new();
         while !stop.load(Ordering::Acquire) {
             if Instant::now() >= next_refresh {
                 quarantine::refresh(&mut self.journal, &self.status);
                 next_refresh = Instant::now() + QUARANTINE_REFRESH;
             }
-            let (staged, last_read) = match self.journal.inbox_current(BATCH) {
+            let (staged, last_read) = match self.journal.inbox_current_after(done.upto, BATCH) {
                 Ok(s) => s,
                 Err(e) => {
                     log::error(format_args!("reading staged changes: {e}"));
@@ -106,13 +152,16 @@ impl Applier {
             // every PENDING_COUNT (a count(*) per pass is quadratic in a
             // large catch-up).
             if last_read.is_none() {
+                done.delete(&mut self.journal, true);
                 self.status
                     .counters
                     .apply_pending
                     .store(0, Ordering::Relaxed);
             } else if Instant::now() >= next_count {
                 self.status.counters.apply_pending.store(
-                    self.journal.inbox_len().unwrap_or(staged.len() as u64),
+                    self.journal
+                        .inbox_len_after(done.upto)
+                        .unwrap_or(staged.len() as u64),
                     Ordering::Relaxed,
                 );
                 next_count = Instant::now() + PENDING_COUNT;
@@ -145,9 +194,8 @@ impl Applier {
                 .unzip();
             if records.is_empty() {
                 // Everything read was overtaken by newer versions.
-                if let Err(e) = self.journal.inbox_done(last_id) {
-                    log::error(format_args!("{e}"));
-                }
+                done.advance(last_id);
+                done.delete(&mut self.journal, false);
                 if let Some(r) = &mut self.restore {
                     r.progress(last_id, &self.status);
                 }
@@ -240,8 +288,8 @@ impl Applier {
                 None => last_id,
             };
             let ok = &records[..applied];
-            // Before inbox_done: a scan that finds a key neither staged nor
-            // noted must be sure it was applied before.
+            // Before the deletion: a scan that finds a key neither staged
+            // nor noted must be sure it was applied before.
             self.scan_watch.note(ok);
             if self.status.counters.quarantined.load(Ordering::Relaxed) > 0 && !ok.is_empty() {
                 let keys: Vec<Vec<u8>> = ok.iter().map(|(_, r)| r.key()).collect();
@@ -251,10 +299,8 @@ impl Applier {
                     Err(e) => log::error(format_args!("{e}")),
                 }
             }
-            if let Err(e) = self.journal.inbox_done(done_upto) {
-                // Applied but not removed: re-applying is harmless.
-                log::error(format_args!("{e}"));
-            }
+            done.advance(done_upto);
+            done.delete(&mut self.journal, false);
             if let Some(r) = &mut self.restore {
                 r.progress(done_upto, &self.status);
             }
@@ -314,6 +360,7 @@ impl Applier {
                 }
             }
         }
+        done.delete(&mut self.journal, true);
     }
 
     /// Sleeps the whole backoff (new arrivals must not hurry the retry of
@@ -474,6 +521,34 @@ mod tests {
             })
             .collect();
         j.stage_remote(origin, &changes).unwrap();
+    }
+
+    /// Applied changes leave the inbox (at once when it runs dry), and
+    /// changes staged after it was emptied are applied too: inbox ids
+    /// start again from 1 then, below those read before.
+    #[test]
+    fn changes_staged_after_the_inbox_emptied_are_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let mut j = Journal::open(&path).unwrap();
+        let ab = [
+            (1, 100, contact("location", "a", 1)),
+            (2, 101, contact("location", "b", 1)),
+        ];
+        stage(&mut j, "n2", &ab);
+        let ser = FakeSer::default();
+        let run = start(&path, &ser);
+        wait_for(
+            "a and b applied and deleted",
+            Duration::from_secs(5),
+            || ser.applied.lock().unwrap().len() == 2 && j.inbox_len().unwrap() == 0,
+        );
+        stage(&mut j, "n2", &[(3, 102, contact("location", "c", 1))]);
+        let _ = run.wake.try_send(());
+        wait_for("c applied and deleted", Duration::from_secs(5), || {
+            ser.applied.lock().unwrap().len() == 3 && j.inbox_len().unwrap() == 0
+        });
+        assert_eq!(ser.applied.lock().unwrap()[2], ("c".to_string(), 1));
     }
 
     /// Records in a table SER lacks are quarantined at their first refusal,

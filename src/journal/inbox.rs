@@ -246,6 +246,16 @@ impl Journal {
         &mut self,
         limit: usize,
     ) -> Result<(Vec<Staged>, Option<i64>), JournalError> {
+        self.inbox_current_after(0, limit)
+    }
+
+    /// [`Journal::inbox_current`] of the changes staged after id `after`
+    /// (those up to it are applied, their deletion pending).
+    pub fn inbox_current_after(
+        &mut self,
+        after: i64,
+        limit: usize,
+    ) -> Result<(Vec<Staged>, Option<i64>), JournalError> {
         // One read transaction: one consistent view, one lock.
         self.transaction(TransactionBehavior::Deferred, |tx| {
             let mut out = Vec::new();
@@ -256,9 +266,9 @@ impl Journal {
                 "SELECT i.id, i.origin, i.hlc, i.body,
                         s.key IS NULL OR (s.hlc = i.hlc AND s.origin = i.origin), i.seq
                  FROM inbox i LEFT JOIN state s ON s.key = i.key
-                 ORDER BY i.id LIMIT ?1",
+                 WHERE i.id > ?1 ORDER BY i.id LIMIT ?2",
             )?;
-            let mut rows = peek.query([limit as i64])?;
+            let mut rows = peek.query(params![after, limit as i64])?;
             while let Some(r) = rows.next()? {
                 let (id, origin, hlc, body, current): (i64, String, i64, Vec<u8>, bool) =
                     (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
@@ -332,8 +342,15 @@ impl Journal {
     }
 
     pub fn inbox_len(&self) -> Result<u64, JournalError> {
+        self.inbox_len_after(0)
+    }
+
+    /// Changes staged after id `after` (those up to it are applied).
+    pub fn inbox_len_after(&self, after: i64) -> Result<u64, JournalError> {
         self.run(|c| {
-            let n = c.query_row("SELECT count(*) FROM inbox", [], |r| r.get::<_, i64>(0))?;
+            let n = c
+                .prepare_cached("SELECT count(*) FROM inbox WHERE id > ?1")?
+                .query_row([after], |r| r.get::<_, i64>(0))?;
             Ok(n as u64)
         })
     }
