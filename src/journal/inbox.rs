@@ -334,7 +334,7 @@ impl Journal {
 
     /// Removes staged changes up to and including `id`: they are applied.
     pub fn inbox_done(&mut self, upto_id: i64) -> Result<(), JournalError> {
-        self.run(|c| {
+        self.run_write(|c| {
             c.prepare_cached("DELETE FROM inbox WHERE id <= ?1")?
                 .execute([upto_id])?;
             Ok(())

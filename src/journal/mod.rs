@@ -17,8 +17,10 @@
 //! guarantee on return.
 //!
 //! Each thread of the engine opens its own [`Journal`] on the same file;
-//! SQLite serialises writers (busy timeout) and WAL lets readers run
-//! alongside a writer.
+//! WAL lets readers run alongside a writer. Writers of one process queue
+//! at the file's [`WriteGate`] and are woken when the writer before them
+//! is done; SQLite's busy handler (`busy_wait`) is left for writers it
+//! does not see (another process, a gate waited on too long).
 
 mod inbox;
 mod log;
@@ -28,7 +30,9 @@ mod retention;
 mod schema;
 mod state;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
@@ -42,6 +46,66 @@ use schema::SCHEMA_VERSION;
 pub struct Journal {
     conn: Connection,
     path: PathBuf,
+    gate: Arc<WriteGate>,
+}
+
+/// One writer at a time among this process's connections to a journal
+/// file: a writer that finds SQLite's write lock taken would otherwise
+/// sleep in steps (`busy_wait`) and find it free only at its next step.
+/// Here it sleeps until the writer before it leaves.
+#[derive(Default)]
+struct WriteGate {
+    busy: Mutex<bool>,
+    left: Condvar,
+}
+
+/// Longer than any one write should take; past it a writer goes on to
+/// SQLite's own lock (and busy handler) without the gate, so that a
+/// writer stuck elsewhere never stops the others for good.
+const GATE_WAIT: Duration = Duration::from_secs(2);
+
+impl WriteGate {
+    /// The gate of the journal file at `path`, shared by every connection
+    /// of this process to it.
+    fn of(path: &Path) -> Arc<WriteGate> {
+        static GATES: OnceLock<Mutex<HashMap<PathBuf, Weak<WriteGate>>>> = OnceLock::new();
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let mut gates = GATES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        gates.retain(|_, g| g.strong_count() > 0);
+        if let Some(g) = gates.get(&key).and_then(Weak::upgrade) {
+            return g;
+        }
+        let g = Arc::new(WriteGate::default());
+        gates.insert(key, Arc::downgrade(&g));
+        g
+    }
+
+    /// Waits until no other writer of this process is inside, then
+    /// enters; the returned pass leaves on drop. None after GATE_WAIT.
+    fn enter(&self) -> Option<GatePass<'_>> {
+        let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut busy, wait) = self
+            .left
+            .wait_timeout_while(busy, GATE_WAIT, |b| *b)
+            .unwrap_or_else(|p| p.into_inner());
+        if wait.timed_out() {
+            return None;
+        }
+        *busy = true;
+        Some(GatePass(self))
+    }
+}
+
+struct GatePass<'g>(&'g WriteGate);
+
+impl Drop for GatePass<'_> {
+    fn drop(&mut self) {
+        *self.0.busy.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.0.left.notify_one();
+    }
 }
 
 /// Waits for another of this process's connections (ingest, network,
@@ -153,6 +217,7 @@ impl Journal {
         conn.pragma_update(None, "foreign_keys", "OFF")?;
         let mut j = Journal {
             conn,
+            gate: WriteGate::of(path),
             path: path.to_path_buf(),
         };
         j.migrate()?;
@@ -175,6 +240,16 @@ impl Journal {
         f(&self.conn).map_err(|e| e.at(&self.path))
     }
 
+    /// Runs the single write statement of `f`, which SQLite commits alone,
+    /// inside the write gate.
+    fn run_write<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, Fault>,
+    ) -> Result<T, JournalError> {
+        let _pass = self.gate.enter();
+        self.run(f)
+    }
+
     /// Runs `f` in one IMMEDIATE transaction (the write lock taken at its
     /// start) and commits it: durable when this returns `Ok`; rolled back
     /// when `f` fails.
@@ -190,6 +265,10 @@ impl Journal {
         behavior: TransactionBehavior,
         f: impl FnOnce(&Transaction) -> Result<T, Fault>,
     ) -> Result<T, JournalError> {
+        let _pass = match behavior {
+            TransactionBehavior::Deferred => None,
+            _ => self.gate.enter(),
+        };
         let conn = &mut self.conn;
         let result = (|| {
             let tx = conn.transaction_with_behavior(behavior)?;

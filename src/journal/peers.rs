@@ -38,7 +38,7 @@ impl Journal {
 
     /// Records that `peer` holds every local change up to `upto`.
     pub fn set_acked(&mut self, peer: &str, upto: u64) -> Result<(), JournalError> {
-        self.run(|c| {
+        self.run_write(|c| {
             c.prepare_cached(
                 "INSERT INTO peer_acked (node_id, acked) VALUES (?1, ?2)
                  ON CONFLICT(node_id) DO UPDATE SET acked = max(acked, excluded.acked)",
@@ -100,7 +100,7 @@ impl Journal {
 
     /// Records a live member at `address` (not one that was forgotten).
     pub fn save_member(&mut self, node_id: &str, address: &str) -> Result<(), JournalError> {
-        self.run(|c| {
+        self.run_write(|c| {
             c.execute(
                 "INSERT INTO members (node_id, address) VALUES (?1, ?2)
                  ON CONFLICT(node_id) DO UPDATE SET address = excluded.address WHERE forgotten = 0",
@@ -167,7 +167,7 @@ impl Journal {
         let Ok(v) = i64::try_from(stamp) else {
             return Ok(());
         };
-        self.run(|c| {
+        self.run_write(|c| {
             c.execute(
                 "INSERT INTO meta (k, v) VALUES (?1, ?2)
                  ON CONFLICT(k) DO UPDATE SET v = max(v, excluded.v)",
@@ -178,7 +178,7 @@ impl Journal {
     }
 
     pub fn set_meta(&mut self, k: &str, v: i64) -> Result<(), JournalError> {
-        self.run(|c| {
+        self.run_write(|c| {
             c.execute(
                 "INSERT INTO meta (k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
                 params![k, v],

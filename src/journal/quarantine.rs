@@ -141,7 +141,7 @@ impl Journal {
     /// them unless a newer version comes). Returns how many.
     pub fn quarantine_drop(&mut self, which: Which) -> Result<usize, JournalError> {
         let (lo, hi) = which.bounds();
-        self.run(|c| {
+        self.run_write(|c| {
             Ok(c.execute(
                 "DELETE FROM quarantine WHERE id BETWEEN ?1 AND ?2",
                 params![lo, hi],
@@ -166,7 +166,7 @@ impl Journal {
     /// version (a newer one arrived or was made here) or no longer holds
     /// (expired and purged). Returns how many.
     pub fn quarantine_prune(&mut self) -> Result<usize, JournalError> {
-        self.run(|c| {
+        self.run_write(|c| {
             Ok(c.execute(
                 "DELETE FROM quarantine WHERE NOT EXISTS (
                      SELECT 1 FROM state s WHERE s.key = quarantine.key

@@ -296,7 +296,7 @@ impl Journal {
         before_hlc: u64,
         limit: usize,
     ) -> Result<usize, JournalError> {
-        self.run(|c| {
+        self.run_write(|c| {
             Ok(c.execute(
                 "DELETE FROM state WHERE key IN (
                      SELECT key FROM state
