@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::error::JournalError;
 use crate::handoff::handoff;
 use crate::ingest::Ingest;
-use crate::journal::{Checkpointer, Journal};
+use crate::journal::Journal;
 use crate::log;
 use crate::net::Net;
 use crate::queue::Shared;
@@ -48,14 +48,9 @@ impl Engine {
         let cfg = Arc::new(cfg);
         let status = Arc::new(Status::new(&cfg.node_id));
         let open = || Journal::open(&cfg.journal);
-        let mut ingest_journal = open()?;
-        let mut net_journal = open()?;
+        let ingest_journal = open()?;
+        let net_journal = open()?;
         let mut apply_journal = open()?;
-        // The WAL is copied into the database file off these threads.
-        let checkpointer = Checkpointer::new(open()?);
-        for j in [&mut ingest_journal, &mut net_journal, &mut apply_journal] {
-            checkpointer.hand_over(j)?;
-        }
         // Past every version journaled, and every stamp issued or accepted
         // before (the high-water mark outlives trimmed and purged rows):
         // a change made now is newer, the clock never goes back.
@@ -175,14 +170,6 @@ impl Engine {
             engine.threads.push(spawn(
                 "sersync-apply",
                 Box::new(move || applier.run(&stop)),
-            )?);
-        }
-        // Last: it ends once the threads above closed their journals.
-        {
-            let stop = stop.clone();
-            engine.threads.push(spawn(
-                "sersync-ckpt",
-                Box::new(move || checkpointer.run(&stop)),
             )?);
         }
         status.running.store(true, Ordering::Relaxed);

@@ -22,7 +22,6 @@
 //! is done; SQLite's busy handler (`busy_wait`) is left for writers it
 //! does not see (another process, a gate waited on too long).
 
-mod checkpoint;
 mod inbox;
 mod log;
 mod peers;
@@ -40,16 +39,12 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::error::JournalError;
 
-pub use checkpoint::Checkpointer;
 pub use inbox::{StageOutcome, Staged};
 pub use quarantine::{Quarantined, Which};
 use schema::SCHEMA_VERSION;
 
 pub struct Journal {
     conn: Connection,
-    /// The [`Checkpointer`] this connection's commits wake, if handed to
-    /// one.
-    after_commit: Option<crossbeam_channel::Sender<()>>,
     path: PathBuf,
     gate: Arc<WriteGate>,
 }
@@ -222,7 +217,6 @@ impl Journal {
         conn.pragma_update(None, "foreign_keys", "OFF")?;
         let mut j = Journal {
             conn,
-            after_commit: None,
             gate: WriteGate::of(path),
             path: path.to_path_buf(),
         };
@@ -246,37 +240,14 @@ impl Journal {
         f(&self.conn).map_err(|e| e.at(&self.path))
     }
 
-    /// Copies the WAL into the database file (a passive checkpoint: it
-    /// waits for no one) and returns the frames of the WAL now copied.
-    /// `gated`: inside the write gate, so that no writer of this process
-    /// commits meanwhile and the whole WAL is copied (the next commit then
-    /// starts it again).
-    fn checkpoint(&self, gated: bool) -> Result<u32, JournalError> {
-        let _pass = if gated { self.gate.enter() } else { None };
-        self.run(|c| {
-            let copied: i64 = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(2))?;
-            Ok(copied.max(0) as u32)
-        })
-    }
-
-    /// Wakes the checkpointer, if any, after a commit.
-    fn committed(&self) {
-        if let Some(c) = &self.after_commit {
-            let _ = c.try_send(());
-        }
-    }
-
     /// Runs the single write statement of `f`, which SQLite commits alone,
     /// inside the write gate.
     fn run_write<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, Fault>,
     ) -> Result<T, JournalError> {
-        let pass = self.gate.enter();
-        let out = self.run(f);
-        drop(pass);
-        self.committed();
-        out
+        let _pass = self.gate.enter();
+        self.run(f)
     }
 
     /// Runs `f` in one IMMEDIATE transaction (the write lock taken at its
@@ -294,8 +265,10 @@ impl Journal {
         behavior: TransactionBehavior,
         f: impl FnOnce(&Transaction) -> Result<T, Fault>,
     ) -> Result<T, JournalError> {
-        let writes = !matches!(behavior, TransactionBehavior::Deferred);
-        let pass = if writes { self.gate.enter() } else { None };
+        let _pass = match behavior {
+            TransactionBehavior::Deferred => None,
+            _ => self.gate.enter(),
+        };
         let conn = &mut self.conn;
         let result = (|| {
             let tx = conn.transaction_with_behavior(behavior)?;
@@ -303,10 +276,6 @@ impl Journal {
             tx.commit()?;
             Ok(out)
         })();
-        drop(pass);
-        if writes {
-            self.committed();
-        }
         result.map_err(|e: Fault| e.at(&self.path))
     }
 }
