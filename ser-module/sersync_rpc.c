@@ -413,11 +413,30 @@ static int sersync_rpc_check_node_id(
 	return 0;
 }
 
+/*
+ * The index in st->peers of the member named id; faults (404) and returns
+ * -1 for a name this node does not know.
+ */
+static int sersync_rpc_member(
+		rpc_t *rpc, void *ctx, const struct sersync_status *st, const str *id)
+{
+	uint32_t i;
+
+	for(i = 0; i < st->npeers; i++) {
+		if(strlen(st->peers[i].node_id) == (size_t)id->len
+				&& memcmp(st->peers[i].node_id, id->s, id->len) == 0)
+			return (int)i;
+	}
+	rpc->fault(ctx, 404, "%.*s is not a member this node knows"
+						 " (see sersync.peers)",
+			id->len, id->s);
+	return -1;
+}
+
 static void sersync_rpc_forget(rpc_t *rpc, void *ctx)
 {
 	struct sersync_status *st;
 	str id = STR_NULL;
-	uint32_t i;
 	int rc;
 
 	if(sersync_rpc_one_param(rpc, ctx, "node_id", &id) < 0)
@@ -429,17 +448,8 @@ static void sersync_rpc_forget(rpc_t *rpc, void *ctx)
 	st = sersync_status_get(rpc, ctx);
 	if(st == NULL)
 		return;
-	for(i = 0; i < st->npeers; i++) {
-		if(strlen(st->peers[i].node_id) == (size_t)id.len
-				&& memcmp(st->peers[i].node_id, id.s, id.len) == 0)
-			break;
-	}
-	if(i == st->npeers) {
-		rpc->fault(ctx, 404, "%.*s is not a member this node knows"
-							 " (see sersync.peers)",
-				id.len, id.s);
+	if(sersync_rpc_member(rpc, ctx, st, &id) < 0)
 		return;
-	}
 	rc = sersync_forget(_sersync_shared, id.s, (size_t)id.len);
 	if(rc != SERSYNC_OK) {
 		rpc->fault(ctx, 500, "Cannot forget %.*s: %s (rc %d)", id.len, id.s,
@@ -488,6 +498,7 @@ static void sersync_rpc_resync(rpc_t *rpc, void *ctx)
 	str id = STR_NULL;
 	str extra = STR_NULL;
 	uint32_t i;
+	int mi;
 	int rc;
 
 	if(rpc->scan(ctx, "*S", &id) != 1) {
@@ -522,17 +533,10 @@ static void sersync_rpc_resync(rpc_t *rpc, void *ctx)
 		return;
 	}
 	if(id.len > 0) {
-		for(i = 0; i < st->npeers; i++) {
-			if(strlen(st->peers[i].node_id) == (size_t)id.len
-					&& memcmp(st->peers[i].node_id, id.s, id.len) == 0)
-				break;
-		}
-		if(i == st->npeers) {
-			rpc->fault(ctx, 404, "%.*s is not a member this node knows"
-								 " (see sersync.peers)",
-					id.len, id.s);
+		mi = sersync_rpc_member(rpc, ctx, st, &id);
+		if(mi < 0)
 			return;
-		}
+		i = (uint32_t)mi;
 		if(st->peers[i].state != SERSYNC_PEER_UP) {
 			rpc->fault(ctx, 409, "%.*s is %s: a resync needs it connected",
 					id.len, id.s, sersync_peer_state_str(st->peers[i].state));
