@@ -85,10 +85,7 @@ impl Cell {
             Cell::Null => Ok(0),
             Cell::Int(n) => Ok(*n),
             Cell::Real(x) => Ok(*x as i64),
-            Cell::Text(b) => std::str::from_utf8(b)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .ok_or_else(|| format!("{:?} is not a number", String::from_utf8_lossy(b))),
+            Cell::Text(b) => number(b),
         }
     }
 
@@ -97,10 +94,7 @@ impl Cell {
             Cell::Real(x) => Ok(*x),
             Cell::Int(n) => Ok(*n as f64),
             Cell::Null => Ok(0.0),
-            Cell::Text(b) => std::str::from_utf8(b)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .ok_or_else(|| format!("{:?} is not a number", String::from_utf8_lossy(b))),
+            Cell::Text(b) => number(b),
         }
     }
 
@@ -117,6 +111,14 @@ impl Cell {
                 .ok_or_else(|| format!("{:?} is not a time", String::from_utf8_lossy(b))),
         }
     }
+}
+
+/// A number a server sent as text (MySQL's and PostgreSQL's text results).
+fn number<T: std::str::FromStr>(b: &[u8]) -> Result<T, String> {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| format!("{:?} is not a number", String::from_utf8_lossy(b)))
 }
 
 /// Kamailio's db_sqlite stores DATETIME columns as Julian day numbers

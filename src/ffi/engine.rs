@@ -39,6 +39,24 @@ pub unsafe extern "C" fn sersync_config_check(
     })
 }
 
+/// A node id handed over by SER: `len` bytes at `node_id` (none when
+/// `len` is 0), UTF-8, at most NODE_ID_MAX bytes.
+///
+/// # Safety
+/// `node_id` points to `len` readable bytes when `len` > 0.
+unsafe fn node_id_arg<'a>(node_id: *const c_char, len: usize) -> Result<&'a str, sersync_rc> {
+    let id: &[u8] = if len == 0 {
+        &[]
+    } else {
+        // SAFETY: per this function's contract.
+        unsafe { bytes(&sersync_str { s: node_id, len }) }.ok_or(sersync_rc::SERSYNC_E_NULL)?
+    };
+    match std::str::from_utf8(id) {
+        Ok(id) if id.len() <= crate::config::NODE_ID_MAX => Ok(id),
+        _ => Err(sersync_rc::SERSYNC_E_DECODE),
+    }
+}
+
 /// # Safety
 /// See sersync.h.
 #[no_mangle]
@@ -53,15 +71,11 @@ pub unsafe extern "C" fn sersync_forget(
             return sersync_rc::SERSYNC_E_NULL;
         };
         // SAFETY: node_id has len bytes per sersync.h.
-        let Some(id) = (unsafe { bytes(&sersync_str { s: node_id, len }) }) else {
-            return sersync_rc::SERSYNC_E_NULL;
+        let id = match unsafe { node_id_arg(node_id, len) } {
+            Ok("") => return sersync_rc::SERSYNC_E_DECODE,
+            Ok(id) => id,
+            Err(rc) => return rc,
         };
-        let Ok(id) = std::str::from_utf8(id) else {
-            return sersync_rc::SERSYNC_E_DECODE;
-        };
-        if id.is_empty() || id.len() > crate::config::NODE_ID_MAX {
-            return sersync_rc::SERSYNC_E_DECODE;
-        }
         match sh.publish(ItemRef::Forget { node_id: id }) {
             Ok(()) => sersync_rc::SERSYNC_OK,
             Err(e) => (&e).into(),
@@ -82,21 +96,11 @@ pub unsafe extern "C" fn sersync_resync(
         let Some(sh) = (unsafe { shared(sh) }) else {
             return sersync_rc::SERSYNC_E_NULL;
         };
-        let id: &[u8] = if len == 0 {
-            &[]
-        } else {
-            // SAFETY: node_id has len bytes per sersync.h.
-            match unsafe { bytes(&sersync_str { s: node_id, len }) } {
-                Some(b) => b,
-                None => return sersync_rc::SERSYNC_E_NULL,
-            }
+        // SAFETY: node_id has len bytes per sersync.h (none: every peer).
+        let id = match unsafe { node_id_arg(node_id, len) } {
+            Ok(id) => id,
+            Err(rc) => return rc,
         };
-        let Ok(id) = std::str::from_utf8(id) else {
-            return sersync_rc::SERSYNC_E_DECODE;
-        };
-        if id.len() > crate::config::NODE_ID_MAX {
-            return sersync_rc::SERSYNC_E_DECODE;
-        }
         if !sh.resync_claim() {
             return sersync_rc::SERSYNC_E_BUSY;
         }
