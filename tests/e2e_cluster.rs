@@ -553,3 +553,78 @@ fn harness_single_node_without_sersync() {
     .unwrap();
     cluster.stop_all();
 }
+
+/// The harness's recogniser of Kamailio's own shutdown hang (README,
+/// Limits) on a real hang: one node without sersync, SER's configuration
+/// lock marked held (the word a child that died holding it leaves) after
+/// the main process took its own view of the configuration; SIGTERM then
+/// leaves the children that never took theirs (the UDP worker that had no
+/// SIP, ctl, the TCP processes) waiting in SER's handler. The recogniser
+/// must name that hang, and `stop` must end it without failing; a node
+/// without the mark must not be mistaken for one.
+#[test]
+fn harness_recognises_kamailio_shutdown_hang() {
+    let mut cluster = Cluster::start_without_sersync("harness-hang", 36, 1);
+    let pid = cluster.node(1).pid().unwrap();
+    // The main process takes the lock once after its first signal
+    // (main.c's loop: pause(), cfg_update()); SIGUSR1 (a memory report)
+    // makes it do that before the lock is marked.
+    signal(pid, libc::SIGUSR1);
+    std::thread::sleep(Duration::from_millis(500));
+    let log = std::fs::read_to_string(cluster.node(1).log_path()).unwrap();
+    assert_eq!(kamailio_cfg_lock_hang(pid, &log), None, "a running node");
+    mark_cfg_lock_held(pid);
+    signal(pid, libc::SIGTERM);
+    let mut seen = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let log = std::fs::read_to_string(cluster.node(1).log_path()).unwrap();
+            seen = kamailio_cfg_lock_hang(pid, &log);
+            seen.is_some()
+        }),
+        "the hang was not recognised: {}",
+        cluster.node(1).log_tail(20)
+    );
+    eprintln!("e2e: recognised: {}", seen.unwrap());
+    cluster.node_mut(1).stop().unwrap();
+}
+
+/// Writes 2 ("locked, with waiters") into SER's `cfg_global_lock` through
+/// /proc/PID/mem of process `pid`: the lock's address is read from the
+/// pointer variable, found by its dynamic symbol in /usr/sbin/kamailio.
+fn mark_cfg_lock_held(pid: u32) {
+    use std::os::unix::fs::FileExt;
+    let exe = "/usr/sbin/kamailio";
+    let out = std::process::Command::new("nm")
+        .args(["-D", "--defined-only", exe])
+        .output()
+        .expect("running nm (binutils)");
+    let syms = String::from_utf8_lossy(&out.stdout);
+    let offset = syms
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 3 && f[2] == "cfg_global_lock")
+                .then(|| u64::from_str_radix(f[0], 16).unwrap())
+        })
+        .expect("cfg_global_lock in kamailio's dynamic symbols");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let base = maps
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 6 && f[5] == exe && f[2] == "00000000")
+                .then(|| u64::from_str_radix(f[0].split('-').next().unwrap(), 16).unwrap())
+        })
+        .expect("kamailio's first mapping");
+    let mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))
+        .expect("opening /proc/PID/mem (needs root)");
+    let mut ptr = [0u8; 8];
+    mem.read_exact_at(&mut ptr, base + offset).unwrap();
+    let lock = u64::from_ne_bytes(ptr);
+    assert_ne!(lock, 0, "cfg_global_lock not allocated");
+    mem.write_all_at(&2i32.to_ne_bytes(), lock).unwrap();
+}

@@ -180,7 +180,7 @@ impl Drop for Stopped {
     }
 }
 
-/// Kamailio 6.0.1's own shutdown hang, recognised by its signature: every
+/// Kamailio's own shutdown hang (6.0.1; 5.6.3 once), recognised by its signature: every
 /// child left in group `pgid` (not the main process `pgid` itself) is one
 /// thread, logged "sig_usr(): signal 15 received" (it is in SER's SIGTERM
 /// handler) and waits on one and the same futex: the configuration's
@@ -190,7 +190,7 @@ impl Drop for Stopped {
 /// takes that lock (it exits at once on SIGTERM), and with its engine
 /// threads it could not match. Returns what was seen, or None for any
 /// other hang.
-pub(super) fn kamailio_cfg_lock_hang(pgid: u32, log: &str) -> Option<String> {
+pub fn kamailio_cfg_lock_hang(pgid: u32, log: &str) -> Option<String> {
     let mut futex = None;
     let mut pids = Vec::new();
     for pid in group_members(pgid) {
