@@ -129,7 +129,26 @@ fn child(p1: u16, p2: u16, dir: &Path, n: u64) {
         staged.unwrap().as_secs_f64(),
         applied_at.as_secs_f64()
     );
+    println!("CPU node 2: {}", cpu_line(&engines::thread_cpu(), None));
     e.stop();
+}
+
+/// "name s, ..." for the threads of `now`, less `before` where given.
+fn cpu_line(
+    now: &std::collections::BTreeMap<String, f64>,
+    before: Option<&std::collections::BTreeMap<String, f64>>,
+) -> String {
+    let mut total = 0.0;
+    let mut parts: Vec<String> = now
+        .iter()
+        .filter_map(|(name, s)| {
+            let d = s - before.and_then(|b| b.get(name)).unwrap_or(&0.0);
+            total += d;
+            (d >= 0.05).then(|| format!("{name} {d:.2} s"))
+        })
+        .collect();
+    parts.push(format!("total {total:.2} s"));
+    parts.join(", ")
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -191,13 +210,15 @@ fn main() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let cpu_before = engines::thread_cpu();
         let out = BufReader::new(child.stdout.take().unwrap());
-        let line = out
-            .lines()
-            .map_while(Result::ok)
+        let mut lines = out.lines().map_while(Result::ok);
+        let line = lines
             .find(|l| l.starts_with("RESULT "))
             .expect("node 2 reported no result");
+        let node2_cpu = lines.next().unwrap_or_default();
         let status = child.wait().unwrap();
+        let node1_cpu = cpu_line(&engines::thread_cpu(), Some(&cpu_before));
         assert!(status.success(), "node 2 failed: {status}");
         let f: Vec<f64> = line[7..].split(' ').map(|x| x.parse().unwrap()).collect();
         println!(
@@ -206,6 +227,7 @@ fn main() {
             f[1],
             f[2] / 1024.0
         );
+        println!("  {node2_cpu}\n  CPU node 1 (this process): {node1_cpu}");
         staged.push(f[0]);
         applied.push(f[1]);
         hwm.push(f[2] / 1024.0);

@@ -1,7 +1,8 @@
 //! The few operating-system calls sersync makes through libc, behind safe
 //! wrappers: the reply FIFO of SER's RPC door, poll, the queue's eventfd
 //! and its shared mapping, and local time as SER's database layer keeps
-//! it. Ground floor: depends on nothing in the crate.
+//! it; and one setting of the SQLite library. Ground floor: depends on
+//! nothing in the crate.
 
 use std::ffi::CStr;
 use std::io;
@@ -162,6 +163,24 @@ pub fn parse_local_datetime(s: &str) -> Option<i64> {
     let t = unsafe { libc::mktime(&mut tm) };
     // -1 is also 23:59:59 on 31 December 1969, never a contact's time.
     (t != -1).then_some(t as i64)
+}
+
+/// Turns off SQLite's memory statistics, once, before the process's first
+/// connection: with them on, every allocation SQLite makes takes and
+/// releases a process-wide mutex (a tenth of the staging thread's CPU in
+/// the snapshot bench), and nothing here reads them. Too late where SQLite
+/// is already initialised (in SER with db_sqlite, whose library this
+/// process shares): SQLite then refuses the change, which is harmless.
+pub fn sqlite_skip_memory_statistics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int; before SQLite's
+        // initialisation it is applied, after it SQLITE_MISUSE is returned
+        // and nothing changes. The Once keeps two threads from racing.
+        unsafe {
+            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as libc::c_int);
+        }
+    });
 }
 
 #[cfg(test)]

@@ -56,6 +56,32 @@ pub fn config(
     raw.check().unwrap()
 }
 
+/// CPU seconds (user + system) this process's threads have used, summed
+/// by thread name (sersync-net, sersync-apply, ...), from /proc/self/task.
+#[allow(dead_code)] // not every bench reports per thread
+pub fn thread_cpu() -> std::collections::BTreeMap<String, f64> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for t in tasks.flatten() {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        // utime and stime: fields 14 and 15, the 12th and 13th after ')'.
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks: f64 = f.get(11..13).map_or(0.0, |v| {
+            v.iter().filter_map(|x| x.parse::<f64>().ok()).sum()
+        });
+        *by_name.entry(name).or_insert(0.0) += ticks / hz;
+    }
+    by_name
+}
+
 /// CPU seconds this process has used (user + system): per-record costs
 /// measured this way hold up on a machine shared with other work.
 pub fn cpu_secs() -> f64 {

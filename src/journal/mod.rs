@@ -202,6 +202,7 @@ impl Journal {
     }
 
     fn open_inner(path: &Path) -> Result<Journal, Fault> {
+        crate::os::sqlite_skip_memory_statistics();
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
