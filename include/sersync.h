@@ -385,8 +385,9 @@ int sersync_publish_alias(struct sersync_shared *sh,
  * modparam durability "journal": called after sersync_publish() so that
  * save() returns only once the change survives a crash. Returns
  * SERSYNC_OK, or SERSYNC_E_TIMEOUT (the record stays queued and is
- * journaled later, unless the engine is down). Sleeps in slices of at
- * most 100 us; never takes a lock. */
+ * journaled later, unless the engine is down). Spins briefly, then
+ * sleeps on a futex in the shared region that the engine wakes when it
+ * marks records durable; never takes a lock. */
 int sersync_journal_wait(struct sersync_shared *sh, uint32_t timeout_ms);
 
 /* Removes the member node_id from the cluster for good (sersync.forget):

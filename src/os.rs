@@ -1,7 +1,7 @@
 //! The few operating-system calls sersync makes through libc, behind safe
 //! wrappers: the reply FIFO of SER's RPC door, poll, the queue's eventfd
 //! and its shared mapping, and local time as SER's database layer keeps
-//! it; and one setting of the SQLite library. Ground floor: depends on
+//! it; futex waits and wakes; and one setting of the SQLite library. Ground floor: depends on
 //! nothing in the crate.
 
 use std::ffi::CStr;
@@ -181,6 +181,38 @@ pub fn sqlite_skip_memory_statistics() {
             rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as libc::c_int);
         }
     });
+}
+
+/// Waits on the process-shared futex `word` while it holds `expected`, at
+/// most `timeout`: returns on a wake, a signal, the timeout, or at once if
+/// `word` no longer holds `expected` (the caller re-checks its condition).
+pub fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT on a live, aligned 32-bit word with a relative
+    // timeout that outlives the call; shared (no FUTEX_PRIVATE_FLAG), as
+    // the word lives in a mapping shared between processes. Its errors
+    // (EAGAIN, EINTR, ETIMEDOUT) all mean "look again".
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+        );
+    }
+}
+
+/// Wakes every waiter on the process-shared futex `word`.
+pub fn futex_wake_all(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a live, aligned 32-bit word; no other memory
+    // is touched.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
+    }
 }
 
 #[cfg(test)]

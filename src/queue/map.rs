@@ -34,6 +34,12 @@ pub(super) struct Header {
     /// asks for it, released by the engine when it is over.
     pub(super) resync: Padded,
     pub(super) sleeping: AtomicU32,
+    /// Bumped each time `durable` moves: the futex SIP workers waiting
+    /// for durability sleep on ([`Shared::wait_durable`]).
+    pub(super) durable_epoch: AtomicU32,
+    /// SIP workers asleep on `durable_epoch`: the engine wakes them only
+    /// when there are some.
+    pub(super) durable_waiters: AtomicU32,
     pub(super) eventfd: AtomicI32,
     pub(super) status_seq: AtomicU64,
     pub(super) status: sersync_status,
