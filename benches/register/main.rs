@@ -96,6 +96,9 @@ fn main() {
         kamailio_args,
         ..ClusterOptions::default()
     };
+    // Started before this process pins itself, so that the burner may
+    // run on node 1's CPU too (it is there only to keep CPUs from idling).
+    let _awake = s.awake.then(KeepAwake::start);
     if s.pin {
         set_affinity(0, 1);
     }
@@ -168,4 +171,29 @@ fn main() {
         started.elapsed().as_secs_f64(),
         c.dir.display()
     );
+}
+
+/// A busy loop at the lowest priority for the bench's lifetime (see
+/// `Settings::awake`); killed and reaped when dropped.
+struct KeepAwake(std::process::Child);
+
+impl KeepAwake {
+    fn start() -> KeepAwake {
+        let child = std::process::Command::new("nice")
+            .args(["-n", "19", "sh", "-c", "while :; do :; done"])
+            .spawn()
+            .expect("starting the CPU burner (nice, sh)");
+        println!(
+            "keeping the CPUs awake: nice -n 19 busy loop, pid {}",
+            child.id()
+        );
+        KeepAwake(child)
+    }
+}
+
+impl Drop for KeepAwake {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -20,6 +20,10 @@ pub struct Settings {
     pub probe_every: Duration,
     pub converge_timeout: Duration,
     pub pin: bool,
+    /// A lowest-priority CPU burner runs beside the bench (REGISTER_AWAKE,
+    /// default 1): idle vCPUs wake slowly and bound a burst's rate, which
+    /// made node 1 alone the slowest configuration (BENCHMARKS.md).
+    pub awake: bool,
     pub configs: Vec<Repl>,
     pub parts: Vec<String>,
 }
@@ -50,6 +54,7 @@ impl Settings {
             probe_every: Duration::from_millis(env_or("REGISTER_PROBE_MS", 20)),
             converge_timeout: Duration::from_secs(env_or("REGISTER_CONVERGE_TIMEOUT_S", 60)),
             pin: env_or("REGISTER_PIN", u8::from(nproc >= 2)) == 1 && nproc >= 2,
+            awake: env_or("REGISTER_AWAKE", 1u8) == 1,
             configs,
             parts: std::env::var("REGISTER_PARTS")
                 .unwrap_or_else(|_| "load,m64,catchup".into())
