@@ -14,7 +14,7 @@
 //! the module applies it into usrloc inside SER, marked as replaying so
 //! the usrloc callbacks do not send it back out.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -39,6 +39,12 @@ const FIFO_REQUEST_MAX: usize = 4000;
 /// jsonrpcs' datagram buffer is 65456 bytes.
 const DGRAM_REQUEST_MAX: usize = 65000;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// `sersync.apply` requests the datagram door keeps in flight: SER works
+/// on one while the next is encoded and queued, so its worker does not
+/// wait for us between requests. Contacts may be applied in any order
+/// (usrloc admits a version only over an older one); a request carrying an
+/// alias (not version-checked in SER) travels alone.
+const DGRAM_IN_FLIGHT: usize = 3;
 
 enum Kind {
     Fifo,
@@ -77,6 +83,9 @@ pub struct Door {
     reply_name: String,
     kind: Option<Kind>,
     next_id: u64,
+    /// Replies that came (or, FIFO, were read) before they were awaited,
+    /// by request id.
+    early: HashMap<u64, Vec<u8>>,
     /// sersync.apply's first parameter ([`crate::queue::Shared::apply_token`]).
     token: String,
 }
@@ -95,6 +104,7 @@ impl Door {
             reply_name: format!("sersync_apply_{}", std::process::id()),
             kind: None,
             next_id: 1,
+            early: HashMap::new(),
             token: token.to_string(),
         }
     }
@@ -128,6 +138,9 @@ impl Door {
         let meta = std::fs::symlink_metadata(&local)
             .map_err(|e| self.err(format!("stat {}: {e}", local.display())))?;
         sock.set_read_timeout(Some(REPLY_TIMEOUT))
+            .map_err(|e| self.err(e.to_string()))?;
+        // A send waits while SER's queue is full (requests in flight).
+        sock.set_write_timeout(Some(REPLY_TIMEOUT))
             .map_err(|e| self.err(e.to_string()))?;
         Ok(Reply {
             sock,
@@ -190,21 +203,27 @@ impl Door {
         })
     }
 
-    /// One `sersync.apply` call; returns the count SER reports applied.
-    fn call(&mut self, records: &[(u64, Record)]) -> Result<u64, ApplyError> {
-        let v = self.rpc(
+    /// Sends one `sersync.apply` call; its reply is read by
+    /// [`Door::finish`] and its count by [`Door::applied`].
+    fn start_apply(&mut self, records: &[(u64, Record)]) -> Result<u64, ApplyError> {
+        let payload = payload::encode(records);
+        self.start(
             "sersync.apply",
-            vec![
-                Value::String(self.token.clone()),
-                Value::String(payload::encode(records)),
-            ],
-        )?;
-        Ok(v.as_u64().unwrap_or(0))
+            vec![Value::String(self.token.clone()), Value::String(payload)],
+        )
     }
 
     /// One RPC call through the door; its result, or its fault as an
     /// error (sersync.apply's faults naming a record as such).
     fn rpc(&mut self, method: &str, params: Vec<Value>) -> Result<Value, ApplyError> {
+        self.early.clear();
+        let id = self.start(method, params)?;
+        self.finish(id)
+    }
+
+    /// Sends request `id` (a FIFO request is answered before this returns:
+    /// its reply waits in `early`).
+    fn start(&mut self, method: &str, params: Vec<Value>) -> Result<u64, ApplyError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut req = serde_json::json!({
@@ -219,10 +238,20 @@ impl Door {
             req["reply_name"] = Value::String(reply_name.clone());
         }
         let body = serde_json::to_vec(&req).expect("JSON of strings and numbers");
-        let reply = if is_fifo {
-            self.call_fifo(&body, &reply_name)?
+        if is_fifo {
+            let reply = self.call_fifo(&body, &reply_name)?;
+            self.early.insert(id, reply);
         } else {
-            self.call_dgram(&body, id)?
+            self.send_dgram(&body)?;
+        }
+        Ok(id)
+    }
+
+    /// The result of request `id`, or its fault as an error.
+    fn finish(&mut self, id: u64) -> Result<Value, ApplyError> {
+        let reply = match self.early.remove(&id) {
+            Some(r) => r,
+            None => self.recv_dgram(id)?,
         };
         let mut v: Value = serde_json::from_slice(&reply)
             .map_err(|e| self.err(format!("unreadable reply: {e}")))?;
@@ -274,34 +303,50 @@ impl Door {
         result
     }
 
-    fn call_dgram(&mut self, body: &[u8], id: u64) -> Result<Vec<u8>, ApplyError> {
-        let path = self.path.clone();
+    fn send_dgram(&mut self, body: &[u8]) -> Result<(), ApplyError> {
         let Some(Kind::Dgram(Reply { sock, .. })) = &self.kind else {
             unreachable!("checked by caller")
         };
-        if let Err(e) = sock.send_to(body, &path) {
+        if let Err(e) = sock.send_to(body, &self.path) {
             let detail = format!("send: {e}");
-            let path = path.display().to_string();
+            let path = self.path.display().to_string();
             return Err(match e.raw_os_error() {
                 Some(libc::ENOENT | libc::ECONNREFUSED) => ApplyError::DoorAbsent { path, detail },
                 _ => ApplyError::Door { path, detail },
             });
         }
+        Ok(())
+    }
+
+    /// The reply to request `id`; replies to later requests of this
+    /// pipeline that come first are kept, late ones to earlier (timed-out
+    /// or abandoned) requests skipped.
+    fn recv_dgram(&mut self, id: u64) -> Result<Vec<u8>, ApplyError> {
+        let path = self.path.display().to_string();
+        let Some(Kind::Dgram(Reply { sock, .. })) = &self.kind else {
+            return Err(ApplyError::Door {
+                path,
+                detail: "no reply: the reply socket was bound again".into(),
+            });
+        };
         let deadline = Instant::now() + REPLY_TIMEOUT;
         let mut buf = vec![0u8; 1 << 16];
         loop {
             let n = sock.recv(&mut buf).map_err(|e| ApplyError::Door {
-                path: path.display().to_string(),
+                path: path.clone(),
                 detail: format!("no reply: {e}"),
             })?;
-            // A late reply to an earlier, timed-out request is skipped.
             let v: Value = serde_json::from_slice(&buf[..n]).unwrap_or(Value::Null);
-            if v.get("id").and_then(Value::as_u64) == Some(id) {
-                return Ok(buf[..n].to_vec());
+            match v.get("id").and_then(Value::as_u64) {
+                Some(got) if got == id => return Ok(buf[..n].to_vec()),
+                Some(got) if got > id && got < self.next_id => {
+                    self.early.insert(got, buf[..n].to_vec());
+                }
+                _ => {}
             }
             if Instant::now() >= deadline {
                 return Err(ApplyError::Door {
-                    path: path.display().to_string(),
+                    path,
                     detail: "no reply".into(),
                 });
             }
@@ -468,61 +513,102 @@ impl Sink for Door {
         Some(self)
     }
 
+    /// Requests of at most the door's size, in order, up to
+    /// [`DGRAM_IN_FLIGHT`] of them in flight on the datagram door (one on
+    /// the FIFO). On a failure, the records before it are applied; those
+    /// after it may be too (requests already sent), which applying them
+    /// again does not change.
     fn apply(&mut self, records: &[(u64, Record)]) -> Result<(), ApplyError> {
         let max = self.request_max()?;
+        let window = match self.kind()? {
+            Kind::Fifo => 1,
+            Kind::Dgram(_) => DGRAM_IN_FLIGHT,
+        };
         // JSON wrapper, token, id and reply name stay well under this.
         let budget = max - 300;
+        self.early.clear();
+        // (request id, first record, end, travels alone)
+        let mut in_flight: VecDeque<(u64, usize, usize, bool)> = VecDeque::new();
         let mut start = 0;
-        while start < records.len() {
-            let mut end = start;
-            let mut size = 8;
-            while end < records.len() {
-                let n = payload::encoded_len(&records[end]);
-                if end > start && size + n > budget {
+        let mut too_large = None;
+        loop {
+            while start < records.len()
+                && too_large.is_none()
+                && in_flight.len() < window
+                && !in_flight.back().is_some_and(|r| r.3)
+            {
+                let (end, size) = request_end(records, start, budget);
+                if size > budget {
+                    too_large = Some(ApplyError::Record {
+                        index: start,
+                        refused: true,
+                        reason: format!(
+                            "a record of {size} bytes exceeds the door's {max}-byte requests"
+                        ),
+                    });
                     break;
                 }
-                size += n;
-                end += 1;
+                let alone = records[start..end]
+                    .iter()
+                    .any(|(_, r)| matches!(r, Record::Alias { .. }));
+                if alone && !in_flight.is_empty() {
+                    break;
+                }
+                let id = self.start_apply(&records[start..end])?;
+                in_flight.push_back((id, start, end, alone));
+                start = end;
             }
-            if size > budget {
-                return Err(ApplyError::Record {
-                    index: start,
-                    refused: true,
-                    reason: format!(
-                        "a record of {size} bytes exceeds the door's {max}-byte requests"
-                    ),
-                });
-            }
-            let n = match self.call(&records[start..end]) {
+            let Some((id, first, end, _)) = in_flight.pop_front() else {
+                break;
+            };
+            let n = match self.finish(id) {
                 Err(ApplyError::Record {
                     index,
                     refused,
                     reason,
                 }) => {
                     return Err(ApplyError::Record {
-                        index: start + index,
+                        index: first + index,
                         refused,
                         reason,
                     })
                 }
-                other => other?,
+                other => other?.as_u64().unwrap_or(0),
             };
-            if n != (end - start) as u64 {
+            if n != (end - first) as u64 {
                 return Err(ApplyError::Rejected(format!(
                     "applied {n} of {}",
-                    end - start
+                    end - first
                 )));
             }
-            start = end;
         }
-        Ok(())
+        match too_large {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
+}
+
+/// The end of the request that starts at record `start` and its payload
+/// size: as many records as fit `budget` bytes, at least one.
+fn request_end(records: &[(u64, Record)], start: usize, budget: usize) -> (usize, usize) {
+    let mut end = start;
+    let mut size = 8;
+    while end < records.len() {
+        let n = payload::encoded_len(&records[end]);
+        if end > start && size + n > budget {
+            break;
+        }
+        size += n;
+        end += 1;
+    }
+    (end, size)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Alias, Op};
+    use crate::record::{Alias, Contact, Op};
 
     #[test]
     fn faults_naming_a_record_are_read() {
@@ -592,6 +678,123 @@ mod tests {
                     .starts_with("sersync_apply_")
             })
             .count()
+    }
+
+    /// A datagram door that lets requests queue up (`pause` between
+    /// reads), answers each with the number of records it carried (or,
+    /// for request `fail`, 1-based, "Apply failed at record 3"), and
+    /// returns how many requests it found queued at each read.
+    fn queueing_door(
+        path: &Path,
+        requests: usize,
+        fail: usize,
+    ) -> std::thread::JoinHandle<Vec<usize>> {
+        let sock = UnixDatagram::bind(path).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut seen = 0;
+            let mut queued = Vec::new();
+            while seen < requests {
+                std::thread::sleep(Duration::from_millis(30));
+                let mut got = Vec::new();
+                while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    got.push((buf[..n].to_vec(), from.as_pathname().unwrap().to_path_buf()));
+                }
+                queued.push(got.len());
+                for (req, to) in got {
+                    seen += 1;
+                    let v: Value = serde_json::from_slice(&req).unwrap();
+                    let text = v["params"][1].as_str().unwrap();
+                    let n = payload::decode(text.as_bytes()).unwrap().len();
+                    let reply = if seen == fail {
+                        serde_json::json!({"jsonrpc": "2.0", "id": v["id"],
+                            "error": {"code": 500, "message": "Apply failed at record 3"}})
+                    } else {
+                        serde_json::json!({"jsonrpc": "2.0", "result": n, "id": v["id"]})
+                    };
+                    sock.send_to(reply.to_string().as_bytes(), to).unwrap();
+                }
+            }
+            queued
+        })
+    }
+
+    /// 30 contacts of about 2 KiB each: several requests of the datagram
+    /// door's size.
+    fn bulky(n: usize, alias_at: Option<usize>) -> Vec<(u64, Record)> {
+        (0..n)
+            .map(|i| {
+                let rec = if Some(i) == alias_at {
+                    one().remove(0).1
+                } else {
+                    Record::Contact {
+                        op: Op::Upsert,
+                        contact: Contact {
+                            aor: format!("user{i}").into_bytes(),
+                            user_agent: vec![b'x'; 2000],
+                            ..Default::default()
+                        },
+                    }
+                };
+                (i as u64 + 1, rec)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn requests_are_kept_in_flight_and_a_failure_names_its_record() {
+        let run = tempfile::tempdir().unwrap();
+        let path = run.path().join("rpc.sock");
+        let records = bulky(120, None);
+        let (per_request, _) = request_end(&records, 0, DGRAM_REQUEST_MAX - 300);
+        let requests = records.len().div_ceil(per_request);
+        assert!(requests >= 4, "{requests} requests");
+        let server = queueing_door(&path, requests, 0);
+        let mut door = Door::new(&path, run.path(), run.path(), "t");
+        door.apply(&records).unwrap();
+        let queued = server.join().unwrap();
+        assert_eq!(queued.iter().sum::<usize>(), requests);
+        assert!(
+            queued.contains(&DGRAM_IN_FLIGHT),
+            "SER never found {DGRAM_IN_FLIGHT} requests waiting: {queued:?}"
+        );
+        assert!(queued.iter().all(|&q| q <= DGRAM_IN_FLIGHT), "{queued:?}");
+
+        // The second request fails at its fourth record: that record is
+        // named, whatever else was in flight (the first three requests,
+        // then a fourth sent once the first was answered).
+        let path = run.path().join("rpc2.sock");
+        let server = queueing_door(&path, DGRAM_IN_FLIGHT + 1, 2);
+        let mut door = Door::new(&path, run.path(), run.path(), "u");
+        let e = door.apply(&records).unwrap_err();
+        assert!(
+            matches!(e, ApplyError::Record { index, refused: false, .. } if index == per_request + 3),
+            "{e:?}"
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_request_carrying_an_alias_travels_alone() {
+        let run = tempfile::tempdir().unwrap();
+        let path = run.path().join("rpc.sock");
+        // The alias falls in the third request.
+        let probe = bulky(120, None);
+        let (per_request, _) = request_end(&probe, 0, DGRAM_REQUEST_MAX - 300);
+        let records = bulky(120, Some(2 * per_request + 1));
+        let mut ends = vec![];
+        let mut start = 0;
+        while start < records.len() {
+            start = request_end(&records, start, DGRAM_REQUEST_MAX - 300).0;
+            ends.push(start);
+        }
+        let server = queueing_door(&path, ends.len(), 0);
+        let mut door = Door::new(&path, run.path(), run.path(), "t");
+        door.apply(&records).unwrap();
+        let queued = server.join().unwrap();
+        // requests 1 and 2 together, the alias's alone, then the rest
+        assert_eq!(&queued[..2], &[2, 1], "{queued:?}");
     }
 
     #[test]
