@@ -151,6 +151,7 @@ impl Engine {
         };
         let applier = Applier {
             journal: apply_journal,
+            reader: Some(open()?),
             primary,
             fallback,
             status: status.clone(),

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::error::ApplyError;
-use crate::journal::Journal;
+use crate::journal::{Journal, Staged};
 use crate::log::{self, RateLimit};
 use crate::record::Record;
 use crate::restore::Restore;
@@ -41,6 +41,9 @@ pub trait Sink: Send {
 
 /// Changes taken from the inbox per attempt.
 const BATCH: usize = 2000;
+/// A batch this large suggests more are staged behind it: the next one is
+/// read while SER applies it.
+const READ_AHEAD_FROM: usize = BATCH / 2;
 /// How long the door may fail before the database takes over (SER may be
 /// starting; records written to the database reach usrloc only when SER
 /// next loads it).
@@ -70,6 +73,10 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub struct Applier {
     pub journal: Journal,
+    /// A second connection to the journal that reads the next batch while
+    /// SER applies one (a large inbox: a catch-up, a restore); None: no
+    /// read-ahead.
+    pub reader: Option<Journal>,
     pub primary: Box<dyn Sink>,
     pub fallback: Option<Box<dyn Sink>>,
     pub status: Arc<Status>,
@@ -94,6 +101,8 @@ struct Done {
     /// for none. Back to 0 once deleted: inbox ids are SQLite rowids,
     /// which start again from 1 in an emptied table.
     upto: i64,
+    /// The last inbox id done, deleted or not.
+    last: i64,
     due: Instant,
 }
 
@@ -101,12 +110,14 @@ impl Done {
     fn new() -> Done {
         Done {
             upto: 0,
+            last: 0,
             due: Instant::now() + DELETE_EVERY,
         }
     }
 
     fn advance(&mut self, upto: i64) {
         self.upto = self.upto.max(upto);
+        self.last = self.last.max(upto);
     }
 
     /// Deletes what is done from the inbox, if anything and if `now` (or
@@ -135,12 +146,19 @@ impl Applier {
         let mut next_refresh = Instant::now();
         let mut next_count = Instant::now();
         let mut done = Done::new();
+        // The batch after inbox id `.0`, read while SER applied the one
+        // before it.
+        let mut ahead: Option<(i64, Vec<Staged>, Option<i64>)> = None;
         while !stop.load(Ordering::Acquire) {
             if Instant::now() >= next_refresh {
                 quarantine::refresh(&mut self.journal, &self.status);
                 next_refresh = Instant::now() + QUARANTINE_REFRESH;
             }
-            let (staged, last_read) = match self.journal.inbox_current_after(done.upto, BATCH) {
+            let read = match ahead.take() {
+                Some((after, staged, last)) if after == done.last => Ok((staged, last)),
+                _ => self.journal.inbox_current_after(done.upto, BATCH),
+            };
+            let (staged, last_read) = match read {
                 Ok(s) => s,
                 Err(e) => {
                     log::error(format_args!("reading staged changes: {e}"));
@@ -201,9 +219,11 @@ impl Applier {
                 }
                 continue;
             }
+            let (result, next) = self.apply_reading_ahead(&records, last_id);
+            ahead = next;
             // Ok((records applied, through the database, the one that
             // failed after them and why)).
-            let outcome = match self.primary.apply(&records) {
+            let outcome = match result {
                 Ok(()) => {
                     door_failing_since = None;
                     Ok((records.len(), false, None))
@@ -363,6 +383,43 @@ impl Applier {
         done.delete(&mut self.journal, true);
     }
 
+    /// `records` into SER; meanwhile, if they were many, the batch staged
+    /// after inbox id `last_id` is read on the second connection. That
+    /// batch is kept only if it holds changes and no alias: an alias is
+    /// not version-checked in SER, so its check against the state (a
+    /// local change may overtake it) is made just before it is applied.
+    #[allow(clippy::type_complexity)]
+    fn apply_reading_ahead(
+        &mut self,
+        records: &[(u64, Record)],
+        last_id: i64,
+    ) -> (
+        Result<(), ApplyError>,
+        Option<(i64, Vec<Staged>, Option<i64>)>,
+    ) {
+        let primary = &mut self.primary;
+        let reader = match &mut self.reader {
+            Some(r) if records.len() >= READ_AHEAD_FROM => r,
+            _ => return (primary.apply(records), None),
+        };
+        std::thread::scope(|s| {
+            let next = s.spawn(move || reader.inbox_current_after(last_id, BATCH));
+            let result = primary.apply(records);
+            let next = match next.join() {
+                Ok(Ok((staged, last)))
+                    if last.is_some()
+                        && !staged
+                            .iter()
+                            .any(|s| matches!(s.record, Record::Alias { .. })) =>
+                {
+                    Some((last_id, staged, last))
+                }
+                _ => None,
+            };
+            (result, next)
+        })
+    }
+
     /// Sleeps the whole backoff (new arrivals must not hurry the retry of
     /// a path that is failing) and doubles it.
     fn pause(&self, retry: &mut Duration, stop: &AtomicBool) {
@@ -484,6 +541,7 @@ mod tests {
         let (wake, wake_rx) = crossbeam_channel::bounded(1);
         let applier = Applier {
             journal: Journal::open(path).unwrap(),
+            reader: Some(Journal::open(path).unwrap()),
             primary: Box::new(ser.clone()),
             fallback: None,
             status: status.clone(),
@@ -549,6 +607,53 @@ mod tests {
             ser.applied.lock().unwrap().len() == 3 && j.inbox_len().unwrap() == 0
         });
         assert_eq!(ser.applied.lock().unwrap()[2], ("c".to_string(), 1));
+    }
+
+    /// A large inbox is applied batch by batch with the next batch read
+    /// while SER takes one: every key ends at its newest version, applied
+    /// after any older one, and a failure that passes (the next batch,
+    /// read ahead, is then read again) loses nothing.
+    #[test]
+    fn a_large_inbox_is_applied_in_order_with_reading_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let mut j = Journal::open(&path).unwrap();
+        let mut changes: Vec<(u64, u64, Record)> = (0..5000)
+            .map(|i| (i + 1, 1000 + i, contact("location", &format!("u{i}"), 1)))
+            .collect();
+        // newer versions of the first 2,000 keys, staged behind them
+        changes.extend((0..2000u64).map(|i| {
+            (
+                5001 + i,
+                10_000 + i,
+                contact("location", &format!("u{i}"), 2),
+            )
+        }));
+        for chunk in changes.chunks(1000) {
+            stage(&mut j, "n2", chunk);
+        }
+        let ser = FakeSer::default();
+        // in the second batch: fails twice, then applies
+        ser.flaky.lock().unwrap().insert("u2500".into(), 2);
+        let run = start(&path, &ser);
+        wait_for(
+            "the inbox applied and emptied",
+            Duration::from_secs(30),
+            || j.inbox_len().unwrap() == 0 && ser.applied.lock().unwrap().len() >= 5000,
+        );
+        let applied = ser.applied.lock().unwrap().clone();
+        let mut last: HashMap<String, i32> = HashMap::new();
+        for (aor, cseq) in &applied {
+            let before = last.insert(aor.clone(), *cseq).unwrap_or(0);
+            assert!(before <= *cseq, "{aor}: {cseq} applied after {before}");
+        }
+        assert_eq!(last.len(), 5000);
+        for i in 0..5000 {
+            let want = if i < 2000 { 2 } else { 1 };
+            assert_eq!(last[&format!("u{i}")], want, "u{i}");
+        }
+        assert_eq!(ser.failed.lock().unwrap()["u2500"], 2);
+        assert_eq!(run.status.counters.quarantined.load(Ordering::Relaxed), 0);
     }
 
     /// Records in a table SER lacks are quarantined at their first refusal,
