@@ -121,29 +121,41 @@ impl Journal {
 
     /// Local changes after `after`, at most `limit`, in sequence order.
     pub fn read_log(&self, after: u64, limit: usize) -> Result<Vec<Change>, JournalError> {
+        let rows = self.read_log_encoded(after, limit)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (seq, hlc, body) in rows {
+            let record = codec::decode(&body).map_err(|detail| {
+                Fault::BadRecord {
+                    seq: seq as i64,
+                    detail,
+                }
+                .at(&self.path)
+            })?;
+            out.push(Change { seq, hlc, record });
+        }
+        Ok(out)
+    }
+
+    /// [`Journal::read_log`] as stored: (sequence, stamp, the record's
+    /// encoded bytes), not decoded. What a batch frame of protocol v2 and
+    /// later carries as it is.
+    pub fn read_log_encoded(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64, Vec<u8>)>, JournalError> {
         self.run(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT seq, hlc, body FROM log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
                 Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
                     r.get::<_, Vec<u8>>(2)?,
                 ))
             })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (seq, hlc, body) = row?;
-                let record =
-                    codec::decode(&body).map_err(|detail| Fault::BadRecord { seq, detail })?;
-                out.push(Change {
-                    seq: seq as u64,
-                    hlc: hlc as u64,
-                    record,
-                });
-            }
-            Ok(out)
+            Ok(rows.collect::<Result<_, _>>()?)
         })
     }
 

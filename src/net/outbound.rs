@@ -59,17 +59,16 @@ impl Net {
                 }
                 let room =
                     (WINDOW_RECORDS - (c.next_send - c.acked)).min(BATCH_RECORDS as u64) as usize;
-                let changes = match self.journal.read_log(c.next_send, room) {
+                let batch = match read_batch(&self.journal, c.version, c.next_send, room) {
                     Ok(v) => v,
                     Err(e) => {
                         log::error(format_args!("reading journal for {}: {e}", c.remote_id));
                         break;
                     }
                 };
-                let Some(lastc) = changes.last() else { break };
-                c.next_send = lastc.seq;
-                let n = changes.len() as u64;
-                c.send(&crate::wire::version::batch(c.version, changes));
+                let Some((frame, last, n)) = batch else { break };
+                c.next_send = last;
+                c.send(&frame);
                 self.status.with_peer(idx, |s| s.sent += n);
             }
             self.flush(t);
@@ -193,5 +192,87 @@ impl Net {
             });
         }
         self.shared.write_status(&self.status.to_c());
+    }
+}
+
+/// The next batch frame for a connection of `version`, after sequence
+/// `after`, at most `room` changes: with its last sequence and its count;
+/// None when nothing follows. From v2 on, the records go out as the
+/// journal stores them (encoded once, at ingest).
+fn read_batch(
+    journal: &crate::journal::Journal,
+    version: u16,
+    after: u64,
+    room: usize,
+) -> Result<Option<(crate::wire::Frame, u64, u64)>, crate::error::JournalError> {
+    if version < 2 {
+        let changes = journal.read_log(after, room)?;
+        let Some(last) = changes.last().map(|c| c.seq) else {
+            return Ok(None);
+        };
+        let n = changes.len() as u64;
+        return Ok(Some((
+            crate::wire::version::batch(version, changes),
+            last,
+            n,
+        )));
+    }
+    let rows = journal.read_log_encoded(after, room)?;
+    let Some(&(last, _, _)) = rows.last() else {
+        return Ok(None);
+    };
+    let n = rows.len() as u64;
+    Ok(Some((crate::wire::version::raw_batch(rows), last, n)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_batch;
+    use crate::journal::Journal;
+    use crate::record::{Alias, Contact, Op, Record};
+    use crate::wire::Frame;
+
+    fn bytes(f: &Frame) -> Vec<u8> {
+        let mut out = Vec::new();
+        f.write_to(&mut out).unwrap();
+        out
+    }
+
+    /// Records sent as the journal stores them make the very frame that
+    /// decoding and encoding them again made; v1 still gets a typed batch.
+    #[test]
+    fn a_batch_from_stored_bytes_is_the_batch_of_the_decoded_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let contact = |aor: &str| Record::Contact {
+            op: Op::Upsert,
+            contact: Contact {
+                domain: b"location".to_vec(),
+                aor: aor.as_bytes().to_vec(),
+                user_agent: vec![0xff, 0, b'x'],
+                cseq: 7,
+                ..Default::default()
+            },
+        };
+        let alias = Record::Alias {
+            op: Op::Delete,
+            alias: Alias {
+                table: b"dbaliases".to_vec(),
+                ..Default::default()
+            },
+        };
+        let recs = [(10, contact("a")), (11, alias), (12, contact("b"))];
+        j.append_local("n1", &recs).unwrap();
+        for version in 2..=crate::wire::version::NEWEST {
+            let (frame, last, n) = read_batch(&j, version, 1, 10).unwrap().unwrap();
+            assert_eq!((last, n), (3, 2));
+            assert!(matches!(frame, Frame::RawBatch { .. }));
+            let typed = crate::wire::version::batch(version, j.read_log(1, 10).unwrap());
+            assert_eq!(bytes(&frame), bytes(&typed), "v{version}");
+        }
+        let (frame, last, _) = read_batch(&j, 1, 0, 10).unwrap().unwrap();
+        assert_eq!(last, 3);
+        assert!(matches!(frame, Frame::Batch { .. }));
+        assert!(read_batch(&j, 2, 3, 10).unwrap().is_none());
     }
 }

@@ -86,6 +86,18 @@ pub fn batch(version: u16, changes: Vec<Change>) -> Frame {
     }
 }
 
+/// The v2 batch frame of changes as the journal stores them: (sequence,
+/// stamp, the record's encoded bytes), byte for byte what [`batch`] makes
+/// of the same changes decoded.
+pub fn raw_batch(rows: Vec<(u64, u64, Vec<u8>)>) -> Frame {
+    Frame::RawBatch {
+        changes: rows
+            .into_iter()
+            .map(|(seq, hlc, record)| RawChange { seq, hlc, record })
+            .collect(),
+    }
+}
+
 /// The changes of a `RawBatch` this node can decode, and the sequences
 /// (with why) of those it cannot: a kind newer than it knows.
 pub fn unpack(changes: Vec<RawChange>) -> (Vec<Change>, Vec<(u64, String)>) {
