@@ -44,6 +44,9 @@ const BATCH: usize = 2000;
 /// A batch this large suggests more are staged behind it: the next one is
 /// read while SER applies it.
 const READ_AHEAD_FROM: usize = BATCH / 2;
+/// A batch read ahead: the inbox id it was read after, its current
+/// changes and the last id it read (as [`Journal::inbox_current_after`]).
+type Ahead = (i64, Vec<Staged>, Option<i64>);
 /// How long the door may fail before the database takes over (SER may be
 /// starting; records written to the database reach usrloc only when SER
 /// next loads it).
@@ -148,7 +151,7 @@ impl Applier {
         let mut done = Done::new();
         // The batch after inbox id `.0`, read while SER applied the one
         // before it.
-        let mut ahead: Option<(i64, Vec<Staged>, Option<i64>)> = None;
+        let mut ahead: Option<Ahead> = None;
         while !stop.load(Ordering::Acquire) {
             if Instant::now() >= next_refresh {
                 quarantine::refresh(&mut self.journal, &self.status);
@@ -388,15 +391,11 @@ impl Applier {
     /// batch is kept only if it holds changes and no alias: an alias is
     /// not version-checked in SER, so its check against the state (a
     /// local change may overtake it) is made just before it is applied.
-    #[allow(clippy::type_complexity)]
     fn apply_reading_ahead(
         &mut self,
         records: &[(u64, Record)],
         last_id: i64,
-    ) -> (
-        Result<(), ApplyError>,
-        Option<(i64, Vec<Staged>, Option<i64>)>,
-    ) {
+    ) -> (Result<(), ApplyError>, Option<Ahead>) {
         let primary = &mut self.primary;
         let reader = match &mut self.reader {
             Some(r) if records.len() >= READ_AHEAD_FROM => r,

@@ -63,20 +63,17 @@ pub fn refused_for_version(reason: &str, stated: u16) -> Option<u16> {
 /// typed `Batch` without the records of kinds it does not know.
 pub fn batch(version: u16, changes: Vec<Change>) -> Frame {
     if version >= 2 {
-        let changes = changes
-            .into_iter()
-            .map(|c| {
-                let mut record = Vec::with_capacity(256);
-                codec::encode_into(&c.record, &mut record)
-                    .expect("encoding into a Vec cannot fail");
-                RawChange {
-                    seq: c.seq,
-                    hlc: c.hlc,
-                    record,
-                }
-            })
-            .collect();
-        Frame::RawBatch { changes }
+        raw_batch(
+            changes
+                .into_iter()
+                .map(|c| {
+                    let mut record = Vec::with_capacity(256);
+                    codec::encode_into(&c.record, &mut record)
+                        .expect("encoding into a Vec cannot fail");
+                    (c.seq, c.hlc, record)
+                })
+                .collect(),
+        )
     } else {
         let changes = changes
             .into_iter()
