@@ -116,7 +116,7 @@ fn a_node_whose_clock_is_ahead_is_refused_beyond_the_bound_and_caught_up_after()
     );
     let stamp_ahead = c
         .node(2)
-        .journal_int("SELECT max(hlc) FROM log")
+        .journal_int("SELECT max(hlc_max) FROM log_batch")
         .expect("node 2's journal");
 
     // Back on the right time: what was held arrives (once node 1's clock
@@ -130,7 +130,7 @@ fn a_node_whose_clock_is_ahead_is_refused_beyond_the_bound_and_caught_up_after()
     eprintln!("e2e: held registrations arrived {took:?} after the clock was right");
     let after = c
         .node(2)
-        .journal_int("SELECT max(hlc) FROM log")
+        .journal_int("SELECT max(hlc_max) FROM log_batch")
         .expect("node 2's journal");
     assert!(
         after > stamp_ahead,

@@ -45,7 +45,7 @@ fn unchanged(node: &Node) -> Unchanged {
         journaled: st.journaled,
         last_seq: st.last_seq,
         journal_rows: node
-            .journal_int("SELECT (SELECT count(*) FROM log) + (SELECT count(*) FROM state)")
+            .journal_int("SELECT (SELECT coalesce(sum(last - first + 1), 0) FROM log_batch) + (SELECT count(*) FROM state)")
             .expect("journal"),
         peers: st
             .peers

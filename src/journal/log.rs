@@ -1,4 +1,9 @@
-//! The log: this node's own changes under their sequence numbers.
+//! The log: this node's own changes under their sequence numbers, stored
+//! a batch per row (`log_batch`): the changes one ingest transaction
+//! journaled, numbered densely from `first` to `last`, packed into one
+//! blob (see [`pack_into`]). One row written and read per batch instead
+//! of one per change; trimming removes whole batches and cuts the one it
+//! ends inside.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -7,6 +12,58 @@ use super::{Fault, Journal};
 use crate::codec;
 use crate::error::JournalError;
 use crate::record::{Change, Record};
+
+/// Bytes a change takes in a packed batch besides its encoding: its stamp
+/// (8 bytes, little-endian) and the length of its encoding (4 bytes).
+const PACK_HEAD: usize = 12;
+
+/// Appends one change to a packed batch: stamp, length, encoded record.
+pub(super) fn pack_into(out: &mut Vec<u8>, hlc: u64, body: &[u8]) {
+    out.extend_from_slice(&hlc.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(body);
+}
+
+/// The changes of a packed batch in order: (stamp, encoded record), or
+/// an error at the first change whose length runs past the blob.
+pub(super) fn unpack(blob: &[u8]) -> impl Iterator<Item = Result<(u64, &[u8]), String>> {
+    let mut rest = blob;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        if rest.len() < PACK_HEAD {
+            rest = &[];
+            return Some(Err("packed batch ends inside a change's header".into()));
+        }
+        let hlc = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes")) as usize;
+        if rest.len() - PACK_HEAD < len {
+            rest = &[];
+            return Some(Err(format!(
+                "packed batch ends inside a change of {len} bytes"
+            )));
+        }
+        let body = &rest[PACK_HEAD..PACK_HEAD + len];
+        rest = &rest[PACK_HEAD + len..];
+        Some(Ok((hlc, body)))
+    })
+}
+
+/// The changes of the batch that starts at `first`, numbered.
+fn unpack_numbered(
+    first: u64,
+    blob: &[u8],
+) -> impl Iterator<Item = Result<(u64, u64, &[u8]), Fault>> {
+    unpack(blob).enumerate().map(move |(i, c)| {
+        let seq = first + i as u64;
+        c.map(|(hlc, body)| (seq, hlc, body))
+            .map_err(|detail| Fault::BadRecord {
+                seq: seq as i64,
+                detail,
+            })
+    })
+}
 
 impl Journal {
     /// Appends local changes in one transaction. A change identical to
@@ -40,9 +97,10 @@ impl Journal {
             let mut behind = Vec::new();
             let mut held = tx.prepare_cached("SELECT hlc, body FROM state WHERE key = ?1")?;
             let mut appended = 0;
-            let mut seq = Self::last_seq_in(tx)?;
-            let mut ins =
-                tx.prepare_cached("INSERT INTO log (seq, hlc, body) VALUES (?1, ?2, ?3)")?;
+            let before = Self::last_seq_in(tx)?;
+            let mut seq = before;
+            let mut hlc_max = 0;
+            let mut packed = Vec::with_capacity(records.len() * 400);
             let mut state = StateUpsert::local(tx)?;
             let mut body = Vec::with_capacity(512);
             for (i, (hlc, rec)) in records.iter().enumerate() {
@@ -60,17 +118,29 @@ impl Journal {
                     continue;
                 }
                 seq += 1;
-                ins.execute(params![seq as i64, *hlc as i64, body])?;
+                pack_into(&mut packed, *hlc, &body);
+                hlc_max = hlc_max.max(*hlc);
                 appended += 1;
+            }
+            if appended > 0 {
+                tx.prepare_cached(
+                    "INSERT INTO log_batch (first, last, hlc_max, body) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![
+                    (before + 1) as i64,
+                    seq as i64,
+                    hlc_max as i64,
+                    packed
+                ])?;
             }
             Ok((seq, appended, behind))
         })
     }
 
-    fn last_seq_in(conn: &Connection) -> Result<u64, Fault> {
+    pub(super) fn last_seq_in(conn: &Connection) -> Result<u64, Fault> {
         let last = conn
             .prepare_cached(
-                "SELECT max(coalesce((SELECT max(seq) FROM log), 0),
+                "SELECT max(coalesce((SELECT last FROM log_batch ORDER BY first DESC LIMIT 1), 0),
                             coalesce((SELECT v FROM meta WHERE k = 'seq_floor'), 0))",
             )?
             .query_row([], |r| r.get::<_, i64>(0))?;
@@ -86,7 +156,7 @@ impl Journal {
     /// log is empty. A peer that needs anything below it gets a snapshot.
     pub fn first_available(&self) -> Result<u64, JournalError> {
         let min: Option<i64> = self.run(|c| {
-            Ok(c.prepare_cached("SELECT min(seq) FROM log")?
+            Ok(c.prepare_cached("SELECT min(first) FROM log_batch")?
                 .query_row([], |r| r.get(0))?)
         })?;
         match min {
@@ -95,26 +165,67 @@ impl Journal {
         }
     }
 
-    /// Removes log entries up to `upto` (every peer has them, or retention
-    /// ended for them). The state table keeps the latest version of every
-    /// key, which is what a snapshot sends. Returns entries removed.
+    /// Removes log entries up to `upto` (every peer has them, or
+    /// retention ended for them): the batches that end there or before
+    /// go, a batch `upto` falls inside keeps only what follows it. The
+    /// state table keeps the latest version of every key, which is what
+    /// a snapshot sends. Returns entries removed.
     pub fn trim(&mut self, upto: u64) -> Result<usize, JournalError> {
         self.write(|tx| {
-            let n = tx.execute("DELETE FROM log WHERE seq <= ?1", [upto as i64])?;
+            let upto = upto as i64;
+            let whole: i64 = tx.query_row(
+                "SELECT coalesce(sum(last - first + 1), 0) FROM log_batch
+                 WHERE first <= ?1 AND last <= ?1",
+                [upto],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "DELETE FROM log_batch WHERE first <= ?1 AND last <= ?1",
+                [upto],
+            )?;
+            let mut n = whole;
+            let inside: Option<(i64, i64, Vec<u8>)> = tx
+                .query_row(
+                    "SELECT first, last, body FROM log_batch WHERE first <= ?1 AND last > ?1",
+                    [upto],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            if let Some((first, last, blob)) = inside {
+                let mut rest = Vec::with_capacity(blob.len());
+                let mut hlc_max = 0;
+                for change in unpack_numbered(first as u64, &blob) {
+                    let (seq, hlc, body) = change?;
+                    if seq as i64 > upto {
+                        pack_into(&mut rest, hlc, body);
+                        hlc_max = hlc_max.max(hlc);
+                    }
+                }
+                tx.execute("DELETE FROM log_batch WHERE first = ?1", [first])?;
+                tx.execute(
+                    "INSERT INTO log_batch (first, last, hlc_max, body) VALUES (?1, ?2, ?3, ?4)",
+                    params![upto + 1, last, hlc_max as i64, rest],
+                )?;
+                n += upto + 1 - first;
+            }
             if n > 0 {
                 tx.execute(
                     "INSERT INTO meta (k, v) VALUES ('seq_floor', ?1)
                      ON CONFLICT(k) DO UPDATE SET v = max(v, excluded.v)",
-                    [upto as i64],
+                    [upto],
                 )?;
             }
-            Ok(n)
+            Ok(n as usize)
         })
     }
 
     pub fn log_len(&self) -> Result<u64, JournalError> {
         self.run(|c| {
-            let n = c.query_row("SELECT count(*) FROM log", [], |r| r.get::<_, i64>(0))?;
+            let n = c.query_row(
+                "SELECT coalesce(sum(last - first + 1), 0) FROM log_batch",
+                [],
+                |r| r.get::<_, i64>(0),
+            )?;
             Ok(n as u64)
         })
     }
@@ -145,29 +256,53 @@ impl Journal {
         limit: usize,
     ) -> Result<Vec<(u64, u64, Vec<u8>)>, JournalError> {
         self.run(|c| {
+            // From the batch holding `after + 1` (or the first after it).
             let mut stmt = c.prepare_cached(
-                "SELECT seq, hlc, body FROM log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                "SELECT first, body FROM log_batch
+                 WHERE first >= coalesce((SELECT max(first) FROM log_batch WHERE first <= ?1), 0)
+                 ORDER BY first",
             )?;
-            let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get::<_, i64>(1)? as u64,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            let mut rows = stmt.query([(after + 1) as i64])?;
+            let mut out = Vec::new();
+            while out.len() < limit {
+                let Some(r) = rows.next()? else { break };
+                let first = r.get::<_, i64>(0)? as u64;
+                let blob = r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+                for change in unpack_numbered(first, blob) {
+                    let (seq, hlc, body) = change?;
+                    if seq <= after {
+                        continue;
+                    }
+                    out.push((seq, hlc, body.to_vec()));
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
         })
     }
 
     /// The journal time (HLC) of local change `seq`, if still held.
     pub fn hlc_of(&self, seq: u64) -> Result<Option<u64>, JournalError> {
         self.run(|c| {
-            let hlc = c
-                .query_row("SELECT hlc FROM log WHERE seq = ?1", [seq as i64], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .optional()?;
-            Ok(hlc.map(|h| h as u64))
+            let mut stmt = c.prepare_cached(
+                "SELECT first, body FROM log_batch WHERE first <= ?1 AND last >= ?1
+                 ORDER BY first DESC LIMIT 1",
+            )?;
+            let mut rows = stmt.query([seq as i64])?;
+            let Some(r) = rows.next()? else {
+                return Ok(None);
+            };
+            let first = r.get::<_, i64>(0)? as u64;
+            let blob = r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+            for change in unpack_numbered(first, blob) {
+                let (s, hlc, _) = change?;
+                if s == seq {
+                    return Ok(Some(hlc));
+                }
+            }
+            Ok(None)
         })
     }
 
@@ -184,7 +319,10 @@ impl Journal {
             let last = Self::last_seq_in(tx)?;
             // Beyond the last sequence too: no new number meets an old one.
             let shift = after.max(last) as i64;
-            tx.execute("UPDATE log SET seq = seq + ?1", [shift])?;
+            tx.execute(
+                "UPDATE log_batch SET first = first + ?1, last = last + ?1",
+                [shift],
+            )?;
             tx.execute(
                 "INSERT INTO meta (k, v) VALUES ('seq_floor', ?1)
                  ON CONFLICT(k) DO UPDATE SET v = v + ?1",
@@ -230,7 +368,10 @@ mod tests {
         let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
         let three = [(10, rec("a", 1)), (11, rec("b", 1)), (12, rec("c", 1))];
         assert_eq!(j.append_local("n1", &three).unwrap(), (3, 3));
-        j.trim(1).unwrap();
+        // Inside the batch: what follows 1 stays, under its numbers.
+        assert_eq!(j.trim(1).unwrap(), 1);
+        assert_eq!(j.first_available().unwrap(), 2);
+        assert_eq!(j.hlc_of(3).unwrap(), Some(12));
         assert!(!j.has_acked("n2").unwrap());
         // n2 holds 2 from an earlier journal: entries 2 and 3 become 5, 6.
         assert_eq!(j.renumber_after(2).unwrap(), 6);

@@ -3,7 +3,8 @@
 
 use rusqlite::OptionalExtension;
 
-use super::Journal;
+use super::log::unpack;
+use super::{Fault, Journal};
 use crate::error::JournalError;
 
 impl Journal {
@@ -24,22 +25,23 @@ impl Journal {
     /// comparison's row keeps its age) never lets younger ones go early.
     pub fn last_seq_before(&self, hlc: u64) -> Result<u64, JournalError> {
         self.run(|c| {
-            let first_young: Option<i64> = c
-                .query_row(
-                    "SELECT seq FROM log WHERE hlc >= ?1 ORDER BY seq LIMIT 1",
-                    [hlc as i64],
-                    |r| r.get(0),
-                )
+            // The first batch holding a young entry, then that entry in it.
+            let first_young: Option<(i64, Vec<u8>)> = c
+                .prepare_cached(
+                    "SELECT first, body FROM log_batch WHERE hlc_max >= ?1 ORDER BY first LIMIT 1",
+                )?
+                .query_row([hlc as i64], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            match first_young {
-                Some(seq) => Ok(seq as u64 - 1),
-                None => {
-                    let last = c.query_row("SELECT coalesce(max(seq), 0) FROM log", [], |r| {
-                        r.get::<_, i64>(0)
-                    })?;
-                    Ok(last as u64)
+            if let Some((first, blob)) = first_young {
+                for (i, change) in unpack(&blob).enumerate() {
+                    let seq = first + i as i64;
+                    let (stamp, _) = change.map_err(|detail| Fault::BadRecord { seq, detail })?;
+                    if stamp >= hlc {
+                        return Ok(seq as u64 - 1);
+                    }
                 }
             }
+            Self::last_seq_in(c)
         })
     }
 }

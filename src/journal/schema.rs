@@ -2,13 +2,14 @@
 
 use rusqlite::{params, TransactionBehavior};
 
+use super::log::pack_into;
 use super::state::expires_at;
 use super::{Fault, Journal};
 use crate::codec;
 use crate::record::Record;
 
 /// Schema version this code writes (PRAGMA user_version).
-pub(super) const SCHEMA_VERSION: i64 = 7;
+pub(super) const SCHEMA_VERSION: i64 = 8;
 
 impl Journal {
     /// Brings the schema up to [`SCHEMA_VERSION`] in one IMMEDIATE
@@ -154,16 +155,59 @@ impl Journal {
                  PRAGMA user_version = 7;",
             )?;
         }
+        if version < 8 {
+            // The log stored a batch per row (see log.rs): a row per
+            // change cost a b-tree insert and a read for each. The rows of
+            // an older log become batches of consecutive sequences.
+            tx.execute_batch(
+                "CREATE TABLE log_batch (
+                     first INTEGER PRIMARY KEY,
+                     last INTEGER NOT NULL,
+                     hlc_max INTEGER NOT NULL,
+                     body BLOB NOT NULL);",
+            )?;
+            {
+                let mut q = tx.prepare("SELECT seq, hlc, body FROM log ORDER BY seq")?;
+                let mut rows = q.query([])?;
+                let mut ins = tx.prepare(
+                    "INSERT INTO log_batch (first, last, hlc_max, body) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                // (first, last, hlc_max, packed) of the batch being built.
+                let mut run: Option<(i64, i64, i64, Vec<u8>)> = None;
+                while let Some(r) = rows.next()? {
+                    let (seq, hlc, body): (i64, i64, Vec<u8>) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                    if let Some((first, last, _, _)) = &run {
+                        if seq != last + 1 || last - first + 1 >= MIGRATED_BATCH {
+                            let (first, last, hlc_max, packed) = run.take().expect("checked");
+                            ins.execute(params![first, last, hlc_max, packed])?;
+                        }
+                    }
+                    let (_, last, hlc_max, packed) =
+                        run.get_or_insert_with(|| (seq, seq, hlc, Vec::new()));
+                    *last = seq;
+                    *hlc_max = (*hlc_max).max(hlc);
+                    pack_into(packed, hlc as u64, &body);
+                }
+                if let Some((first, last, hlc_max, packed)) = run {
+                    ins.execute(params![first, last, hlc_max, packed])?;
+                }
+            }
+            tx.execute_batch("DROP TABLE log; PRAGMA user_version = 8;")?;
+        }
         tx.commit()?;
         Ok(())
     }
 }
 
+/// Changes per batch when an older log is brought into batches.
+const MIGRATED_BATCH: i64 = 1000;
+
 #[cfg(test)]
 mod tests {
     use super::SCHEMA_VERSION;
+    use crate::codec;
     use crate::error::JournalError;
-    use crate::journal::tests::expiring;
+    use crate::journal::tests::{expiring, rec};
     use crate::journal::Journal;
     use crate::record::Op;
 
@@ -181,7 +225,10 @@ mod tests {
                 .execute_batch(
                     "DROP INDEX state_expiry; ALTER TABLE state DROP COLUMN expires_at;
                      ALTER TABLE inbox DROP COLUMN key; ALTER TABLE inbox DROP COLUMN seq;
-                     DROP TABLE quarantine; PRAGMA user_version = 3;",
+                     DROP TABLE quarantine; DROP TABLE log_batch;
+                     CREATE TABLE log (seq INTEGER PRIMARY KEY, hlc INTEGER NOT NULL,
+                                       body BLOB NOT NULL);
+                     PRAGMA user_version = 3;",
                 )
                 .unwrap();
         }
@@ -191,6 +238,83 @@ mod tests {
         let want: std::collections::HashSet<Vec<u8>> =
             [expiring("staged", Op::Upsert, 200).key()].into();
         assert_eq!(j.inbox_keys().unwrap(), want);
+    }
+
+    /// A log of a change per row (version 7) becomes batches of
+    /// consecutive sequences: every change readable at its sequence with
+    /// its stamp, the numbering going on after it, trimming by batch.
+    #[test]
+    fn a_log_of_a_row_per_change_becomes_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let recs: Vec<_> = (0..2500).map(|i| rec(&format!("u{i}"), 1)).collect();
+        // Sequences 3..=2002 and 2005..=2504 (a gap: trimmed, renumbered).
+        let seqs: Vec<u64> = (3..=2002).chain(2005..=2504).collect();
+        {
+            let j = Journal::open(&path).unwrap();
+            j.conn
+                .execute_batch(
+                    "DROP TABLE log_batch;
+                     CREATE TABLE log (seq INTEGER PRIMARY KEY, hlc INTEGER NOT NULL,
+                                       body BLOB NOT NULL);
+                     INSERT INTO meta (k, v) VALUES ('seq_floor', 2);
+                     PRAGMA user_version = 7;",
+                )
+                .unwrap();
+            let mut ins = j
+                .conn
+                .prepare("INSERT INTO log (seq, hlc, body) VALUES (?1, ?2, ?3)")
+                .unwrap();
+            for (s, r) in seqs.iter().zip(&recs) {
+                let mut body = Vec::new();
+                codec::encode_into(r, &mut body).unwrap();
+                ins.execute(rusqlite::params![*s as i64, (*s * 10) as i64, body])
+                    .unwrap();
+            }
+        }
+        let mut j = Journal::open(&path).unwrap();
+        let batches: i64 = j
+            .conn
+            .query_row("SELECT count(*) FROM log_batch", [], |r| r.get(0))
+            .unwrap();
+        // 2,000 consecutive, then 500: 1,000 per batch at most.
+        assert_eq!(batches, 3);
+        assert_eq!(j.log_len().unwrap(), 2500);
+        assert_eq!(
+            (j.first_available().unwrap(), j.last_seq().unwrap()),
+            (3, 2504)
+        );
+        let all = j.read_log(0, 10_000).unwrap();
+        let got: Vec<_> = all
+            .iter()
+            .map(|c| (c.seq, c.hlc, c.record.clone()))
+            .collect();
+        let want: Vec<_> = seqs
+            .iter()
+            .zip(&recs)
+            .map(|(s, r)| (*s, s * 10, r.clone()))
+            .collect();
+        assert_eq!(got, want);
+        // Reading from inside a batch, and across the gap.
+        let from: Vec<u64> = j.read_log(2000, 4).unwrap().iter().map(|c| c.seq).collect();
+        assert_eq!(from, [2001, 2002, 2005, 2006]);
+        assert_eq!(j.hlc_of(2005).unwrap(), Some(20_050));
+        assert_eq!(j.hlc_of(2003).unwrap(), None);
+        assert_eq!(j.last_seq_before(20_051).unwrap(), 2005);
+        // Numbering goes on after the migrated entries.
+        assert_eq!(
+            j.append_local("n1", &[(99_999, rec("new", 1))]).unwrap(),
+            (2505, 1)
+        );
+        // Trimming inside a batch keeps what follows; past it, it goes.
+        assert_eq!(j.trim(500).unwrap(), 498);
+        assert_eq!(j.first_available().unwrap(), 501);
+        assert_eq!(j.trim(1500).unwrap(), 1000);
+        assert_eq!(j.first_available().unwrap(), 1501);
+        assert_eq!(j.meta("seq_floor").unwrap(), Some(1500));
+        assert_eq!(j.read_log(0, 2).unwrap()[0].seq, 1501);
+        assert_eq!(j.hlc_of(1501).unwrap(), Some(15_010));
+        assert_eq!(j.log_len().unwrap(), 502 + 500 + 1);
     }
 
     #[test]
