@@ -69,6 +69,8 @@ struct Node {
     /// Held by a test to keep the applier from writing `table`.
     gate: Arc<Mutex<()>>,
     retention_records: Option<u64>,
+    /// Config::retention_ms, when not the default.
+    retention_ms: Option<u64>,
     /// Config::alias_scan_idle_max, when not the default.
     scan_idle_max: Option<Duration>,
 }
@@ -91,6 +93,9 @@ impl Node {
         let mut cfg = config(&self.id, self.port, &self.peers, self.dir.path());
         if let Some(n) = self.retention_records {
             cfg.retention_records = n;
+        }
+        if let Some(ms) = self.retention_ms {
+            cfg.retention_ms = ms;
         }
         if let Some(d) = self.scan_idle_max {
             cfg.alias_scan_idle_max = d;
@@ -201,6 +206,7 @@ fn cluster(n: usize) -> Vec<Node> {
             table: Arc::default(),
             gate: Arc::default(),
             retention_records: None,
+            retention_ms: None,
             scan_idle_max: None,
         })
         .collect();
@@ -435,6 +441,48 @@ fn journal_len(node: &Node) -> (u64, u64) {
     (j.log_len().unwrap(), j.last_seq().unwrap())
 }
 
+/// Contacts that expired, and whose last change is older than retention,
+/// leave the journal's state by themselves (the network thread's passes
+/// through it); live ones and what does not expire stay.
+#[test]
+fn expired_contacts_leave_the_state_by_themselves() {
+    let mut nodes = cluster(1);
+    nodes[0].stop();
+    nodes[0].retention_ms = Some(0);
+    nodes[0].start();
+    for user in 0..10 {
+        let mut c = contact("n1", user, 1);
+        // Even users expired a minute ago, odd ones expire in 2033.
+        if user % 2 == 0 {
+            c.expires = sersync::hlc::wall_ms() as i64 / 1000 - 60;
+        }
+        let op = if user == 0 { Op::Delete } else { Op::Upsert };
+        nodes[0]
+            .shared
+            .publish(&RecordRef::Contact {
+                op,
+                contact: c.as_ref(),
+            })
+            .unwrap();
+    }
+    let state_len = || {
+        sersync::journal::Journal::open(&nodes[0].dir.path().join("journal.db"))
+            .unwrap()
+            .state_len()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state_len() != 5 {
+        assert!(
+            Instant::now() < deadline,
+            "expired contacts still in the state: {} rows",
+            state_len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(nodes[0].engine.as_ref().unwrap().status().journaled, 10);
+}
+
 #[test]
 fn a_peer_beyond_retention_gets_a_snapshot_and_the_journal_stays_bounded() {
     let mut nodes = cluster(2);
@@ -605,6 +653,7 @@ fn a_new_node_joins_through_one_seed_and_is_forgotten_for_good() {
         table: Arc::default(),
         gate: Arc::default(),
         retention_records: None,
+        retention_ms: None,
         scan_idle_max: None,
     };
     n4.start();

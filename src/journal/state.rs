@@ -289,22 +289,46 @@ impl Journal {
     /// were last changed before `before_hlc` (retention): present or
     /// deleted, no version of them can matter any more, and without this
     /// the state would keep every contact ever seen. Contacts that never
-    /// expire and aliases keep their tombstones. Returns rows removed.
+    /// expire and aliases keep their tombstones. The whole state in one
+    /// go, at most `limit` keys looked at; returns rows removed.
     pub fn purge_state(
         &mut self,
         now: i64,
         before_hlc: u64,
         limit: usize,
     ) -> Result<usize, JournalError> {
-        self.run_write(|c| {
-            Ok(c.execute(
-                "DELETE FROM state WHERE key IN (
-                     SELECT key FROM state
-                     WHERE expires_at IS NOT NULL AND expires_at < ?1 AND hlc < ?2
-                     LIMIT ?3)",
-                params![now, before_hlc as i64, limit as i64],
-            )?)
-        })
+        self.purge_state_after(&[], now, before_hlc, limit)
+            .map(|(n, _)| n)
+    }
+
+    /// One step of [`Journal::purge_state`] through the state in key
+    /// order: the `limit` keys after `after`. Returns the rows removed and
+    /// the last key looked at, where the next step starts (None: the end
+    /// of the state was reached). The state has no index by expiry: one
+    /// would be a second b-tree written for every change, where a pass
+    /// now and then reads the state once.
+    pub fn purge_state_after(
+        &mut self,
+        after: &[u8],
+        now: i64,
+        before_hlc: u64,
+        limit: usize,
+    ) -> Result<(usize, Option<Vec<u8>>), JournalError> {
+        let upto: Option<Vec<u8>> = self.run(|c| {
+            Ok(c.prepare_cached(
+                "SELECT key FROM state WHERE key > ?1 ORDER BY key LIMIT 1 OFFSET ?2",
+            )?
+            .query_row(params![after, limit.saturating_sub(1) as i64], |r| r.get(0))
+            .optional()?)
+        })?;
+        let removed = self.run_write(|c| {
+            let mut del = c.prepare_cached(
+                "DELETE FROM state WHERE key > ?1 AND (?2 IS NULL OR key <= ?2)
+                     AND expires_at IS NOT NULL AND expires_at < ?3 AND hlc < ?4",
+            )?;
+            Ok(del.execute(params![after, upto, now, before_hlc as i64])?)
+        })?;
+        Ok((removed, upto))
     }
 
     pub fn state_len(&self) -> Result<u64, JournalError> {
@@ -446,7 +470,17 @@ mod tests {
         assert_eq!(j.stage_remote("n2", &remote).unwrap().fresh, 1);
         assert_eq!(j.state_len().unwrap(), 6);
         // Retention reaches up to stamp 20: "recent" changed after it.
-        assert_eq!(j.purge_state(now, 20, 100).unwrap(), 3);
+        // In steps of 2 keys, as the network thread goes through it.
+        let (mut removed, mut after) = (0, Vec::new());
+        loop {
+            let (n, next) = j.purge_state_after(&after, now, 20, 2).unwrap();
+            removed += n;
+            match next {
+                Some(k) => after = k,
+                None => break,
+            }
+        }
+        assert_eq!(removed, 3);
         let left: Vec<String> = ["gone", "deleted", "live", "permanent", "recent", "remote"]
             .into_iter()
             .filter(|a| {

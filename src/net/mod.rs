@@ -93,6 +93,11 @@ const SNAPSHOT_WINDOW: u64 = 4;
 /// (and with it sending and staging) for long.
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 const TRIM_CHUNK: u64 = 2000;
+/// A pass through the state for expired keys starts at most this often
+/// (with a trim target, every TRIM_EVERY) and looks at PURGE_CHUNK keys
+/// per TICK: 1,000,000 keys in 50 s.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+const PURGE_CHUNK: usize = 2000;
 /// Acknowledged positions reach the journal at most this often: losing
 /// the last ones in a crash only means resending what the peer skips.
 const ACK_SAVE_EVERY: Duration = Duration::from_millis(500);
@@ -121,8 +126,11 @@ pub struct Net {
     last_keepalive: Instant,
     /// Journal entries up to this may go (see TRIM_EVERY).
     trim_target: u64,
-    /// The state still holds expired keys beyond the last purge's chunk.
-    purge_more: bool,
+    /// Where the pass through the state purging expired keys goes on
+    /// (the last key looked at); None between passes.
+    purge_from: Option<Vec<u8>>,
+    /// When the last pass started; None before the first.
+    last_purge_pass: Option<Instant>,
     /// Acknowledged positions not yet saved in the journal, per peer id.
     acks_unsaved: HashMap<String, u64>,
     last_ack_save: Instant,
@@ -217,7 +225,8 @@ impl Net {
             last_trim_chunk: now,
             last_keepalive: now,
             trim_target: 0,
-            purge_more: false,
+            purge_from: None,
+            last_purge_pass: None,
             acks_unsaved: HashMap::new(),
             last_ack_save: now,
             received_from: HashMap::new(),

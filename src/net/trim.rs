@@ -1,11 +1,11 @@
 //! Journal retention as the network thread runs it: entries every peer
 //! holds, and those past retention, leave the log; expired keys leave the
-//! state.
+//! state, in passes through it in key order.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::{Net, TICK, TRIM_CHUNK, TRIM_EVERY};
+use super::{Net, PURGE_CHUNK, PURGE_EVERY, TICK, TRIM_CHUNK, TRIM_EVERY};
 use crate::log;
 
 impl Net {
@@ -31,14 +31,21 @@ impl Net {
                     upto = upto.max(last.saturating_sub(self.cfg.retention_records));
                 }
                 self.trim_target = upto;
-                self.purge_more = true;
+                if self.purge_from.is_none()
+                    && self
+                        .last_purge_pass
+                        .is_none_or(|at| now.duration_since(at) >= PURGE_EVERY)
+                {
+                    self.last_purge_pass = Some(now);
+                    self.purge_from = Some(Vec::new());
+                }
             }
-            if self.purge_more {
+            if let Some(after) = self.purge_from.take() {
                 let now_s = crate::hlc::wall_ms() as i64 / 1000;
-                let purged = self
-                    .journal
-                    .purge_state(now_s, cutoff, TRIM_CHUNK as usize)?;
-                self.purge_more = purged == TRIM_CHUNK as usize;
+                let (purged, next) =
+                    self.journal
+                        .purge_state_after(&after, now_s, cutoff, PURGE_CHUNK)?;
+                self.purge_from = next;
                 if purged > 0 {
                     log::debug(format_args!(
                         "journal: {purged} expired keys left the state"
