@@ -219,6 +219,21 @@ impl Journal {
         })
     }
 
+    /// The last sequence of the batch holding `seq` (None if no batch
+    /// holds it): where a trim may stop without cutting a batch.
+    pub fn batch_end(&self, seq: u64) -> Result<Option<u64>, JournalError> {
+        self.run(|c| {
+            let last: Option<i64> = c
+                .prepare_cached(
+                    "SELECT last FROM log_batch WHERE first <= ?1 AND last >= ?1
+                     ORDER BY first DESC LIMIT 1",
+                )?
+                .query_row([seq as i64], |r| r.get(0))
+                .optional()?;
+            Ok(last.map(|l| l as u64))
+        })
+    }
+
     pub fn log_len(&self) -> Result<u64, JournalError> {
         self.run(|c| {
             let n = c.query_row(
@@ -368,6 +383,8 @@ mod tests {
         let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
         let three = [(10, rec("a", 1)), (11, rec("b", 1)), (12, rec("c", 1))];
         assert_eq!(j.append_local("n1", &three).unwrap(), (3, 3));
+        assert_eq!(j.batch_end(1).unwrap(), Some(3));
+        assert_eq!(j.batch_end(4).unwrap(), None);
         // Inside the batch: what follows 1 stays, under its numbers.
         assert_eq!(j.trim(1).unwrap(), 1);
         assert_eq!(j.first_available().unwrap(), 2);

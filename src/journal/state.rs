@@ -69,6 +69,16 @@ impl<'c> StateUpsert<'c> {
     }
 }
 
+/// A step of the purge through keys (?1, ?2]: a statement of its own,
+/// not one with an optional bound, so that SQLite reads only that range
+/// (`key <= ?2 OR ?2 IS NULL` would scan to the end of the state).
+const PURGE_RANGE: &str = "DELETE FROM state WHERE key > ?1 AND key <= ?2
+     AND expires_at IS NOT NULL AND expires_at < ?3 AND hlc < ?4";
+
+/// The last step of the purge: the keys after ?1.
+const PURGE_TAIL: &str = "DELETE FROM state WHERE key > ?1
+     AND expires_at IS NOT NULL AND expires_at < ?2 AND hlc < ?3";
+
 /// When a key's state row may go (see [`Journal::purge_state`]): a
 /// contact's absolute expiry, live or deleted. None for what never
 /// expires (aliases, permanent contacts): kept, tombstones included.
@@ -322,11 +332,18 @@ impl Journal {
             .optional()?)
         })?;
         let removed = self.run_write(|c| {
-            let mut del = c.prepare_cached(
-                "DELETE FROM state WHERE key > ?1 AND (?2 IS NULL OR key <= ?2)
-                     AND expires_at IS NOT NULL AND expires_at < ?3 AND hlc < ?4",
-            )?;
-            Ok(del.execute(params![after, upto, now, before_hlc as i64])?)
+            Ok(match &upto {
+                Some(upto) => c.prepare_cached(PURGE_RANGE)?.execute(params![
+                    after,
+                    upto,
+                    now,
+                    before_hlc as i64
+                ])?,
+                None => {
+                    c.prepare_cached(PURGE_TAIL)?
+                        .execute(params![after, now, before_hlc as i64])?
+                }
+            })
         })?;
         Ok((removed, upto))
     }
@@ -377,6 +394,7 @@ impl Journal {
 
 #[cfg(test)]
 mod tests {
+    use super::PURGE_RANGE;
     use crate::journal::tests::expiring;
     use crate::journal::Journal;
     use crate::record::{Change, Op};
@@ -481,6 +499,16 @@ mod tests {
             }
         }
         assert_eq!(removed, 3);
+        // Each step reads its range of the key only.
+        let plan: String = j
+            .conn
+            .query_row(
+                &format!("EXPLAIN QUERY PLAN {PURGE_RANGE}"),
+                rusqlite::params![b"a", b"b", 0, 0],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("key>? AND key<?"), "{plan}");
         let left: Vec<String> = ["gone", "deleted", "live", "permanent", "recent", "remote"]
             .into_iter()
             .filter(|a| {

@@ -89,8 +89,9 @@ const TICK: Duration = Duration::from_millis(100);
 const SNAPSHOT_ROWS: usize = 2000;
 const SNAPSHOT_WINDOW: u64 = 4;
 /// How often the trim target is worked out; the entries up to it then go
-/// TRIM_CHUNK at a time each TICK, so that a trim never holds the journal
-/// (and with it sending and staging) for long.
+/// TRIM_CHUNK at a time each TICK (rounded up to the end of a log batch),
+/// so that a trim never holds the journal (and with it sending and
+/// staging) for long.
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 const TRIM_CHUNK: u64 = 2000;
 /// A pass through the state for expired keys starts at most this often

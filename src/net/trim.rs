@@ -56,8 +56,11 @@ impl Net {
             if self.trim_target < first {
                 return Ok(0);
             }
-            self.journal
-                .trim(self.trim_target.min(first + TRIM_CHUNK - 1))
+            // A chunk ends with a batch: only the target itself may cut
+            // one (which rewrites what follows in it).
+            let chunk_end = first + TRIM_CHUNK - 1;
+            let chunk_end = self.journal.batch_end(chunk_end)?.unwrap_or(chunk_end);
+            self.journal.trim(self.trim_target.min(chunk_end))
         })();
         match result {
             Ok(0) => {}
