@@ -35,11 +35,11 @@ pub fn stage(
     status: &Status,
 ) -> Result<Option<Restore>, JournalError> {
     let now = crate::hlc::wall_ms() as i64 / 1000;
-    let live = journal.live_contacts(|c| {
+    let staged = journal.stage_restore_live(|c| {
         (c.expires == 0 || c.expires > now)
             && tables.iter().any(|t| t.as_bytes() == c.domain.as_slice())
     })?;
-    let Some((first_id, last_id)) = journal.stage_restore(&live)? else {
+    let Some((first_id, last_id)) = staged else {
         log::info(format_args!("restore: the journal holds no live contact"));
         return Ok(None);
     };

@@ -238,6 +238,47 @@ impl Journal {
         })
     }
 
+    /// Stages for applying into SER again every contact the state holds as
+    /// present and `keep` accepts (SER lost them all: a restart with
+    /// usrloc in memory). In one transaction, read and staged row by row
+    /// as the state stores them (not collected first, not encoded again).
+    /// Returns the inbox ids they got (first, last), None if none.
+    pub fn stage_restore_live(
+        &mut self,
+        keep: impl Fn(&crate::record::Contact) -> bool,
+    ) -> Result<Option<(i64, i64)>, JournalError> {
+        self.write(|tx| {
+            let mut read = tx.prepare_cached(
+                "SELECT key, hlc, origin, body FROM state WHERE key >= X'63' AND key < X'64'",
+            )?;
+            let mut ins = tx.prepare_cached(INBOX_INSERT)?;
+            let mut rows = read.query([])?;
+            let mut ids = None;
+            while let Some(r) = rows.next()? {
+                let body = r.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
+                let live = match codec::decode::<Record>(body) {
+                    Ok(Record::Contact { op, contact }) => {
+                        op == crate::record::Op::Upsert && keep(&contact)
+                    }
+                    _ => false,
+                };
+                if !live {
+                    continue;
+                }
+                ins.execute(params![
+                    r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?,
+                    r.get::<_, i64>(1)?,
+                    body,
+                    r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?,
+                    None::<i64>
+                ])?;
+                let id = tx.last_insert_rowid();
+                ids = Some(ids.map_or((id, id), |(first, _)| (first, id)));
+            }
+            Ok(ids)
+        })
+    }
+
     /// The oldest staged changes, at most `limit`, without those another
     /// version of their key has overtaken since they were staged (applying
     /// them would put an older version back). Returns the last id read too,
@@ -416,5 +457,75 @@ mod tests {
         j.inbox_done(staged[0].id).unwrap();
         assert_eq!(j.inbox_len().unwrap(), 1);
         assert_eq!(j.received_upto("n2").unwrap(), 2);
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use crate::journal::tests::expiring;
+    use crate::journal::Journal;
+    use crate::record::{Change, Op, Record};
+
+    /// A restore stages exactly the present contacts `keep` accepts, each
+    /// under the stamp and origin the state holds for it.
+    #[test]
+    fn a_restore_stages_the_live_contacts_as_the_state_holds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let live = expiring("live", Op::Upsert, 2_000);
+        let other_domain = {
+            let Record::Contact { mut contact, .. } = expiring("elsewhere", Op::Upsert, 2_000)
+            else {
+                unreachable!()
+            };
+            contact.domain = b"other".to_vec();
+            Record::Contact {
+                op: Op::Upsert,
+                contact,
+            }
+        };
+        j.append_local(
+            "n1",
+            &[
+                (10, live.clone()),
+                (11, expiring("deleted", Op::Delete, 2_000)),
+                (12, expiring("expired", Op::Upsert, 500)),
+                (13, other_domain),
+            ],
+        )
+        .unwrap();
+        let remote = expiring("remote", Op::Upsert, 3_000);
+        let batch = [Change {
+            seq: 1,
+            hlc: 20,
+            record: remote.clone(),
+        }];
+        j.stage_remote("n2", &batch).unwrap();
+        let staged_before = j.inbox_peek(100).unwrap();
+        assert_eq!(staged_before.len(), 1);
+
+        let now = 1_000;
+        let ids = j
+            .stage_restore_live(|c| c.expires > now && c.domain == b"location")
+            .unwrap()
+            .expect("two live contacts");
+        let restored: Vec<_> = j
+            .inbox_peek(100)
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.id >= ids.0 && s.id <= ids.1)
+            .map(|s| (s.origin, s.hlc, s.seq, s.record))
+            .collect();
+        assert_eq!(ids.1 - ids.0 + 1, 2);
+        let mut want = vec![
+            ("n1".to_string(), 10, None, live),
+            ("n2".to_string(), 20, None, remote),
+        ];
+        want.sort_by_key(|w| w.3.key());
+        assert_eq!(restored, want);
+        // Nothing live: nothing staged.
+        let empty = tempfile::tempdir().unwrap();
+        let mut e = Journal::open(&empty.path().join("j.db")).unwrap();
+        assert_eq!(e.stage_restore_live(|_| true).unwrap(), None);
     }
 }
