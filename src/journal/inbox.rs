@@ -400,9 +400,9 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::StageOutcome;
-    use crate::journal::tests::rec;
+    use crate::journal::tests::{expiring, rec};
     use crate::journal::Journal;
-    use crate::record::Change;
+    use crate::record::{Change, Op, Record};
 
     #[test]
     fn staging_skips_resends_and_older_versions() {
@@ -458,13 +458,6 @@ mod tests {
         assert_eq!(j.inbox_len().unwrap(), 1);
         assert_eq!(j.received_upto("n2").unwrap(), 2);
     }
-}
-
-#[cfg(test)]
-mod restore_tests {
-    use crate::journal::tests::expiring;
-    use crate::journal::Journal;
-    use crate::record::{Change, Op, Record};
 
     /// A restore stages exactly the present contacts `keep` accepts, each
     /// under the stamp and origin the state holds for it.
