@@ -1,7 +1,7 @@
 //! The log: this node's own changes under their sequence numbers, stored
 //! a batch per row (`log_batch`): the changes one ingest transaction
 //! journaled, numbered densely from `first` to `last`, packed into one
-//! blob (see [`pack_into`]). One row written and read per batch instead
+//! blob (see [`Packed`]). One row written and read per batch instead
 //! of one per change; trimming removes whole batches and cuts the one it
 //! ends inside.
 
@@ -17,16 +17,49 @@ use crate::record::{Change, Record};
 /// (8 bytes, little-endian) and the length of its encoding (4 bytes).
 const PACK_HEAD: usize = 12;
 
-/// Appends one change to a packed batch: stamp, length, encoded record.
-pub(super) fn pack_into(out: &mut Vec<u8>, hlc: u64, body: &[u8]) {
-    out.extend_from_slice(&hlc.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(body);
+/// A batch of the log being built: its changes packed (stamp, length,
+/// encoded record, one after another) and its newest stamp.
+#[derive(Default)]
+pub(super) struct Packed {
+    bytes: Vec<u8>,
+    hlc_max: u64,
+}
+
+impl Packed {
+    pub(super) fn with_capacity(bytes: usize) -> Packed {
+        Packed {
+            bytes: Vec::with_capacity(bytes),
+            hlc_max: 0,
+        }
+    }
+
+    /// Appends one change.
+    pub(super) fn push(&mut self, hlc: u64, body: &[u8]) {
+        self.bytes.extend_from_slice(&hlc.to_le_bytes());
+        self.bytes
+            .extend_from_slice(&(body.len() as u32).to_le_bytes());
+        self.bytes.extend_from_slice(body);
+        self.hlc_max = self.hlc_max.max(hlc);
+    }
+
+    /// Stores the batch as the changes `first..=last` of the log.
+    pub(super) fn insert(&self, conn: &Connection, first: u64, last: u64) -> rusqlite::Result<()> {
+        conn.prepare_cached(
+            "INSERT INTO log_batch (first, last, hlc_max, body) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            first as i64,
+            last as i64,
+            self.hlc_max as i64,
+            self.bytes
+        ])?;
+        Ok(())
+    }
 }
 
 /// The changes of a packed batch in order: (stamp, encoded record), or
 /// an error at the first change whose length runs past the blob.
-pub(super) fn unpack(blob: &[u8]) -> impl Iterator<Item = Result<(u64, &[u8]), String>> {
+fn unpack(blob: &[u8]) -> impl Iterator<Item = Result<(u64, &[u8]), String>> {
     let mut rest = blob;
     std::iter::from_fn(move || {
         if rest.is_empty() {
@@ -51,7 +84,7 @@ pub(super) fn unpack(blob: &[u8]) -> impl Iterator<Item = Result<(u64, &[u8]), S
 }
 
 /// The changes of the batch that starts at `first`, numbered.
-fn unpack_numbered(
+pub(super) fn unpack_numbered(
     first: u64,
     blob: &[u8],
 ) -> impl Iterator<Item = Result<(u64, u64, &[u8]), Fault>> {
@@ -99,8 +132,7 @@ impl Journal {
             let mut appended = 0;
             let before = Self::last_seq_in(tx)?;
             let mut seq = before;
-            let mut hlc_max = 0;
-            let mut packed = Vec::with_capacity(records.len() * 400);
+            let mut packed = Packed::with_capacity(records.len() * 400);
             let mut state = StateUpsert::local(tx)?;
             let mut body = Vec::with_capacity(512);
             for (i, (hlc, rec)) in records.iter().enumerate() {
@@ -118,20 +150,11 @@ impl Journal {
                     continue;
                 }
                 seq += 1;
-                pack_into(&mut packed, *hlc, &body);
-                hlc_max = hlc_max.max(*hlc);
+                packed.push(*hlc, &body);
                 appended += 1;
             }
             if appended > 0 {
-                tx.prepare_cached(
-                    "INSERT INTO log_batch (first, last, hlc_max, body) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![
-                    (before + 1) as i64,
-                    seq as i64,
-                    hlc_max as i64,
-                    packed
-                ])?;
+                packed.insert(tx, before + 1, seq)?;
             }
             Ok((seq, appended, behind))
         })
@@ -192,20 +215,15 @@ impl Journal {
                 )
                 .optional()?;
             if let Some((first, last, blob)) = inside {
-                let mut rest = Vec::with_capacity(blob.len());
-                let mut hlc_max = 0;
+                let mut rest = Packed::with_capacity(blob.len());
                 for change in unpack_numbered(first as u64, &blob) {
                     let (seq, hlc, body) = change?;
                     if seq as i64 > upto {
-                        pack_into(&mut rest, hlc, body);
-                        hlc_max = hlc_max.max(hlc);
+                        rest.push(hlc, body);
                     }
                 }
                 tx.execute("DELETE FROM log_batch WHERE first = ?1", [first])?;
-                tx.execute(
-                    "INSERT INTO log_batch (first, last, hlc_max, body) VALUES (?1, ?2, ?3, ?4)",
-                    params![upto + 1, last, hlc_max as i64, rest],
-                )?;
+                rest.insert(tx, upto as u64 + 1, last as u64)?;
                 n += upto + 1 - first;
             }
             if n > 0 {

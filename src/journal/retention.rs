@@ -3,8 +3,8 @@
 
 use rusqlite::OptionalExtension;
 
-use super::log::unpack;
-use super::{Fault, Journal};
+use super::log::unpack_numbered;
+use super::Journal;
 use crate::error::JournalError;
 
 impl Journal {
@@ -33,11 +33,10 @@ impl Journal {
                 .query_row([hlc as i64], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             if let Some((first, blob)) = first_young {
-                for (i, change) in unpack(&blob).enumerate() {
-                    let seq = first + i as i64;
-                    let (stamp, _) = change.map_err(|detail| Fault::BadRecord { seq, detail })?;
+                for change in unpack_numbered(first as u64, &blob) {
+                    let (seq, stamp, _) = change?;
                     if stamp >= hlc {
-                        return Ok(seq as u64 - 1);
+                        return Ok(seq - 1);
                     }
                 }
             }

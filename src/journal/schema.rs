@@ -2,7 +2,7 @@
 
 use rusqlite::{params, TransactionBehavior};
 
-use super::log::pack_into;
+use super::log::Packed;
 use super::state::expires_at;
 use super::{Fault, Journal};
 use crate::codec;
@@ -169,27 +169,24 @@ impl Journal {
             {
                 let mut q = tx.prepare("SELECT seq, hlc, body FROM log ORDER BY seq")?;
                 let mut rows = q.query([])?;
-                let mut ins = tx.prepare(
-                    "INSERT INTO log_batch (first, last, hlc_max, body) VALUES (?1, ?2, ?3, ?4)",
-                )?;
-                // (first, last, hlc_max, packed) of the batch being built.
-                let mut run: Option<(i64, i64, i64, Vec<u8>)> = None;
+                // (first, last, changes) of the batch being built.
+                let mut run: Option<(u64, u64, Packed)> = None;
                 while let Some(r) = rows.next()? {
                     let (seq, hlc, body): (i64, i64, Vec<u8>) = (r.get(0)?, r.get(1)?, r.get(2)?);
-                    if let Some((first, last, _, _)) = &run {
+                    let seq = seq as u64;
+                    if let Some((first, last, _)) = &run {
                         if seq != last + 1 || last - first + 1 >= MIGRATED_BATCH {
-                            let (first, last, hlc_max, packed) = run.take().expect("checked");
-                            ins.execute(params![first, last, hlc_max, packed])?;
+                            let (first, last, packed) = run.take().expect("checked");
+                            packed.insert(&tx, first, last)?;
                         }
                     }
-                    let (_, last, hlc_max, packed) =
-                        run.get_or_insert_with(|| (seq, seq, hlc, Vec::new()));
+                    let (_, last, packed) =
+                        run.get_or_insert_with(|| (seq, seq, Packed::default()));
                     *last = seq;
-                    *hlc_max = (*hlc_max).max(hlc);
-                    pack_into(packed, hlc as u64, &body);
+                    packed.push(hlc as u64, &body);
                 }
-                if let Some((first, last, hlc_max, packed)) = run {
-                    ins.execute(params![first, last, hlc_max, packed])?;
+                if let Some((first, last, packed)) = run {
+                    packed.insert(&tx, first, last)?;
                 }
             }
             tx.execute_batch("DROP TABLE log; PRAGMA user_version = 8;")?;
@@ -206,7 +203,7 @@ impl Journal {
 }
 
 /// Changes per batch when an older log is brought into batches.
-const MIGRATED_BATCH: i64 = 1000;
+const MIGRATED_BATCH: u64 = 1000;
 
 #[cfg(test)]
 mod tests {
