@@ -100,12 +100,11 @@ static APPLY_ERR: RateLimit = RateLimit::new(2000);
 /// again at the next start, which changes nothing in SER (each is applied
 /// only if the state still holds it as its key's version).
 struct Done {
-    /// Every inbox id up to this one is done and still in the inbox; 0
-    /// for none. Back to 0 once deleted: inbox ids are SQLite rowids,
-    /// which start again from 1 in an emptied table.
+    /// Every inbox id up to this one is done (inbox ids are never reused,
+    /// so it stays right after the deletion); 0 for none yet.
     upto: i64,
-    /// The last inbox id done, deleted or not.
-    last: i64,
+    /// The inbox is deleted up to this id.
+    deleted: i64,
     due: Instant,
 }
 
@@ -113,24 +112,23 @@ impl Done {
     fn new() -> Done {
         Done {
             upto: 0,
-            last: 0,
+            deleted: 0,
             due: Instant::now() + DELETE_EVERY,
         }
     }
 
     fn advance(&mut self, upto: i64) {
         self.upto = self.upto.max(upto);
-        self.last = self.last.max(upto);
     }
 
     /// Deletes what is done from the inbox, if anything and if `now` (or
     /// it is due).
     fn delete(&mut self, journal: &mut Journal, now: bool) {
-        if self.upto == 0 || (!now && Instant::now() < self.due) {
+        if self.upto <= self.deleted || (!now && Instant::now() < self.due) {
             return;
         }
         match journal.inbox_done(self.upto) {
-            Ok(()) => self.upto = 0,
+            Ok(()) => self.deleted = self.upto,
             // Applied but not removed: re-applying is harmless.
             Err(e) => log::error(format_args!("{e}")),
         }
@@ -158,7 +156,7 @@ impl Applier {
                 next_refresh = Instant::now() + QUARANTINE_REFRESH;
             }
             let read = match ahead.take() {
-                Some((after, staged, last)) if after == done.last => Ok((staged, last)),
+                Some((after, staged, last)) if after == done.upto => Ok((staged, last)),
                 _ => self.journal.inbox_current_after(done.upto, BATCH),
             };
             let (staged, last_read) = match read {
@@ -581,8 +579,8 @@ mod tests {
     }
 
     /// Applied changes leave the inbox (at once when it runs dry), and
-    /// changes staged after it was emptied are applied too: inbox ids
-    /// start again from 1 then, below those read before.
+    /// changes staged after it was emptied are applied too (their ids go
+    /// on after those read before).
     #[test]
     fn changes_staged_after_the_inbox_emptied_are_applied() {
         let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,15 @@
 //! The inbox: remote changes staged for applying into SER, from live
 //! batches and snapshot chunks, and the progress of applying them.
+//!
+//! Stored a frame per row (`inbox_frame`): the changes one staging
+//! transaction took, at most [`FRAME_ENTRIES`], packed into one blob and
+//! numbered densely from `first` to `last`. Ids come from a counter kept
+//! in `meta` and are never reused, so a position read before a deletion
+//! stays valid after it. A frame leaves once every change in it is done;
+//! a change moved out of it alone (quarantined) is marked removed in
+//! place and counted in `removed`.
 
-use rusqlite::{params, CachedStatement, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::state::StateUpsert;
 use super::{Fault, Journal};
@@ -9,10 +17,161 @@ use crate::codec;
 use crate::error::JournalError;
 use crate::record::{Change, Record, SnapRow};
 
-/// Stages a remote change; its key lets the applier check it against the
-/// state in the same query that reads it.
-const INBOX_INSERT: &str =
-    "INSERT INTO inbox (origin, hlc, body, key, seq) VALUES (?1, ?2, ?3, ?4, ?5)";
+/// Changes a frame holds at most: a large staging (a restore, a batch of
+/// 4,096) takes several, so a reader never holds much more than it needs.
+const FRAME_ENTRIES: usize = 1000;
+
+/// Bytes a change takes in a frame besides its origin and encoding:
+/// flags (1), stamp (8), sequence (8), origin's length (2), encoding's
+/// length (4), little-endian.
+const ENTRY_HEAD: usize = 23;
+/// Flag: the change left the frame alone (quarantined).
+const REMOVED: u8 = 1;
+/// Flag: the sequence field holds the origin's sequence of a live change.
+const HAS_SEQ: u8 = 2;
+
+/// The `meta` key of the next inbox id.
+const INBOX_NEXT: &str = "inbox_next";
+
+/// One change as a frame stores it.
+pub(super) struct Entry<'b> {
+    /// Where its flags byte is in the frame.
+    flags_at: usize,
+    removed: bool,
+    hlc: u64,
+    seq: Option<u64>,
+    origin: &'b str,
+    body: &'b [u8],
+}
+
+/// The changes of the frame that starts at id `first`, numbered, or an
+/// error at the first one that runs past the blob.
+fn entries(first: i64, blob: &[u8]) -> impl Iterator<Item = Result<(i64, Entry<'_>), Fault>> + '_ {
+    let mut at = 0;
+    let mut id = first;
+    std::iter::from_fn(move || {
+        if at >= blob.len() {
+            return None;
+        }
+        let bad = |detail: String| Fault::BadRecord { seq: id, detail };
+        let rest = &blob[at..];
+        if rest.len() < ENTRY_HEAD {
+            at = blob.len();
+            return Some(Err(bad("inbox frame ends inside a change's header".into())));
+        }
+        let flags = rest[0];
+        let hlc = u64::from_le_bytes(rest[1..9].try_into().expect("8 bytes"));
+        let seq = u64::from_le_bytes(rest[9..17].try_into().expect("8 bytes"));
+        let olen = u16::from_le_bytes(rest[17..19].try_into().expect("2 bytes")) as usize;
+        let blen = u32::from_le_bytes(rest[19..23].try_into().expect("4 bytes")) as usize;
+        if rest.len() - ENTRY_HEAD < olen + blen {
+            at = blob.len();
+            return Some(Err(bad(format!(
+                "inbox frame ends inside a change of {} bytes",
+                olen + blen
+            ))));
+        }
+        let origin = match std::str::from_utf8(&rest[ENTRY_HEAD..ENTRY_HEAD + olen]) {
+            Ok(o) => o,
+            Err(e) => {
+                at = blob.len();
+                return Some(Err(bad(format!("origin is not UTF-8: {e}"))));
+            }
+        };
+        let entry = Entry {
+            flags_at: at,
+            removed: flags & REMOVED != 0,
+            hlc,
+            seq: (flags & HAS_SEQ != 0).then_some(seq),
+            origin,
+            body: &rest[ENTRY_HEAD + olen..ENTRY_HEAD + olen + blen],
+        };
+        at += ENTRY_HEAD + olen + blen;
+        id += 1;
+        Some(Ok((id - 1, entry)))
+    })
+}
+
+/// Frames being written in one transaction: every change staged goes
+/// through [`Frames::push`], and [`Frames::finish`] stores what is left
+/// and the next id.
+pub(super) struct Frames<'t> {
+    conn: &'t Connection,
+    /// The id the next change gets.
+    next: i64,
+    /// The id of the first change in `bytes`.
+    first: i64,
+    bytes: Vec<u8>,
+    /// Ids given in this transaction (first, last).
+    ids: Option<(i64, i64)>,
+}
+
+impl<'t> Frames<'t> {
+    pub(super) fn new(conn: &'t Connection) -> rusqlite::Result<Self> {
+        let next = conn
+            .prepare_cached("SELECT v FROM meta WHERE k = ?1")?
+            .query_row([INBOX_NEXT], |r| r.get::<_, i64>(0))
+            .optional()?
+            .unwrap_or(1);
+        Ok(Frames {
+            conn,
+            next,
+            first: next,
+            bytes: Vec::new(),
+            ids: None,
+        })
+    }
+
+    /// Stages one change; returns its id.
+    pub(super) fn push(
+        &mut self,
+        origin: &str,
+        hlc: u64,
+        seq: Option<u64>,
+        body: &[u8],
+    ) -> rusqlite::Result<i64> {
+        if self.next - self.first >= FRAME_ENTRIES as i64 {
+            self.flush()?;
+        }
+        let b = &mut self.bytes;
+        b.push(if seq.is_some() { HAS_SEQ } else { 0 });
+        b.extend_from_slice(&hlc.to_le_bytes());
+        b.extend_from_slice(&seq.unwrap_or(0).to_le_bytes());
+        b.extend_from_slice(&(origin.len() as u16).to_le_bytes());
+        b.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        b.extend_from_slice(origin.as_bytes());
+        b.extend_from_slice(body);
+        let id = self.next;
+        self.next += 1;
+        self.ids = Some(self.ids.map_or((id, id), |(first, _)| (first, id)));
+        Ok(id)
+    }
+
+    fn flush(&mut self) -> rusqlite::Result<()> {
+        if self.next > self.first {
+            self.conn
+                .prepare_cached("INSERT INTO inbox_frame (first, last, body) VALUES (?1, ?2, ?3)")?
+                .execute(params![self.first, self.next - 1, self.bytes])?;
+            self.bytes.clear();
+            self.first = self.next;
+        }
+        Ok(())
+    }
+
+    /// Stores the last frame and the next id; returns the ids given.
+    pub(super) fn finish(mut self) -> rusqlite::Result<Option<(i64, i64)>> {
+        self.flush()?;
+        if self.ids.is_some() {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO meta (k, v) VALUES (?1, ?2)
+                     ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                )?
+                .execute(params![INBOX_NEXT, self.next])?;
+        }
+        Ok(self.ids)
+    }
+}
 
 /// The position held from an origin (its `received` row).
 pub(super) const RECEIVED_SEQ: &str = "SELECT seq FROM received WHERE origin = ?1";
@@ -42,10 +201,10 @@ pub struct StageOutcome {
 
 /// Stages remote versions in the transaction it was made in: a version
 /// the state takes (last writer wins) enters the inbox; the others are
-/// superseded and left out.
+/// superseded and left out. [`Stager::finish`] stores the inbox's frames.
 struct Stager<'t> {
     state: StateUpsert<'t>,
-    inbox: CachedStatement<'t>,
+    frames: Frames<'t>,
     body: Vec<u8>,
 }
 
@@ -53,7 +212,7 @@ impl<'t> Stager<'t> {
     fn new(tx: &'t Connection) -> rusqlite::Result<Self> {
         Ok(Stager {
             state: StateUpsert::remote(tx)?,
-            inbox: tx.prepare_cached(INBOX_INSERT)?,
+            frames: Frames::new(tx)?,
             body: Vec::with_capacity(512),
         })
     }
@@ -70,19 +229,58 @@ impl<'t> Stager<'t> {
     ) -> rusqlite::Result<bool> {
         self.body.clear();
         codec::encode_into(record, &mut self.body).expect("encoding into a Vec cannot fail");
-        let key = record.key();
-        if !self.state.offer(&key, hlc, origin, record, &self.body)? {
+        if !self
+            .state
+            .offer(&record.key(), hlc, origin, record, &self.body)?
+        {
             return Ok(false);
         }
-        self.inbox.execute(params![
-            origin,
-            hlc as i64,
-            self.body,
-            key,
-            seq.map(|s| s as i64)
-        ])?;
+        self.frames.push(origin, hlc, seq, &self.body)?;
         Ok(true)
     }
+
+    fn finish(self) -> rusqlite::Result<()> {
+        self.frames.finish().map(|_| ())
+    }
+}
+
+/// A change taken out of its frame alone: (origin, stamp, sequence,
+/// encoded record).
+pub(super) type Removed = (String, u64, Option<u64>, Vec<u8>);
+
+/// Marks the staged change `id` removed in its frame and returns it; None
+/// when the inbox no longer holds it.
+pub(super) fn remove_entry(c: &Connection, id: i64) -> Result<Option<Removed>, Fault> {
+    let frame = c
+        .prepare_cached(
+            "SELECT first, body FROM inbox_frame WHERE first <= ?1 AND last >= ?1
+             ORDER BY first DESC LIMIT 1",
+        )?
+        .query_row([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+        .optional()?;
+    let Some((first, mut blob)) = frame else {
+        return Ok(None);
+    };
+    let mut found = None;
+    for entry in entries(first, &blob) {
+        let (at, e) = entry?;
+        if at == id {
+            if !e.removed {
+                found = Some((
+                    e.flags_at,
+                    (e.origin.to_string(), e.hlc, e.seq, e.body.to_vec()),
+                ));
+            }
+            break;
+        }
+    }
+    let Some((flags_at, taken)) = found else {
+        return Ok(None);
+    };
+    blob[flags_at] |= REMOVED;
+    c.prepare_cached("UPDATE inbox_frame SET body = ?2, removed = removed + 1 WHERE first = ?1")?
+        .execute(params![first, blob])?;
+    Ok(Some(taken))
 }
 
 impl Journal {
@@ -130,6 +328,7 @@ impl Journal {
                     out.superseded += 1;
                 }
             }
+            stager.finish()?;
             out.upto = out.upto.max(through);
             if out.upto > held {
                 tx.prepare_cached(
@@ -166,6 +365,7 @@ impl Journal {
                     out.superseded += 1;
                 }
             }
+            stager.finish()?;
             if last {
                 tx.execute("DELETE FROM snapshot_in WHERE origin = ?1", [origin])?;
                 tx.execute(
@@ -199,6 +399,7 @@ impl Journal {
                     out.superseded += 1;
                 }
             }
+            stager.finish()?;
             Ok(out)
         })
     }
@@ -224,17 +425,14 @@ impl Journal {
         records: &[(u64, String, Record)],
     ) -> Result<Option<(i64, i64)>, JournalError> {
         self.write(|tx| {
-            let mut ins = tx.prepare_cached(INBOX_INSERT)?;
+            let mut frames = Frames::new(tx)?;
             let mut body = Vec::with_capacity(512);
-            let mut ids = None;
             for (hlc, origin, rec) in records {
                 body.clear();
                 codec::encode_into(rec, &mut body).expect("encoding into a Vec cannot fail");
-                ins.execute(params![origin, *hlc as i64, body, rec.key(), None::<i64>])?;
-                let id = tx.last_insert_rowid();
-                ids = Some(ids.map_or((id, id), |(first, _)| (first, id)));
+                frames.push(origin, *hlc, None, &body)?;
             }
-            Ok(ids)
+            Ok(frames.finish()?)
         })
     }
 
@@ -249,33 +447,24 @@ impl Journal {
     ) -> Result<Option<(i64, i64)>, JournalError> {
         self.write(|tx| {
             let mut read = tx.prepare_cached(
-                "SELECT key, hlc, origin, body FROM state WHERE key >= X'63' AND key < X'64'",
+                "SELECT hlc, origin, body FROM state WHERE key >= X'63' AND key < X'64'",
             )?;
-            let mut ins = tx.prepare_cached(INBOX_INSERT)?;
+            let mut frames = Frames::new(tx)?;
             let mut rows = read.query([])?;
-            let mut ids = None;
             while let Some(r) = rows.next()? {
-                let body = r.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
+                let body = r.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
                 let live = match codec::decode::<Record>(body) {
                     Ok(Record::Contact { op, contact }) => {
                         op == crate::record::Op::Upsert && keep(&contact)
                     }
                     _ => false,
                 };
-                if !live {
-                    continue;
+                if live {
+                    let origin = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+                    frames.push(origin, r.get::<_, i64>(0)? as u64, None, body)?;
                 }
-                ins.execute(params![
-                    r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?,
-                    r.get::<_, i64>(1)?,
-                    body,
-                    r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?,
-                    None::<i64>
-                ])?;
-                let id = tx.last_insert_rowid();
-                ids = Some(ids.map_or((id, id), |(first, _)| (first, id)));
             }
-            Ok(ids)
+            Ok(frames.finish()?)
         })
     }
 
@@ -299,84 +488,91 @@ impl Journal {
     ) -> Result<(Vec<Staged>, Option<i64>), JournalError> {
         // One read transaction: one consistent view, one lock.
         self.transaction(TransactionBehavior::Deferred, |tx| {
-            let mut out = Vec::new();
-            let mut last_id = None;
-            // A change is still current unless the state holds another
-            // version of its key (a newer one, local or remote).
-            let mut peek = tx.prepare_cached(
-                "SELECT i.id, i.origin, i.hlc, i.body,
-                        s.key IS NULL OR (s.hlc = i.hlc AND s.origin = i.origin), i.seq
-                 FROM inbox i LEFT JOIN state s ON s.key = i.key
-                 WHERE i.id > ?1 ORDER BY i.id LIMIT ?2",
-            )?;
-            let mut rows = peek.query(params![after, limit as i64])?;
-            while let Some(r) = rows.next()? {
-                let (id, origin, hlc, body, current): (i64, String, i64, Vec<u8>, bool) =
-                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
-                let seq: Option<i64> = r.get(5)?;
+            Self::read_inbox(tx, after, limit, true)
+        })
+    }
+
+    /// Up to `limit` staged changes after id `after`, oldest first, and
+    /// the last id read. With `current`, without those another version of
+    /// their key has overtaken since they were staged: a change is still
+    /// current unless the state holds another version of its key (a newer
+    /// one, local or remote).
+    fn read_inbox(
+        c: &Connection,
+        after: i64,
+        limit: usize,
+        current: bool,
+    ) -> Result<(Vec<Staged>, Option<i64>), Fault> {
+        let mut out = Vec::new();
+        let mut last_id = None;
+        let mut read = 0;
+        // From the frame holding `after + 1` (or the one before it).
+        let mut frames = c.prepare_cached(
+            "SELECT first, body FROM inbox_frame
+             WHERE first >= coalesce((SELECT max(first) FROM inbox_frame WHERE first <= ?1), 0)
+             ORDER BY first",
+        )?;
+        let mut held = c.prepare_cached("SELECT hlc, origin FROM state WHERE key = ?1")?;
+        let mut rows = frames.query([after + 1])?;
+        'frames: while let Some(r) = rows.next()? {
+            let first: i64 = r.get(0)?;
+            let blob = r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+            for entry in entries(first, blob) {
+                let (id, e) = entry?;
+                if id <= after {
+                    continue;
+                }
+                if read == limit {
+                    break 'frames;
+                }
+                read += 1;
                 last_id = Some(id);
-                if !current {
+                if e.removed {
                     continue;
                 }
                 let record: Record =
-                    codec::decode(&body).map_err(|detail| Fault::BadRecord { seq: id, detail })?;
+                    codec::decode(e.body).map_err(|detail| Fault::BadRecord { seq: id, detail })?;
+                if current {
+                    let mut versions = held.query([record.key()])?;
+                    if let Some(v) = versions.next()? {
+                        let same = v.get::<_, i64>(0)? as u64 == e.hlc
+                            && v.get_ref(1)?.as_str().map_err(rusqlite::Error::from)? == e.origin;
+                        if !same {
+                            continue;
+                        }
+                    }
+                }
                 out.push(Staged {
                     id,
-                    origin,
-                    hlc: hlc as u64,
-                    seq: seq.map(|s| s as u64),
+                    origin: e.origin.to_string(),
+                    hlc: e.hlc,
+                    seq: e.seq,
                     record,
                 });
             }
-            Ok((out, last_id))
-        })
+        }
+        Ok((out, last_id))
     }
 
     /// Keys of every change staged and not yet applied.
     pub fn inbox_keys(&self) -> Result<std::collections::HashSet<Vec<u8>>, JournalError> {
         self.run(|c| {
-            let mut stmt = c.prepare_cached("SELECT key FROM inbox WHERE key IS NOT NULL")?;
-            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            let (staged, _) = Self::read_inbox(c, 0, usize::MAX, false)?;
+            Ok(staged.into_iter().map(|s| s.record.key()).collect())
         })
     }
 
     /// The oldest staged changes, at most `limit`.
     pub fn inbox_peek(&self, limit: usize) -> Result<Vec<Staged>, JournalError> {
-        self.run(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, origin, hlc, body, seq FROM inbox ORDER BY id LIMIT ?1",
-            )?;
-            let rows = stmt.query_map([limit as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, origin, hlc, body, seq) = row?;
-                let record =
-                    codec::decode(&body).map_err(|detail| Fault::BadRecord { seq: id, detail })?;
-                out.push(Staged {
-                    id,
-                    origin,
-                    hlc: hlc as u64,
-                    seq: seq.map(|s| s as u64),
-                    record,
-                });
-            }
-            Ok(out)
-        })
+        self.run(|c| Ok(Self::read_inbox(c, 0, limit, false)?.0))
     }
 
     /// Removes staged changes up to and including `id`: they are applied.
+    /// A frame goes once all its changes are; ids are not reused, so
+    /// reading after `id` stays right either way.
     pub fn inbox_done(&mut self, upto_id: i64) -> Result<(), JournalError> {
         self.run_write(|c| {
-            c.prepare_cached("DELETE FROM inbox WHERE id <= ?1")?
+            c.prepare_cached("DELETE FROM inbox_frame WHERE first <= ?1 AND last <= ?1")?
                 .execute([upto_id])?;
             Ok(())
         })
@@ -386,11 +582,16 @@ impl Journal {
         self.inbox_len_after(0)
     }
 
-    /// Changes staged after id `after` (those up to it are applied).
+    /// Changes staged after id `after` (those up to it are applied); in
+    /// the frame `after` falls in, those quarantined count too.
     pub fn inbox_len_after(&self, after: i64) -> Result<u64, JournalError> {
         self.run(|c| {
             let n = c
-                .prepare_cached("SELECT count(*) FROM inbox WHERE id > ?1")?
+                .prepare_cached(
+                    "SELECT coalesce(sum(last - max(first, ?1 + 1) + 1
+                                         - CASE WHEN first > ?1 THEN removed ELSE 0 END), 0)
+                     FROM inbox_frame WHERE last > ?1",
+                )?
                 .query_row([after], |r| r.get::<_, i64>(0))?;
             Ok(n as u64)
         })
@@ -454,8 +655,13 @@ mod tests {
         assert_eq!(out.superseded, 1);
         let staged = j.inbox_peek(10).unwrap();
         assert_eq!(staged.len(), 2);
+        // Done with the first: one left after it; its frame stays until
+        // every change in it is done.
         j.inbox_done(staged[0].id).unwrap();
-        assert_eq!(j.inbox_len().unwrap(), 1);
+        assert_eq!(j.inbox_len_after(staged[0].id).unwrap(), 1);
+        assert_eq!(j.inbox_len().unwrap(), 2);
+        j.inbox_done(staged[1].id).unwrap();
+        assert_eq!(j.inbox_len().unwrap(), 0);
         assert_eq!(j.received_upto("n2").unwrap(), 2);
     }
 

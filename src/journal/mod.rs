@@ -2,7 +2,8 @@
 //! peer's acknowledged position, remote changes staged for applying, and
 //! the last-writer-wins state per key. One [`Journal`] type; its methods
 //! live beside the tables they use: `log` (local changes),
-//! `state` (latest version per key), `inbox` (staged remote changes),
+//! `state` (latest version per key), `inbox` (staged remote changes, a
+//! frame per row),
 //! `peers` (positions, members, meta), `retention` (what may be trimmed),
 //! `schema` (migrations).
 //!

@@ -49,7 +49,8 @@ impl Which {
 
 impl Journal {
     /// Moves the staged change `inbox_id` into the quarantine with its
-    /// reason, in one transaction, replacing what it held for the key.
+    /// reason, in one transaction, replacing what it held for the key (in
+    /// its inbox frame it is marked removed: readers pass it by).
     /// Returns its quarantine id, None when the inbox no longer holds it.
     pub fn quarantine(
         &mut self,
@@ -59,24 +60,30 @@ impl Journal {
         at: i64,
     ) -> Result<Option<i64>, JournalError> {
         self.write(|tx| {
+            let Some((origin, hlc, seq, body)) = super::inbox::remove_entry(tx, inbox_id)? else {
+                return Ok(None);
+            };
+            let key = codec::decode::<Record>(&body)
+                .map(|r| r.key())
+                .unwrap_or_default();
             // One entry per key: one held already is this version (staged
             // again by a restore) or an older one.
+            tx.execute("DELETE FROM quarantine WHERE key = ?1", [&key])?;
             tx.execute(
-                "DELETE FROM quarantine WHERE key = (SELECT key FROM inbox WHERE id = ?1)",
-                [inbox_id],
-            )?;
-            let n = tx.execute(
                 "INSERT INTO quarantine (origin, seq, hlc, key, body, reason, tries, at)
-                 SELECT origin, seq, hlc, coalesce(key, X''), body, ?2, ?3, ?4
-                 FROM inbox WHERE id = ?1",
-                params![inbox_id, reason, tries, at],
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    origin,
+                    seq.map(|s| s as i64),
+                    hlc as i64,
+                    key,
+                    body,
+                    reason,
+                    tries,
+                    at
+                ],
             )?;
-            if n == 0 {
-                return Ok(None);
-            }
-            let id = tx.last_insert_rowid();
-            tx.execute("DELETE FROM inbox WHERE id = ?1", [inbox_id])?;
-            Ok(Some(id))
+            Ok(Some(tx.last_insert_rowid()))
         })
     }
 
@@ -124,12 +131,21 @@ impl Journal {
     pub fn quarantine_retry(&mut self, which: Which) -> Result<usize, JournalError> {
         let (lo, hi) = which.bounds();
         self.write(|tx| {
-            tx.execute(
-                "INSERT INTO inbox (origin, hlc, body, key, seq)
-                 SELECT origin, hlc, body, key, seq FROM quarantine
+            let mut frames = super::inbox::Frames::new(tx)?;
+            let mut held = tx.prepare(
+                "SELECT origin, hlc, seq, body FROM quarantine
                  WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
-                params![lo, hi],
             )?;
+            let mut rows = held.query(params![lo, hi])?;
+            while let Some(r) = rows.next()? {
+                frames.push(
+                    r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, Option<i64>>(2)?.map(|s| s as u64),
+                    r.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?,
+                )?;
+            }
+            frames.finish()?;
             Ok(tx.execute(
                 "DELETE FROM quarantine WHERE id BETWEEN ?1 AND ?2",
                 params![lo, hi],

@@ -2,6 +2,7 @@
 
 use rusqlite::{params, TransactionBehavior};
 
+use super::inbox::Frames;
 use super::log::Packed;
 use super::state::expires_at;
 use super::{Fault, Journal};
@@ -9,7 +10,7 @@ use crate::codec;
 use crate::record::Record;
 
 /// Schema version this code writes (PRAGMA user_version).
-pub(super) const SCHEMA_VERSION: i64 = 9;
+pub(super) const SCHEMA_VERSION: i64 = 10;
 
 impl Journal {
     /// Brings the schema up to [`SCHEMA_VERSION`] in one IMMEDIATE
@@ -197,6 +198,33 @@ impl Journal {
             // insert (and, for random keys, a page of its own) per change.
             tx.execute_batch("DROP INDEX IF EXISTS state_expiry; PRAGMA user_version = 9;")?;
         }
+        if version < 10 {
+            // The inbox stored a frame per row (see inbox.rs): a row per
+            // change cost a b-tree insert, a read and a delete for each.
+            // What an older inbox holds moves into frames, in its order.
+            tx.execute_batch(
+                "CREATE TABLE inbox_frame (
+                     first INTEGER PRIMARY KEY,
+                     last INTEGER NOT NULL,
+                     removed INTEGER NOT NULL DEFAULT 0,
+                     body BLOB NOT NULL);",
+            )?;
+            {
+                let mut frames = Frames::new(&tx)?;
+                let mut q = tx.prepare("SELECT origin, hlc, seq, body FROM inbox ORDER BY id")?;
+                let mut rows = q.query([])?;
+                while let Some(r) = rows.next()? {
+                    frames.push(
+                        r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, Option<i64>>(2)?.map(|s| s as u64),
+                        r.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?,
+                    )?;
+                }
+                frames.finish()?;
+            }
+            tx.execute_batch("DROP TABLE inbox; PRAGMA user_version = 10;")?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -222,16 +250,24 @@ mod tests {
             let mut j = Journal::open(&path).unwrap();
             j.append_local("n1", &[(10, expiring("gone", Op::Upsert, 100))])
                 .unwrap();
-            j.stage_restore(&[(5, "n2".into(), expiring("staged", Op::Upsert, 200))])
-                .unwrap();
             j.conn
                 .execute_batch(
                     "ALTER TABLE state DROP COLUMN expires_at;
-                     ALTER TABLE inbox DROP COLUMN key; ALTER TABLE inbox DROP COLUMN seq;
+                     DROP TABLE inbox_frame; DELETE FROM meta WHERE k = 'inbox_next';
+                     CREATE TABLE inbox (id INTEGER PRIMARY KEY, origin TEXT NOT NULL,
+                                         hlc INTEGER NOT NULL, body BLOB NOT NULL);
                      DROP TABLE quarantine; DROP TABLE log_batch;
                      CREATE TABLE log (seq INTEGER PRIMARY KEY, hlc INTEGER NOT NULL,
                                        body BLOB NOT NULL);
                      PRAGMA user_version = 3;",
+                )
+                .unwrap();
+            let mut body = Vec::new();
+            codec::encode_into(&expiring("staged", Op::Upsert, 200), &mut body).unwrap();
+            j.conn
+                .execute(
+                    "INSERT INTO inbox (origin, hlc, body) VALUES ('n2', 5, ?1)",
+                    [body],
                 )
                 .unwrap();
         }
@@ -257,7 +293,10 @@ mod tests {
             let j = Journal::open(&path).unwrap();
             j.conn
                 .execute_batch(
-                    "DROP TABLE log_batch;
+                    "DROP TABLE log_batch; DROP TABLE inbox_frame;
+                     CREATE TABLE inbox (id INTEGER PRIMARY KEY, origin TEXT NOT NULL,
+                                         hlc INTEGER NOT NULL, body BLOB NOT NULL,
+                                         key BLOB, seq INTEGER);
                      CREATE TABLE log (seq INTEGER PRIMARY KEY, hlc INTEGER NOT NULL,
                                        body BLOB NOT NULL);
                      INSERT INTO meta (k, v) VALUES ('seq_floor', 2);
@@ -318,6 +357,89 @@ mod tests {
         assert_eq!(j.read_log(0, 2).unwrap()[0].seq, 1501);
         assert_eq!(j.hlc_of(1501).unwrap(), Some(15_010));
         assert_eq!(j.log_len().unwrap(), 502 + 500 + 1);
+    }
+
+    /// An inbox of a change per row (version 9) becomes frames: every
+    /// change in its order with its origin, stamp and sequence; ids go on
+    /// after them, and a change staged after them is read after them.
+    #[test]
+    fn an_inbox_of_a_row_per_change_becomes_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let recs: Vec<_> = (0..2100).map(|i| rec(&format!("u{i}"), 1)).collect();
+        {
+            let j = Journal::open(&path).unwrap();
+            j.conn
+                .execute_batch(
+                    "DROP TABLE inbox_frame;
+                     CREATE TABLE inbox (id INTEGER PRIMARY KEY, origin TEXT NOT NULL,
+                                         hlc INTEGER NOT NULL, body BLOB NOT NULL,
+                                         key BLOB, seq INTEGER);
+                     PRAGMA user_version = 9;",
+                )
+                .unwrap();
+            let mut ins = j
+                .conn
+                .prepare("INSERT INTO inbox (id, origin, hlc, body, key, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+                .unwrap();
+            for (i, r) in recs.iter().enumerate() {
+                let mut body = Vec::new();
+                codec::encode_into(r, &mut body).unwrap();
+                // live changes from n2, then snapshot rows (no sequence)
+                let (origin, seq) = if i < 1500 {
+                    ("n2", Some(i as i64 + 1))
+                } else {
+                    ("n3", None)
+                };
+                ins.execute(rusqlite::params![
+                    (i * 2 + 7) as i64,
+                    origin,
+                    (i + 100) as i64,
+                    body,
+                    r.key(),
+                    seq
+                ])
+                .unwrap();
+            }
+        }
+        let mut j = Journal::open(&path).unwrap();
+        let frames: i64 = j
+            .conn
+            .query_row("SELECT count(*) FROM inbox_frame", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(frames, 3);
+        assert_eq!(j.inbox_len().unwrap(), 2100);
+        let staged = j.inbox_peek(10_000).unwrap();
+        let got: Vec<_> = staged
+            .iter()
+            .map(|s| (s.origin.as_str(), s.hlc, s.seq, s.record.clone()))
+            .collect();
+        let want: Vec<_> = recs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let (origin, seq) = if i < 1500 {
+                    ("n2", Some(i as u64 + 1))
+                } else {
+                    ("n3", None)
+                };
+                (origin, i as u64 + 100, seq, r.clone())
+            })
+            .collect();
+        assert_eq!(got, want);
+        let ids: Vec<i64> = staged.iter().map(|s| s.id).collect();
+        assert_eq!(ids, (1..=2100).collect::<Vec<_>>());
+        // Done up to inside the second frame: the first frame goes, the
+        // rest is still read after that position.
+        j.inbox_done(1500).unwrap();
+        assert_eq!(j.inbox_len_after(1500).unwrap(), 600);
+        let (rest, last) = j.inbox_current_after(1500, 10_000).unwrap();
+        assert_eq!((rest.len(), last), (600, Some(2100)));
+        assert_eq!(rest[0].record, recs[1500]);
+        let more = j
+            .stage_restore(&[(5, "n2".into(), rec("late", 1))])
+            .unwrap();
+        assert_eq!(more, Some((2101, 2101)));
     }
 
     #[test]
