@@ -1,7 +1,7 @@
 //! The one place that knows the serialisation format (bincode 1.3.3), so it
 //! can be swapped without touching the protocol.
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use bincode::Options;
 
@@ -42,5 +42,13 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     options(bytes.len() as u64)
         .deserialize(bytes)
         // one line: some of bincode's messages span several
+        .map_err(|e| e.to_string().replace('\n', " "))
+}
+
+/// Decodes exactly one value from `bytes`, borrowing its byte strings
+/// from them (no copy, no allocation for them).
+pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
+    options(bytes.len() as u64)
+        .deserialize(bytes)
         .map_err(|e| e.to_string().replace('\n', " "))
 }

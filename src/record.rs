@@ -47,27 +47,27 @@ pub struct Contact {
 
 /// The same layout as [`Contact`], borrowing its strings: what a SIP worker
 /// serialises straight from SER's memory without allocating.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct ContactRef<'a> {
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "serde_bytes", borrow)]
     pub domain: &'a [u8],
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "serde_bytes", borrow)]
     pub aor: &'a [u8],
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "serde_bytes", borrow)]
     pub contact: &'a [u8],
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "serde_bytes", borrow)]
     pub ruid: &'a [u8],
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "serde_bytes", borrow)]
     pub received: &'a [u8],
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "serde_bytes", borrow)]
     pub path: &'a [u8],
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "serde_bytes", borrow)]
     pub callid: &'a [u8],
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "serde_bytes", borrow)]
     pub user_agent: &'a [u8],
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "serde_bytes", borrow)]
     pub socket: &'a [u8],
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "serde_bytes", borrow)]
     pub instance: &'a [u8],
     pub expires: i64,
     pub last_modified: i64,
@@ -122,17 +122,17 @@ pub struct Alias {
 }
 
 /// Borrowed twin of [`Alias`] with the same encoding.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct AliasRef<'a> {
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "serde_bytes", borrow)]
     pub table: &'a [u8],
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "serde_bytes", borrow)]
     pub alias_username: &'a [u8],
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "serde_bytes", borrow)]
     pub alias_domain: &'a [u8],
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "serde_bytes", borrow)]
     pub username: &'a [u8],
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "serde_bytes", borrow)]
     pub domain: &'a [u8],
 }
 
@@ -171,10 +171,50 @@ pub enum Record {
 }
 
 /// Borrowed twin of [`Record`] with the same encoding.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub enum RecordRef<'a> {
-    Contact { op: Op, contact: ContactRef<'a> },
-    Alias { op: Op, alias: AliasRef<'a> },
+    Contact {
+        op: Op,
+        #[serde(borrow)]
+        contact: ContactRef<'a>,
+    },
+    Alias {
+        op: Op,
+        #[serde(borrow)]
+        alias: AliasRef<'a>,
+    },
+}
+
+impl RecordRef<'_> {
+    /// See [`Record::key`].
+    pub fn key(&self) -> Vec<u8> {
+        match self {
+            RecordRef::Contact { contact: c, .. } => {
+                let mut k = Vec::with_capacity(c.domain.len() + c.aor.len() + c.contact.len() + 13);
+                k.push(b'c');
+                push_parts(&mut k, &[c.domain, c.aor, c.contact]);
+                k
+            }
+            RecordRef::Alias { alias: a, .. } => {
+                let mut k = alias_table_prefix(a.table);
+                push_parts(
+                    &mut k,
+                    &[a.alias_username, a.alias_domain, a.username, a.domain],
+                );
+                k
+            }
+        }
+    }
+
+    /// When the state may forget this version: a contact's absolute
+    /// expiry, live or deleted; None for what never expires (aliases,
+    /// permanent contacts).
+    pub fn expires_at(&self) -> Option<i64> {
+        match self {
+            RecordRef::Contact { contact, .. } if contact.expires > 0 => Some(contact.expires),
+            _ => None,
+        }
+    }
 }
 
 fn push_parts(k: &mut Vec<u8>, parts: &[&[u8]]) {
@@ -209,22 +249,7 @@ impl Record {
     /// usrloc keys a contact by table, AOR and contact URI.
     /// Aliases: every field, since one alias may have several targets.
     pub fn key(&self) -> Vec<u8> {
-        match self {
-            Record::Contact { contact: c, .. } => {
-                let mut k = Vec::with_capacity(c.domain.len() + c.aor.len() + c.contact.len() + 13);
-                k.push(b'c');
-                push_parts(&mut k, &[&c.domain, &c.aor, &c.contact]);
-                k
-            }
-            Record::Alias { alias: a, .. } => {
-                let mut k = alias_table_prefix(&a.table);
-                push_parts(
-                    &mut k,
-                    &[&a.alias_username, &a.alias_domain, &a.username, &a.domain],
-                );
-                k
-            }
-        }
+        self.as_ref().key()
     }
 
     pub fn is_delete(&self) -> bool {

@@ -15,7 +15,9 @@ use super::state::StateUpsert;
 use super::{Fault, Journal};
 use crate::codec;
 use crate::error::JournalError;
-use crate::record::{Change, Record, SnapRow};
+use std::borrow::Cow;
+
+use crate::record::{Change, Record, RecordRef, SnapRow};
 
 /// Changes a frame holds at most: a large staging (a restore, a batch of
 /// 4,096) takes several, so a reader never holds much more than it needs.
@@ -176,6 +178,58 @@ impl<'t> Frames<'t> {
 /// The position held from an origin (its `received` row).
 pub(super) const RECEIVED_SEQ: &str = "SELECT seq FROM received WHERE origin = ?1";
 
+/// A remote change as staging takes it: its record encoded as this node
+/// encodes it, with its key and expiry.
+#[derive(Debug, Clone)]
+pub struct Incoming<'a> {
+    pub seq: u64,
+    pub hlc: u64,
+    pub key: Vec<u8>,
+    pub expires_at: Option<i64>,
+    pub body: Cow<'a, [u8]>,
+}
+
+impl Incoming<'_> {
+    /// From a decoded change: encoded here.
+    pub fn of(change: &Change) -> Incoming<'static> {
+        let mut body = Vec::with_capacity(512);
+        codec::encode_into(&change.record, &mut body).expect("encoding into a Vec cannot fail");
+        Incoming {
+            seq: change.seq,
+            hlc: change.hlc,
+            key: change.record.key(),
+            expires_at: change.record.as_ref().expires_at(),
+            body: Cow::Owned(body),
+        }
+    }
+}
+
+impl<'a> Incoming<'a> {
+    /// From a record's encoding as a peer sent it: decoded in place (its
+    /// fields borrowed, not copied) to check it and learn its key and
+    /// expiry, and stored as received when that is exactly how this node
+    /// encodes it: the same length means every number took its shortest
+    /// form, the only freedom the encoding has. Encoded again otherwise.
+    /// Err: bytes that are no record this node knows.
+    pub fn from_encoded(seq: u64, hlc: u64, bytes: &'a [u8]) -> Result<Incoming<'a>, String> {
+        let record: RecordRef = codec::decode_borrowed(bytes)?;
+        let body = if codec::encoded_len(&record)? == bytes.len() as u64 {
+            Cow::Borrowed(bytes)
+        } else {
+            let mut body = Vec::with_capacity(bytes.len());
+            codec::encode_into(&record, &mut body)?;
+            Cow::Owned(body)
+        };
+        Ok(Incoming {
+            seq,
+            hlc,
+            key: record.key(),
+            expires_at: record.expires_at(),
+            body,
+        })
+    }
+}
+
 /// A remote change staged for applying.
 #[derive(Debug, Clone)]
 pub struct Staged {
@@ -227,15 +281,36 @@ impl<'t> Stager<'t> {
         seq: Option<u64>,
         record: &Record,
     ) -> rusqlite::Result<bool> {
-        self.body.clear();
-        codec::encode_into(record, &mut self.body).expect("encoding into a Vec cannot fail");
-        if !self
-            .state
-            .offer(&record.key(), hlc, origin, record, &self.body)?
-        {
+        let mut body = std::mem::take(&mut self.body);
+        body.clear();
+        codec::encode_into(record, &mut body).expect("encoding into a Vec cannot fail");
+        let staged = self.stage_encoded(
+            origin,
+            hlc,
+            seq,
+            &record.key(),
+            record.as_ref().expires_at(),
+            &body,
+        );
+        self.body = body;
+        staged
+    }
+
+    /// [`Stager::stage`] of a record already encoded as `body`, under
+    /// `key`, expiring at `expires_at`.
+    fn stage_encoded(
+        &mut self,
+        origin: &str,
+        hlc: u64,
+        seq: Option<u64>,
+        key: &[u8],
+        expires_at: Option<i64>,
+        body: &[u8],
+    ) -> rusqlite::Result<bool> {
+        if !self.state.offer(key, hlc, origin, expires_at, body)? {
             return Ok(false);
         }
-        self.frames.push(origin, hlc, seq, &self.body)?;
+        self.frames.push(origin, hlc, seq, body)?;
         Ok(true)
     }
 
@@ -307,6 +382,18 @@ impl Journal {
         changes: &[Change],
         through: u64,
     ) -> Result<StageOutcome, JournalError> {
+        let incoming: Vec<Incoming> = changes.iter().map(Incoming::of).collect();
+        self.stage_incoming(origin, &incoming, through)
+    }
+
+    /// [`Journal::stage_remote_through`] of changes already encoded (as
+    /// received: see [`Incoming::from_encoded`]).
+    pub fn stage_incoming(
+        &mut self,
+        origin: &str,
+        changes: &[Incoming],
+        through: u64,
+    ) -> Result<StageOutcome, JournalError> {
         self.write(|tx| {
             let held: u64 = tx
                 .prepare_cached(RECEIVED_SEQ)?
@@ -324,7 +411,14 @@ impl Journal {
                 }
                 out.upto = ch.seq;
                 out.fresh += 1;
-                if !stager.stage(origin, ch.hlc, Some(ch.seq), &ch.record)? {
+                if !stager.stage_encoded(
+                    origin,
+                    ch.hlc,
+                    Some(ch.seq),
+                    &ch.key,
+                    ch.expires_at,
+                    &ch.body,
+                )? {
                     out.superseded += 1;
                 }
             }
@@ -663,6 +757,32 @@ mod tests {
         j.inbox_done(staged[1].id).unwrap();
         assert_eq!(j.inbox_len().unwrap(), 0);
         assert_eq!(j.received_upto("n2").unwrap(), 2);
+    }
+
+    /// A record received in a longer form than this node writes (a number
+    /// not in its shortest form) is stored as this node encodes it; one in
+    /// that form is stored as received, and both decode to the record.
+    #[test]
+    fn received_encodings_are_passed_through_only_when_canonical() {
+        use super::Incoming;
+        use std::borrow::Cow;
+        let r = rec("a", 7);
+        let mut canonical = Vec::new();
+        crate::codec::encode_into(&r, &mut canonical).unwrap();
+        let same = Incoming::from_encoded(1, 10, &canonical).unwrap();
+        assert!(matches!(same.body, Cow::Borrowed(_)));
+        assert_eq!(
+            (same.key.clone(), same.expires_at),
+            (r.key(), r.as_ref().expires_at())
+        );
+        // The variant index (0, one byte) as a 16-bit number: 251, 0, 0.
+        let mut long = vec![251, 0, 0];
+        long.extend_from_slice(&canonical[1..]);
+        let again = Incoming::from_encoded(1, 10, &long).unwrap();
+        assert!(matches!(again.body, Cow::Owned(_)));
+        assert_eq!(&*again.body, &canonical[..]);
+        assert!(Incoming::from_encoded(1, 10, &canonical[..canonical.len() - 1]).is_err());
+        assert!(Incoming::from_encoded(1, 10, &[9, 0]).is_err());
     }
 
     /// A restore stages exactly the present contacts `keep` accepts, each

@@ -40,7 +40,7 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::error::JournalError;
 
-pub use inbox::{StageOutcome, Staged};
+pub use inbox::{Incoming, StageOutcome, Staged};
 pub use quarantine::{Quarantined, Which};
 use schema::SCHEMA_VERSION;
 

@@ -50,21 +50,22 @@ impl<'c> StateUpsert<'c> {
         conn.prepare_cached(STATE_LOCAL).map(StateUpsert)
     }
 
-    /// Offers `record` (encoded as `body`, under `key`) stamped (`hlc`,
-    /// `origin`): true when it is now the state's version of its key,
-    /// false when the state holds a newer one (or, for local changes, the
-    /// same body).
+    /// Offers a record (encoded as `body`, under `key`, expiring at
+    /// `expires_at`: [`crate::record::RecordRef::expires_at`]) stamped
+    /// (`hlc`, `origin`): true when it is now the state's version of its
+    /// key, false when the state holds a newer one (or, for local changes,
+    /// the same body).
     pub(super) fn offer(
         &mut self,
         key: &[u8],
         hlc: u64,
         origin: &str,
-        record: &Record,
+        expires_at: Option<i64>,
         body: &[u8],
     ) -> rusqlite::Result<bool> {
         let changed = self
             .0
-            .execute(params![key, hlc as i64, origin, body, expires_at(record)])?;
+            .execute(params![key, hlc as i64, origin, body, expires_at])?;
         Ok(changed > 0)
     }
 }
@@ -83,10 +84,7 @@ const PURGE_TAIL: &str = "DELETE FROM state WHERE key > ?1
 /// contact's absolute expiry, live or deleted. None for what never
 /// expires (aliases, permanent contacts): kept, tombstones included.
 pub(super) fn expires_at(rec: &Record) -> Option<i64> {
-    match rec {
-        Record::Contact { contact, .. } if contact.expires > 0 => Some(contact.expires),
-        _ => None,
-    }
+    rec.as_ref().expires_at()
 }
 
 /// (hlc, origin, record) rows as snapshot rows.

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 
 use crate::hlc;
 use crate::log::{self, RateLimit};
-use crate::record::{Change, SnapRow};
+use crate::record::SnapRow;
 
 use super::Net;
 
@@ -47,13 +47,14 @@ impl Net {
 
     /// Checks a live batch from `origin` before anything of it is staged:
     /// the TempFail reason when it is refused (see the module doc).
+    /// `stamps`: (sequence, stamp) of its changes.
     pub(super) fn clock_refuses_batch(
         &mut self,
         origin: &str,
-        changes: &[Change],
+        stamps: &[(u64, u64)],
         through: u64,
     ) -> Option<String> {
-        let first = changes.iter().map(|c| c.seq).min().unwrap_or(through);
+        let first = stamps.iter().map(|s| s.0).min().unwrap_or(through);
         // A successor of a refused batch, sent before our refusal reached
         // the origin: staging it would put the position past the refused
         // changes. The resend starts at or before the refused one.
@@ -64,9 +65,9 @@ impl Net {
         }
         let wall = hlc::wall_ms();
         let bound = self.skew_bound_ms();
-        let Some((seq, why)) = changes
+        let Some((seq, why)) = stamps
             .iter()
-            .find_map(|c| stamp_refusal(c.hlc, wall, bound).map(|why| (c.seq, why)))
+            .find_map(|&(seq, hlc)| stamp_refusal(hlc, wall, bound).map(|why| (seq, why)))
         else {
             self.skew_hold.remove(origin);
             return None;

@@ -7,16 +7,17 @@ use mio::Token;
 
 use super::conn::Verdict;
 use super::{Net, STAGE_ERR};
+use crate::journal::Incoming;
 use crate::log;
 use crate::log::RateLimit;
 use crate::record::SnapRow;
-use crate::wire::version::unpack;
 use crate::wire::{Frame, RawChange};
 
 static SET_ASIDE: RateLimit = RateLimit::new(1000);
 
 impl Net {
-    /// A v2 batch: each record decoded on its own; one this node cannot
+    /// A v2 batch: each record decoded on its own, in place, and staged
+    /// as received (see [`Incoming::from_encoded`]); one this node cannot
     /// decode is set aside with an error naming it, and the rest staged.
     pub(super) fn receive_raw_batch(
         &mut self,
@@ -26,7 +27,14 @@ impl Net {
     ) -> Verdict {
         let through = changes.iter().map(|c| c.seq).max().unwrap_or(0);
         let n = changes.len();
-        let (good, set_aside) = unpack(changes);
+        let mut good = Vec::with_capacity(n);
+        let mut set_aside = Vec::new();
+        for c in &changes {
+            match Incoming::from_encoded(c.seq, c.hlc, &c.record) {
+                Ok(i) => good.push(i),
+                Err(why) => set_aside.push((c.seq, why)),
+            }
+        }
         for (seq, why) in &set_aside {
             if let Some(skipped) = SET_ASIDE.allow() {
                 log::error(format_args!(
@@ -46,7 +54,7 @@ impl Net {
                 set_aside.len()
             ));
         }
-        self.receive_batch_through(t, origin, good, through)
+        self.receive_batch_through(t, origin, &good, through)
     }
 
     pub(super) fn receive_batch(
@@ -55,7 +63,8 @@ impl Net {
         origin: &str,
         changes: Vec<crate::record::Change>,
     ) -> Verdict {
-        self.receive_batch_through(t, origin, changes, 0)
+        let incoming: Vec<Incoming> = changes.iter().map(Incoming::of).collect();
+        self.receive_batch_through(t, origin, &incoming, 0)
     }
 
     /// Stages `changes`; the position held from `origin` becomes at least
@@ -64,11 +73,12 @@ impl Net {
         &mut self,
         t: Token,
         origin: &str,
-        changes: Vec<crate::record::Change>,
+        changes: &[Incoming],
         through: u64,
     ) -> Verdict {
         // Stamps beyond the bound on clock skew: nothing staged (clock.rs).
-        if let Some(reason) = self.clock_refuses_batch(origin, &changes, through) {
+        let stamps: Vec<(u64, u64)> = changes.iter().map(|c| (c.seq, c.hlc)).collect();
+        if let Some(reason) = self.clock_refuses_batch(origin, &stamps, through) {
             let upto = self.journal.received_upto(origin).unwrap_or(0);
             if let Some(c) = self.conns.get_mut(&t) {
                 c.send(&Frame::TempFail { upto, reason });
@@ -79,7 +89,7 @@ impl Net {
             self.shared.observe(max);
         }
         let n = changes.len() as u64;
-        let reply = match self.journal.stage_remote_through(origin, &changes, through) {
+        let reply = match self.journal.stage_incoming(origin, changes, through) {
             Ok(out) => {
                 if out.fresh > out.superseded {
                     self.status

@@ -95,24 +95,6 @@ pub fn raw_batch(rows: Vec<(u64, u64, Vec<u8>)>) -> Frame {
     }
 }
 
-/// The changes of a `RawBatch` this node can decode, and the sequences
-/// (with why) of those it cannot: a kind newer than it knows.
-pub fn unpack(changes: Vec<RawChange>) -> (Vec<Change>, Vec<(u64, String)>) {
-    let mut good = Vec::with_capacity(changes.len());
-    let mut set_aside = Vec::new();
-    for c in changes {
-        match codec::decode::<Record>(&c.record) {
-            Ok(record) => good.push(Change {
-                seq: c.seq,
-                hlc: c.hlc,
-                record,
-            }),
-            Err(e) => set_aside.push((c.seq, e)),
-        }
-    }
-    (good, set_aside)
-}
-
 impl Frame {
     /// The protocol version that introduced this frame.
     pub fn since(&self) -> u16 {
@@ -138,6 +120,7 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::Incoming;
 
     #[test]
     fn the_newest_version_both_speak_is_used() {
@@ -181,10 +164,22 @@ mod tests {
                 record: vec![99, 0],
             },
         );
-        let (good, aside) = unpack(changes);
-        assert_eq!(good.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![1, 2]);
+        let (good, aside): (Vec<_>, Vec<_>) = changes
+            .iter()
+            .map(|c| (c, Incoming::from_encoded(c.seq, c.hlc, &c.record)))
+            .partition(|(_, i)| i.is_ok());
+        let good: Vec<_> = good.into_iter().map(|(c, i)| (c, i.unwrap())).collect();
+        assert_eq!(
+            good.iter().map(|(_, i)| i.seq).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        // Passed through as received: this node encodes them the same.
+        for (c, i) in &good {
+            assert!(matches!(i.body, std::borrow::Cow::Borrowed(_)));
+            assert_eq!(&*i.body, &c.record[..]);
+        }
         assert_eq!(aside.len(), 1);
-        assert_eq!(aside[0].0, 5);
+        assert_eq!(aside[0].0.seq, 5);
         assert!(matches!(batch(1, vec![]), Frame::Batch { .. }));
     }
 
