@@ -149,6 +149,20 @@ impl<'t> Frames<'t> {
         Ok(id)
     }
 
+    /// Stages every row of `rows`, read as (origin, stamp, sequence or
+    /// NULL, encoded record): those of an older inbox, or of the quarantine.
+    pub(super) fn push_rows(&mut self, mut rows: rusqlite::Rows<'_>) -> rusqlite::Result<()> {
+        while let Some(r) = rows.next()? {
+            self.push(
+                r.get_ref(0)?.as_str()?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, Option<i64>>(2)?.map(|s| s as u64),
+                r.get_ref(3)?.as_blob()?,
+            )?;
+        }
+        Ok(())
+    }
+
     fn flush(&mut self) -> rusqlite::Result<()> {
         if self.next > self.first {
             self.conn

@@ -136,15 +136,7 @@ impl Journal {
                 "SELECT origin, hlc, seq, body FROM quarantine
                  WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
             )?;
-            let mut rows = held.query(params![lo, hi])?;
-            while let Some(r) = rows.next()? {
-                frames.push(
-                    r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?,
-                    r.get::<_, i64>(1)? as u64,
-                    r.get::<_, Option<i64>>(2)?.map(|s| s as u64),
-                    r.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?,
-                )?;
-            }
+            frames.push_rows(held.query(params![lo, hi])?)?;
             frames.finish()?;
             Ok(tx.execute(
                 "DELETE FROM quarantine WHERE id BETWEEN ?1 AND ?2",

@@ -212,15 +212,7 @@ impl Journal {
             {
                 let mut frames = Frames::new(&tx)?;
                 let mut q = tx.prepare("SELECT origin, hlc, seq, body FROM inbox ORDER BY id")?;
-                let mut rows = q.query([])?;
-                while let Some(r) = rows.next()? {
-                    frames.push(
-                        r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?,
-                        r.get::<_, i64>(1)? as u64,
-                        r.get::<_, Option<i64>>(2)?.map(|s| s as u64),
-                        r.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?,
-                    )?;
-                }
+                frames.push_rows(q.query([])?)?;
                 frames.finish()?;
             }
             tx.execute_batch("DROP TABLE inbox; PRAGMA user_version = 10;")?;
