@@ -86,7 +86,7 @@ impl Restore {
         if done == total {
             self.done = true;
             log::info(format_args!(
-                "restore: {total} contacts back in SER in {:.1} s",
+                "restore: {total} contacts back in SER in {:.2} s",
                 self.started.elapsed().as_secs_f64()
             ));
         } else if self.last_log.elapsed() >= PROGRESS_EVERY {
