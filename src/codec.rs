@@ -39,16 +39,14 @@ pub fn encode_to_slice<T: Serialize + ?Sized>(value: &T, out: &mut [u8]) -> Resu
 /// Decodes exactly one value from `bytes`. Never allocates more than
 /// `bytes.len()` worth of claimed lengths: bincode's limit bounds it.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    options(bytes.len() as u64)
-        .deserialize(bytes)
-        // one line: some of bincode's messages span several
-        .map_err(|e| e.to_string().replace('\n', " "))
+    decode_borrowed(bytes)
 }
 
-/// Decodes exactly one value from `bytes`, borrowing its byte strings
-/// from them (no copy, no allocation for them).
+/// [`decode`] of a value that may borrow its byte strings from `bytes`
+/// (no copy, no allocation for them).
 pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
     options(bytes.len() as u64)
         .deserialize(bytes)
+        // one line: some of bincode's messages span several
         .map_err(|e| e.to_string().replace('\n', " "))
 }

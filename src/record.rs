@@ -206,9 +206,9 @@ impl RecordRef<'_> {
         }
     }
 
-    /// When the state may forget this version: a contact's absolute
-    /// expiry, live or deleted; None for what never expires (aliases,
-    /// permanent contacts).
+    /// When the state may forget this version (the journal's purge): a
+    /// contact's absolute expiry, live or deleted; None for what never
+    /// expires (aliases, permanent contacts): kept, tombstones included.
     pub fn expires_at(&self) -> Option<i64> {
         match self {
             RecordRef::Contact { contact, .. } if contact.expires > 0 => Some(contact.expires),

@@ -141,7 +141,7 @@ impl Journal {
                 // Journaled only if it changes the state: not a version
                 // the state already holds, nor one older than it holds.
                 let key = rec.key();
-                if !state.offer(&key, *hlc, node_id, super::state::expires_at(rec), &body)? {
+                if !state.offer(&key, *hlc, node_id, rec.as_ref().expires_at(), &body)? {
                     let (h, b): (i64, Vec<u8>) =
                         held.query_row([&key], |r| Ok((r.get(0)?, r.get(1)?)))?;
                     if h as u64 >= *hlc && b != body {

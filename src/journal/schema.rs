@@ -4,7 +4,6 @@ use rusqlite::{params, TransactionBehavior};
 
 use super::inbox::Frames;
 use super::log::Packed;
-use super::state::expires_at;
 use super::{Fault, Journal};
 use crate::codec;
 use crate::record::Record;
@@ -91,8 +90,7 @@ impl Journal {
             for (key, body) in rows {
                 if let Some(at) = codec::decode::<Record>(&body)
                     .ok()
-                    .as_ref()
-                    .and_then(expires_at)
+                    .and_then(|r| r.as_ref().expires_at())
                 {
                     up.execute(params![key, at])?;
                 }

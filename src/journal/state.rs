@@ -80,13 +80,6 @@ const PURGE_RANGE: &str = "DELETE FROM state WHERE key > ?1 AND key <= ?2
 const PURGE_TAIL: &str = "DELETE FROM state WHERE key > ?1
      AND expires_at IS NOT NULL AND expires_at < ?2 AND hlc < ?3";
 
-/// When a key's state row may go (see [`Journal::purge_state`]): a
-/// contact's absolute expiry, live or deleted. None for what never
-/// expires (aliases, permanent contacts): kept, tombstones included.
-pub(super) fn expires_at(rec: &Record) -> Option<i64> {
-    rec.as_ref().expires_at()
-}
-
 /// (hlc, origin, record) rows as snapshot rows.
 fn snap_rows(rows: Vec<(u64, String, Record)>) -> Vec<SnapRow> {
     rows.into_iter()
